@@ -1,0 +1,26 @@
+//! Pure, mergeable estimators for the structure of stochastic gradients.
+//!
+//! Nothing here does I/O or async work: every type is plain data with `push`/`merge`, so the
+//! agent, the collector and the offline analyser share one implementation. Each module states the
+//! formula it implements, its source, and what merging preserves.
+
+pub mod loghist;
+pub mod moments;
+pub mod summary;
+pub mod topk;
+
+pub use loghist::LogHistogram;
+pub use moments::Moments;
+pub use summary::GradSummary;
+pub use topk::TopK;
+
+/// Errors of the estimators: bad parameters or summaries that cannot be merged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatsError {
+    #[error("histogram precision must be 1..=16 bits, got {0}")]
+    InvalidPrecision(u32),
+    #[error("cannot merge histograms of precision {0} and {1} bits")]
+    PrecisionMismatch(u32, u32),
+    #[error("malformed summary: {0}")]
+    Malformed(&'static str),
+}

@@ -1,0 +1,174 @@
+//! The per-shard gradient summary an agent sends for one tensor at one step.
+//!
+//! It bundles every mergeable statistic of DESIGN.md §3.1 over a multiset of values:
+//! * [`Moments`] (count, mean, M2..M4) of the finite values — Pébay merge;
+//! * `Σ x²` (squared L2 norm) — merges by addition;
+//! * `max |x|` — merges by max;
+//! * counts of NaN, +Inf, −Inf, and of positive, negative and zero finite values — add;
+//! * a [`LogHistogram`] of `|x|` over finite non-zero values — adds counts, exact;
+//! * the [`TopK`] largest `|x|` over finite values — exact (see its module).
+//!
+//! Guarantee: for any split of a sample into parts, merging the parts' summaries gives the
+//! summary of the whole: exactly for counts, max, histogram and top-k; to rounding for the
+//! moments and `Σ x²`. NaN/Inf never enter the moments, so one bad value cannot poison them.
+
+use crate::{LogHistogram, Moments, StatsError, TopK};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GradSummary {
+    pub moments: Moments,
+    pub sum_sq: f64,
+    pub max_abs: f64,
+    pub nan_count: u64,
+    pub pos_inf_count: u64,
+    pub neg_inf_count: u64,
+    pub pos_count: u64,
+    pub neg_count: u64,
+    pub zero_count: u64,
+    pub abs_hist: LogHistogram,
+    pub top_abs: TopK,
+}
+
+impl GradSummary {
+    pub fn new(top_k: usize, hist_precision_bits: u32) -> Result<Self, StatsError> {
+        Ok(Self {
+            moments: Moments::new(),
+            sum_sq: 0.0,
+            max_abs: 0.0,
+            nan_count: 0,
+            pos_inf_count: 0,
+            neg_inf_count: 0,
+            pos_count: 0,
+            neg_count: 0,
+            zero_count: 0,
+            abs_hist: LogHistogram::new(hist_precision_bits)?,
+            top_abs: TopK::new(top_k),
+        })
+    }
+
+    /// Record one value.
+    #[inline]
+    pub fn push(&mut self, x: f64) {
+        if x.is_nan() {
+            self.nan_count += 1;
+            return;
+        }
+        if x.is_infinite() {
+            if x > 0.0 {
+                self.pos_inf_count += 1;
+            } else {
+                self.neg_inf_count += 1;
+            }
+            return;
+        }
+        self.moments.push(x);
+        self.sum_sq += x * x;
+        let a = x.abs();
+        if a > self.max_abs {
+            self.max_abs = a;
+        }
+        if x > 0.0 {
+            self.pos_count += 1;
+        } else if x < 0.0 {
+            self.neg_count += 1;
+        } else {
+            self.zero_count += 1;
+        }
+        if a > 0.0 {
+            self.abs_hist.record(a);
+        }
+        // Cheap reject before touching the heap: most values are below the k-th largest.
+        match self.top_abs.threshold() {
+            Some(t) if a <= t => {}
+            _ => self.top_abs.push(a),
+        }
+    }
+
+    pub fn extend_f64(&mut self, xs: &[f64]) {
+        for &x in xs {
+            self.push(x);
+        }
+    }
+
+    pub fn extend_f32(&mut self, xs: &[f32]) {
+        for &x in xs {
+            self.push(f64::from(x));
+        }
+    }
+
+    /// Number of values of every kind (finite, NaN, ±Inf).
+    pub fn total_count(&self) -> u64 {
+        self.moments.n + self.nan_count + self.pos_inf_count + self.neg_inf_count
+    }
+
+    /// L2 norm of the finite values.
+    pub fn l2_norm(&self) -> f64 {
+        self.sum_sq.sqrt()
+    }
+
+    /// Merge the summary of a disjoint sample.
+    pub fn merge(&mut self, other: &GradSummary) -> Result<(), StatsError> {
+        self.abs_hist.merge(&other.abs_hist)?;
+        self.moments.merge(&other.moments);
+        self.sum_sq += other.sum_sq;
+        self.max_abs = self.max_abs.max(other.max_abs);
+        self.nan_count += other.nan_count;
+        self.pos_inf_count += other.pos_inf_count;
+        self.neg_inf_count += other.neg_inf_count;
+        self.pos_count += other.pos_count;
+        self.neg_count += other.neg_count;
+        self.zero_count += other.zero_count;
+        self.top_abs.merge(&other.top_abs);
+        Ok(())
+    }
+
+    /// Check the internal consistency of a summary received from outside.
+    pub fn validate(&self) -> Result<(), StatsError> {
+        let m = &self.moments;
+        if m.n != self.pos_count + self.neg_count + self.zero_count {
+            return Err(StatsError::Malformed("sign counts do not add up to count"));
+        }
+        if self.abs_hist.total() != self.pos_count + self.neg_count {
+            return Err(StatsError::Malformed("histogram total differs from non-zero count"));
+        }
+        let finite = [m.mean, m.m2, m.m3, m.m4, self.sum_sq, self.max_abs];
+        if finite.iter().any(|v| !v.is_finite()) {
+            return Err(StatsError::Malformed("non-finite moment"));
+        }
+        if m.m2 < 0.0 || m.m4 < 0.0 || self.sum_sq < 0.0 || self.max_abs < 0.0 {
+            return Err(StatsError::Malformed("negative even moment"));
+        }
+        if self.top_abs.len() as u64 > m.n || self.top_abs.len() > self.top_abs.capacity() {
+            return Err(StatsError::Malformed("top-k longer than its sample"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn special_values_are_counted_not_mixed_in() {
+        let mut s = GradSummary::new(3, 7).unwrap();
+        s.extend_f64(&[1.0, -2.0, 0.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.5]);
+        assert_eq!(s.moments.n, 4);
+        assert_eq!((s.nan_count, s.pos_inf_count, s.neg_inf_count), (1, 1, 1));
+        assert_eq!((s.pos_count, s.neg_count, s.zero_count), (2, 1, 1));
+        assert_eq!(s.max_abs, 2.0);
+        assert_eq!(s.sum_sq, 1.0 + 4.0 + 0.25);
+        assert_eq!(s.top_abs.sorted_desc(), vec![2.0, 1.0, 0.5]);
+        assert_eq!(s.abs_hist.total(), 3);
+        assert_eq!(s.total_count(), 7);
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn validate_catches_inconsistency() {
+        let mut s = GradSummary::new(3, 7).unwrap();
+        s.extend_f64(&[1.0, 2.0]);
+        s.pos_count = 5;
+        assert!(s.validate().is_err());
+    }
+}

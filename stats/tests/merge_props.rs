@@ -1,0 +1,113 @@
+//! Property tests: for every summary type, merging the summaries of the parts of any split
+//! equals summarising the concatenation.
+
+use gradtel_stats::{GradSummary, LogHistogram, Moments, TopK};
+use proptest::prelude::*;
+
+fn close(a: f64, b: f64, scale: f64) -> bool {
+    (a - b).abs() <= 1e-9 * scale.max(1e-300)
+}
+
+/// Values with mixed scales and signs, as gradients have.
+fn values() -> impl Strategy<Value = Vec<f64>> {
+    prop::collection::vec(
+        (any::<bool>(), -30i32..3, 0.0f64..1.0)
+            .prop_map(|(neg, e, m)| if neg { -1.0 } else { 1.0 } * m * 10f64.powi(e)),
+        0..400,
+    )
+}
+
+fn splits(len: usize) -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(0..=len, 0..5).prop_map(|mut v| {
+        v.sort_unstable();
+        v
+    })
+}
+
+fn parts(xs: &[f64], cuts: &[usize]) -> Vec<Vec<f64>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for &c in cuts {
+        out.push(xs[start..c].to_vec());
+        start = c;
+    }
+    out.push(xs[start..].to_vec());
+    out
+}
+
+proptest! {
+    #[test]
+    fn moments_merge_equals_concatenation((xs, cuts) in values().prop_flat_map(|v| { let n = v.len(); (Just(v), splits(n)) })) {
+        let whole = Moments::from_slice(&xs);
+        let mut merged = Moments::new();
+        for p in parts(&xs, &cuts) {
+            merged.merge(&Moments::from_slice(&p));
+        }
+        prop_assert_eq!(merged.n, whole.n);
+        let scale2 = whole.m2.abs() + whole.mean * whole.mean * whole.n as f64;
+        prop_assert!(close(merged.mean, whole.mean, whole.mean.abs() + scale2.sqrt()));
+        prop_assert!(close(merged.m2, whole.m2, scale2));
+        prop_assert!(close(merged.m3, whole.m3, scale2.powf(1.5)));
+        prop_assert!(close(merged.m4, whole.m4, scale2 * scale2));
+    }
+
+    #[test]
+    fn histogram_merge_is_exact((xs, cuts) in values().prop_flat_map(|v| { let n = v.len(); (Just(v), splits(n)) })) {
+        let mut whole = LogHistogram::default();
+        xs.iter().for_each(|x| whole.record(x.abs()));
+        let mut merged = LogHistogram::default();
+        for p in parts(&xs, &cuts) {
+            let mut h = LogHistogram::default();
+            p.iter().for_each(|x| h.record(x.abs()));
+            merged.merge(&h).unwrap();
+        }
+        prop_assert_eq!(merged.buckets().collect::<Vec<_>>(), whole.buckets().collect::<Vec<_>>());
+        prop_assert_eq!(merged.total(), whole.total());
+    }
+
+    #[test]
+    fn topk_merge_is_exact((xs, cuts) in values().prop_flat_map(|v| { let n = v.len(); (Just(v), splits(n)) }), k in 0usize..40) {
+        let abs: Vec<f64> = xs.iter().map(|x| x.abs()).collect();
+        let whole = TopK::from_values(k, &abs);
+        let mut merged = TopK::new(k);
+        for p in parts(&abs, &cuts) {
+            merged.merge(&TopK::from_values(k, &p));
+        }
+        let mut sorted = abs.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        sorted.truncate(k);
+        prop_assert_eq!(merged.sorted_desc(), sorted.clone());
+        prop_assert_eq!(whole.sorted_desc(), sorted);
+    }
+
+    #[test]
+    fn grad_summary_merge_equals_concatenation(
+        (mut xs, cuts) in values().prop_flat_map(|v| { let n = v.len(); (Just(v), splits(n)) }),
+        specials in prop::collection::vec((0usize..400, 0u8..4), 0..10),
+    ) {
+        for (at, kind) in specials {
+            if !xs.is_empty() {
+                let i = at % xs.len();
+                xs[i] = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.0][kind as usize];
+            }
+        }
+        let mut whole = GradSummary::new(16, 7).unwrap();
+        whole.extend_f64(&xs);
+        let mut merged = GradSummary::new(16, 7).unwrap();
+        for p in parts(&xs, &cuts) {
+            let mut s = GradSummary::new(16, 7).unwrap();
+            s.extend_f64(&p);
+            merged.merge(&s).unwrap();
+        }
+        prop_assert_eq!(merged.moments.n, whole.moments.n);
+        prop_assert_eq!((merged.nan_count, merged.pos_inf_count, merged.neg_inf_count),
+            (whole.nan_count, whole.pos_inf_count, whole.neg_inf_count));
+        prop_assert_eq!((merged.pos_count, merged.neg_count, merged.zero_count),
+            (whole.pos_count, whole.neg_count, whole.zero_count));
+        prop_assert_eq!(merged.max_abs, whole.max_abs);
+        prop_assert!(close(merged.sum_sq, whole.sum_sq, whole.sum_sq));
+        prop_assert_eq!(&merged.abs_hist, &whole.abs_hist);
+        prop_assert_eq!(&merged.top_abs, &whole.top_abs);
+        merged.validate().unwrap();
+    }
+}
