@@ -24,3 +24,72 @@ impl v1::Dtype {
         }
     }
 }
+
+/// Longest accepted run id.
+pub const MAX_RUN_ID_LEN: usize = 128;
+
+/// Why a run id was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunIdError {
+    Empty,
+    TooLong(usize),
+    BadChar(char),
+    DotsOnly,
+}
+
+impl std::fmt::Display for RunIdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunIdError::Empty => write!(f, "run id is empty"),
+            RunIdError::TooLong(n) => {
+                write!(f, "run id has {n} characters, more than {MAX_RUN_ID_LEN}")
+            }
+            RunIdError::BadChar(c) => write!(
+                f,
+                "run id contains {c:?}; only letters, digits, '.', '_' and '-' are allowed"
+            ),
+            RunIdError::DotsOnly => write!(f, "run id may not be '.' or '..'"),
+        }
+    }
+}
+
+impl std::error::Error for RunIdError {}
+
+/// Validate a run id: 1..=128 characters from `[A-Za-z0-9._-]`, not `.` or `..`.
+///
+/// Run ids become a directory name (`run=<id>`) under the collector's output root, so this is
+/// what keeps any run from escaping it: no separator, no parent reference, no NUL.
+pub fn validate_run_id(id: &str) -> Result<(), RunIdError> {
+    if id.is_empty() {
+        return Err(RunIdError::Empty);
+    }
+    if id.len() > MAX_RUN_ID_LEN {
+        return Err(RunIdError::TooLong(id.chars().count()));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(RunIdError::BadChar(c));
+    }
+    if id == "." || id == ".." {
+        return Err(RunIdError::DotsOnly);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_cannot_escape_the_root() {
+        for bad in ["", ".", "..", "../x", "a/b", "a\\b", "x\0y", "run id", "é"] {
+            assert!(validate_run_id(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_run_id(&"a".repeat(129)).is_err());
+        for good in ["run-1", "exp_2026.11.26", "A", "..a", &"a".repeat(128)] {
+            assert!(validate_run_id(good).is_ok(), "{good:?} refused");
+        }
+    }
+}
