@@ -1,1 +1,204 @@
-//! stub
+//! gradtel agent: the sidecar beside one training process.
+//!
+//! ```text
+//! training process ──Ingest (UDS)──▶ service ──▶ open steps ──EndStep──▶ queue ──▶ shipper ──Collect──▶ collector
+//! ```
+//!
+//! * [`service`]: the Ingest gRPC service; decodes raw f32/f16/bf16 chunks into summaries.
+//! * [`steps`]: per-step, per-tensor accumulation until EndStep.
+//! * [`shipper`]: the at-least-once Collect stream with resend after reconnect.
+//! * [`config`], [`metrics`]: flags and self-measurement.
+
+pub mod config;
+pub mod layout;
+pub mod metrics;
+pub mod service;
+pub mod shipper;
+pub mod steps;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use config::AgentConfig;
+use gradtel_proto::v1::ingest_server::IngestServer;
+pub use metrics::AgentMetrics;
+use service::{AgentState, IngestService};
+pub use shipper::ShipperReport;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+
+/// Largest gRPC message the agent accepts (one chunk).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Errors of the agent; each maps to the gRPC status a client sees.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("bad run id: {0}")]
+    BadRunId(String),
+    #[error("bad layout: {0}")]
+    BadLayout(String),
+    #[error("no layout registered: call Register before pushing gradients")]
+    NotRegistered,
+    #[error("tensor {0:?} is not in the registered layout")]
+    UnknownTensor(String),
+    #[error("tensor {tensor:?} was registered as {registered} but the chunk is {got}")]
+    DtypeMismatch {
+        tensor: String,
+        registered: &'static str,
+        got: &'static str,
+    },
+    #[error("chunk [{offset}, {offset}+{len}) of tensor {tensor:?} is outside the owned range [{start}, {end})")]
+    OutOfRange {
+        tensor: String,
+        offset: u64,
+        len: u64,
+        start: u64,
+        end: u64,
+    },
+    #[error("step {step}: {received} values received for a tensor that owns only {owned}")]
+    TooManyValues { step: u64, received: u64, owned: u64 },
+    #[error("step {step} mixes local (pre-all-reduce) and reduced gradients")]
+    MixedLocal { step: u64 },
+    #[error("push message carries neither a chunk nor an end of step")]
+    EmptyMessage,
+    #[error(transparent)]
+    Payload(#[from] gradtel_codec::CodecError),
+    #[error(transparent)]
+    Stats(#[from] gradtel_stats::StatsError),
+    #[error("internal lock poisoned")]
+    Poisoned,
+    #[error("cannot listen on {what}: {source}")]
+    Listen {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+impl From<AgentError> for tonic::Status {
+    fn from(e: AgentError) -> Self {
+        use AgentError::*;
+        let msg = e.to_string();
+        match e {
+            BadRunId(_) | BadLayout(_) | DtypeMismatch { .. } | OutOfRange { .. }
+            | TooManyValues { .. } | MixedLocal { .. } | EmptyMessage | Payload(_) => {
+                tonic::Status::invalid_argument(msg)
+            }
+            NotRegistered => tonic::Status::failed_precondition(msg),
+            UnknownTensor(_) => tonic::Status::not_found(msg),
+            Stats(_) | Poisoned | Listen { .. } => tonic::Status::internal(msg),
+        }
+    }
+}
+
+/// A running agent: Ingest server(s), shipper, optional metrics endpoint.
+pub struct Agent {
+    state: Arc<AgentState>,
+    stop_servers: watch::Sender<bool>,
+    stop_shipper: watch::Sender<Option<Instant>>,
+    servers: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+    shipper: JoinHandle<ShipperReport>,
+    socket: PathBuf,
+}
+
+impl Agent {
+    /// Bind the Ingest socket (replacing a stale socket file) and start serving and shipping.
+    pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
+        let metrics = Arc::new(AgentMetrics::default());
+        let (queue_tx, queue_rx) = mpsc::channel(config.queue.max(1));
+        let state = Arc::new(AgentState::new(config.clone(), metrics.clone(), queue_tx));
+        let (stop_servers, stop_rx) = watch::channel(false);
+        let (stop_shipper, shipper_rx) = watch::channel(None);
+
+        let listen_err = |what: String| move |source| AgentError::Listen { what, source };
+        if config.socket.exists() {
+            // A socket file survives its process; binding over it needs it gone.
+            std::fs::remove_file(&config.socket)
+                .map_err(listen_err(config.socket.display().to_string()))?;
+        }
+        let uds = tokio::net::UnixListener::bind(&config.socket)
+            .map_err(listen_err(config.socket.display().to_string()))?;
+        let service = IngestService {
+            state: state.clone(),
+        };
+        let svc = || {
+            IngestServer::new(service.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        };
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let mut servers = vec![tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc())
+                .serve_with_incoming_shutdown(UnixListenerStream::new(uds), stopped(stop_rx.clone())),
+        )];
+        if let Some(addr) = config.tcp {
+            let tcp = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(listen_err(addr.to_string()))?;
+            servers.push(tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(svc())
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(tcp),
+                        stopped(stop_rx.clone()),
+                    ),
+            ));
+        }
+        if let Some(addr) = config.metrics {
+            gradtel_telemetry::serve_metrics(addr, metrics.clone(), stopped(stop_rx.clone()))
+                .await
+                .map_err(listen_err(addr.to_string()))?;
+        }
+        let shipper = tokio::spawn(
+            shipper::Shipper {
+                collector: config.collector.clone(),
+                max_inflight: config.max_inflight.max(1),
+                max_backoff: config.max_backoff,
+                metrics: metrics.clone(),
+            }
+            .run(queue_rx, shipper_rx),
+        );
+        tracing::info!(socket = %config.socket.display(), collector = %config.collector, epoch = state.epoch, "agent started");
+        Ok(Agent {
+            state,
+            stop_servers,
+            stop_shipper,
+            servers,
+            shipper,
+            socket: config.socket,
+        })
+    }
+
+    pub fn metrics(&self) -> Arc<AgentMetrics> {
+        self.state.metrics.clone()
+    }
+
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    /// Stop serving Ingest, then give the shipper up to `drain` to get every queued and
+    /// in-flight report acknowledged. Returns what could not be delivered.
+    pub async fn shutdown(self, drain: Duration) -> ShipperReport {
+        let _ = self.stop_servers.send(true);
+        for s in self.servers {
+            if let Ok(Err(e)) = s.await {
+                tracing::warn!(error = %e, "ingest server ended with an error");
+            }
+        }
+        let _ = self.stop_shipper.send(Some(Instant::now() + drain));
+        let report = self.shipper.await.unwrap_or_default();
+        let _ = std::fs::remove_file(&self.socket);
+        if report.unacknowledged > 0 {
+            tracing::warn!(
+                unacknowledged = report.unacknowledged,
+                "agent stopped with reports the collector never acknowledged"
+            );
+        }
+        report
+    }
+}

@@ -1,1 +1,166 @@
-//! stub
+//! gradtel collector: receives agents' shard reports, assembles each (run, step) across ranks
+//! and shards, merges per tensor, layer and model, and writes Hive-partitioned Parquet.
+//!
+//! ```text
+//! agents ──Collect──▶ service (validate) ──▶ pipeline: dedup → assembler → sink ──▶ Parquet
+//!                        ▲                                                  │
+//!                        └──────────── acks once the file is durable ◀──────┘
+//! ```
+//!
+//! Components: [`config`], [`service`], [`report`], [`assembler`], [`steps_table`], [`sink`],
+//! [`acks`], [`pipeline`], [`metrics`].
+
+pub mod acks;
+pub mod assembler;
+pub mod config;
+pub mod metrics;
+pub mod pipeline;
+pub mod report;
+pub mod service;
+pub mod sink;
+pub mod steps_table;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use config::CollectorConfig;
+use gradtel_proto::v1::collect_server::CollectServer;
+pub use metrics::CollectorMetrics;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// Largest report accepted.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create the output root {path}: {source}")]
+    Out {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub struct Collector {
+    addr: SocketAddr,
+    metrics: Arc<CollectorMetrics>,
+    pipeline_tx: mpsc::Sender<Inbound>,
+    pipeline: JoinHandle<()>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    stop: watch::Sender<bool>,
+}
+
+use pipeline::Inbound;
+
+impl Collector {
+    /// Bind, then serve until [`Collector::shutdown`].
+    pub async fn start(config: CollectorConfig) -> Result<Collector, CollectorError> {
+        std::fs::create_dir_all(&config.out).map_err(|source| CollectorError::Out {
+            path: config.out.clone(),
+            source,
+        })?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| CollectorError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| CollectorError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let metrics = Arc::new(CollectorMetrics::default());
+        let router = Arc::new(acks::AckRouter::default());
+        let (pipeline_tx, pipeline_rx) = mpsc::channel(4096);
+        let instance = format!(
+            "{:x}",
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+                ^ u64::from(std::process::id())
+        );
+        let tick = (config.roll_interval / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let pipeline = tokio::spawn(
+            pipeline::Pipeline::new(&config, instance, router.clone(), metrics.clone())
+                .run(pipeline_rx, tick),
+        );
+        let service = service::CollectService {
+            pipeline: pipeline_tx.clone(),
+            router,
+            metrics: metrics.clone(),
+            next_conn: Arc::new(AtomicU64::new(1)),
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Some(m) = config.metrics {
+            gradtel_telemetry::serve_metrics(m, metrics.clone(), stopped(stop_rx.clone()))
+                .await
+                .map_err(|source| CollectorError::Listen { addr: m, source })?;
+        }
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    CollectServer::new(service)
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                )
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    stopped(stop_rx),
+                ),
+        );
+        tracing::info!(%addr, out = %config.out.display(), "collector started");
+        Ok(Collector {
+            addr,
+            metrics,
+            pipeline_tx,
+            pipeline,
+            server,
+            stop,
+        })
+    }
+
+    /// The address the Collect service is bound to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn metrics(&self) -> Arc<CollectorMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Write everything pending now (steps still waiting for ranks are written as they stand).
+    pub async fn drain(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.pipeline_tx.send(Inbound::Drain(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Stop accepting streams, write everything pending, and stop. Open agent streams are given
+    /// `grace` to end by themselves before they are cut.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let mut server = self.server;
+        if tokio::time::timeout(grace, &mut server).await.is_err() {
+            server.abort();
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.pipeline_tx.send(Inbound::Drain(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        drop(self.pipeline_tx);
+        self.pipeline.abort();
+        tracing::info!("collector stopped");
+    }
+}

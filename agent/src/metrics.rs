@@ -1,0 +1,55 @@
+//! The agent's self-measurement (exposed at /metrics when `--metrics` is set).
+
+use gradtel_telemetry::{Counter, Exposition, Gauge, Latency, Render};
+
+#[derive(Debug, Default)]
+pub struct AgentMetrics {
+    pub chunks_received: Counter,
+    pub chunks_rejected: Counter,
+    pub bytes_received: Counter,
+    pub values_received: Counter,
+    pub steps_ended: Counter,
+    pub steps_dropped_queue_full: Counter,
+    pub steps_abandoned: Counter,
+    pub reports_sent: Counter,
+    pub reports_acked: Counter,
+    pub reports_retried: Counter,
+    pub reports_rejected: Counter,
+    pub collector_connects: Counter,
+    pub collector_connect_failures: Counter,
+    pub reports_inflight: Gauge,
+    pub queue_depth: Gauge,
+    pub chunk_summarize: Latency,
+    pub report_ack: Latency,
+}
+
+impl AgentMetrics {
+    /// Steps that were summarised but will never reach the collector.
+    pub fn steps_dropped_total(&self) -> u64 {
+        self.steps_dropped_queue_full.get() + self.steps_abandoned.get()
+    }
+}
+
+impl Render for AgentMetrics {
+    fn render(&self) -> String {
+        let mut e = Exposition::new();
+        e.counter("gradtel_agent_chunks_received_total", "Gradient chunks accepted on the Ingest socket.", self.chunks_received.get())
+            .counter("gradtel_agent_chunks_rejected_total", "Ingest messages refused with a gRPC error (bad bytes, unknown tensor, ...).", self.chunks_rejected.get())
+            .counter("gradtel_agent_received_bytes_total", "Payload bytes of accepted chunks.", self.bytes_received.get())
+            .counter("gradtel_agent_values_received_total", "Gradient values summarised.", self.values_received.get())
+            .counter("gradtel_agent_steps_ended_total", "Steps closed by EndStep.", self.steps_ended.get())
+            .counter("gradtel_agent_steps_dropped_queue_full_total", "Finished steps dropped because the shipping queue was full (collector slow or absent).", self.steps_dropped_queue_full.get())
+            .counter("gradtel_agent_steps_abandoned_total", "Open steps discarded without EndStep (too many open, or layout replaced).", self.steps_abandoned.get())
+            .counter("gradtel_agent_reports_sent_total", "Reports written to the collector stream, first sends and resends.", self.reports_sent.get())
+            .counter("gradtel_agent_reports_acked_total", "Reports the collector acknowledged as durable.", self.reports_acked.get())
+            .counter("gradtel_agent_reports_retried_total", "Reports sent again after a reconnect.", self.reports_retried.get())
+            .counter("gradtel_agent_reports_rejected_total", "Reports the collector refused for good.", self.reports_rejected.get())
+            .counter("gradtel_agent_collector_connects_total", "Streams opened to the collector.", self.collector_connects.get())
+            .counter("gradtel_agent_collector_connect_failures_total", "Failed attempts to reach the collector.", self.collector_connect_failures.get())
+            .gauge("gradtel_agent_reports_inflight", "Reports sent and not yet acknowledged.", self.reports_inflight.get())
+            .gauge("gradtel_agent_queue_depth", "Finished steps waiting to be sent.", self.queue_depth.get())
+            .latency("gradtel_agent_chunk_summarize_seconds", "Time to decode and summarise one chunk.", &self.chunk_summarize)
+            .latency("gradtel_agent_report_ack_seconds", "Time from first send of a report to its acknowledgement.", &self.report_ack);
+        e.finish()
+    }
+}

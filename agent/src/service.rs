@@ -1,0 +1,273 @@
+//! The Ingest gRPC service: Register, and Push streams of chunks and step ends.
+//!
+//! Never blocks the training process on the collector: a finished step goes into a bounded
+//! queue with `try_reserve`; when the queue is full the step is dropped, counted and logged.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use gradtel_codec::payload;
+use gradtel_proto::v1::ingest_server::Ingest;
+use gradtel_proto::v1::{
+    push_request, Dtype, EndStep, GradientChunk, PushRequest, PushResponse, RegisterRequest,
+    RegisterResponse, ShardReport, TensorReport,
+};
+use gradtel_stats::GradSummary;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::layout::Layout;
+use crate::metrics::AgentMetrics;
+use crate::steps::OpenSteps;
+use crate::{AgentConfig, AgentError};
+
+/// What happened to a step at EndStep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndOutcome {
+    Queued,
+    Dropped,
+}
+
+/// State shared by the Ingest service and the shipper.
+pub struct AgentState {
+    pub config: AgentConfig,
+    pub metrics: Arc<AgentMetrics>,
+    /// Random per-process epoch, so `seq` can restart at 1 without colliding (see collect.proto).
+    pub epoch: u64,
+    layout: Mutex<Option<(u64, Arc<Layout>)>>,
+    open: Mutex<OpenSteps>,
+    next_seq: AtomicU64,
+    generation: AtomicU64,
+    queue: mpsc::Sender<ShardReport>,
+}
+
+impl AgentState {
+    pub fn new(
+        config: AgentConfig,
+        metrics: Arc<AgentMetrics>,
+        queue: mpsc::Sender<ShardReport>,
+    ) -> Self {
+        Self {
+            config,
+            metrics,
+            epoch: new_epoch(),
+            layout: Mutex::new(None),
+            open: Mutex::new(OpenSteps::default()),
+            next_seq: AtomicU64::new(1),
+            generation: AtomicU64::new(0),
+            queue,
+        }
+    }
+
+    pub fn register(&self, req: &RegisterRequest) -> Result<(), AgentError> {
+        let layout = Arc::new(Layout::from_request(req)?);
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut slot = self.layout.lock().map_err(|_| AgentError::Poisoned)?;
+        let abandoned = self
+            .open
+            .lock()
+            .map_err(|_| AgentError::Poisoned)?
+            .reset(generation);
+        self.metrics.steps_abandoned.add(abandoned as u64);
+        tracing::info!(
+            run = %layout.run_id, rank = layout.rank, world = layout.world_size,
+            shard = layout.shard, tensors = layout.tensors.len(), "layout registered"
+        );
+        *slot = Some((generation, layout));
+        Ok(())
+    }
+
+    fn current_layout(&self) -> Result<(u64, Arc<Layout>), AgentError> {
+        self.layout
+            .lock()
+            .map_err(|_| AgentError::Poisoned)?
+            .clone()
+            .ok_or(AgentError::NotRegistered)
+    }
+
+    pub fn add_chunk(&self, c: &GradientChunk) -> Result<(), AgentError> {
+        let started = Instant::now();
+        let (generation, layout) = self.current_layout()?;
+        let idx = layout
+            .index_of(&c.tensor)
+            .ok_or_else(|| AgentError::UnknownTensor(c.tensor.clone()))?;
+        let spec = &layout.tensors[idx];
+        let dtype = Dtype::try_from(c.dtype).unwrap_or(Dtype::Unspecified);
+        if dtype != spec.dtype {
+            return Err(AgentError::DtypeMismatch {
+                tensor: spec.name.clone(),
+                registered: payload::dtype_name(spec.dtype),
+                got: payload::dtype_name(dtype),
+            });
+        }
+        let n = payload::element_count(dtype, &c.data)? as u64;
+        let end = c.offset.checked_add(n);
+        if c.offset < spec.owned_start || end.is_none_or(|e| e > spec.owned_end) {
+            return Err(AgentError::OutOfRange {
+                tensor: spec.name.clone(),
+                offset: c.offset,
+                len: n,
+                start: spec.owned_start,
+                end: spec.owned_end,
+            });
+        }
+        let mut chunk = GradSummary::new(self.config.top_k, self.config.hist_precision)?;
+        payload::summarize_into(dtype, &c.data, &mut chunk)?;
+
+        let mut open = self.open.lock().map_err(|_| AgentError::Poisoned)?;
+        if open.generation != generation {
+            // The layout was replaced while this chunk was decoded; it belongs to the old one.
+            return Err(AgentError::NotRegistered);
+        }
+        let abandoned = open.add_chunk(
+            c.step,
+            idx,
+            layout.tensors.len(),
+            spec.owned_len(),
+            c.local,
+            chunk,
+            n,
+            self.config.max_open_steps,
+        )?;
+        drop(open);
+        if abandoned > 0 {
+            self.metrics.steps_abandoned.add(abandoned as u64);
+            tracing::warn!(abandoned, "too many open steps: oldest abandoned without EndStep");
+        }
+        self.metrics.chunks_received.inc();
+        self.metrics.bytes_received.add(c.data.len() as u64);
+        self.metrics.values_received.add(n);
+        self.metrics.chunk_summarize.record(started.elapsed());
+        Ok(())
+    }
+
+    pub fn end_step(&self, e: &EndStep) -> Result<EndOutcome, AgentError> {
+        let (_, layout) = self.current_layout()?;
+        let acc = self
+            .open
+            .lock()
+            .map_err(|_| AgentError::Poisoned)?
+            .steps
+            .remove(&e.step)
+            .unwrap_or_default();
+        self.metrics.steps_ended.inc();
+        let tensors = acc
+            .tensors
+            .into_iter()
+            .zip(&layout.tensors)
+            .filter_map(|(t, spec)| {
+                t.map(|t| TensorReport {
+                    name: spec.name.clone(),
+                    numel: spec.numel,
+                    elements_expected: spec.owned_len(),
+                    elements_received: t.received,
+                    summary: Some(gradtel_codec::summary::to_wire(&t.summary)),
+                })
+            })
+            .collect();
+        let ended = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        let permit = match self.queue.try_reserve() {
+            Ok(p) => p,
+            Err(_) => {
+                self.metrics.steps_dropped_queue_full.inc();
+                tracing::warn!(
+                    step = e.step,
+                    dropped_total = self.metrics.steps_dropped_total(),
+                    "shipping queue full (collector slow or absent): step dropped"
+                );
+                return Ok(EndOutcome::Dropped);
+            }
+        };
+        // The seq is taken only once the report is sure to be queued, so seqs have no gaps.
+        let report = ShardReport {
+            protocol_minor: gradtel_proto::PROTOCOL_MINOR,
+            run_id: layout.run_id.clone(),
+            rank: layout.rank,
+            world_size: layout.world_size,
+            shard: layout.shard,
+            shard_count: layout.shard_count,
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            step: e.step,
+            local: acc.local.unwrap_or(false),
+            loss: e.loss,
+            learning_rate: e.learning_rate,
+            batch_size: e.batch_size,
+            tensors,
+            ended_unix_nanos: ended,
+            agent_steps_dropped_total: self.metrics.steps_dropped_total(),
+            agent_epoch: self.epoch,
+        };
+        permit.send(report);
+        self.metrics.queue_depth.add(1);
+        Ok(EndOutcome::Queued)
+    }
+}
+
+/// A per-process epoch: start time in nanoseconds mixed with the pid. Two agents of one
+/// (run, rank, shard) that start in the same nanosecond in the same pid cannot exist.
+fn new_epoch() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    (nanos ^ (u64::from(std::process::id()) << 48)).max(1)
+}
+
+/// tonic service wrapper.
+#[derive(Clone)]
+pub struct IngestService {
+    pub state: Arc<AgentState>,
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let req = request.into_inner();
+        self.state.register(&req).map_err(|e| {
+            self.state.metrics.chunks_rejected.inc();
+            tracing::warn!(error = %e, "register refused");
+            Status::from(e)
+        })?;
+        Ok(Response::new(RegisterResponse {
+            protocol_minor: gradtel_proto::PROTOCOL_MINOR,
+            top_k: self.state.config.top_k as u32,
+            hist_precision_bits: self.state.config.hist_precision,
+        }))
+    }
+
+    async fn push(
+        &self,
+        request: Request<Streaming<PushRequest>>,
+    ) -> Result<Response<PushResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut resp = PushResponse::default();
+        let reject = |e: AgentError| {
+            self.state.metrics.chunks_rejected.inc();
+            tracing::warn!(error = %e, "ingest message refused");
+            Status::from(e)
+        };
+        while let Some(msg) = stream.message().await? {
+            match msg.msg {
+                Some(push_request::Msg::Chunk(c)) => {
+                    self.state.add_chunk(&c).map_err(reject)?;
+                    resp.chunks_accepted += 1;
+                }
+                Some(push_request::Msg::EndStep(e)) => {
+                    if self.state.end_step(&e).map_err(reject)? == EndOutcome::Dropped {
+                        resp.steps_dropped += 1;
+                    }
+                    resp.steps_ended += 1;
+                }
+                None => return Err(reject(AgentError::EmptyMessage)),
+            }
+        }
+        Ok(Response::new(resp))
+    }
+}

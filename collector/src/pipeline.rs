@@ -1,0 +1,201 @@
+//! The collector's single owner of state: deduplication, step assembly and the Parquet sink.
+//!
+//! Reports arrive from every agent stream on one channel; a tick releases straggling steps and
+//! rolls files. File writes run on the blocking pool; acks go out only after the file is durable.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use gradtel_proto::v1::ack;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::acks::{make_ack, AckRouter, Dedup, Seen};
+use crate::assembler::{Assembler, Assembly};
+use crate::metrics::CollectorMetrics;
+use crate::report::Report;
+use crate::sink::{self, Buffer, Sink};
+use crate::steps_table;
+use crate::CollectorConfig;
+
+pub enum Inbound {
+    Report(Report),
+    /// Release every pending step, write every buffer, then answer.
+    Drain(oneshot::Sender<()>),
+}
+
+pub struct Pipeline {
+    pub out: PathBuf,
+    pub instance: String,
+    pub assembler: Assembler,
+    pub sink: Sink,
+    pub dedup: Dedup,
+    pub router: Arc<AckRouter>,
+    pub metrics: Arc<CollectorMetrics>,
+    files: u64,
+}
+
+fn unix_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl Pipeline {
+    pub fn new(
+        config: &CollectorConfig,
+        instance: String,
+        router: Arc<AckRouter>,
+        metrics: Arc<CollectorMetrics>,
+    ) -> Self {
+        Self {
+            out: config.out.clone(),
+            instance,
+            assembler: Assembler::new(config.straggler_timeout, config.max_pending_steps),
+            sink: Sink::new(config.roll_rows, config.roll_interval),
+            dedup: Dedup::default(),
+            router,
+            metrics,
+            files: 0,
+        }
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Inbound>, tick: Duration) {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Inbound::Report(r)) => self.on_report(r),
+                    Some(Inbound::Drain(done)) => {
+                        let all = self.assembler.drain();
+                        self.on_assemblies(all);
+                        for run in self.sink.runs() {
+                            self.flush(run).await;
+                        }
+                        let _ = done.send(());
+                    }
+                    None => break,
+                },
+                _ = ticker.tick() => {
+                    let now = Instant::now();
+                    let expired = self.assembler.expire(now);
+                    self.on_assemblies(expired);
+                    for run in self.sink.due(now) {
+                        self.flush(run).await;
+                    }
+                }
+            }
+            self.metrics
+                .pending_steps
+                .set(self.assembler.pending_len() as i64);
+        }
+    }
+
+    fn on_report(&mut self, r: Report) {
+        match self.dedup.arrive(&r.key, r.seq) {
+            Seen::New => {
+                let done = self.assembler.add(r);
+                self.on_assemblies(done);
+            }
+            Seen::Durable => {
+                self.metrics.reports_duplicate.inc();
+                let a = make_ack(&r.key, r.seq, ack::Status::Duplicate, String::new());
+                self.router.send(&r.key, a, &self.metrics);
+            }
+            Seen::Pending => self.metrics.reports_duplicate.inc(),
+        }
+    }
+
+    fn on_assemblies(&mut self, done: Vec<Assembly>) {
+        let now = unix_nanos();
+        for a in done {
+            self.metrics.steps_assembled.inc();
+            if a.late {
+                self.metrics.reports_late.inc();
+                tracing::warn!(run = %a.run_id, step = a.step, rank = a.parts[0].key.rank, "late report written as its own row");
+            } else if (a.parts.len() as u64)
+                < u64::from(a.world_size) * u64::from(a.shard_count)
+            {
+                self.metrics.steps_incomplete.inc();
+                tracing::warn!(run = %a.run_id, step = a.step, got = a.parts.len(), "step written with missing ranks");
+            }
+            let (rows, errors) = steps_table::build_rows(&a, now);
+            if errors > 0 {
+                self.metrics.merge_errors.add(errors);
+                tracing::error!(run = %a.run_id, step = a.step, errors, "summaries left out of a merge");
+            }
+            self.sink.append(a.run_id.clone(), rows, a.acks);
+        }
+    }
+
+    async fn flush(&mut self, run: Arc<str>) {
+        let Some(buf) = self.sink.take(&run) else {
+            return;
+        };
+        if buf.rows.is_empty() {
+            return;
+        }
+        self.files += 1;
+        let name = format!(
+            "part-{}-{}-{:06}.parquet",
+            unix_nanos() / 1_000_000,
+            self.instance,
+            self.files
+        );
+        let out = self.out.clone();
+        let run_for_write = run.clone();
+        let started = Instant::now();
+        let rows = buf.rows;
+        let written = tokio::task::spawn_blocking(move || {
+            let result = (|| {
+                let dir = sink::partition_dir(&out, &run_for_write, steps_table::TABLE)?;
+                let batch = steps_table::to_batch(&rows)?;
+                sink::write_file(&dir, &name, &batch)
+            })();
+            (result, rows)
+        })
+        .await;
+        let (result, rows) = match written {
+            Ok(x) => x,
+            Err(e) => {
+                // The blocking task panicked or was cancelled; the rows went with it. Their
+                // reports stay unacknowledged, so agents resend them.
+                self.metrics.write_errors.inc();
+                tracing::error!(error = %e, run = %run, "parquet writer task failed");
+                for (key, seq, _) in &buf.acks {
+                    self.dedup.forget(key, *seq);
+                }
+                return;
+            }
+        };
+        match result {
+            Ok((path, size)) => {
+                self.metrics.flush.record(started.elapsed());
+                self.metrics.files_written.inc();
+                self.metrics.bytes_written.add(size);
+                self.metrics.rows_written.add(rows.len() as u64);
+                tracing::debug!(path = %path.display(), rows = rows.len(), "parquet file published");
+                for (key, seq, received) in buf.acks {
+                    self.dedup.made_durable(&key, seq);
+                    self.metrics.report_durable.record(received.elapsed());
+                    let a = make_ack(&key, seq, ack::Status::Accepted, String::new());
+                    self.router.send(&key, a, &self.metrics);
+                }
+            }
+            Err(e) => {
+                self.metrics.write_errors.inc();
+                tracing::error!(error = %e, run = %run, "parquet write failed; will retry");
+                self.sink.restore(
+                    run,
+                    Buffer {
+                        rows,
+                        acks: buf.acks,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+    }
+}

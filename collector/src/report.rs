@@ -1,0 +1,182 @@
+//! A validated report: a `ShardReport` from the wire, checked and decoded into estimator types
+//! before anything else in the collector sees it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use gradtel_proto::v1::ShardReport;
+use gradtel_stats::GradSummary;
+
+/// Identity of one agent incarnation: acks and deduplication are keyed on it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AgentKey {
+    pub run_id: Arc<str>,
+    pub rank: u32,
+    pub shard: u32,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TensorPart {
+    pub name: String,
+    pub numel: u64,
+    pub elements_expected: u64,
+    pub elements_received: u64,
+    pub summary: GradSummary,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub key: AgentKey,
+    pub seq: u64,
+    pub world_size: u32,
+    pub shard_count: u32,
+    pub step: u64,
+    pub local: bool,
+    pub loss: Option<f64>,
+    pub learning_rate: Option<f64>,
+    pub batch_size: Option<u64>,
+    pub tensors: Vec<TensorPart>,
+    pub ended_unix_nanos: i64,
+    pub agent_steps_dropped_total: u64,
+    pub received_at: Instant,
+}
+
+/// Most tensors one report may carry.
+const MAX_TENSORS: usize = 1 << 20;
+/// Largest world size or shard count accepted.
+const MAX_WORLD: u32 = 1 << 20;
+
+/// Check and decode. The error string becomes the Ack's `reason`.
+pub fn decode(r: ShardReport) -> Result<Report, String> {
+    gradtel_proto::validate_run_id(&r.run_id).map_err(|e| format!("bad run id: {e}"))?;
+    if r.world_size == 0 || r.world_size > MAX_WORLD || r.rank >= r.world_size {
+        return Err(format!(
+            "rank {} is not in 0..world_size ({})",
+            r.rank, r.world_size
+        ));
+    }
+    if r.shard_count == 0 || r.shard_count > MAX_WORLD || r.shard >= r.shard_count {
+        return Err(format!(
+            "shard {} is not in 0..shard_count ({})",
+            r.shard, r.shard_count
+        ));
+    }
+    if r.seq == 0 {
+        return Err("seq must start at 1".into());
+    }
+    if r.tensors.len() > MAX_TENSORS {
+        return Err(format!("{} tensors in one report", r.tensors.len()));
+    }
+    let mut tensors = Vec::with_capacity(r.tensors.len());
+    let mut precision = None;
+    for t in r.tensors {
+        if t.name.is_empty() {
+            return Err("tensor with an empty name".into());
+        }
+        if t.elements_received > t.elements_expected || t.elements_expected > t.numel {
+            return Err(format!(
+                "tensor {:?}: received {} > expected {} or expected > numel {}",
+                t.name, t.elements_received, t.elements_expected, t.numel
+            ));
+        }
+        let w = t
+            .summary
+            .as_ref()
+            .ok_or_else(|| format!("tensor {:?} has no summary", t.name))?;
+        let summary = gradtel_codec::summary::from_wire(w)
+            .map_err(|e| format!("tensor {:?}: {e}", t.name))?;
+        if summary.total_count() != t.elements_received {
+            return Err(format!(
+                "tensor {:?}: summary counts {} values but {} were received",
+                t.name,
+                summary.total_count(),
+                t.elements_received
+            ));
+        }
+        let p = summary.abs_hist.precision_bits();
+        if *precision.get_or_insert(p) != p {
+            return Err("tensors of one report use different histogram precisions".into());
+        }
+        tensors.push(TensorPart {
+            name: t.name,
+            numel: t.numel,
+            elements_expected: t.elements_expected,
+            elements_received: t.elements_received,
+            summary,
+        });
+    }
+    Ok(Report {
+        key: AgentKey {
+            run_id: r.run_id.into(),
+            rank: r.rank,
+            shard: r.shard,
+            epoch: r.agent_epoch,
+        },
+        seq: r.seq,
+        world_size: r.world_size,
+        shard_count: r.shard_count,
+        step: r.step,
+        local: r.local,
+        loss: r.loss.filter(|v| v.is_finite()),
+        learning_rate: r.learning_rate.filter(|v| v.is_finite()),
+        batch_size: r.batch_size,
+        tensors,
+        ended_unix_nanos: r.ended_unix_nanos,
+        agent_steps_dropped_total: r.agent_steps_dropped_total,
+        received_at: Instant::now(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gradtel_proto::v1::TensorReport;
+
+    fn good() -> ShardReport {
+        let mut s = GradSummary::new(4, 7).unwrap();
+        s.extend_f64(&[1.0, -2.0]);
+        ShardReport {
+            run_id: "run".into(),
+            rank: 1,
+            world_size: 2,
+            shard: 0,
+            shard_count: 1,
+            seq: 1,
+            step: 3,
+            tensors: vec![TensorReport {
+                name: "a.w".into(),
+                numel: 4,
+                elements_expected: 4,
+                elements_received: 2,
+                summary: Some(gradtel_codec::summary::to_wire(&s)),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn accepts_a_consistent_report() {
+        let r = decode(good()).unwrap();
+        assert_eq!(r.tensors[0].summary.moments.n, 2);
+    }
+
+    #[test]
+    fn refuses_what_could_escape_or_lie() {
+        let mut r = good();
+        r.run_id = "../x".into();
+        assert!(decode(r).unwrap_err().contains("run id"));
+        let mut r = good();
+        r.rank = 2;
+        assert!(decode(r).is_err());
+        let mut r = good();
+        r.tensors[0].elements_received = 3;
+        assert!(decode(r).unwrap_err().contains("summary counts"));
+        let mut r = good();
+        r.tensors[0].summary = None;
+        assert!(decode(r).is_err());
+        let mut r = good();
+        r.seq = 0;
+        assert!(decode(r).is_err());
+    }
+}
