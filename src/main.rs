@@ -1,1 +1,47 @@
-fn main() {}
+//! `gradtel`: the command line.
+
+use clap::{Parser, Subcommand};
+
+const ABOUT: &str = "\
+gradtel: streaming telemetry for the structure of stochastic gradients.
+
+Agents beside each training process summarise gradients (moments, norms, NaN/Inf, |g| histogram,
+top-k); a collector merges them across ranks and shards and writes Parquet. `gradtel demo` runs
+the whole pipeline on a real small training job. The daemons are `gradtel-agent` and
+`gradtel-collector`.";
+
+#[derive(Parser)]
+#[command(name = "gradtel", version, about = ABOUT)]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "GRADTEL_LOG", default_value = "warn", global = true)]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train an MLP on the 8x8 digits with data-parallel ranks, each feeding its own agent, into
+    /// an embedded collector that writes Parquet under --out.
+    Demo(gradtel::demo::DemoArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    gradtel::init_logging(&cli.log);
+    match cli.command {
+        Command::Demo(args) => {
+            let summary = gradtel::demo::run(args).await?;
+            println!("{summary}");
+            anyhow::ensure!(
+                summary.unacknowledged == 0,
+                "{} reports were not acknowledged",
+                summary.unacknowledged
+            );
+        }
+    }
+    Ok(())
+}

@@ -9,7 +9,11 @@ use std::time::Duration;
 pub struct AgentConfig {
     /// Unix socket the training process connects to (Ingest service). A stale socket file left
     /// by a previous agent is replaced.
-    #[arg(long, env = "GRADTEL_AGENT_SOCKET", default_value = "gradtel-agent.sock")]
+    #[arg(
+        long,
+        env = "GRADTEL_AGENT_SOCKET",
+        default_value = "gradtel-agent.sock"
+    )]
     pub socket: PathBuf,
 
     /// Also serve Ingest on this TCP address (use a loopback address, e.g. 127.0.0.1:4318).
@@ -17,7 +21,11 @@ pub struct AgentConfig {
     pub tcp: Option<SocketAddr>,
 
     /// Collector endpoint the reports are streamed to.
-    #[arg(long, env = "GRADTEL_COLLECTOR", default_value = "http://127.0.0.1:4317")]
+    #[arg(
+        long,
+        env = "GRADTEL_COLLECTOR",
+        default_value = "http://127.0.0.1:4317"
+    )]
     pub collector: String,
 
     /// How many of the largest |g| per tensor shard and step to keep (feeds tail indices).

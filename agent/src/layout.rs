@@ -155,7 +155,10 @@ mod tests {
     fn refuses_bad_layouts() {
         let mut r = req();
         r.run_id = "../x".into();
-        assert!(matches!(Layout::from_request(&r), Err(AgentError::BadRunId(_))));
+        assert!(matches!(
+            Layout::from_request(&r),
+            Err(AgentError::BadRunId(_))
+        ));
         let mut r = req();
         r.rank = 2;
         assert!(Layout::from_request(&r).is_err());

@@ -49,7 +49,9 @@ pub enum AgentError {
         registered: &'static str,
         got: &'static str,
     },
-    #[error("chunk [{offset}, {offset}+{len}) of tensor {tensor:?} is outside the owned range [{start}, {end})")]
+    #[error(
+        "chunk [{offset}, {offset}+{len}) of tensor {tensor:?} is outside the owned range [{start}, {end})"
+    )]
     OutOfRange {
         tensor: String,
         offset: u64,
@@ -58,7 +60,11 @@ pub enum AgentError {
         end: u64,
     },
     #[error("step {step}: {received} values received for a tensor that owns only {owned}")]
-    TooManyValues { step: u64, received: u64, owned: u64 },
+    TooManyValues {
+        step: u64,
+        received: u64,
+        owned: u64,
+    },
     #[error("step {step} mixes local (pre-all-reduce) and reduced gradients")]
     MixedLocal { step: u64 },
     #[error("push message carries neither a chunk nor an end of step")]
@@ -81,10 +87,14 @@ impl From<AgentError> for tonic::Status {
         use AgentError::*;
         let msg = e.to_string();
         match e {
-            BadRunId(_) | BadLayout(_) | DtypeMismatch { .. } | OutOfRange { .. }
-            | TooManyValues { .. } | MixedLocal { .. } | EmptyMessage | Payload(_) => {
-                tonic::Status::invalid_argument(msg)
-            }
+            BadRunId(_)
+            | BadLayout(_)
+            | DtypeMismatch { .. }
+            | OutOfRange { .. }
+            | TooManyValues { .. }
+            | MixedLocal { .. }
+            | EmptyMessage
+            | Payload(_) => tonic::Status::invalid_argument(msg),
             NotRegistered => tonic::Status::failed_precondition(msg),
             UnknownTensor(_) => tonic::Status::not_found(msg),
             Stats(_) | Poisoned | Listen { .. } => tonic::Status::internal(msg),
@@ -133,7 +143,10 @@ impl Agent {
         let mut servers = vec![tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(svc())
-                .serve_with_incoming_shutdown(UnixListenerStream::new(uds), stopped(stop_rx.clone())),
+                .serve_with_incoming_shutdown(
+                    UnixListenerStream::new(uds),
+                    stopped(stop_rx.clone()),
+                ),
         )];
         if let Some(addr) = config.tcp {
             let tcp = tokio::net::TcpListener::bind(addr)

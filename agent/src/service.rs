@@ -10,8 +10,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use gradtel_codec::payload;
 use gradtel_proto::v1::ingest_server::Ingest;
 use gradtel_proto::v1::{
-    push_request, Dtype, EndStep, GradientChunk, PushRequest, PushResponse, RegisterRequest,
-    RegisterResponse, ShardReport, TensorReport,
+    Dtype, EndStep, GradientChunk, PushRequest, PushResponse, RegisterRequest, RegisterResponse,
+    ShardReport, TensorReport, push_request,
 };
 use gradtel_stats::GradSummary;
 use tokio::sync::mpsc;
@@ -133,7 +133,10 @@ impl AgentState {
         drop(open);
         if abandoned > 0 {
             self.metrics.steps_abandoned.add(abandoned as u64);
-            tracing::warn!(abandoned, "too many open steps: oldest abandoned without EndStep");
+            tracing::warn!(
+                abandoned,
+                "too many open steps: oldest abandoned without EndStep"
+            );
         }
         self.metrics.chunks_received.inc();
         self.metrics.bytes_received.add(c.data.len() as u64);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gradtel_proto::v1::collect_client::CollectClient;
-use gradtel_proto::v1::{ack, Ack, ShardReport};
+use gradtel_proto::v1::{Ack, ShardReport, ack};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;

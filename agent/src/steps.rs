@@ -107,8 +107,10 @@ mod tests {
     #[test]
     fn chunks_merge_and_are_bounded_by_the_owned_range() {
         let mut o = OpenSteps::default();
-        o.add_chunk(1, 0, 1, 4, true, summary(&[1.0, 2.0]), 2, 8).unwrap();
-        o.add_chunk(1, 0, 1, 4, true, summary(&[3.0]), 1, 8).unwrap();
+        o.add_chunk(1, 0, 1, 4, true, summary(&[1.0, 2.0]), 2, 8)
+            .unwrap();
+        o.add_chunk(1, 0, 1, 4, true, summary(&[3.0]), 1, 8)
+            .unwrap();
         let t = o.steps[&1].tensors[0].as_ref().unwrap();
         assert_eq!(t.received, 3);
         assert_eq!(t.summary.moments.n, 3);
@@ -126,7 +128,9 @@ mod tests {
     fn oldest_step_is_abandoned_beyond_the_limit() {
         let mut o = OpenSteps::default();
         for step in 0..3 {
-            let a = o.add_chunk(step, 0, 1, 4, false, summary(&[1.0]), 1, 2).unwrap();
+            let a = o
+                .add_chunk(step, 0, 1, 4, false, summary(&[1.0]), 1, 2)
+                .unwrap();
             assert_eq!(a, usize::from(step == 2));
         }
         assert_eq!(o.steps.keys().copied().collect::<Vec<_>>(), vec![1, 2]);

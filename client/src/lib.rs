@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use gradtel_proto::v1::ingest_client::IngestClient as RawClient;
 use gradtel_proto::v1::{
-    push_request, Dtype, EndStep, GradientChunk, PushRequest, PushResponse, RegisterRequest,
-    RegisterResponse, TensorLayout,
+    Dtype, EndStep, GradientChunk, PushRequest, PushResponse, RegisterRequest, RegisterResponse,
+    TensorLayout, push_request,
 };
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -159,11 +159,7 @@ impl IngestClient {
 
     /// Send raw Push messages on one stream (for callers that build their own).
     pub async fn push_raw(&mut self, msgs: Vec<PushRequest>) -> Result<PushResponse, ClientError> {
-        Ok(self
-            .raw
-            .push(tokio_stream::iter(msgs))
-            .await?
-            .into_inner())
+        Ok(self.raw.push(tokio_stream::iter(msgs)).await?.into_inner())
     }
 
     /// Send one step: every tensor split into chunks, then EndStep.

@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 
-use gradtel_proto::v1::{ack, Ack};
+use gradtel_proto::v1::{Ack, ack};
 use tokio::sync::mpsc;
 
 use crate::metrics::CollectorMetrics;

@@ -7,7 +7,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Args)]
 pub struct CollectorConfig {
     /// Address the Collect gRPC service listens on (agents connect here).
-    #[arg(long, env = "GRADTEL_COLLECTOR_LISTEN", default_value = "127.0.0.1:4317")]
+    #[arg(
+        long,
+        env = "GRADTEL_COLLECTOR_LISTEN",
+        default_value = "127.0.0.1:4317"
+    )]
     pub listen: SocketAddr,
 
     /// Root of the Parquet lake: files go to <out>/run=<id>/table=<name>/part-*.parquet.

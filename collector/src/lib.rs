@@ -21,8 +21,8 @@ pub mod sink;
 pub mod steps_table;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use config::CollectorConfig;
@@ -72,10 +72,12 @@ impl Collector {
                 addr: config.listen,
                 source,
             })?;
-        let addr = listener.local_addr().map_err(|source| CollectorError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| CollectorError::Listen {
+                addr: config.listen,
+                source,
+            })?;
         let metrics = Arc::new(CollectorMetrics::default());
         let router = Arc::new(acks::AckRouter::default());
         let (pipeline_tx, pipeline_rx) = mpsc::channel(4096);
@@ -87,7 +89,8 @@ impl Collector {
                 .unwrap_or(0)
                 ^ u64::from(std::process::id())
         );
-        let tick = (config.roll_interval / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let tick =
+            (config.roll_interval / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
         let pipeline = tokio::spawn(
             pipeline::Pipeline::new(&config, instance, router.clone(), metrics.clone())
                 .run(pipeline_rx, tick),

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use gradtel_proto::v1::ack;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::acks::{make_ack, AckRouter, Dedup, Seen};
+use crate::CollectorConfig;
+use crate::acks::{AckRouter, Dedup, Seen, make_ack};
 use crate::assembler::{Assembler, Assembly};
 use crate::metrics::CollectorMetrics;
 use crate::report::Report;
 use crate::sink::{self, Buffer, Sink};
 use crate::steps_table;
-use crate::CollectorConfig;
 
 pub enum Inbound {
     Report(Report),
@@ -115,9 +115,7 @@ impl Pipeline {
             if a.late {
                 self.metrics.reports_late.inc();
                 tracing::warn!(run = %a.run_id, step = a.step, rank = a.parts[0].key.rank, "late report written as its own row");
-            } else if (a.parts.len() as u64)
-                < u64::from(a.world_size) * u64::from(a.shard_count)
-            {
+            } else if (a.parts.len() as u64) < u64::from(a.world_size) * u64::from(a.shard_count) {
                 self.metrics.steps_incomplete.inc();
                 tracing::warn!(run = %a.run_id, step = a.step, got = a.parts.len(), "step written with missing ranks");
             }

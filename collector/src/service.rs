@@ -5,11 +5,11 @@
 //! the pipeline; their acks come back through the [`AckRouter`] once durable.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use gradtel_proto::v1::collect_server::Collect;
-use gradtel_proto::v1::{ack, Ack, ShardReport};
+use gradtel_proto::v1::{Ack, ShardReport, ack};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -33,7 +33,11 @@ pub struct CollectService {
 /// A REJECTED ack addressed like `r`, prepared before `r` is consumed by decoding.
 fn rejection(r: &ShardReport) -> Ack {
     Ack {
-        run_id: r.run_id.chars().take(gradtel_proto::MAX_RUN_ID_LEN).collect(),
+        run_id: r
+            .run_id
+            .chars()
+            .take(gradtel_proto::MAX_RUN_ID_LEN)
+            .collect(),
         rank: r.rank,
         shard: r.shard,
         seq: r.seq,

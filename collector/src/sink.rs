@@ -74,7 +74,8 @@ impl Sink {
             .filter(|(_, b)| {
                 !b.acks.is_empty()
                     && (b.rows.len() >= self.roll_rows
-                        || b.since.is_some_and(|s| now.duration_since(s) >= self.roll_interval))
+                        || b.since
+                            .is_some_and(|s| now.duration_since(s) >= self.roll_interval))
             })
             .map(|(r, _)| r.clone())
             .collect()
@@ -102,11 +103,17 @@ impl Sink {
 pub fn partition_dir(root: &Path, run: &str, table: &str) -> Result<PathBuf, SinkError> {
     // The run id was validated on arrival; checking again here keeps this function safe alone.
     gradtel_proto::validate_run_id(run).map_err(|_| SinkError::BadRunId(run.to_string()))?;
-    Ok(root.join(format!("run={run}")).join(format!("table={table}")))
+    Ok(root
+        .join(format!("run={run}"))
+        .join(format!("table={table}")))
 }
 
 /// Write `batch` as one Parquet file in `dir`, atomically. Returns the path and its size.
-pub fn write_file(dir: &Path, name: &str, batch: &RecordBatch) -> Result<(PathBuf, u64), SinkError> {
+pub fn write_file(
+    dir: &Path,
+    name: &str,
+    batch: &RecordBatch,
+) -> Result<(PathBuf, u64), SinkError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| SinkError::Io { path, source }

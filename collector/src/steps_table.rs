@@ -127,7 +127,12 @@ pub fn build_rows(a: &Assembly, assembled_at_ns: i64) -> (Vec<StepRow>, u64) {
         .iter()
         .map(|p| p.agent_steps_dropped_total)
         .sum::<u64>();
-    let ended = a.parts.iter().map(|p| p.ended_unix_nanos).max().unwrap_or(0);
+    let ended = a
+        .parts
+        .iter()
+        .map(|p| p.ended_unix_nanos)
+        .max()
+        .unwrap_or(0);
     let precision = a
         .parts
         .iter()
@@ -248,16 +253,28 @@ pub fn to_batch(rows: &[StepRow]) -> Result<RecordBatch, ArrowError> {
         ("elements_expected", u64s(&|r| r.elements_expected)),
         ("elements_received", u64s(&|r| r.elements_received)),
         ("count", u64s(&|r| r.summary.moments.n)),
-        ("mean", f64s(&|r| nonempty(r).then_some(r.summary.moments.mean))),
+        (
+            "mean",
+            f64s(&|r| nonempty(r).then_some(r.summary.moments.mean)),
+        ),
         ("m2", f64s(&|r| Some(r.summary.moments.m2))),
         ("m3", f64s(&|r| Some(r.summary.moments.m3))),
         ("m4", f64s(&|r| Some(r.summary.moments.m4))),
-        ("variance", f64s(&|r| r.summary.moments.variance_population())),
+        (
+            "variance",
+            f64s(&|r| r.summary.moments.variance_population()),
+        ),
         ("skewness", f64s(&|r| r.summary.moments.skewness())),
-        ("excess_kurtosis", f64s(&|r| r.summary.moments.excess_kurtosis())),
+        (
+            "excess_kurtosis",
+            f64s(&|r| r.summary.moments.excess_kurtosis()),
+        ),
         ("sum_sq", f64s(&|r| Some(r.summary.sum_sq))),
         ("l2_norm", f64s(&|r| Some(r.summary.l2_norm()))),
-        ("max_abs", f64s(&|r| nonempty(r).then_some(r.summary.max_abs))),
+        (
+            "max_abs",
+            f64s(&|r| nonempty(r).then_some(r.summary.max_abs)),
+        ),
         ("nan_count", u64s(&|r| r.summary.nan_count)),
         ("pos_inf_count", u64s(&|r| r.summary.pos_inf_count)),
         ("neg_inf_count", u64s(&|r| r.summary.neg_inf_count)),

@@ -1,1 +1,58 @@
-fn main() {}
+//! `gradtel-agent`: the sidecar daemon beside one training process.
+
+use clap::Parser;
+use gradtel_agent::{Agent, AgentConfig};
+
+const ABOUT: &str = "\
+gradtel sidecar agent: summarises one training process's gradients and streams the summaries to
+a gradtel collector.
+
+Run one agent beside each training process (each data-parallel rank). The training process
+connects to the agent's Unix socket (--socket), registers its run layout (run id, rank, world
+size, tensors), then per optimiser step streams raw f32/f16/bf16 gradient bytes and ends the step.
+The agent computes, per step and tensor: count, mean and central moments to order 4, L2 norm,
+max |g|, NaN/Inf counts, a log-bucketed |g| histogram (relative error 2^-(p+1)) and the top-k |g|,
+and ships one report per step to the collector (--collector), at least once.
+
+The training process is never blocked: if the collector is slow or gone, finished steps are
+dropped at the agent's queue and counted (gradtel_agent_steps_dropped_queue_full_total).";
+
+const EXAMPLES: &str = "\
+Examples:
+  # beside rank 0, shipping to a collector on this host
+  gradtel-agent --socket /run/gradtel/rank0.sock --collector http://127.0.0.1:4317
+
+  # also serve Ingest on TCP loopback and expose metrics
+  gradtel-agent --socket rank0.sock --tcp 127.0.0.1:4318 --metrics 127.0.0.1:9465";
+
+#[derive(Parser)]
+#[command(name = "gradtel-agent", version, about = ABOUT, after_help = EXAMPLES)]
+struct Cli {
+    #[command(flatten)]
+    config: AgentConfig,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. info, debug, gradtel_agent=debug.
+    #[arg(long, env = "GRADTEL_LOG", default_value = "info")]
+    log: String,
+
+    /// On shutdown, how long to wait for the collector to acknowledge what is still in flight.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    drain: std::time::Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    gradtel::init_logging(&cli.log);
+    let agent = Agent::start(cli.config).await?;
+    gradtel::wait_for_signal().await;
+    tracing::info!("signal received; draining");
+    let report = agent.shutdown(cli.drain).await;
+    if report.unacknowledged > 0 {
+        anyhow::bail!(
+            "{} reports were never acknowledged by the collector",
+            report.unacknowledged
+        );
+    }
+    Ok(())
+}

@@ -134,7 +134,9 @@ impl LogHistogram {
     ) -> Result<Self, StatsError> {
         let mut h = Self::new(precision_bits)?;
         if indices.len() != counts.len() {
-            return Err(StatsError::Malformed("histogram index/count lengths differ"));
+            return Err(StatsError::Malformed(
+                "histogram index/count lengths differ",
+            ));
         }
         // Indices of finite positive values stay below the +Inf bucket.
         let limit = f64::INFINITY.to_bits() >> (52 - precision_bits);
@@ -185,7 +187,9 @@ mod tests {
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let mut xs: Vec<f64> = (0..10_000)
             .map(|i| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let u = (state >> 11) as f64 / (1u64 << 53) as f64;
                 (u + 1e-3) * 10f64.powi(i % 40 - 30)
             })

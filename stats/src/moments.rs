@@ -137,7 +137,9 @@ mod tests {
 
     #[test]
     fn streaming_matches_two_pass_closed_form() {
-        let xs: Vec<f64> = (0..1000).map(|i| ((i * 7919) % 1013) as f64 / 37.0 - 9.0).collect();
+        let xs: Vec<f64> = (0..1000)
+            .map(|i| ((i * 7919) % 1013) as f64 / 37.0 - 9.0)
+            .collect();
         let m = Moments::from_slice(&xs);
         let (mean, m2, m3, m4) = two_pass(&xs);
         assert_eq!(m.n, 1000);

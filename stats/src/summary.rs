@@ -129,7 +129,9 @@ impl GradSummary {
             return Err(StatsError::Malformed("sign counts do not add up to count"));
         }
         if self.abs_hist.total() != self.pos_count + self.neg_count {
-            return Err(StatsError::Malformed("histogram total differs from non-zero count"));
+            return Err(StatsError::Malformed(
+                "histogram total differs from non-zero count",
+            ));
         }
         let finite = [m.mean, m.m2, m.m3, m.m4, self.sum_sq, self.max_abs];
         if finite.iter().any(|v| !v.is_finite()) {
@@ -152,7 +154,15 @@ mod tests {
     #[test]
     fn special_values_are_counted_not_mixed_in() {
         let mut s = GradSummary::new(3, 7).unwrap();
-        s.extend_f64(&[1.0, -2.0, 0.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.5]);
+        s.extend_f64(&[
+            1.0,
+            -2.0,
+            0.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            0.5,
+        ]);
         assert_eq!(s.moments.n, 4);
         assert_eq!((s.nan_count, s.pos_inf_count, s.neg_inf_count), (1, 1, 1));
         assert_eq!((s.pos_count, s.neg_count, s.zero_count), (2, 1, 1));

@@ -146,12 +146,7 @@ pub async fn serve_metrics<R: Render>(
         "/metrics",
         axum::routing::get(move || {
             let m = metrics.clone();
-            async move {
-                (
-                    [("content-type", "text/plain; version=0.0.4")],
-                    m.render(),
-                )
-            }
+            async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
         }),
     );
     tokio::spawn(async move {
