@@ -1,0 +1,222 @@
+//! Bad input gets a clear gRPC error or a counted drop, never a crash or a hang; and a
+//! collector that appears late still receives what the agent kept.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use gradtel_client::{IngestClient, StepScalars, TensorData, TensorDecl};
+use gradtel_proto::v1::collect_client::CollectClient;
+use gradtel_proto::v1::{Dtype, GradientChunk, PushRequest, ShardReport, ack, push_request};
+use tonic::Code;
+
+fn decls() -> Vec<TensorDecl> {
+    vec![TensorDecl {
+        name: "fc.weight".into(),
+        shape: vec![4, 4],
+        dtype: Dtype::F32,
+        owned: None,
+    }]
+}
+
+fn chunk(tensor: &str, data: Vec<u8>) -> Vec<PushRequest> {
+    vec![PushRequest {
+        msg: Some(push_request::Msg::Chunk(GradientChunk {
+            step: 0,
+            tensor: tensor.into(),
+            offset: 0,
+            dtype: Dtype::F32 as i32,
+            data: data.into(),
+            local: false,
+        })),
+    }]
+}
+
+#[test]
+fn agent_answers_bad_input_with_clear_errors_and_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("a.sock");
+    // No collector listens on this port: ingest must not care.
+    let absent = format!("http://127.0.0.1:{}", free_port());
+    let mut agent = start_agent(&socket, &absent, &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = IngestClient::connect_uds(&socket).await.unwrap();
+
+        let e = c
+            .push_raw(chunk("fc.weight", vec![0; 16]))
+            .await
+            .unwrap_err();
+        let gradtel_client::ClientError::Status(s) = e else {
+            panic!("{e}")
+        };
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert!(s.message().contains("Register"), "{}", s.message());
+
+        for bad in ["../x", "a/b", "", ".."] {
+            let e = c.register(bad, 0, 1, 0, 1, &decls()).await.unwrap_err();
+            let gradtel_client::ClientError::Status(s) = e else {
+                panic!("{e}")
+            };
+            assert_eq!(s.code(), Code::InvalidArgument, "{bad:?}");
+            assert!(s.message().contains("run id"), "{}", s.message());
+        }
+        assert!(!dir.path().join("x").exists());
+
+        c.register("ok-run", 0, 1, 0, 1, &decls()).await.unwrap();
+
+        // 10 bytes is not a whole number of f32 values.
+        let e = c
+            .push_raw(chunk("fc.weight", vec![0; 10]))
+            .await
+            .unwrap_err();
+        let gradtel_client::ClientError::Status(s) = e else {
+            panic!("{e}")
+        };
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(
+            s.message().contains("10 bytes") && s.message().contains("f32"),
+            "{}",
+            s.message()
+        );
+
+        let e = c
+            .push_raw(chunk("no.such.tensor", vec![0; 16]))
+            .await
+            .unwrap_err();
+        let gradtel_client::ClientError::Status(s) = e else {
+            panic!("{e}")
+        };
+        assert_eq!(s.code(), Code::NotFound);
+        assert!(s.message().contains("no.such.tensor"), "{}", s.message());
+
+        // 20 values into a 16-value tensor.
+        let e = c
+            .push_raw(chunk("fc.weight", vec![0; 80]))
+            .await
+            .unwrap_err();
+        let gradtel_client::ClientError::Status(s) = e else {
+            panic!("{e}")
+        };
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(
+            s.message().contains("outside the owned range"),
+            "{}",
+            s.message()
+        );
+
+        // Still serving: a good step goes through.
+        let data = [TensorData::from_f32("fc.weight", 0, &[1.0; 16])];
+        let r = c
+            .push_step(1, &data, false, StepScalars::default())
+            .await
+            .unwrap();
+        assert_eq!((r.chunks_accepted, r.steps_ended), (1, 1));
+    });
+    assert!(agent.alive(), "agent survived every bad message");
+}
+
+#[test]
+fn collector_rejects_bad_reports_on_an_open_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lake");
+    let (mut collector, url) = start_collector(&out, "127.0.0.1:0", &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut client = CollectClient::connect(url).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let mut acks = client
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let report = |run: &str, seq| ShardReport {
+            run_id: run.into(),
+            rank: 0,
+            world_size: 1,
+            shard: 0,
+            shard_count: 1,
+            seq,
+            step: 4,
+            agent_epoch: 7,
+            ..Default::default()
+        };
+        tx.send(report("../escape", 1)).await.unwrap();
+        let a = tokio::time::timeout(Duration::from_secs(10), acks.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.status, ack::Status::Rejected as i32);
+        assert!(a.reason.contains("run id"), "{}", a.reason);
+
+        // Same stream, valid report: accepted once durable; a resend is a duplicate.
+        tx.send(report("fine", 1)).await.unwrap();
+        let a = tokio::time::timeout(Duration::from_secs(10), acks.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.status, ack::Status::Accepted as i32, "{a:?}");
+        tx.send(report("fine", 1)).await.unwrap();
+        let a = tokio::time::timeout(Duration::from_secs(10), acks.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.status, ack::Status::Duplicate as i32, "{a:?}");
+    });
+    assert!(collector.alive());
+    assert!(!dir.path().join("escape").exists());
+    let rows = rows(&read_batches(&out));
+    assert_eq!(rows.len(), 1, "one model row, written once");
+    assert_eq!(rows[0].run_id, "fine");
+}
+
+#[test]
+fn full_queue_drops_whole_steps_and_a_late_collector_gets_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lake");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let socket = dir.path().join("a.sock");
+    let mut agent = start_agent(&socket, &url, &["--queue", "3", "--max-backoff", "200ms"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dropped = rt.block_on(async {
+        let mut c = IngestClient::connect_uds(&socket).await.unwrap();
+        c.register("late", 0, 1, 0, 1, &decls()).await.unwrap();
+        let mut dropped = 0;
+        for step in 0..10 {
+            let data = [TensorData::from_f32("fc.weight", 0, &[step as f32; 16])];
+            let r = tokio::time::timeout(
+                Duration::from_secs(5),
+                c.push_step(step, &data, false, StepScalars::default()),
+            )
+            .await
+            .expect("ingest never blocks on an absent collector")
+            .unwrap();
+            dropped += r.steps_dropped;
+        }
+        dropped
+    });
+    // The queue holds 3 steps (the shipper may hold one more in flight before connecting).
+    assert!((6..=7).contains(&dropped), "dropped {dropped}");
+    let (mut collector, _) = start_collector(&out, &format!("127.0.0.1:{port}"), &[]);
+    let kept = 10 - dropped as usize;
+    // One tensor, one layer and the model: three rows per step.
+    let batches = wait_for_rows(&out, kept * 3, Duration::from_secs(30));
+    let rows = rows(&batches);
+    assert_eq!(rows.len(), kept * 3);
+    let steps: std::collections::BTreeSet<u64> = rows.iter().map(|r| r.step).collect();
+    assert_eq!(steps.len(), kept, "whole steps survive, never half of one");
+    for r in &rows {
+        // Each step carried 16 copies of its step number.
+        assert_eq!(r.u("count"), 16);
+        assert_eq!(
+            r.f("mean"),
+            (r.step > 0).then_some(r.step as f64).or(Some(0.0))
+        );
+    }
+    assert!(agent.alive() && collector.alive());
+}

@@ -1,0 +1,239 @@
+//! Helpers for end-to-end tests: real daemons as child processes, Parquet read back.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Float64Type, UInt32Type, UInt64Type};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// A child process killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub name: &'static str,
+}
+
+impl Daemon {
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop on SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `gradtel-collector` on an ephemeral (or given) port; returns it and its URL.
+pub fn start_collector(out: &Path, listen: &str, extra: &[&str]) -> (Daemon, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gradtel-collector"))
+        .args(["--listen", listen, "--out"])
+        .arg(out)
+        .args(["--roll-interval", "200ms", "--straggler-timeout", "3s"])
+        .args(extra)
+        .env("GRADTEL_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn gradtel-collector");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("gradtel-collector listening on ") {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("collector did not report its address");
+    (
+        Daemon {
+            child,
+            name: "gradtel-collector",
+        },
+        format!("http://{addr}"),
+    )
+}
+
+/// Start `gradtel-agent` on a Unix socket and wait until the socket exists.
+pub fn start_agent(socket: &Path, collector: &str, extra: &[&str]) -> Daemon {
+    let child = Command::new(env!("CARGO_BIN_EXE_gradtel-agent"))
+        .arg("--socket")
+        .arg(socket)
+        .args(["--collector", collector])
+        .args(extra)
+        .env("GRADTEL_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn gradtel-agent");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "agent socket never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Daemon {
+        child,
+        name: "gradtel-agent",
+    }
+}
+
+/// Every published Parquet file under `dir` (recursively), skipping hidden temporaries.
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn read_batches(dir: &Path) -> Vec<RecordBatch> {
+    parquet_files(dir)
+        .iter()
+        .flat_map(|p| {
+            ParquetRecordBatchReaderBuilder::try_new(File::open(p).expect("open parquet"))
+                .expect("parquet metadata")
+                .build()
+                .expect("parquet reader")
+                .map(|b| b.expect("parquet batch"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Poll until `dir` holds at least `rows` rows, or panic after `timeout`.
+pub fn wait_for_rows(dir: &Path, rows: usize, timeout: Duration) -> Vec<RecordBatch> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let batches = read_batches(dir);
+        let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if n >= rows {
+            return batches;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {n} of {rows} rows arrived in {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One row of the `steps` table, decoded by column name.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub step: u64,
+    pub scope_kind: String,
+    pub scope: String,
+    pub run_id: String,
+    pub local: bool,
+    pub late: bool,
+    pub ranks_reported: u32,
+    pub missing_ranks: Vec<u32>,
+    pub u64s: std::collections::HashMap<String, Option<u64>>,
+    pub f64s: std::collections::HashMap<String, Option<f64>>,
+    pub top_abs: Vec<f64>,
+}
+
+impl Row {
+    pub fn u(&self, c: &str) -> u64 {
+        self.u64s[c].unwrap_or_else(|| panic!("{c} is null"))
+    }
+    pub fn f(&self, c: &str) -> Option<f64> {
+        self.f64s[c]
+    }
+}
+
+pub fn rows(batches: &[RecordBatch]) -> Vec<Row> {
+    let mut out = Vec::new();
+    for b in batches {
+        let col = |n: &str| {
+            b.column_by_name(n)
+                .unwrap_or_else(|| panic!("no column {n}"))
+        };
+        let s = |n: &str, i: usize| col(n).as_string::<i32>().value(i).to_string();
+        for i in 0..b.num_rows() {
+            let mut u64s = std::collections::HashMap::new();
+            let mut f64s = std::collections::HashMap::new();
+            for f in b.schema().fields() {
+                let c = col(f.name());
+                match f.data_type() {
+                    arrow::datatypes::DataType::UInt64 => {
+                        let a = c.as_primitive::<UInt64Type>();
+                        u64s.insert(f.name().clone(), a.is_valid(i).then(|| a.value(i)));
+                    }
+                    arrow::datatypes::DataType::Float64 => {
+                        let a = c.as_primitive::<Float64Type>();
+                        f64s.insert(f.name().clone(), a.is_valid(i).then(|| a.value(i)));
+                    }
+                    _ => {}
+                }
+            }
+            let missing = col("missing_ranks").as_list::<i32>().value(i);
+            let top = col("top_abs").as_list::<i32>().value(i);
+            out.push(Row {
+                step: col("step").as_primitive::<UInt64Type>().value(i),
+                scope_kind: s("scope_kind", i),
+                scope: s("scope", i),
+                run_id: s("run_id", i),
+                local: col("local").as_boolean().value(i),
+                late: col("late").as_boolean().value(i),
+                ranks_reported: col("ranks_reported").as_primitive::<UInt32Type>().value(i),
+                missing_ranks: missing.as_primitive::<UInt32Type>().values().to_vec(),
+                u64s,
+                f64s,
+                top_abs: top.as_primitive::<Float64Type>().values().to_vec(),
+            });
+        }
+    }
+    out
+}
+
+/// A free loopback port (bound and released; fine for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
