@@ -32,6 +32,17 @@ pub struct Shipper {
     pub metrics: Arc<AgentMetrics>,
 }
 
+/// Once stopping, the shipper is done when nothing is left or the drain deadline passed.
+fn drained(
+    stop: Option<Instant>,
+    queue: &mpsc::Receiver<ShardReport>,
+    inflight: &BTreeMap<u64, (ShardReport, Instant)>,
+) -> bool {
+    stop.is_some_and(|deadline| {
+        (queue.is_empty() && inflight.is_empty()) || Instant::now() >= deadline
+    })
+}
+
 enum StreamEnd {
     Disconnected,
     Drained,
@@ -48,10 +59,8 @@ impl Shipper {
         let mut inflight: BTreeMap<u64, (ShardReport, Instant)> = BTreeMap::new();
         let mut backoff = Duration::from_millis(50);
         loop {
-            if let Some(deadline) = *stop.borrow() {
-                if (queue.is_empty() && inflight.is_empty()) || Instant::now() >= deadline {
-                    break;
-                }
+            if drained(*stop.borrow(), &queue, &inflight) {
+                break;
             }
             match self.connect().await {
                 Ok(client) => {
@@ -156,10 +165,8 @@ impl Shipper {
                     self.metrics.reports_sent.inc();
                 }
                 _ = tick.tick() => {
-                    if let Some(deadline) = *stop.borrow_and_update() {
-                        if (queue.is_empty() && inflight.is_empty()) || Instant::now() >= deadline {
-                            return StreamEnd::Drained;
-                        }
+                    if drained(*stop.borrow_and_update(), queue, inflight) {
+                        return StreamEnd::Drained;
                     }
                 }
             }

@@ -21,7 +21,7 @@ pub fn dtype_name(d: Dtype) -> &'static str {
 /// Number of elements in `bytes`, or why the length is wrong for `dtype`.
 pub fn element_count(dtype: Dtype, bytes: &[u8]) -> Result<usize, CodecError> {
     let size = dtype.element_size().ok_or(CodecError::UnspecifiedDtype)?;
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(CodecError::RaggedPayload {
             len: bytes.len(),
             dtype: dtype_name(dtype),

@@ -88,15 +88,15 @@ impl Assembler {
         }
         let mut out = Vec::new();
         let key = (run.clone(), step);
-        if !self.pending.contains_key(&key) && self.pending.len() >= self.max_pending {
-            if let Some(oldest) = self
+        if !self.pending.contains_key(&key)
+            && self.pending.len() >= self.max_pending
+            && let Some(oldest) = self
                 .pending
                 .iter()
                 .min_by_key(|(_, p)| p.first_at)
                 .map(|(k, _)| k.clone())
-            {
-                out.extend(self.release(&oldest));
-            }
+        {
+            out.extend(self.release(&oldest));
         }
         let p = self.pending.entry(key.clone()).or_insert_with(|| Pending {
             world_size: r.world_size,
