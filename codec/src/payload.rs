@@ -39,21 +39,21 @@ pub fn summarize_into(
 ) -> Result<usize, CodecError> {
     let n = element_count(dtype, bytes)?;
     match dtype {
-        Dtype::F32 => {
-            for c in bytes.chunks_exact(4) {
-                summary.push(f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
-            }
-        }
-        Dtype::F16 => {
-            for c in bytes.chunks_exact(2) {
-                summary.push(f64::from(half::f16::from_le_bytes([c[0], c[1]])));
-            }
-        }
-        Dtype::Bf16 => {
-            for c in bytes.chunks_exact(2) {
-                summary.push(f64::from(half::bf16::from_le_bytes([c[0], c[1]])));
-            }
-        }
+        Dtype::F32 => summary.extend_values(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        ),
+        Dtype::F16 => summary.extend_values(
+            bytes
+                .chunks_exact(2)
+                .map(|c| f64::from(half::f16::from_le_bytes([c[0], c[1]]))),
+        ),
+        Dtype::Bf16 => summary.extend_values(
+            bytes
+                .chunks_exact(2)
+                .map(|c| f64::from(half::bf16::from_le_bytes([c[0], c[1]]))),
+        ),
         Dtype::Unspecified => return Err(CodecError::UnspecifiedDtype),
     }
     Ok(n)

@@ -87,6 +87,40 @@ impl LogHistogram {
         }
     }
 
+    /// Record a block of finite values (non-positive ones are skipped). Indices are computed
+    /// first and the dense range grown once, so the counting loop has no growth branches.
+    pub fn record_block(&mut self, xs: &[f64]) {
+        let shift = 52 - self.precision_bits;
+        let mut idx = [0u64; 256];
+        for block in xs.chunks(idx.len()) {
+            let mut n = 0;
+            let (mut lo, mut hi) = (u64::MAX, 0u64);
+            for &x in block {
+                // Finite and > 0: bit patterns of positive finite doubles lie in (0, +Inf).
+                let bits = x.to_bits();
+                if bits.wrapping_sub(1) < f64::INFINITY.to_bits() - 1 {
+                    let i = bits >> shift;
+                    idx[n] = i;
+                    n += 1;
+                    lo = lo.min(i);
+                    hi = hi.max(i);
+                }
+            }
+            if n == 0 {
+                continue;
+            }
+            // Make [lo, hi] addressable, then count without range checks per value.
+            self.add_count(lo, 0);
+            self.add_count(hi, 0);
+            let offset = self.offset;
+            let counts = &mut self.counts[(lo - offset) as usize..=(hi - offset) as usize];
+            for &i in &idx[..n] {
+                counts[(i - lo) as usize] += 1;
+            }
+            self.total += n as u64;
+        }
+    }
+
     #[inline]
     fn add_count(&mut self, index: u64, count: u64) {
         if self.counts.is_empty() {

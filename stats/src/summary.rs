@@ -14,6 +14,9 @@
 
 use crate::{LogHistogram, Moments, StatsError, TopK};
 
+/// Values summarised per block on the fast path.
+pub const BLOCK: usize = 256;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct GradSummary {
     pub moments: Moments,
@@ -85,14 +88,67 @@ impl GradSummary {
     }
 
     pub fn extend_f64(&mut self, xs: &[f64]) {
-        for &x in xs {
-            self.push(x);
-        }
+        self.extend_values(xs.iter().copied());
     }
 
     pub fn extend_f32(&mut self, xs: &[f32]) {
-        for &x in xs {
-            self.push(f64::from(x));
+        self.extend_values(xs.iter().map(|&x| f64::from(x)));
+    }
+
+    /// The fast path: values go through in blocks of [`BLOCK`]. Per block, finite values are
+    /// gathered, counted and bucketed in one pass; their moments come from a two-pass block
+    /// summary merged once per block (Pébay), which avoids the division per value of the
+    /// one-pass update. The result equals pushing the values one by one (to rounding).
+    pub fn extend_values(&mut self, xs: impl Iterator<Item = f64>) {
+        let mut block = [0f64; BLOCK];
+        let mut len = 0;
+        for x in xs {
+            if x.is_finite() {
+                block[len] = x;
+                len += 1;
+                if len == BLOCK {
+                    self.absorb_finite(&block);
+                    len = 0;
+                }
+            } else if x.is_nan() {
+                self.nan_count += 1;
+            } else if x > 0.0 {
+                self.pos_inf_count += 1;
+            } else {
+                self.neg_inf_count += 1;
+            }
+        }
+        self.absorb_finite(&block[..len]);
+    }
+
+    /// Add a block of finite values.
+    fn absorb_finite(&mut self, xs: &[f64]) {
+        if xs.is_empty() {
+            return;
+        }
+        let (mut pos, mut neg, mut max_abs) = (0u64, 0u64, self.max_abs);
+        let mut abs = [0f64; BLOCK];
+        for (a, &x) in abs.iter_mut().zip(xs) {
+            pos += u64::from(x > 0.0);
+            neg += u64::from(x < 0.0);
+            *a = x.abs();
+            max_abs = max_abs.max(*a);
+        }
+        let abs = &abs[..xs.len()];
+        self.pos_count += pos;
+        self.neg_count += neg;
+        self.zero_count += xs.len() as u64 - pos - neg;
+        self.sum_sq += crate::moments::lanes_sum(xs, |x| x * x);
+        self.max_abs = max_abs;
+        self.moments.merge(&Moments::from_block(xs));
+        self.abs_hist.record_block(abs);
+        // Most values are below the k-th largest: test against a cached threshold.
+        let mut threshold = self.top_abs.threshold();
+        for &a in abs {
+            if threshold.is_none_or(|t| a > t) {
+                self.top_abs.push(a);
+                threshold = self.top_abs.threshold();
+            }
         }
     }
 

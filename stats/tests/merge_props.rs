@@ -13,7 +13,7 @@ fn values() -> impl Strategy<Value = Vec<f64>> {
     prop::collection::vec(
         (any::<bool>(), -30i32..3, 0.0f64..1.0)
             .prop_map(|(neg, e, m)| if neg { -1.0 } else { 1.0 } * m * 10f64.powi(e)),
-        0..400,
+        0..1200,
     )
 }
 
@@ -109,5 +109,35 @@ proptest! {
         prop_assert_eq!(&merged.abs_hist, &whole.abs_hist);
         prop_assert_eq!(&merged.top_abs, &whole.top_abs);
         merged.validate().unwrap();
+    }
+}
+
+proptest! {
+    #[test]
+    fn block_fast_path_equals_pushing_one_by_one(xs in values(), specials in prop::collection::vec((0usize..400, 0u8..4), 0..10)) {
+        let mut xs = xs;
+        for (at, kind) in specials {
+            if !xs.is_empty() {
+                let i = at % xs.len();
+                xs[i] = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.0][kind as usize];
+            }
+        }
+        let mut fast = GradSummary::new(16, 7).unwrap();
+        fast.extend_f64(&xs);
+        let mut slow = GradSummary::new(16, 7).unwrap();
+        xs.iter().for_each(|&x| slow.push(x));
+        let (a, b) = (fast.moments, slow.moments);
+        prop_assert_eq!(a.n, b.n);
+        let scale2 = b.m2.abs() + b.mean * b.mean * b.n as f64;
+        prop_assert!(close(a.mean, b.mean, b.mean.abs() + scale2.sqrt()));
+        prop_assert!(close(a.m2, b.m2, scale2));
+        prop_assert!(close(a.m3, b.m3, scale2.powf(1.5)));
+        prop_assert!(close(a.m4, b.m4, scale2 * scale2));
+        prop_assert!(close(fast.sum_sq, slow.sum_sq, slow.sum_sq));
+        prop_assert_eq!(fast.max_abs, slow.max_abs);
+        prop_assert_eq!((fast.nan_count, fast.pos_inf_count, fast.neg_inf_count, fast.pos_count, fast.neg_count, fast.zero_count),
+            (slow.nan_count, slow.pos_inf_count, slow.neg_inf_count, slow.pos_count, slow.neg_count, slow.zero_count));
+        prop_assert_eq!(&fast.abs_hist, &slow.abs_hist);
+        prop_assert_eq!(&fast.top_abs, &slow.top_abs);
     }
 }
