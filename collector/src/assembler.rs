@@ -159,24 +159,8 @@ mod tests {
 
     fn report(rank: u32, step: u64, seq: u64) -> Report {
         Report {
-            key: AgentKey {
-                run_id: "r".into(),
-                rank,
-                shard: 0,
-                epoch: 1,
-            },
             seq,
-            world_size: 2,
-            shard_count: 1,
-            step,
-            local: true,
-            loss: None,
-            learning_rate: None,
-            batch_size: None,
-            tensors: vec![],
-            ended_unix_nanos: 0,
-            agent_steps_dropped_total: 0,
-            received_at: Instant::now(),
+            ..Report::for_test(rank, 2, step, &[])
         }
     }
 

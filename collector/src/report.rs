@@ -42,6 +42,46 @@ pub struct Report {
     pub received_at: Instant,
 }
 
+impl Report {
+    /// A report of run "r" for tests: `world_size` ranks, one shard, the given tensors' values.
+    #[cfg(test)]
+    pub fn for_test(rank: u32, world_size: u32, step: u64, tensors: &[(&str, &[f64])]) -> Self {
+        Report {
+            key: AgentKey {
+                run_id: "r".into(),
+                rank,
+                shard: 0,
+                epoch: 1,
+            },
+            seq: 1,
+            world_size,
+            shard_count: 1,
+            step,
+            local: true,
+            loss: None,
+            learning_rate: None,
+            batch_size: None,
+            tensors: tensors
+                .iter()
+                .map(|(n, xs)| {
+                    let mut s = GradSummary::new(4, 7).expect("valid parameters");
+                    s.extend_f64(xs);
+                    TensorPart {
+                        name: n.to_string(),
+                        numel: xs.len() as u64,
+                        elements_expected: xs.len() as u64,
+                        elements_received: xs.len() as u64,
+                        summary: s,
+                    }
+                })
+                .collect(),
+            ended_unix_nanos: 0,
+            agent_steps_dropped_total: 0,
+            received_at: Instant::now(),
+        }
+    }
+}
+
 /// Most tensors one report may carry.
 const MAX_TENSORS: usize = 1 << 20;
 /// Largest world size or shard count accepted.

@@ -312,42 +312,15 @@ pub fn to_batch(rows: &[StepRow]) -> Result<RecordBatch, ArrowError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{AgentKey, Report, TensorPart};
-    use std::time::Instant;
+    use crate::report::Report;
 
     fn part(rank: u32, tensors: &[(&str, &[f64])]) -> Report {
         Report {
-            key: AgentKey {
-                run_id: "r".into(),
-                rank,
-                shard: 0,
-                epoch: 1,
-            },
-            seq: 1,
-            world_size: 3,
-            shard_count: 1,
-            step: 5,
-            local: true,
             loss: Some(rank as f64),
             learning_rate: Some(0.1),
             batch_size: Some(8),
-            tensors: tensors
-                .iter()
-                .map(|(n, xs)| {
-                    let mut s = GradSummary::new(4, 7).unwrap();
-                    s.extend_f64(xs);
-                    TensorPart {
-                        name: n.to_string(),
-                        numel: xs.len() as u64,
-                        elements_expected: xs.len() as u64,
-                        elements_received: xs.len() as u64,
-                        summary: s,
-                    }
-                })
-                .collect(),
             ended_unix_nanos: 10 + rank as i64,
-            agent_steps_dropped_total: 0,
-            received_at: Instant::now(),
+            ..Report::for_test(rank, 3, 5, tensors)
         }
     }
 
