@@ -6,6 +6,7 @@
 
 pub mod loghist;
 pub mod moments;
+pub mod powerlaw;
 pub mod summary;
 pub mod topk;
 
@@ -23,4 +24,14 @@ pub enum StatsError {
     PrecisionMismatch(u32, u32),
     #[error("malformed summary: {0}")]
     Malformed(&'static str),
+    #[error("input holds NaN or infinite values")]
+    NonFinite,
+    #[error("needs at least {needed} usable values, got {got}")]
+    TooFewValues { needed: usize, got: usize },
+    #[error("all values are equal: no tail to fit")]
+    AllEqual,
+    #[error("no candidate x_min gives an exponent inside the allowed range")]
+    NoValidXmin,
+    #[error("bad parameter: {0}")]
+    BadParameter(&'static str),
 }
