@@ -8,6 +8,7 @@ pub mod loghist;
 pub mod moments;
 pub mod powerlaw;
 pub mod summary;
+pub mod tail;
 pub mod topk;
 
 pub use loghist::LogHistogram;
@@ -32,6 +33,8 @@ pub enum StatsError {
     AllEqual,
     #[error("no candidate x_min gives an exponent inside the allowed range")]
     NoValidXmin,
+    #[error("degenerate input: {0}")]
+    Degenerate(&'static str),
     #[error("bad parameter: {0}")]
     BadParameter(&'static str),
 }

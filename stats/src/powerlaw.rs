@@ -70,7 +70,11 @@ impl Prepared {
         if values.iter().any(|v| !v.is_finite()) {
             return Err(StatsError::NonFinite);
         }
-        let mut xs: Vec<f64> = values.iter().map(|v| v.abs()).filter(|v| *v > 0.0).collect();
+        let mut xs: Vec<f64> = values
+            .iter()
+            .map(|v| v.abs())
+            .filter(|v| *v > 0.0)
+            .collect();
         xs.sort_by(f64::total_cmp);
         Self::from_sorted_positive(xs)
     }
@@ -176,10 +180,16 @@ impl Prepared {
                 let (lo, hi) = (self.uniq[0].ln(), self.uniq[last - 1].ln());
                 let mut out: Vec<usize> = (0..g)
                     .map(|i| {
-                        let t = if g == 1 { 0.0 } else { i as f64 / (g - 1) as f64 };
+                        let t = if g == 1 {
+                            0.0
+                        } else {
+                            i as f64 / (g - 1) as f64
+                        };
                         let target = (lo + t * (hi - lo)).exp();
                         // The smallest distinct value at or above the grid point.
-                        self.uniq[..last].partition_point(|&v| v < target).min(last - 1)
+                        self.uniq[..last]
+                            .partition_point(|&v| v < target)
+                            .min(last - 1)
                     })
                     .collect();
                 out.dedup();
@@ -268,7 +278,11 @@ mod tests {
 
     /// Exhaustive O(n²) search written plainly, as `powerlaw` does it.
     fn brute(values: &[f64]) -> (f64, f64, f64) {
-        let mut xs: Vec<f64> = values.iter().map(|v| v.abs()).filter(|v| *v > 0.0).collect();
+        let mut xs: Vec<f64> = values
+            .iter()
+            .map(|v| v.abs())
+            .filter(|v| *v > 0.0)
+            .collect();
         xs.sort_by(f64::total_cmp);
         let mut uniq = xs.clone();
         uniq.dedup();
@@ -328,8 +342,14 @@ mod tests {
     #[test]
     fn bad_input_is_a_typed_error() {
         let o = FitOptions::default();
-        assert_eq!(fit(&[], &o), Err(StatsError::TooFewValues { needed: 2, got: 0 }));
-        assert_eq!(fit(&[0.0, 0.0], &o), Err(StatsError::TooFewValues { needed: 2, got: 0 }));
+        assert_eq!(
+            fit(&[], &o),
+            Err(StatsError::TooFewValues { needed: 2, got: 0 })
+        );
+        assert_eq!(
+            fit(&[0.0, 0.0], &o),
+            Err(StatsError::TooFewValues { needed: 2, got: 0 })
+        );
         assert_eq!(fit(&[1.0, f64::NAN], &o), Err(StatsError::NonFinite));
         assert_eq!(fit(&[1.0, f64::INFINITY], &o), Err(StatsError::NonFinite));
         assert_eq!(fit(&[3.0, 3.0, 3.0], &o), Err(StatsError::AllEqual));
@@ -337,7 +357,10 @@ mod tests {
             alpha_range: Some((100.0, 101.0)),
             ..Default::default()
         };
-        assert_eq!(fit(&pareto(100, 2.5, 4), &narrow), Err(StatsError::NoValidXmin));
+        assert_eq!(
+            fit(&pareto(100, 2.5, 4), &narrow),
+            Err(StatsError::NoValidXmin)
+        );
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! `tests/reference/gen_powerlaw.py`): pure mode against powerlaw 1.5, `alpha_range (0, 3)`
 //! against powerlaw 2.0's defaults.
 
-use gradtel_stats::powerlaw::{fit, FitOptions};
 use gradtel_stats::StatsError;
+use gradtel_stats::powerlaw::{FitOptions, fit};
 use serde_json::Value;
 
 fn f(v: &Value) -> f64 {
@@ -24,9 +24,22 @@ fn full_search_matches_powerlaw_in_both_modes() {
         let pure = fit(&xs, &FitOptions::default()).unwrap();
         let want = &case["pure"];
         assert_eq!(pure.xmin, f(&want["xmin"]), "{name}: xmin");
-        assert!(rel(pure.alpha, f(&want["alpha"])) < 1e-9, "{name}: alpha {} vs {}", pure.alpha, want["alpha"]);
-        assert!(rel(pure.ks_d, f(&want["D"])) < 1e-9, "{name}: D {} vs {}", pure.ks_d, want["D"]);
-        assert!(rel(pure.alpha_se, f(&want["sigma"])) < 1e-9, "{name}: sigma");
+        assert!(
+            rel(pure.alpha, f(&want["alpha"])) < 1e-9,
+            "{name}: alpha {} vs {}",
+            pure.alpha,
+            want["alpha"]
+        );
+        assert!(
+            rel(pure.ks_d, f(&want["D"])) < 1e-9,
+            "{name}: D {} vs {}",
+            pure.ks_d,
+            want["D"]
+        );
+        assert!(
+            rel(pure.alpha_se, f(&want["sigma"])) < 1e-9,
+            "{name}: sigma"
+        );
 
         let ranged = fit(
             &xs,
@@ -44,7 +57,12 @@ fn full_search_matches_powerlaw_in_both_modes() {
         }
         let ranged = ranged.unwrap();
         assert_eq!(ranged.xmin, f(&want["xmin"]), "{name}: ranged xmin");
-        assert!(rel(ranged.alpha, f(&want["alpha"])) < 1e-9, "{name}: ranged alpha {} vs {}", ranged.alpha, want["alpha"]);
+        assert!(
+            rel(ranged.alpha, f(&want["alpha"])) < 1e-9,
+            "{name}: ranged alpha {} vs {}",
+            ranged.alpha,
+            want["alpha"]
+        );
         assert!(rel(ranged.ks_d, f(&want["D"])) < 1e-9, "{name}: ranged D");
     }
 }
