@@ -6,6 +6,7 @@
 
 pub mod loghist;
 pub mod moments;
+pub mod normality;
 pub mod powerlaw;
 pub mod summary;
 pub mod tail;
