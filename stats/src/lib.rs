@@ -4,6 +4,7 @@
 //! agent, the collector and the offline analyser share one implementation. Each module states the
 //! formula it implements, its source, and what merging preserves.
 
+pub mod bootstrap;
 pub mod loghist;
 pub mod moments;
 pub mod normality;
