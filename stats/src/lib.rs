@@ -12,6 +12,7 @@ pub mod powerlaw;
 pub mod summary;
 pub mod tail;
 pub mod topk;
+pub mod vuong;
 
 pub use loghist::LogHistogram;
 pub use moments::Moments;

@@ -74,6 +74,17 @@ for name, x in cases.items():
             "noise_flag": bool(f20.noise_flag), "numerical": not (1.5 < a <= 3.0),
             "seconds": time.time() - t,
         }
+        if not f20.noise_flag:
+            R_ln, p_ln = f20.distribution_compare("power_law", "lognormal")
+            R_ex, p_ex = f20.distribution_compare("power_law", "exponential")
+            entry["vuong"] = {
+                "lognormal": [float(R_ln), float(p_ln)],
+                "exponential": [float(R_ex), float(p_ex)],
+                "lognormal_loglik": float(np.sum(f20.lognormal.loglikelihoods(f20.data))),
+                "lognormal_params": [float(f20.lognormal.mu), float(f20.lognormal.sigma)],
+                "exponential_loglik": float(np.sum(f20.exponential.loglikelihoods(f20.data))),
+                "exponential_lambda": float(f20.exponential.Lambda),
+            }
     out["cases"].append(entry)
     print(name, entry["pure"], entry["range_0_3"], file=sys.stderr)
 
