@@ -56,7 +56,7 @@ pub fn p_value(
             "bootstrap needs at least one replicate",
         ));
     }
-    if !(fit.alpha > 1.0) {
+    if fit.alpha.is_nan() || fit.alpha <= 1.0 {
         return Err(StatsError::BadParameter(
             "bootstrap needs a fitted alpha > 1",
         ));

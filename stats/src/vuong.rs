@@ -145,7 +145,7 @@ pub fn fit_lognormal(tail: &[f64], xmin: f64) -> Result<LognormalFit, StatsError
     );
     let mean = s1 / m;
     let var = s2 / m - mean * mean;
-    if !(var > 0.0) || mean <= 0.0 {
+    if var.is_nan() || var <= 0.0 || mean <= 0.0 {
         return Err(StatsError::AllEqual);
     }
     // Mean log-likelihood in y (the Jacobian −Σ ln x is added back at the end).
