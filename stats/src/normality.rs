@@ -140,34 +140,6 @@ pub fn anderson_darling(values: &[f64]) -> Result<AndersonResult, StatsError> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn small_or_constant_samples_are_typed_errors() {
-        assert!(dagostino_k2(&Moments::from_slice(&[1.0, 2.0, 3.0])).is_err());
-        assert!(dagostino_k2(&Moments::from_slice(&[2.0; 20])).is_err());
-        assert!(jarque_bera(&Moments::from_slice(&[2.0; 20])).is_err());
-        assert!(anderson_darling(&[1.0, f64::NAN, 2.0]).is_err());
-        assert!(anderson_darling(&[1.0, 1.0, 1.0]).is_err());
-    }
-
-    #[test]
-    fn jarque_bera_closed_form() {
-        // x = [1, 2, 3, 4, 10]: g1 = √5·180/50^1.5, g2 = 5·1394/2500 − 3.
-        let m = Moments::from_slice(&[1.0, 2.0, 3.0, 4.0, 10.0]);
-        let (g1, g2) = (
-            5f64.sqrt() * 180.0 / 50f64.powf(1.5),
-            5.0 * 1394.0 / 2500.0 - 3.0,
-        );
-        let jb = 5.0 / 6.0 * (g1 * g1 + g2 * g2 / 4.0);
-        let r = jarque_bera(&m).unwrap();
-        assert!((r.statistic - jb).abs() < 1e-12);
-        assert!((r.p_value - (-jb / 2.0).exp()).abs() < 1e-15);
-    }
-}
-
 /// Shapiro–Wilk W test (Royston 1995, algorithm AS R94), as `scipy.stats.shapiro`, 3 ≤ n ≤ 5000.
 ///
 /// The coefficients `a` come from Royston's polynomial approximation to the normalised expected
@@ -293,4 +265,32 @@ pub fn shapiro_wilk(values: &[f64]) -> Result<TestResult, StatsError> {
 /// Standard normal quantile Φ⁻¹(p), 0 < p < 1.
 pub fn normal_ppf(p: f64) -> f64 {
     -std::f64::consts::SQRT_2 * statrs::function::erf::erfc_inv(2.0 * p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_or_constant_samples_are_typed_errors() {
+        assert!(dagostino_k2(&Moments::from_slice(&[1.0, 2.0, 3.0])).is_err());
+        assert!(dagostino_k2(&Moments::from_slice(&[2.0; 20])).is_err());
+        assert!(jarque_bera(&Moments::from_slice(&[2.0; 20])).is_err());
+        assert!(anderson_darling(&[1.0, f64::NAN, 2.0]).is_err());
+        assert!(anderson_darling(&[1.0, 1.0, 1.0]).is_err());
+    }
+
+    #[test]
+    fn jarque_bera_closed_form() {
+        // x = [1, 2, 3, 4, 10]: g1 = √5·180/50^1.5, g2 = 5·1394/2500 − 3.
+        let m = Moments::from_slice(&[1.0, 2.0, 3.0, 4.0, 10.0]);
+        let (g1, g2) = (
+            5f64.sqrt() * 180.0 / 50f64.powf(1.5),
+            5.0 * 1394.0 / 2500.0 - 3.0,
+        );
+        let jb = 5.0 / 6.0 * (g1 * g1 + g2 * g2 / 4.0);
+        let r = jarque_bera(&m).unwrap();
+        assert!((r.statistic - jb).abs() < 1e-12);
+        assert!((r.p_value - (-jb / 2.0).exp()).abs() < 1e-15);
+    }
 }

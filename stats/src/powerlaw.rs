@@ -321,8 +321,8 @@ mod tests {
         for (seed, n) in [(1u64, 300usize), (2, 500), (3, 50)] {
             let mut xs = pareto(n, 2.5, seed);
             // Ties and a lognormal-ish body below the tail.
-            for i in 0..n / 5 {
-                xs[i] = 0.5 + (i % 7) as f64 * 0.05;
+            for (i, x) in xs.iter_mut().take(n / 5).enumerate() {
+                *x = 0.5 + (i % 7) as f64 * 0.05;
             }
             let f = fit(&xs, &FitOptions::default()).unwrap();
             let (d, xmin, alpha) = brute(&xs);
