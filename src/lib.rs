@@ -1,6 +1,8 @@
 //! The `gradtel` command line: shared helpers of the three binaries, and the demo.
 
 pub mod demo;
+pub mod fit;
+pub mod input;
 
 /// Log to stderr with an EnvFilter (`RUST_LOG` wins over `default`).
 pub fn init_logging(default: &str) {

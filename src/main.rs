@@ -26,6 +26,8 @@ enum Command {
     /// Train an MLP on the 8x8 digits with data-parallel ranks, each feeding its own agent, into
     /// an embedded collector that writes Parquet under --out.
     Demo(gradtel::demo::DemoArgs),
+    /// Run the paper's statistical tests on a column of numbers (Parquet, CSV or .npy).
+    Fit(gradtel::fit::FitArgs),
 }
 
 #[tokio::main]
@@ -42,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
                 summary.unacknowledged
             );
         }
+        Command::Fit(args) => gradtel::fit::run(args)?,
     }
     Ok(())
 }

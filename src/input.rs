@@ -1,0 +1,196 @@
+//! Reading one numeric column for `gradtel fit`: Parquet, CSV or `.npy`.
+//!
+//! * Parquet: any integer or floating column (cast to f64); nulls are dropped and counted.
+//! * CSV: a header row; the column is chosen by name (or the only column); empty fields are
+//!   dropped and counted as nulls; anything else that is not a number is an error.
+//! * `.npy`: little-endian f8, f4, f2, i8, i4, i2, i1, u8, u4, u2, u1 of any shape (flattened).
+//!
+//! Without `--column`, a file with exactly one numeric column uses it.
+
+use std::fs::File;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Float64Type};
+
+/// Values read and what was left out.
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub values: Vec<f64>,
+    pub column: Option<String>,
+    pub nulls: usize,
+}
+
+pub fn read_column(path: &Path, column: Option<&str>) -> anyhow::Result<Column> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    match ext.as_str() {
+        "parquet" | "pq" => read_parquet(path, column),
+        "csv" => read_csv(path, column),
+        "npy" => {
+            if column.is_some() {
+                bail!("--column does not apply to .npy files");
+            }
+            read_npy(path)
+        }
+        _ => bail!(
+            "{}: unknown input type; use a .parquet, .csv or .npy file",
+            path.display()
+        ),
+    }
+}
+
+fn pick(names: &[String], numeric: &[bool], wanted: Option<&str>) -> anyhow::Result<usize> {
+    match wanted {
+        Some(w) => names
+            .iter()
+            .position(|n| n == w)
+            .with_context(|| format!("no column {w:?}; columns are {names:?}")),
+        None => {
+            let numeric: Vec<usize> = (0..names.len()).filter(|&i| numeric[i]).collect();
+            match numeric.as_slice() {
+                [only] => Ok(*only),
+                _ => bail!(
+                    "choose a column with --column; numeric columns are {:?}",
+                    numeric.iter().map(|&i| &names[i]).collect::<Vec<_>>()
+                ),
+            }
+        }
+    }
+}
+
+fn read_parquet(path: &Path, column: Option<&str>) -> anyhow::Result<Column> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .with_context(|| format!("{} is not a readable Parquet file", path.display()))?;
+    let schema = builder.schema().clone();
+    let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let numeric: Vec<bool> = schema
+        .fields()
+        .iter()
+        .map(|f| f.data_type().is_integer() || f.data_type().is_floating())
+        .collect();
+    let idx = pick(&names, &numeric, column)?;
+    if !numeric[idx] {
+        bail!(
+            "column {:?} has type {}, not a number",
+            names[idx],
+            schema.field(idx).data_type()
+        );
+    }
+    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [idx]);
+    let reader = builder.with_projection(mask).build()?;
+    let mut values = Vec::new();
+    let mut nulls = 0;
+    for batch in reader {
+        let batch = batch?;
+        let col = arrow::compute::cast(batch.column(0), &DataType::Float64)?;
+        let col = col.as_primitive::<Float64Type>();
+        nulls += col.null_count();
+        values.extend(col.iter().flatten());
+    }
+    Ok(Column {
+        values,
+        column: Some(names[idx].clone()),
+        nulls,
+    })
+}
+
+fn read_csv(path: &Path, column: Option<&str>) -> anyhow::Result<Column> {
+    let mut rdr =
+        csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
+    let names: Vec<String> = rdr.headers()?.iter().map(str::to_string).collect();
+    let all = vec![true; names.len()];
+    let idx = if column.is_none() && names.len() == 1 {
+        0
+    } else {
+        pick(&names, &all, column.or(Some("")).filter(|c| !c.is_empty()))?
+    };
+    let mut values = Vec::new();
+    let mut nulls = 0;
+    for (line, rec) in rdr.records().enumerate() {
+        let rec = rec?;
+        let field = rec.get(idx).unwrap_or("").trim();
+        if field.is_empty() {
+            nulls += 1;
+            continue;
+        }
+        let v: f64 = field.parse().with_context(|| {
+            format!(
+                "row {}: {field:?} in column {:?} is not a number",
+                line + 2,
+                names[idx]
+            )
+        })?;
+        values.push(v);
+    }
+    Ok(Column {
+        values,
+        column: Some(names[idx].clone()),
+        nulls,
+    })
+}
+
+fn read_npy(path: &Path) -> anyhow::Result<Column> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        bail!("{} is not a .npy file", path.display());
+    }
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => bail!("unsupported .npy version {v}"),
+    };
+    let header = bytes
+        .get(start..start + header_len)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .context("truncated .npy header")?;
+    let descr = header
+        .split("'descr':")
+        .nth(1)
+        .and_then(|s| s.split('\'').nth(1))
+        .context("no dtype in the .npy header")?;
+    let data = &bytes[start + header_len..];
+    let conv: (usize, fn(&[u8]) -> f64) = match descr {
+        "<f8" => (8, |b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8]))),
+        "<f4" => (4, |b| {
+            f64::from(f32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
+        }),
+        "<f2" => (2, |b| f64::from(half::f16::from_le_bytes([b[0], b[1]]))),
+        "<i8" => (8, |b| {
+            i64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f64
+        }),
+        "<i4" => (4, |b| {
+            f64::from(i32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
+        }),
+        "<i2" => (2, |b| f64::from(i16::from_le_bytes([b[0], b[1]]))),
+        "|i1" => (1, |b| f64::from(b[0] as i8)),
+        "<u8" => (8, |b| {
+            u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f64
+        }),
+        "<u4" => (4, |b| {
+            f64::from(u32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
+        }),
+        "<u2" => (2, |b| f64::from(u16::from_le_bytes([b[0], b[1]]))),
+        "|u1" => (1, |b| f64::from(b[0])),
+        other => bail!("unsupported .npy dtype {other:?} (use little-endian numbers)"),
+    };
+    if data.len() % conv.0 != 0 {
+        bail!(
+            ".npy payload of {} bytes is not whole {descr} values",
+            data.len()
+        );
+    }
+    Ok(Column {
+        values: data.chunks_exact(conv.0).map(conv.1).collect(),
+        column: None,
+        nulls: 0,
+    })
+}
