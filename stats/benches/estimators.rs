@@ -10,33 +10,15 @@ use std::time::Instant;
 
 use gradtel_stats::bootstrap::p_value;
 use gradtel_stats::normality::{dagostino_k2, jarque_bera};
-use gradtel_stats::powerlaw::{fit, FitOptions, Prepared};
+use gradtel_stats::powerlaw::{FitOptions, Prepared, fit};
+use gradtel_stats::rng::SplitMix64;
 use gradtel_stats::tail::hill;
 use gradtel_stats::{Moments, TopK};
 
-struct Rng(u64);
-impl Rng {
-    fn uniform(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (a, b) = (self.uniform(), self.uniform());
-        (-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()
-    }
-    fn t3(&mut self) -> f64 {
-        let z = self.normal();
-        let c: f64 = (0..3).map(|_| self.normal().powi(2)).sum();
-        z / (c / 3.0).sqrt()
-    }
-}
-
 fn main() {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut rng = Rng(0xABCD_EF01_2345_6789);
-    let xs: Vec<f64> = (0..10_000).map(|_| rng.t3().abs()).collect();
+    let mut rng = SplitMix64::new(0xABCD_EF01_2345_6789);
+    let xs: Vec<f64> = (0..10_000).map(|_| rng.student_t(3).abs()).collect();
     let o = FitOptions::default();
     let t = Instant::now();
     let f = fit(&xs, &o).expect("fit");
@@ -52,10 +34,16 @@ fn main() {
     );
 
     for n in [1_000usize, 1_000_000] {
-        let vals: Vec<f64> = (0..n).map(|_| rng.t3()).collect();
-        let (ma, mb) = (Moments::from_slice(&vals[..n / 2]), Moments::from_slice(&vals[n / 2..]));
+        let vals: Vec<f64> = (0..n).map(|_| rng.student_t(3)).collect();
+        let (ma, mb) = (
+            Moments::from_slice(&vals[..n / 2]),
+            Moments::from_slice(&vals[n / 2..]),
+        );
         let abs: Vec<f64> = vals.iter().map(|v| v.abs()).collect();
-        let (ta, tb) = (TopK::from_values(64, &abs[..n / 2]), TopK::from_values(64, &abs[n / 2..]));
+        let (ta, tb) = (
+            TopK::from_values(64, &abs[..n / 2]),
+            TopK::from_values(64, &abs[n / 2..]),
+        );
         let reps = 100_000;
         let t = Instant::now();
         for _ in 0..reps {

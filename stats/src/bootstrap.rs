@@ -13,24 +13,7 @@
 
 use crate::StatsError;
 use crate::powerlaw::{FitOptions, PowerLawFit, Prepared, fit_prepared};
-
-/// SplitMix64: small, fast, and good enough to seed and drive the replicates.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1).
-    fn uniform(&mut self) -> f64 {
-        ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-}
+use crate::rng::SplitMix64;
 
 /// Bootstrap outcome.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,14 +54,14 @@ pub fn p_value(
     let p_tail = fit.n_tail as f64 / n as f64;
     let threads = threads.clamp(1, replicates);
     let one = |r: usize| -> Option<bool> {
-        let mut rng = SplitMix(seed ^ (r as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
-        rng.next();
+        let mut rng = SplitMix64::new(seed ^ (r as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        rng.next_u64();
         let mut sample: Vec<f64> = (0..n)
             .map(|_| {
                 if body.is_empty() || rng.uniform() < p_tail {
                     fit.xmin * (1.0 - rng.uniform()).powf(-1.0 / (fit.alpha - 1.0))
                 } else {
-                    body[(rng.next() % body.len() as u64) as usize]
+                    body[(rng.next_u64() % body.len() as u64) as usize]
                 }
             })
             .collect();
@@ -123,7 +106,7 @@ mod tests {
 
     #[test]
     fn same_seed_same_answer_whatever_the_threads() {
-        let mut rng = SplitMix(3);
+        let mut rng = SplitMix64::new(3);
         let xs: Vec<f64> = (0..400).map(|_| rng.uniform().powf(-1.0 / 1.5)).collect();
         let o = FitOptions::default();
         let p = Prepared::from_values(&xs).unwrap();

@@ -9,6 +9,7 @@ pub mod loghist;
 pub mod moments;
 pub mod normality;
 pub mod powerlaw;
+pub mod rng;
 pub mod summary;
 pub mod tail;
 pub mod topk;

@@ -10,20 +10,7 @@
 
 use gradtel_stats::bootstrap::p_value;
 use gradtel_stats::powerlaw::{FitOptions, Prepared, fit};
-
-struct Rng(u64);
-impl Rng {
-    fn uniform(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (a, b) = (self.uniform(), self.uniform());
-        (-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()
-    }
-}
+use gradtel_stats::rng::SplitMix64;
 
 fn p_of(xs: &[f64], replicates: usize, seed: u64) -> f64 {
     let o = FitOptions::default();
@@ -36,7 +23,7 @@ fn p_of(xs: &[f64], replicates: usize, seed: u64) -> f64 {
 
 #[test]
 fn p_is_roughly_uniform_on_true_power_laws() {
-    let mut rng = Rng(0xC0FF_EE00_1234_5678);
+    let mut rng = SplitMix64::new(0xC0FF_EE00_1234_5678);
     let ps: Vec<f64> = (0..30)
         .map(|i| {
             let xs: Vec<f64> = (0..300).map(|_| rng.uniform().powf(-1.0 / 1.5)).collect();
@@ -51,7 +38,7 @@ fn p_is_roughly_uniform_on_true_power_laws() {
 
 #[test]
 fn lognormal_is_ruled_out() {
-    let mut rng = Rng(42);
+    let mut rng = SplitMix64::new(42);
     let xs: Vec<f64> = (0..20_000).map(|_| (0.5 * rng.normal()).exp()).collect();
     let p = p_of(&xs, 50, 1);
     assert!(p <= 0.1, "p = {p}");

@@ -3,26 +3,8 @@
 //! Also: Hill on a merged top-k equals Hill on the whole sample.
 
 use gradtel_stats::TopK;
+use gradtel_stats::rng::SplitMix64;
 use gradtel_stats::tail::{alpha_stable, dedh, default_k, hill, pickands};
-
-struct Rng(u64);
-impl Rng {
-    fn uniform(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (a, b) = (self.uniform(), self.uniform());
-        (-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()
-    }
-    fn student_t3(&mut self) -> f64 {
-        let z = self.normal();
-        let c: f64 = (0..3).map(|_| self.normal().powi(2)).sum();
-        z / (c / 3.0).sqrt()
-    }
-}
 
 fn desc_abs(xs: &[f64]) -> Vec<f64> {
     let mut d: Vec<f64> = xs.iter().map(|x| x.abs()).collect();
@@ -33,9 +15,9 @@ fn desc_abs(xs: &[f64]) -> Vec<f64> {
 #[test]
 fn hill_is_within_5_percent_at_a_million() {
     let n = 1_000_000;
-    let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+    let mut rng = SplitMix64::new(0x1234_5678_9ABC_DEF1);
     let pareto: Vec<f64> = (0..n).map(|_| rng.uniform().powf(-1.0 / 1.5)).collect();
-    let t3: Vec<f64> = (0..n).map(|_| rng.student_t3()).collect();
+    let t3: Vec<f64> = (0..n).map(|_| rng.student_t(3)).collect();
     for (name, xs, truth) in [("pareto", &pareto, 1.5), ("student-t3", &t3, 3.0)] {
         let d = desc_abs(xs);
         let k = default_k(n, d.len());
@@ -62,8 +44,8 @@ fn hill_is_within_5_percent_at_a_million() {
 
 #[test]
 fn hill_from_a_merged_top_k_equals_hill_on_the_whole() {
-    let mut rng = Rng(99);
-    let xs: Vec<f64> = (0..50_000).map(|_| rng.student_t3()).collect();
+    let mut rng = SplitMix64::new(99);
+    let xs: Vec<f64> = (0..50_000).map(|_| rng.student_t(3)).collect();
     let mut merged = TopK::new(301);
     for part in xs.chunks(7_000) {
         merged.merge(&TopK::from_values(301, &desc_abs(part)));
