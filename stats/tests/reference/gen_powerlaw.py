@@ -50,6 +50,7 @@ cases = {
     "tiny_n": pareto(5, 2.0),
     "huge_range": rng.lognormal(0, 60, 1000),
     "steep_tail_alpha_4": pareto(1500, 4.0),
+    "all_equal": np.full(50, 2.5),
 }
 
 out = {"powerlaw_pure": "1.5", "powerlaw_range": powerlaw.__version__, "cases": []}
@@ -57,6 +58,15 @@ for name, x in cases.items():
     x = np.abs(np.asarray(x, dtype=float))
     x = x[x > 0]
     entry = {"name": name, "x": [float(v) for v in x]}
+    if len(np.unique(x)) < 2:
+        # powerlaw returns NaN for x_min, alpha and D here; gradtel reports an error.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            f20 = powerlaw.Fit(x, discrete=False, verbose=0)
+        entry["powerlaw_2_alpha"] = None if np.isnan(f20.alpha) else float(f20.alpha)
+        entry["expect_error"] = "AllEqual"
+        out["cases"].append(entry)
+        continue
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t = time.time()
