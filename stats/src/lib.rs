@@ -5,10 +5,12 @@
 //! formula it implements, its source, and what merging preserves.
 
 pub mod bootstrap;
+pub mod fd;
 pub mod loghist;
 pub mod moments;
 pub mod normality;
 pub mod powerlaw;
+pub mod projection;
 pub mod rng;
 pub mod summary;
 pub mod tail;
@@ -39,6 +41,8 @@ pub enum StatsError {
     NoValidXmin,
     #[error("degenerate input: {0}")]
     Degenerate(&'static str),
+    #[error("row has {got} values, the sketch has dimension {expected}")]
+    DimensionMismatch { expected: usize, got: usize },
     #[error("bad parameter: {0}")]
     BadParameter(&'static str),
 }
