@@ -12,6 +12,7 @@ pub mod normality;
 pub mod powerlaw;
 pub mod projection;
 pub mod rng;
+pub mod spectrum;
 pub mod summary;
 pub mod tail;
 pub mod topk;
