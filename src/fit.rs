@@ -37,6 +37,61 @@ pub enum FitCommand {
     Tail(TailArgs),
     /// Gaussianity tests: D'Agostino-Pearson K2, Jarque-Bera, Anderson-Darling, Shapiro-Wilk.
     Normality(InputArgs),
+    /// Covariance spectrum of row vectors by Frequent Directions, with its power-law slope.
+    #[command(long_about = SPECTRUM_HELP)]
+    Spectrum(SpectrumArgs),
+}
+
+const SPECTRUM_HELP: &str = "\
+Covariance spectrum of row vectors (one vector per row: a 2-D .npy, or a Parquet list or
+fixed-size-list column of numbers), sketched by Frequent Directions with ell directions, and the
+least-squares power-law fit log(lambda_k) = c - s log(k) over a rank window.
+
+The eigenvalues are those of the covariance (the mean is removed; divided by n - 1, as
+numpy.cov). error_bound is the sketch's guarantee: each true eigenvalue lies in
+[lambda_k, lambda_k + error_bound]. The slope is fitted on lambda_k + error_bound over ranks
+[2, ell/2] by default (see docs: the sketch under-estimates by up to the bound, the head is
+where its directions persist). --exact also computes the exact eigenvalues (O(n d^2 + d^3)).
+Rows holding NaN or Inf are skipped and counted.";
+
+#[derive(Debug, Args)]
+pub struct SpectrumArgs {
+    /// Input file: a 2-D .npy (rows × dim) or a .parquet file with a list column.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// The list column (Parquet); optional when there is only one.
+    #[arg(long)]
+    pub column: Option<String>,
+    /// Directions the sketch keeps (1 <= ell <= dim).
+    #[arg(long, default_value_t = 64)]
+    pub ell: usize,
+    /// Also compute the exact covariance eigenvalues for comparison.
+    #[arg(long)]
+    pub exact: bool,
+    /// Rank window K_LO,K_HI (1-based, inclusive) of the slope fit.
+    #[arg(long, value_parser = parse_window)]
+    pub window: Option<(usize, usize)>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_window(s: &str) -> Result<(usize, usize), String> {
+    let (lo, hi) = s
+        .split_once(',')
+        .ok_or_else(|| format!("expected K_LO,K_HI, got {s:?}"))?;
+    let lo: usize = lo
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad K_LO in {s:?}"))?;
+    let hi: usize = hi
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad K_HI in {s:?}"))?;
+    if lo < 1 || hi < lo + 2 {
+        return Err(format!("need 1 <= K_LO and K_HI >= K_LO + 2 in {s:?}"));
+    }
+    Ok((lo, hi))
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +180,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
         FitCommand::Powerlaw(a) => (a.input.json, powerlaw_json(&a)?),
         FitCommand::Tail(a) => (a.input.json, tail_json(&a)?),
         FitCommand::Normality(a) => (a.json, normality_json(&a)?),
+        FitCommand::Spectrum(a) => (a.json, spectrum_json(&a)?),
     };
     if json_out {
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -218,6 +274,70 @@ pub fn normality_json(a: &InputArgs) -> anyhow::Result<Value> {
         "shapiro_wilk": or_error(normality::shapiro_wilk(&values), test),
         "input": input,
     }))
+}
+
+pub fn spectrum_json(a: &SpectrumArgs) -> anyhow::Result<Value> {
+    use gradtel_stats::fd::{FrequentDirections, exact_eigenvalues};
+    use gradtel_stats::spectrum;
+    let m = crate::input::read_matrix(&a.input, a.column.as_deref())?;
+    let dim = m.rows.first().map_or(0, Vec::len);
+    anyhow::ensure!(!m.rows.is_empty(), "{}: no rows", a.input.display());
+    let mut fd = FrequentDirections::new(dim, a.ell, true)
+        .with_context(|| format!("--ell {} with vectors of dimension {dim}", a.ell))?;
+    for (i, row) in m.rows.iter().enumerate() {
+        fd.insert(row)
+            .with_context(|| format!("row {i} of {}", a.input.display()))?;
+    }
+    let norm = fd.normaliser();
+    let eigenvalues: Vec<f64> = fd.eigenvalues()?.iter().map(|v| v / norm).collect();
+    let bound = fd.shrinkage() / norm;
+    let fit = spectrum::fit_sketch(&eigenvalues, bound, a.ell, a.window);
+    let mut out = json!({
+        "n_rows": fd.rows(),
+        "rows_skipped_nonfinite": fd.skipped(),
+        "null_rows_dropped": m.nulls,
+        "dim": dim,
+        "ell": a.ell,
+        "eigenvalues": eigenvalues,
+        "error_bound": bound,
+        "input": {"path": a.input.display().to_string(), "column": m.column},
+    });
+    match fit {
+        Ok(f) => {
+            out["slope"] = json!(f.slope);
+            out["intercept"] = json!(f.intercept);
+            out["r2"] = json!(f.r2);
+            out["ks_distance"] = json!(f.ks_distance);
+            out["window"] = json!([f.window.0, f.window.1]);
+        }
+        Err(e) => out["fit_error"] = json!(e.to_string()),
+    }
+    if a.exact {
+        let finite: Vec<Vec<f64>> = m
+            .rows
+            .into_iter()
+            .filter(|r| r.iter().all(|v| v.is_finite()))
+            .collect();
+        let n = finite.len() as f64;
+        let ev: Vec<f64> = exact_eigenvalues(&finite, true)?
+            .into_iter()
+            .map(|v| v / (n - 1.0).max(1.0))
+            .collect();
+        let window = a.window.or(out["window"].as_array().map(|w| {
+            (
+                w[0].as_u64().unwrap_or(2) as usize,
+                w[1].as_u64().unwrap_or(4) as usize,
+            )
+        }));
+        out["exact"] = json!({
+            "eigenvalues": ev,
+            "fit": or_error(spectrum::fit(&ev, window), |f| json!({
+                "slope": f.slope, "intercept": f.intercept, "r2": f.r2,
+                "ks_distance": f.ks_distance, "window": [f.window.0, f.window.1],
+            })),
+        });
+    }
+    Ok(out)
 }
 
 /// A readable two-column table of a JSON object (nested keys joined with '.').

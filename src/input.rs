@@ -136,6 +136,16 @@ fn read_csv(path: &Path, column: Option<&str>) -> anyhow::Result<Column> {
 }
 
 fn read_npy(path: &Path) -> anyhow::Result<Column> {
+    let (_, values) = read_npy_array(path)?;
+    Ok(Column {
+        values,
+        column: None,
+        nulls: 0,
+    })
+}
+
+/// Shape and values (C order) of a `.npy` array.
+fn read_npy_array(path: &Path) -> anyhow::Result<(Vec<usize>, Vec<f64>)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         bail!("{} is not a .npy file", path.display());
@@ -157,6 +167,17 @@ fn read_npy(path: &Path) -> anyhow::Result<Column> {
         .nth(1)
         .and_then(|s| s.split('\'').nth(1))
         .context("no dtype in the .npy header")?;
+    if header.contains("'fortran_order': True") {
+        bail!("Fortran-ordered .npy arrays are not supported; save with numpy.ascontiguousarray");
+    }
+    let shape: Vec<usize> = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .context("no shape in the .npy header")?
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
     let data = &bytes[start + header_len..];
     let conv: (usize, fn(&[u8]) -> f64) = match descr {
         "<f8" => (8, |b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8]))),
@@ -188,9 +209,109 @@ fn read_npy(path: &Path) -> anyhow::Result<Column> {
             data.len()
         );
     }
-    Ok(Column {
-        values: data.chunks_exact(conv.0).map(conv.1).collect(),
-        column: None,
-        nulls: 0,
+    Ok((shape, data.chunks_exact(conv.0).map(conv.1).collect()))
+}
+
+/// Rows of vectors for `gradtel fit spectrum`.
+#[derive(Debug, Clone)]
+pub struct Matrix {
+    pub rows: Vec<Vec<f64>>,
+    pub column: Option<String>,
+    /// Null rows (Parquet) left out.
+    pub nulls: usize,
+}
+
+/// Read one vector per row: a 2-D `.npy`, or a Parquet list / fixed-size-list column of numbers.
+pub fn read_matrix(path: &Path, column: Option<&str>) -> anyhow::Result<Matrix> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    match ext.as_str() {
+        "npy" => {
+            let (shape, values) = read_npy_array(path)?;
+            let [_, d] = shape[..] else {
+                bail!(
+                    "{}: expected a 2-D array (rows × dim), got shape {shape:?}",
+                    path.display()
+                );
+            };
+            anyhow::ensure!(d > 0, "{}: rows have no values", path.display());
+            Ok(Matrix {
+                rows: values.chunks_exact(d).map(<[f64]>::to_vec).collect(),
+                column: None,
+                nulls: 0,
+            })
+        }
+        "parquet" | "pq" => read_parquet_lists(path, column),
+        _ => bail!(
+            "{}: use a 2-D .npy file or a .parquet file with a list column",
+            path.display()
+        ),
+    }
+}
+
+fn read_parquet_lists(path: &Path, column: Option<&str>) -> anyhow::Result<Matrix> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .with_context(|| format!("{} is not a readable Parquet file", path.display()))?;
+    let schema = builder.schema().clone();
+    let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let is_list = |t: &DataType| {
+        matches!(t, DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _)
+            if f.data_type().is_floating() || f.data_type().is_integer())
+    };
+    let listy: Vec<bool> = schema
+        .fields()
+        .iter()
+        .map(|f| is_list(f.data_type()))
+        .collect();
+    let idx = pick(&names, &listy, column)?;
+    if !listy[idx] {
+        bail!(
+            "column {:?} has type {}, not a list of numbers",
+            names[idx],
+            schema.field(idx).data_type()
+        );
+    }
+    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [idx]);
+    let reader = builder.with_projection(mask).build()?;
+    let mut rows = Vec::new();
+    let mut nulls = 0;
+    for batch in reader {
+        let batch = batch?;
+        let col = batch.column(0);
+        for i in 0..col.len() {
+            if col.is_null(i) {
+                nulls += 1;
+                continue;
+            }
+            let item = match col.data_type() {
+                DataType::List(_) => col.as_list::<i32>().value(i),
+                DataType::LargeList(_) => col.as_list::<i64>().value(i),
+                _ => col.as_fixed_size_list().value(i),
+            };
+            let item = arrow::compute::cast(&item, &DataType::Float64)?;
+            let item = item.as_primitive::<Float64Type>();
+            // A null element makes the row unusable: it is kept as NaN and skipped (counted)
+            // by the sketch like any non-finite row.
+            rows.push(
+                (0..item.len())
+                    .map(|j| {
+                        if item.is_null(j) {
+                            f64::NAN
+                        } else {
+                            item.value(j)
+                        }
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok(Matrix {
+        rows,
+        column: Some(names[idx].clone()),
+        nulls,
     })
 }

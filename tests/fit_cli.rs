@@ -249,3 +249,98 @@ fn bad_input_is_a_clear_error() {
     let (ok, _, err) = gradtel(&["fit", "powerlaw", "--input", "/nonexistent/x.npy"]);
     assert!(!ok && err.contains("x.npy"), "{err}");
 }
+
+#[test]
+fn spectrum_from_npy_and_parquet_lists_is_within_the_bound_of_numpy() {
+    use arrow::array::{Float64Builder, ListBuilder};
+    let fx: Value =
+        serde_json::from_str(include_str!("../stats/tests/reference/spectrum.json")).unwrap();
+    let case = &fx["cases"][0];
+    assert_eq!(case["name"], "power_law");
+    let exact: Vec<f64> = case["cov_eigenvalues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let npy = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/stats/tests/reference/spectrum_power_law.npy"
+    );
+    let out = json(&[
+        "fit", "spectrum", "--input", npy, "--ell", "16", "--exact", "--json",
+    ]);
+    assert_eq!(
+        (
+            out["n_rows"].as_u64(),
+            out["dim"].as_u64(),
+            out["ell"].as_u64()
+        ),
+        (Some(600), Some(48), Some(16))
+    );
+    let bound = out["error_bound"].as_f64().unwrap();
+    let sk: Vec<f64> = out["eigenvalues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    for (i, s) in sk.iter().enumerate() {
+        assert!(
+            *s <= exact[i] + 1e-9 && exact[i] - s <= bound + 1e-9,
+            "λ_{i}: {s} vs {} (bound {bound})",
+            exact[i]
+        );
+    }
+    let ours: Vec<f64> = out["exact"]["eigenvalues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    for (a, b) in ours.iter().zip(&exact) {
+        assert!((a - b).abs() <= 1e-9 * exact[0]);
+    }
+    let slope = out["slope"].as_f64().unwrap();
+    assert!((slope - 1.5).abs() < 0.15, "slope {slope}");
+    assert_eq!(out["window"], serde_json::json!([2, 8]));
+
+    // The same rows as a Parquet list column give the same sketch.
+    let bytes = std::fs::read(npy).unwrap();
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let vals: Vec<f64> = bytes[10 + hlen..]
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let mut lists = ListBuilder::new(Float64Builder::new());
+    for row in vals.chunks_exact(48) {
+        lists.values().append_slice(row);
+        lists.append(true);
+    }
+    lists.append(false); // one null row: dropped and counted
+    let batch = RecordBatch::try_from_iter([("g", Arc::new(lists.finish()) as _)]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pq = dir.path().join("rows.parquet");
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&pq).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let from_pq = json(&[
+        "fit",
+        "spectrum",
+        "--input",
+        pq.to_str().unwrap(),
+        "--ell",
+        "16",
+        "--json",
+    ]);
+    assert_eq!(from_pq["eigenvalues"], out["eigenvalues"]);
+    assert_eq!(from_pq["null_rows_dropped"], 1);
+
+    let (ok, _, err) = gradtel(&["fit", "spectrum", "--input", npy, "--ell", "100"]);
+    assert!(!ok && err.contains("ell"), "{err}");
+}

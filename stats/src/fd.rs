@@ -62,10 +62,14 @@ impl FrequentDirections {
     /// A sketch of rows in R^dim keeping ℓ directions (1 ≤ ℓ ≤ dim).
     pub fn new(dim: usize, ell: usize, centred: bool) -> Result<Self, StatsError> {
         if ell == 0 || dim == 0 {
-            return Err(StatsError::BadParameter("dimension and ell must be positive"));
+            return Err(StatsError::BadParameter(
+                "dimension and ell must be positive",
+            ));
         }
         if ell > dim {
-            return Err(StatsError::BadParameter("ell must not exceed the dimension"));
+            return Err(StatsError::BadParameter(
+                "ell must not exceed the dimension",
+            ));
         }
         Ok(Self {
             ell,
@@ -170,7 +174,11 @@ impl FrequentDirections {
     fn shrink(&mut self) -> Result<(), StatsError> {
         let f = self.filled;
         let (lam, u) = self.gram_evd()?;
-        let delta = if f >= self.ell { lam[f - self.ell].max(0.0) } else { 0.0 };
+        let delta = if f >= self.ell {
+            lam[f - self.ell].max(0.0)
+        } else {
+            0.0
+        };
         let keep: Vec<usize> = (0..f).rev().filter(|&i| lam[i] > delta).collect();
         let mut coef = Mat::<f64>::zeros(f, keep.len());
         for (k, &i) in keep.iter().enumerate() {
@@ -197,7 +205,12 @@ impl FrequentDirections {
         if self.centred && na > 0.0 && nb > 0.0 {
             let n = na + nb;
             let scale = (na * nb / n).sqrt();
-            let diff: Vec<f64> = self.mean.iter().zip(&other.mean).map(|(a, b)| a - b).collect();
+            let diff: Vec<f64> = self
+                .mean
+                .iter()
+                .zip(&other.mean)
+                .map(|(a, b)| a - b)
+                .collect();
             for (m, d) in self.mean.iter_mut().zip(&diff) {
                 *m -= d * nb / n;
             }
@@ -228,7 +241,10 @@ impl FrequentDirections {
         }
         let s = gamma.sqrt();
         for c in 0..self.filled {
-            self.buf.col_as_slice_mut(c).iter_mut().for_each(|v| *v *= s);
+            self.buf
+                .col_as_slice_mut(c)
+                .iter_mut()
+                .for_each(|v| *v *= s);
         }
         self.shrinkage *= gamma;
         self.weight *= gamma;
@@ -293,7 +309,9 @@ pub fn exact_eigenvalues(rows: &[Vec<f64>], centred: bool) -> Result<Vec<f64>, S
     }
     let a = Mat::<f64>::from_fn(n, d, |i, j| rows[i][j] - mean[j]);
     let s = a.transpose() * &a;
-    let mut ev = s.self_adjoint_eigenvalues(Side::Lower).map_err(evd_failed)?;
+    let mut ev = s
+        .self_adjoint_eigenvalues(Side::Lower)
+        .map_err(evd_failed)?;
     ev.reverse();
     Ok(ev)
 }
@@ -323,7 +341,10 @@ mod tests {
             let delta = fd.shrinkage();
             for (i, s) in sk.iter().enumerate() {
                 let diff = exact[i] - s;
-                assert!(diff >= -1e-9 * exact[0] && diff <= delta + 1e-9 * exact[0], "{i}: {diff} vs {delta}");
+                assert!(
+                    diff >= -1e-9 * exact[0] && diff <= delta + 1e-9 * exact[0],
+                    "{i}: {diff} vs {delta}"
+                );
             }
             for k in 0..8 {
                 let tail: f64 = exact[k..].iter().sum();
@@ -339,7 +360,10 @@ mod tests {
         let mut fd = FrequentDirections::new(3, 2, true).unwrap();
         assert!(matches!(
             fd.insert(&[1.0, 2.0]),
-            Err(StatsError::DimensionMismatch { expected: 3, got: 2 })
+            Err(StatsError::DimensionMismatch {
+                expected: 3,
+                got: 2
+            })
         ));
         assert_eq!(fd.insert(&[1.0, f64::NAN, 0.0]), Ok(false));
         assert_eq!(fd.skipped(), 1);

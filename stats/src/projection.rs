@@ -106,7 +106,9 @@ mod tests {
     #[test]
     fn countsketch_preserves_norms_on_average() {
         let d = 20_000;
-        let x: Vec<f32> = (0..d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 10.0).collect();
+        let x: Vec<f32> = (0..d)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 10.0)
+            .collect();
         let norm2: f64 = x.iter().map(|v| f64::from(*v).powi(2)).sum();
         let mut ratios = Vec::new();
         for seed in 0..20 {
@@ -129,7 +131,10 @@ mod tests {
             counts[r] += 1;
             plus += usize::from(s > 0.0);
         }
-        assert!(counts.iter().all(|&c| (9_500..10_500).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (9_500..10_500).contains(&c)),
+            "{counts:?}"
+        );
         assert!((49_000..51_000).contains(&plus));
     }
 }

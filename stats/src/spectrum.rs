@@ -39,7 +39,9 @@ pub fn fit(eigenvalues: &[f64], window: Option<(usize, usize)>) -> Result<Spectr
         return Err(StatsError::NonFinite);
     }
     if eigenvalues.windows(2).any(|w| w[0] < w[1]) {
-        return Err(StatsError::BadParameter("eigenvalues must be sorted descending"));
+        return Err(StatsError::BadParameter(
+            "eigenvalues must be sorted descending",
+        ));
     }
     let positive = eigenvalues.iter().take_while(|v| **v > 0.0).count();
     let (lo, hi) = window.unwrap_or_else(|| default_window(positive));
@@ -60,7 +62,11 @@ pub fn fit(eigenvalues: &[f64], window: Option<(usize, usize)>) -> Result<Spectr
     let syy: f64 = pts.iter().map(|p| (p.1 - my).powi(2)).sum();
     let b = sxy / sxx;
     let a = my - b * mx;
-    let r2 = if syy > 0.0 { (sxy * sxy) / (sxx * syy) } else { 1.0 };
+    let r2 = if syy > 0.0 {
+        (sxy * sxy) / (sxx * syy)
+    } else {
+        1.0
+    };
     let s = -b;
     let total: f64 = eigenvalues[lo - 1..hi].iter().sum();
     let fitted: Vec<f64> = (lo..=hi).map(|k| (k as f64).powf(-s)).collect();
@@ -92,7 +98,9 @@ pub fn fit_sketch(
     window: Option<(usize, usize)>,
 ) -> Result<SpectrumFit, StatsError> {
     if !(delta.is_finite() && delta >= 0.0) {
-        return Err(StatsError::BadParameter("shrinkage must be finite and non-negative"));
+        return Err(StatsError::BadParameter(
+            "shrinkage must be finite and non-negative",
+        ));
     }
     let positive = eigenvalues.iter().take_while(|v| **v > 0.0).count();
     let compensated: Vec<f64> = eigenvalues[..positive].iter().map(|v| v + delta).collect();

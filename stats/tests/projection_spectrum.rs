@@ -38,7 +38,9 @@ fn rows() -> Vec<Vec<f32>> {
         .collect();
     (0..N)
         .map(|_| {
-            let mut x: Vec<f64> = (0..D).map(|k| rng.normal() / ((k + 1) as f64).sqrt()).collect();
+            let mut x: Vec<f64> = (0..D)
+                .map(|k| rng.normal() / ((k + 1) as f64).sqrt())
+                .collect();
             for v in &reflectors {
                 let dot: f64 = x.iter().zip(v).map(|(a, b)| a * b).sum();
                 x.iter_mut().zip(v).for_each(|(a, b)| *a -= 2.0 * dot * b);
@@ -51,7 +53,10 @@ fn rows() -> Vec<Vec<f32>> {
 #[test]
 fn slope_survives_projection_to_m_much_smaller_than_d() {
     let data = rows();
-    let full: Vec<Vec<f64>> = data[..N].iter().map(|r| r.iter().map(|&v| f64::from(v)).collect()).collect();
+    let full: Vec<Vec<f64>> = data[..N]
+        .iter()
+        .map(|r| r.iter().map(|&v| f64::from(v)).collect())
+        .collect();
     let ev = exact_eigenvalues(&full, true).unwrap();
     let f = spectrum::fit(&ev, Some((2, 16))).unwrap();
     eprintln!("unprojected: slope on [2,16] {:.3}", f.slope);
@@ -72,10 +77,16 @@ fn slope_survives_projection_to_m_much_smaller_than_d() {
         let ev = exact_eigenvalues(&projected, true).unwrap();
         let wide = spectrum::fit(&ev, Some((2, 16))).unwrap();
         let head = spectrum::fit(&ev, Some((2, 8))).unwrap();
-        eprintln!("m = {m:4}: slope on [2,16] {:.3}, on [2,8] {:.3} (truth 1.0)", wide.slope, head.slope);
+        eprintln!(
+            "m = {m:4}: slope on [2,16] {:.3}, on [2,8] {:.3} (truth 1.0)",
+            wide.slope, head.slope
+        );
         errors.push((m, (head.slope - 1.0).abs()));
     }
     let err = |m| errors.iter().find(|e| e.0 == m).unwrap().1;
     assert!(err(512) < 0.05, "{errors:?}");
-    assert!(err(64) > err(512), "a smaller projection is worse: {errors:?}");
+    assert!(
+        err(64) > err(512),
+        "a smaller projection is worse: {errors:?}"
+    );
 }

@@ -2,7 +2,7 @@
 //! covariance (fixtures from `tests/reference/gen_spectrum.py`), on power-law, flat and
 //! low-rank-plus-noise spectra.
 
-use gradtel_stats::fd::{exact_eigenvalues, FrequentDirections};
+use gradtel_stats::fd::{FrequentDirections, exact_eigenvalues};
 use gradtel_stats::spectrum;
 use serde_json::Value;
 
@@ -61,12 +61,22 @@ fn assert_within_bound(name: &str, fd: &FrequentDirections, exact: &[f64]) {
     assert!(!sk.is_empty());
     for (i, s) in sk.iter().enumerate() {
         let diff = exact[i] - s;
-        assert!(diff >= -tol, "{name}: λ_{i} sketched {s} above exact {}", exact[i]);
-        assert!(diff <= delta + tol, "{name}: λ_{i} off by {diff} > Δ = {delta}");
+        assert!(
+            diff >= -tol,
+            "{name}: λ_{i} sketched {s} above exact {}",
+            exact[i]
+        );
+        assert!(
+            diff <= delta + tol,
+            "{name}: λ_{i} off by {diff} > Δ = {delta}"
+        );
     }
     for k in 0..ELL {
         let tail: f64 = exact[k..].iter().sum();
-        assert!(delta <= tail / (ELL - k) as f64 + tol, "{name}: Δ {delta} above the k={k} bound");
+        assert!(
+            delta <= tail / (ELL - k) as f64 + tol,
+            "{name}: Δ {delta} above the k={k} bound"
+        );
     }
 }
 
@@ -77,7 +87,10 @@ fn sketch_and_merged_sketch_stay_within_the_fd_bound() {
         // Our exact path agrees with numpy.
         let ours = exact_eigenvalues(&rows, true).unwrap();
         for (a, b) in ours.iter().zip(&exact) {
-            assert!((a - b).abs() <= 1e-9 * exact[0], "{name}: exact {a} vs numpy {b}");
+            assert!(
+                (a - b).abs() <= 1e-9 * exact[0],
+                "{name}: exact {a} vs numpy {b}"
+            );
         }
         let mut whole = FrequentDirections::new(d, ELL, true).unwrap();
         rows.iter().for_each(|r| assert!(whole.insert(r).unwrap()));
@@ -115,7 +128,10 @@ fn spectrum_slope_is_recovered() {
     rows.iter().for_each(|r| assert!(fd.insert(r).unwrap()));
     let sk = spectrum::fit_sketch(&fd.eigenvalues().unwrap(), fd.shrinkage(), ELL, None).unwrap();
     let ex = spectrum::fit(&exact, Some(sk.window)).unwrap();
-    assert!((sk.slope - ex.slope).abs() < 0.05, "sketch {sk:?} vs exact {ex:?}");
+    assert!(
+        (sk.slope - ex.slope).abs() < 0.05,
+        "sketch {sk:?} vs exact {ex:?}"
+    );
 
     let flat = cases().into_iter().find(|c| c.0 == "flat").unwrap();
     let f = spectrum::fit(&flat.2, None).unwrap();
