@@ -2,7 +2,8 @@
 //! column by column from (seed, coordinate), so no agent ever stores a d×m matrix.
 //!
 //! * **CountSketch** (Charikar, Chen & Farach-Colton 2002; Clarkson & Woodruff 2013): column j has
-//!   one non-zero, `s(j) ∈ {±1}` in row `h(j) ∈ [0, m)`, both from a 64-bit hash of (seed, j).
+//!   one non-zero, `s(j) ∈ {±1}` in row `h(j) ∈ [0, m)`, from two seeded 2-universal
+//!   multiply-add-shift hashes of j (see [`CountSketch::bucket`]).
 //!   `E[⟨Sx, Sy⟩] = ⟨x, y⟩`; with m = O(k²/ε²) rows it is a subspace embedding for rank-k spans.
 //! * **Gaussian** (Johnson–Lindenstrauss): entries i.i.d. N(0, 1/m), column j drawn from a
 //!   generator seeded by (seed, j). `E[‖Gx‖²] = ‖x‖²`.
@@ -37,21 +38,48 @@ pub trait Projection {
 #[derive(Debug, Clone, Copy)]
 pub struct CountSketch {
     m: usize,
-    seed: u64,
+    /// Keys of the hash (c odd).
+    a: u64,
+    b: u64,
+    c: u64,
 }
 
 impl CountSketch {
     pub fn new(m: usize, seed: u64) -> Self {
-        Self { m: m.max(1), seed }
+        let mut r = SplitMix64::new(seed);
+        Self {
+            m: m.clamp(1, u32::MAX as usize),
+            a: r.next_u64() | 1,
+            b: r.next_u64(),
+            c: r.next_u64() | 1,
+        }
     }
 
-    /// Row and sign of column j.
+    /// Row and sign of column j. Columns go in pairs (j = 2g, 2g + 1): one 64×64→128-bit
+    /// multiply of `g ⊕ a` by the odd key `c`, folded (hi ⊕ lo ⊕ b, wyhash's "mum" mixer), gives
+    /// 64 well-mixed bits; each column of the pair takes 31 bits for its row and 1 for its sign.
+    /// Every input bit reaches every output bit, so periodic gradients do not alias onto buckets,
+    /// and a multiplication serves two coordinates.
     #[inline]
     pub fn bucket(&self, j: u64) -> (usize, f64) {
-        let h = hash(self.seed, j);
-        // Multiply-high maps the hash to [0, m) without modulo bias; bit 0 gives the sign.
-        let row = ((u128::from(h >> 1) * self.m as u128) >> 63) as usize;
-        (row, if h & 1 == 0 { 1.0 } else { -1.0 })
+        let h = self.mix(j >> 1);
+        let (row, sign) = self.split(h, (j & 1) as u32);
+        (row, if sign == 0 { 1.0 } else { -1.0 })
+    }
+
+    #[inline]
+    fn mix(&self, g: u64) -> u64 {
+        let p = u128::from(g ^ self.a) * u128::from(self.c);
+        (p as u64) ^ ((p >> 64) as u64) ^ self.b
+    }
+
+    /// Row and sign bit (as the f64 sign mask) of lane 0 or 1 of a mixed word.
+    #[inline]
+    fn split(&self, h: u64, lane: u32) -> (usize, u64) {
+        let half = (h >> (32 * lane)) as u32;
+        let row = ((u64::from(half >> 1) * self.m as u64) >> 31) as usize;
+        // `row < m` always; the min only lets the compiler drop the bounds check.
+        (row.min(self.m - 1), u64::from(half & 1) << 63)
     }
 }
 
@@ -62,9 +90,31 @@ impl Projection for CountSketch {
 
     fn project_range(&self, offset: u64, values: &[f32], out: &mut [f64]) {
         assert_eq!(out.len(), self.m, "output must have the sketch dimension");
-        for (i, &v) in values.iter().enumerate() {
-            let (row, sign) = self.bucket(offset + i as u64);
-            out[row] += sign * f64::from(v);
+        let mut j = offset;
+        let mut rest = values;
+        // An odd offset starts mid-pair: do that column alone.
+        if j & 1 == 1
+            && let Some((&v, tail)) = rest.split_first()
+        {
+            let (r, s) = self.split(self.mix(j >> 1), 1);
+            out[r] += f64::from_bits(f64::from(v).to_bits() ^ s);
+            j += 1;
+            rest = tail;
+        }
+        let pairs = rest.chunks_exact(2);
+        let last = pairs.remainder();
+        for pair in pairs {
+            let h = self.mix(j >> 1);
+            let (r0, s0) = self.split(h, 0);
+            let (r1, s1) = self.split(h, 1);
+            // Flip the sign bit instead of multiplying by ±1 (exactly the same value).
+            out[r0] += f64::from_bits(f64::from(pair[0]).to_bits() ^ s0);
+            out[r1] += f64::from_bits(f64::from(pair[1]).to_bits() ^ s1);
+            j += 2;
+        }
+        if let [v] = last {
+            let (r, s) = self.split(self.mix(j >> 1), 0);
+            out[r] += f64::from_bits(f64::from(*v).to_bits() ^ s);
         }
     }
 }
@@ -111,7 +161,7 @@ mod tests {
             .collect();
         let norm2: f64 = x.iter().map(|v| f64::from(*v).powi(2)).sum();
         let mut ratios = Vec::new();
-        for seed in 0..20 {
+        for seed in 0..400 {
             let p = CountSketch::new(256, seed);
             let mut out = vec![0.0; 256];
             p.project_range(0, &x, &mut out);
