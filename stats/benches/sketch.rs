@@ -81,7 +81,7 @@ fn main() {
     });
     eprintln!("scatter floor (row = j mod 256): {:.2} ms", t_floor * 1e3);
     let gbs = |t: f64| n as f64 * 4.0 / t / 1e9;
-    println!("values: {n} f32 ({} MiB)", n * 4 >> 20);
+    println!("values: {n} f32 ({} MiB)", (n * 4) >> 20);
     println!(
         "sum (f64)           {:8.2} ms {:6.2} GB/s",
         t_sum * 1e3,
