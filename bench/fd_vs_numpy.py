@@ -1,5 +1,6 @@
 """Frequent Directions (gradtel, ell = 128) versus numpy.linalg.eigvalsh of the exact
 covariance, same rows, same run; checks every sketched eigenvalue against the FD bound.
+Then, in the same run, CountSketch projection throughput against a plain sum.
 
 usage: python3 bench/fd_vs_numpy.py [ROWS] [DIM]     (default 20000 4096)
 """
@@ -50,3 +51,7 @@ print(f"gradtel FD (ell={ell})  : {ours['seconds']:8.2f} s   bound (covariance u
 print(f"speed-up             : {theirs / ours['seconds']:.1f}x")
 print(f"all {len(sk)} sketched eigenvalues within [exact - bound, exact]: {ok}")
 print(f"largest eigenvalue: exact {exact[0]:.6g}, sketch {sk[0]:.6g}; max under-estimate {diff.max():.4g}")
+
+cs = subprocess.run(["cargo", "bench", "-q", "-p", "gradtel-stats", "--bench", "sketch"],
+                    cwd=ROOT, capture_output=True, text=True, check=True).stdout
+print(cs.strip())
