@@ -39,6 +39,10 @@ pub struct FrequentDirections {
     /// Column i is sketch row i (column-major, so a row is contiguous).
     buf: Mat<f64>,
     filled: usize,
+    /// Columns 0..ortho are mutually orthogonal (the rows a shrink kept), with squared norms
+    /// `ortho_sq`: their block of the Gram matrix is diagonal and need not be recomputed.
+    ortho: usize,
+    ortho_sq: Vec<f64>,
     shrinkage: f64,
     rows: u64,
     /// Effective number of rows after decay (for the covariance normalisation).
@@ -77,6 +81,8 @@ impl FrequentDirections {
             centred,
             buf: Mat::zeros(dim, 2 * ell),
             filled: 0,
+            ortho: 0,
+            ortho_sq: Vec::new(),
             shrinkage: 0.0,
             rows: 0,
             weight: 0.0,
@@ -162,9 +168,24 @@ impl FrequentDirections {
     }
 
     /// Gram eigendecomposition of the filled rows: (eigenvalues ascending, eigenvectors).
+    /// Only the columns added since the last shrink are multiplied out (O(d·f·(f − k)) instead
+    /// of O(d·f²)); the kept block is the known diagonal.
     fn gram_evd(&self) -> Result<(Vec<f64>, Mat<f64>), StatsError> {
-        let m = self.buf.subcols(0, self.filled);
-        let g = m.transpose() * m;
+        let f = self.filled;
+        let k = self.ortho.min(f);
+        let m = self.buf.subcols(0, f);
+        let cross = m.transpose() * self.buf.subcols(k, f - k);
+        let g = Mat::<f64>::from_fn(f, f, |r, c| match (r < k, c < k) {
+            (true, true) => {
+                if r == c {
+                    self.ortho_sq[r]
+                } else {
+                    0.0
+                }
+            }
+            (_, false) => cross[(r, c - k)],
+            (false, true) => cross[(c, r - k)],
+        });
         let evd = g.self_adjoint_eigen(Side::Lower).map_err(evd_failed)?;
         let s = evd.S().column_vector();
         let values = (0..self.filled).map(|i| s[i]).collect();
@@ -190,6 +211,8 @@ impl FrequentDirections {
         let shrunk = self.buf.subcols(0, f) * &coef;
         self.buf.subcols_mut(0, keep.len()).copy_from(&shrunk);
         self.filled = keep.len();
+        self.ortho = keep.len();
+        self.ortho_sq = keep.iter().map(|&i| lam[i] - delta).collect();
         self.shrinkage += delta;
         Ok(())
     }
@@ -246,6 +269,7 @@ impl FrequentDirections {
                 .iter_mut()
                 .for_each(|v| *v *= s);
         }
+        self.ortho_sq.iter_mut().for_each(|v| *v *= gamma);
         self.shrinkage *= gamma;
         self.weight *= gamma;
         Ok(())
