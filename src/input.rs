@@ -63,27 +63,45 @@ fn pick(names: &[String], numeric: &[bool], wanted: Option<&str>) -> anyhow::Res
     }
 }
 
-fn read_parquet(path: &Path, column: Option<&str>) -> anyhow::Result<Column> {
+/// Open a Parquet file and read only the column chosen among those `accepts` admits.
+fn parquet_column(
+    path: &Path,
+    column: Option<&str>,
+    accepts: impl Fn(&DataType) -> bool,
+    wanted: &str,
+) -> anyhow::Result<(
+    String,
+    parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+)> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
         .with_context(|| format!("{} is not a readable Parquet file", path.display()))?;
     let schema = builder.schema().clone();
     let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let numeric: Vec<bool> = schema
+    let ok: Vec<bool> = schema
         .fields()
         .iter()
-        .map(|f| f.data_type().is_integer() || f.data_type().is_floating())
+        .map(|f| accepts(f.data_type()))
         .collect();
-    let idx = pick(&names, &numeric, column)?;
-    if !numeric[idx] {
+    let idx = pick(&names, &ok, column)?;
+    if !ok[idx] {
         bail!(
-            "column {:?} has type {}, not a number",
+            "column {:?} has type {}, not {wanted}",
             names[idx],
             schema.field(idx).data_type()
         );
     }
     let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [idx]);
-    let reader = builder.with_projection(mask).build()?;
+    Ok((names[idx].clone(), builder.with_projection(mask).build()?))
+}
+
+fn read_parquet(path: &Path, column: Option<&str>) -> anyhow::Result<Column> {
+    let (name, reader) = parquet_column(
+        path,
+        column,
+        |t| t.is_integer() || t.is_floating(),
+        "a number",
+    )?;
     let mut values = Vec::new();
     let mut nulls = 0;
     for batch in reader {
@@ -95,7 +113,7 @@ fn read_parquet(path: &Path, column: Option<&str>) -> anyhow::Result<Column> {
     }
     Ok(Column {
         values,
-        column: Some(names[idx].clone()),
+        column: Some(name),
         nulls,
     })
 }
@@ -253,30 +271,11 @@ pub fn read_matrix(path: &Path, column: Option<&str>) -> anyhow::Result<Matrix> 
 }
 
 fn read_parquet_lists(path: &Path, column: Option<&str>) -> anyhow::Result<Matrix> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .with_context(|| format!("{} is not a readable Parquet file", path.display()))?;
-    let schema = builder.schema().clone();
-    let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let is_list = |t: &DataType| {
         matches!(t, DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _)
             if f.data_type().is_floating() || f.data_type().is_integer())
     };
-    let listy: Vec<bool> = schema
-        .fields()
-        .iter()
-        .map(|f| is_list(f.data_type()))
-        .collect();
-    let idx = pick(&names, &listy, column)?;
-    if !listy[idx] {
-        bail!(
-            "column {:?} has type {}, not a list of numbers",
-            names[idx],
-            schema.field(idx).data_type()
-        );
-    }
-    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [idx]);
-    let reader = builder.with_projection(mask).build()?;
+    let (name, reader) = parquet_column(path, column, is_list, "a list of numbers")?;
     let mut rows = Vec::new();
     let mut nulls = 0;
     for batch in reader {
@@ -311,7 +310,7 @@ fn read_parquet_lists(path: &Path, column: Option<&str>) -> anyhow::Result<Matri
     }
     Ok(Matrix {
         rows,
-        column: Some(names[idx].clone()),
+        column: Some(name),
         nulls,
     })
 }

@@ -44,6 +44,13 @@ fn write_npy(path: &Path, xs: &[f64]) {
     std::fs::write(path, bytes).unwrap();
 }
 
+fn write_parquet(path: &Path, batch: &RecordBatch) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+}
+
 fn fixture_case(name: &str) -> Value {
     let all: Value =
         serde_json::from_str(include_str!("../stats/tests/reference/powerlaw.json")).unwrap();
@@ -206,14 +213,7 @@ fn csv_and_parquet_columns_with_nulls() {
     let batch =
         RecordBatch::try_from_iter([("g", Arc::new(ints) as _), ("ones", Arc::new(floats) as _)])
             .unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(
-        std::fs::File::create(&pq).unwrap(),
-        batch.schema(),
-        None,
-    )
-    .unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    write_parquet(&pq, &batch);
     let out = json(&[
         "fit",
         "tail",
@@ -321,14 +321,7 @@ fn spectrum_from_npy_and_parquet_lists_is_within_the_bound_of_numpy() {
     let batch = RecordBatch::try_from_iter([("g", Arc::new(lists.finish()) as _)]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let pq = dir.path().join("rows.parquet");
-    let mut w = parquet::arrow::ArrowWriter::try_new(
-        std::fs::File::create(&pq).unwrap(),
-        batch.schema(),
-        None,
-    )
-    .unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    write_parquet(&pq, &batch);
     let from_pq = json(&[
         "fit",
         "spectrum",
