@@ -160,7 +160,7 @@ fn or_error<T>(r: Result<T, gradtel_stats::StatsError>, f: impl FnOnce(T) -> Val
 
 fn load(args: &InputArgs) -> anyhow::Result<(Vec<f64>, Value)> {
     let col = crate::input::read_column(&args.input, args.column.as_deref())?;
-    let nonfinite = col.values.iter().filter(|v| !v.is_finite()).count();
+    let nonfinite = col.data.iter().filter(|v| !v.is_finite()).count();
     anyhow::ensure!(
         nonfinite == 0,
         "{}: {nonfinite} NaN or infinite values; remove them first (gradtel never fits around them)",
@@ -169,10 +169,10 @@ fn load(args: &InputArgs) -> anyhow::Result<(Vec<f64>, Value)> {
     let meta = json!({
         "path": args.input.display().to_string(),
         "column": col.column,
-        "values": col.values.len(),
+        "values": col.data.len(),
         "nulls_dropped": col.nulls,
     });
-    Ok((col.values, meta))
+    Ok((col.data, meta))
 }
 
 pub fn run(args: FitArgs) -> anyhow::Result<()> {
@@ -280,11 +280,11 @@ pub fn spectrum_json(a: &SpectrumArgs) -> anyhow::Result<Value> {
     use gradtel_stats::fd::{FrequentDirections, exact_eigenvalues};
     use gradtel_stats::spectrum;
     let m = crate::input::read_matrix(&a.input, a.column.as_deref())?;
-    let dim = m.rows.first().map_or(0, Vec::len);
-    anyhow::ensure!(!m.rows.is_empty(), "{}: no rows", a.input.display());
+    let dim = m.data.first().map_or(0, Vec::len);
+    anyhow::ensure!(!m.data.is_empty(), "{}: no rows", a.input.display());
     let mut fd = FrequentDirections::new(dim, a.ell, true)
         .with_context(|| format!("--ell {} with vectors of dimension {dim}", a.ell))?;
-    for (i, row) in m.rows.iter().enumerate() {
+    for (i, row) in m.data.iter().enumerate() {
         fd.insert(row)
             .with_context(|| format!("row {i} of {}", a.input.display()))?;
     }
@@ -314,7 +314,7 @@ pub fn spectrum_json(a: &SpectrumArgs) -> anyhow::Result<Value> {
     }
     if a.exact {
         let finite: Vec<Vec<f64>> = m
-            .rows
+            .data
             .into_iter()
             .filter(|r| r.iter().all(|v| v.is_finite()))
             .collect();

@@ -16,19 +16,28 @@ use arrow::datatypes::{DataType, Float64Type};
 
 /// Values read and what was left out.
 #[derive(Debug, Clone)]
-pub struct Column {
-    pub values: Vec<f64>,
+pub struct Loaded<T> {
+    pub data: T,
+    /// The column read (Parquet, CSV).
     pub column: Option<String>,
+    /// Null values (or null rows) left out.
     pub nulls: usize,
 }
 
-pub fn read_column(path: &Path, column: Option<&str>) -> anyhow::Result<Column> {
-    let ext = path
-        .extension()
+/// One column of numbers.
+pub type Column = Loaded<Vec<f64>>;
+/// One vector per row.
+pub type Matrix = Loaded<Vec<Vec<f64>>>;
+
+fn extension(path: &Path) -> String {
+    path.extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase)
-        .unwrap_or_default();
-    match ext.as_str() {
+        .unwrap_or_default()
+}
+
+pub fn read_column(path: &Path, column: Option<&str>) -> anyhow::Result<Column> {
+    match extension(path).as_str() {
         "parquet" | "pq" => read_parquet(path, column),
         "csv" => read_csv(path, column),
         "npy" => {
@@ -112,7 +121,7 @@ fn read_parquet(path: &Path, column: Option<&str>) -> anyhow::Result<Column> {
         values.extend(col.iter().flatten());
     }
     Ok(Column {
-        values,
+        data: values,
         column: Some(name),
         nulls,
     })
@@ -147,7 +156,7 @@ fn read_csv(path: &Path, column: Option<&str>) -> anyhow::Result<Column> {
         values.push(v);
     }
     Ok(Column {
-        values,
+        data: values,
         column: Some(names[idx].clone()),
         nulls,
     })
@@ -156,7 +165,7 @@ fn read_csv(path: &Path, column: Option<&str>) -> anyhow::Result<Column> {
 fn read_npy(path: &Path) -> anyhow::Result<Column> {
     let (_, values) = read_npy_array(path)?;
     Ok(Column {
-        values,
+        data: values,
         column: None,
         nulls: 0,
     })
@@ -230,23 +239,9 @@ fn read_npy_array(path: &Path) -> anyhow::Result<(Vec<usize>, Vec<f64>)> {
     Ok((shape, data.chunks_exact(conv.0).map(conv.1).collect()))
 }
 
-/// Rows of vectors for `gradtel fit spectrum`.
-#[derive(Debug, Clone)]
-pub struct Matrix {
-    pub rows: Vec<Vec<f64>>,
-    pub column: Option<String>,
-    /// Null rows (Parquet) left out.
-    pub nulls: usize,
-}
-
 /// Read one vector per row: a 2-D `.npy`, or a Parquet list / fixed-size-list column of numbers.
 pub fn read_matrix(path: &Path, column: Option<&str>) -> anyhow::Result<Matrix> {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase)
-        .unwrap_or_default();
-    match ext.as_str() {
+    match extension(path).as_str() {
         "npy" => {
             let (shape, values) = read_npy_array(path)?;
             let [_, d] = shape[..] else {
@@ -257,7 +252,7 @@ pub fn read_matrix(path: &Path, column: Option<&str>) -> anyhow::Result<Matrix> 
             };
             anyhow::ensure!(d > 0, "{}: rows have no values", path.display());
             Ok(Matrix {
-                rows: values.chunks_exact(d).map(<[f64]>::to_vec).collect(),
+                data: values.chunks_exact(d).map(<[f64]>::to_vec).collect(),
                 column: None,
                 nulls: 0,
             })
@@ -309,7 +304,7 @@ fn read_parquet_lists(path: &Path, column: Option<&str>) -> anyhow::Result<Matri
         }
     }
     Ok(Matrix {
-        rows,
+        data: rows,
         column: Some(name),
         nulls,
     })
