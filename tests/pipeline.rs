@@ -323,3 +323,40 @@ fn known_gradients_through_two_agents_land_exactly_in_parquet() {
 fn rows_in(out: &std::path::Path) -> usize {
     read_batches(out).iter().map(|b| b.num_rows()).sum()
 }
+
+#[test]
+fn large_chunks_are_summarised_exactly() {
+    // 200,000 f32 values in one 800 kB chunk: the agent summarises it on its blocking pool.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lake");
+    let (_collector, url) = start_collector(&out, "127.0.0.1:0", &[]);
+    let socket = dir.path().join("big.sock");
+    let _agent = start_agent(&socket, &url, &[]);
+    let n = 200_000usize;
+    let v = values(42, n);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = IngestClient::connect_uds(&socket).await.unwrap();
+        c.chunk_elems = n;
+        let decl = TensorDecl {
+            name: "big.weight".into(),
+            shape: vec![n as u64],
+            dtype: Dtype::F32,
+            owned: None,
+        };
+        c.register("big", 0, 1, 0, 1, &[decl]).await.unwrap();
+        let data = [TensorData::from_f32("big.weight", 0, &v)];
+        let r = c
+            .push_step(0, &data, false, StepScalars::default())
+            .await
+            .unwrap();
+        assert_eq!(r.chunks_accepted, 1);
+    });
+    let rows = rows(&wait_for_rows(&out, 3, Duration::from_secs(30)));
+    let t = rows.iter().find(|r| r.scope_kind == "tensor").unwrap();
+    let e = expected(&v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>());
+    assert_eq!(t.u("count"), e.n);
+    assert_eq!(t.f("max_abs"), Some(e.max_abs));
+    close(t.f("sum_sq").unwrap(), e.sum_sq, 1e-12, "sum_sq");
+    assert_eq!(t.top_abs, e.top);
+}
