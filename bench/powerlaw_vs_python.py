@@ -8,7 +8,6 @@ gradtel-stats on the same bytes, and prints both results and the speed ratio.
 Needs: numpy, and powerlaw 1.5 (installed on demand under stats/tests/reference/.powerlaw15).
 """
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -20,13 +19,10 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PL15 = os.path.join(ROOT, "stats", "tests", "reference", ".powerlaw15")
-if not os.path.exists(os.path.join(PL15, "powerlaw.py")):
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                           "--target", PL15, "powerlaw==1.5"])
-spec = importlib.util.spec_from_file_location("powerlaw15", os.path.join(PL15, "powerlaw.py"))
-pl = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(pl)
+sys.path.insert(0, os.path.join(ROOT, "stats", "tests", "reference"))
+import powerlaw15  # noqa: E402
+
+pl = powerlaw15.load()
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
 x = np.abs(np.random.default_rng(7).standard_t(3, n))

@@ -19,6 +19,15 @@ fn refused<T: std::fmt::Debug>(r: Result<T, gradtel_client::ClientError>) -> ton
     }
 }
 
+/// The next ack on a Collect stream, within 10 s.
+async fn next_ack(acks: &mut tonic::Streaming<gradtel_proto::v1::Ack>) -> gradtel_proto::v1::Ack {
+    tokio::time::timeout(Duration::from_secs(10), acks.message())
+        .await
+        .expect("an ack within 10 s")
+        .expect("a healthy stream")
+        .expect("the stream is open")
+}
+
 fn decls() -> Vec<TensorDecl> {
     vec![TensorDecl {
         name: "fc.weight".into(),
@@ -124,28 +133,16 @@ fn collector_rejects_bad_reports_on_an_open_stream() {
             ..Default::default()
         };
         tx.send(report("../escape", 1)).await.unwrap();
-        let a = tokio::time::timeout(Duration::from_secs(10), acks.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let a = next_ack(&mut acks).await;
         assert_eq!(a.status, ack::Status::Rejected as i32);
         assert!(a.reason.contains("run id"), "{}", a.reason);
 
         // Same stream, valid report: accepted once durable; a resend is a duplicate.
         tx.send(report("fine", 1)).await.unwrap();
-        let a = tokio::time::timeout(Duration::from_secs(10), acks.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let a = next_ack(&mut acks).await;
         assert_eq!(a.status, ack::Status::Accepted as i32, "{a:?}");
         tx.send(report("fine", 1)).await.unwrap();
-        let a = tokio::time::timeout(Duration::from_secs(10), acks.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let a = next_ack(&mut acks).await;
         assert_eq!(a.status, ack::Status::Duplicate as i32, "{a:?}");
     });
     assert!(collector.alive());

@@ -59,6 +59,14 @@ pub struct Collector {
 
 use pipeline::Inbound;
 
+/// Ask the pipeline to write everything pending and wait until it has.
+async fn drain_pipeline(pipeline: &mpsc::Sender<Inbound>) {
+    let (tx, rx) = oneshot::channel();
+    if pipeline.send(Inbound::Drain(tx)).await.is_ok() {
+        let _ = rx.await;
+    }
+}
+
 impl Collector {
     /// Bind, then serve until [`Collector::shutdown`].
     pub async fn start(config: CollectorConfig) -> Result<Collector, CollectorError> {
@@ -144,10 +152,7 @@ impl Collector {
 
     /// Write everything pending now (steps still waiting for ranks are written as they stand).
     pub async fn drain(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.pipeline_tx.send(Inbound::Drain(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
+        drain_pipeline(&self.pipeline_tx).await;
     }
 
     /// Stop accepting streams, write everything pending, and stop. Open agent streams are given
@@ -158,10 +163,7 @@ impl Collector {
         if tokio::time::timeout(grace, &mut server).await.is_err() {
             server.abort();
         }
-        let (tx, rx) = oneshot::channel();
-        if self.pipeline_tx.send(Inbound::Drain(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
+        drain_pipeline(&self.pipeline_tx).await;
         drop(self.pipeline_tx);
         self.pipeline.abort();
         tracing::info!("collector stopped");

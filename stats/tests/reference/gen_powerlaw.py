@@ -10,11 +10,9 @@ Two references, matching gradtel's two modes:
   (1.5, 3]; the fixture records whether the chosen candidate took that path ("numerical").
 """
 import contextlib
-import importlib.util
 import io
 import json
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -23,13 +21,10 @@ import numpy as np
 import powerlaw  # 2.0
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PL15_DIR = os.path.join(HERE, ".powerlaw15")
-if not os.path.exists(os.path.join(PL15_DIR, "powerlaw.py")):
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                           "--target", PL15_DIR, "powerlaw==1.5"])
-spec = importlib.util.spec_from_file_location("powerlaw15", os.path.join(PL15_DIR, "powerlaw.py"))
-powerlaw15 = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(powerlaw15)
+sys.path.insert(0, HERE)
+import powerlaw15 as _pl15  # noqa: E402
+
+powerlaw15 = _pl15.load()
 assert powerlaw.__version__.startswith("2."), powerlaw.__version__
 
 rng = np.random.default_rng(20261126)
