@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use gradtel_agent::{Agent, AgentConfig};
 use gradtel_client::{IngestClient, StepScalars, TensorData, TensorDecl};
+use gradtel_collector::metrics::RunGauges;
 use gradtel_collector::{Collector, CollectorConfig};
 use gradtel_trainer::{RankSink, TrainConfig};
 use tokio::runtime::Handle;
@@ -45,6 +46,10 @@ pub struct DemoArgs {
     /// Do not draw a progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Put one NaN into rank 0's telemetry (never into training) at this step, so the alert path
+    /// shows up in the demo; 0 turns it off. Default: two thirds of the way through.
+    #[arg(long)]
+    pub fault_step: Option<u64>,
 }
 
 /// What the demo did, also printed at the end.
@@ -63,11 +68,16 @@ pub struct DemoSummary {
     pub first_loss: f64,
     pub final_loss: f64,
     pub elapsed: Duration,
+    /// The collector's live estimates of the run at the end.
+    pub live: Option<RunGauges>,
+    pub fault_step: Option<u64>,
 }
 
 struct AgentSink {
     client: IngestClient,
     handle: Handle,
+    /// Step at which this rank's telemetry gets one NaN.
+    fault_step: Option<u64>,
 }
 
 impl RankSink for AgentSink {
@@ -81,7 +91,16 @@ impl RankSink for AgentSink {
     ) -> Result<(), String> {
         let data: Vec<TensorData> = tensors
             .iter()
-            .map(|(name, values)| TensorData::from_f32(*name, 0, values))
+            .enumerate()
+            .map(|(i, (name, values))| {
+                if i == 0 && self.fault_step == Some(step) {
+                    let mut faulty = values.to_vec();
+                    faulty[0] = f32::NAN;
+                    TensorData::from_f32(*name, 0, &faulty)
+                } else {
+                    TensorData::from_f32(*name, 0, values)
+                }
+            })
             .collect();
         let scalars = StepScalars {
             loss: Some(loss),
@@ -147,8 +166,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
             shape: shape.iter().map(|&d| d as u64).collect(),
             dtype: gradtel_proto::v1::Dtype::F32,
             owned: None,
+            track_count: None,
         })
         .collect();
+    let fault_step = match args.fault_step {
+        Some(0) => None,
+        Some(s) => Some(s),
+        None => Some(args.steps * 2 / 3),
+    };
     let mut sinks = Vec::with_capacity(args.ranks);
     for (rank, agent) in agents.iter().enumerate() {
         let mut client = IngestClient::connect_uds(agent.socket()).await?;
@@ -159,6 +184,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
         sinks.push(AgentSink {
             client,
             handle: Handle::current(),
+            fault_step: fault_step.filter(|_| rank == 0),
         });
     }
 
@@ -197,6 +223,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
     }
     let cm = collector.metrics();
     collector.shutdown(Duration::from_secs(2)).await;
+    let live = cm
+        .runs
+        .lock()
+        .ok()
+        .and_then(|runs| runs.get(run_id.as_str()).cloned());
 
     Ok(DemoSummary {
         run_id,
@@ -212,6 +243,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoSummary> {
         first_loss: summary.first_loss,
         final_loss: summary.final_loss,
         elapsed: started.elapsed(),
+        live,
+        fault_step,
     })
 }
 
@@ -244,14 +277,77 @@ impl std::fmt::Display for DemoSummary {
         )?;
         writeln!(
             f,
-            "  parquet           {} rows in {} files under {}/run={}/table=steps/",
+            "  parquet           {} rows in {} files under {}/run={}/table={{steps,tails,coords,sgn,spectra,alerts}}/",
             self.rows_written, self.files_written, out, self.run_id
         )?;
+        if let Some(g) = &self.live {
+            write_verdict(f, g, self.fault_step)?;
+        }
         writeln!(f, "query it with DuckDB:")?;
         write!(
             f,
-            "  duckdb -c \"SELECT step, scope, l2_norm, max_abs, abs_p99 FROM read_parquet('{out}/**/*.parquet', hive_partitioning=1) WHERE run='{}' AND scope_kind='model' ORDER BY step LIMIT 10\"",
+            "  duckdb -c \"SELECT step, scope, l2_norm, max_abs, abs_p99 FROM read_parquet('{out}/*/table=steps/*.parquet', hive_partitioning=1) WHERE run='{}' AND scope_kind='model' ORDER BY step LIMIT 10\"",
             self.run_id
         )
     }
+}
+
+/// The live verdict in the paper's terms (Xie et al. 2023, Table 1): how often the power law
+/// survives the KS test for each object, and the covariance spectrum's slope.
+fn write_verdict(
+    f: &mut std::fmt::Formatter<'_>,
+    g: &RunGauges,
+    fault_step: Option<u64>,
+) -> std::fmt::Result {
+    let pct = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{:.0} %", 100.0 * v));
+    let kept = |object: &str| pct(g.powerlaw_rejected(object).map(|r| 1.0 - r));
+    writeln!(
+        f,
+        "live verdict (power law not rejected by KS at 0.05; paper: dimension-wise mostly yes, iteration-wise and SGN mostly no)"
+    )?;
+    writeln!(
+        f,
+        "  dimension-wise    {} of {} tensor-step samples; model tail index (Hill) {}",
+        kept("dimension"),
+        g.dimension_tested,
+        g.tail_index
+            .get("model")
+            .map_or("n/a".into(), |a| format!("{a:.2}"))
+    )?;
+    for (object, label) in [("iteration", "iteration-wise"), ("sgn", "SGN")] {
+        match g.windows.get(object) {
+            Some(w) => writeln!(
+                f,
+                "  {label:<17} {} of {} tracked coordinates; Gaussianity (K²) rejected in {}",
+                kept(object),
+                w.coordinates,
+                pct(w.gaussian_rejected)
+            )?,
+            None => writeln!(f, "  {label:<17} not evaluated (too few steps or ranks)")?,
+        }
+    }
+    for (sketch, fit) in &g.spectra {
+        writeln!(
+            f,
+            "  spectrum ({sketch:<8}) slope s = {:.2}, R² = {:.3} (λ_k ∝ k^-s)",
+            fit.slope, fit.r2
+        )?;
+    }
+    let alerts: Vec<String> = g
+        .alerts_total
+        .iter()
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect();
+    writeln!(
+        f,
+        "  alerts            {}{}",
+        if alerts.is_empty() {
+            "none".to_string()
+        } else {
+            alerts.join(", ")
+        },
+        fault_step.map_or(String::new(), |s| format!(
+            " (a NaN was injected into rank 0's telemetry at step {s}; --fault-step 0 turns it off)"
+        ))
+    )
 }

@@ -34,6 +34,7 @@ fn decls() -> Vec<TensorDecl> {
         shape: vec![4, 4],
         dtype: Dtype::F32,
         owned: None,
+        track_count: None,
     }]
 }
 

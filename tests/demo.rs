@@ -31,6 +31,19 @@ fn demo_trains_and_leaves_a_readable_lake() {
         stdout.contains("read_parquet("),
         "prints a DuckDB one-liner: {stdout}"
     );
+    for line in [
+        "live verdict",
+        "dimension-wise",
+        "iteration-wise",
+        "SGN",
+        "spectrum (gradient)",
+        "1 nonfinite",
+    ] {
+        assert!(
+            stdout.contains(line),
+            "closing summary lacks {line:?}: {stdout}"
+        );
+    }
 
     let rows = rows(&read_batches(&out));
     // 6 tensors + 3 layers + the model, per step.

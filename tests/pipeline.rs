@@ -161,6 +161,7 @@ fn known_gradients_through_two_agents_land_exactly_in_parquet() {
                 shape: t.shape.to_vec(),
                 dtype: t.dtype,
                 owned: None,
+                track_count: None,
             })
             .collect();
         for rank in 0..2u32 {
@@ -343,6 +344,7 @@ fn large_chunks_are_summarised_exactly() {
             shape: vec![n as u64],
             dtype: Dtype::F32,
             owned: None,
+            track_count: None,
         };
         c.register("big", 0, 1, 0, 1, &[decl]).await.unwrap();
         let data = [TensorData::from_f32("big.weight", 0, &v)];

@@ -13,8 +13,8 @@ con = duckdb.connect()
 q = f"""
 SELECT count(*) AS rows, count(DISTINCT step) AS steps, min(ranks_reported) AS min_ranks,
        sum(CASE WHEN late THEN 1 ELSE 0 END) AS late_rows
-FROM read_parquet('{lake}/**/*.parquet', hive_partitioning=1)
-WHERE run = '{run}' AND "table" = 'steps' AND scope_kind = 'model'
+FROM read_parquet('{lake}/*/table=steps/*.parquet', hive_partitioning=1)
+WHERE run = '{run}' AND scope_kind = 'model'
 """
 rows, n_steps, min_ranks, late = con.execute(q).fetchone()
 assert n_steps == steps, (n_steps, steps)
@@ -22,13 +22,31 @@ assert rows == steps, f"one model row per step, got {rows}"
 assert min_ranks == ranks, min_ranks
 assert late == 0
 
-t = ds.dataset(lake, format="parquet", partitioning="hive").to_table(
-    filter=(ds.field("run") == run) & (ds.field("scope_kind") == "tensor")
+# Every table is filled, and each reads alone with its own schema.
+for table in ("steps", "tails", "coords", "sgn", "spectra", "alerts"):
+    (n,) = con.execute(
+        f"SELECT count(*) FROM read_parquet('{lake}/*/table={table}/*.parquet', hive_partitioning=1) WHERE run = '{run}'"
+    ).fetchone()
+    assert n > 0, f"table {table} is empty"
+# The whole lake at once needs union_by_name (the tables have different columns).
+(tables,) = con.execute(
+    f"SELECT count(DISTINCT \"table\") FROM read_parquet('{lake}/**/*.parquet', hive_partitioning=1, union_by_name=1)"
+).fetchone()
+assert tables == 6, tables
+(nonfinite,) = con.execute(
+    f"SELECT count(*) FROM read_parquet('{lake}/*/table=alerts/*.parquet', hive_partitioning=1) WHERE kind = 'nonfinite'"
+).fetchone()
+assert nonfinite == 1, f"the demo's injected NaN raises one alert, got {nonfinite}"
+
+t = ds.dataset(f"{lake}/run={run}/table=steps", format="parquet").to_table(
+    filter=ds.field("scope_kind") == "tensor"
 )
 names = set(t.column("scope").to_pylist())
 assert names == {f"fc{i}.{k}" for i in (1, 2, 3) for k in ("weight", "bias")}, names
 counts = t.column("count").to_pylist()
+nans = t.column("nan_count").to_pylist()
 numel = t.column("numel").to_pylist()
-# Every rank sends every coordinate of every tensor: count = ranks * numel (no NaN in training).
-assert all(c == ranks * n for c, n in zip(counts, numel)), "coverage"
+# Every rank sends every coordinate of every tensor: finite + NaN = ranks * numel.
+assert all(c + x == ranks * n for c, x, n in zip(counts, nans, numel)), "coverage"
+assert sum(nans) == 1, "exactly the injected NaN"
 print(f"duckdb+pyarrow: {steps} steps, {t.num_rows} tensor rows, ranks={ranks}: ok")

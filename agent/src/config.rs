@@ -4,6 +4,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Default seeds: any fixed values work, as long as every rank of a run uses the same.
+pub const DEFAULT_TRACK_SEED: u64 = 0x6772_6164_7465_6c01;
+pub const DEFAULT_SKETCH_SEED: u64 = 0x6772_6164_7465_6c02;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SketchKind {
+    CountSketch,
+    Gaussian,
+}
+
 /// Configuration of one agent (one per training process / rank).
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentConfig {
@@ -55,6 +65,30 @@ pub struct AgentConfig {
     #[arg(long, env = "GRADTEL_AGENT_METRICS")]
     pub metrics: Option<SocketAddr>,
 
+    /// Expected number of tracked coordinates per tensor (whose raw values are sent every step;
+    /// the iteration-wise and SGN samples). A tensor's layout may override it. Every rank of a
+    /// run must use the same value and seed.
+    #[arg(long, env = "GRADTEL_TRACK_COUNT", default_value_t = 64)]
+    pub track_count: u64,
+
+    /// Seed of the tracked-coordinate sample (shared by all ranks of a run).
+    #[arg(long, env = "GRADTEL_TRACK_SEED", default_value_t = DEFAULT_TRACK_SEED)]
+    pub track_seed: u64,
+
+    /// Dimension m of the per-step projection of the gradient (0: none). Every rank of a run
+    /// must use the same dimension, kind and seed.
+    #[arg(long, env = "GRADTEL_SKETCH_DIM", default_value_t = 256)]
+    pub sketch_dim: u32,
+
+    /// Projection kind: `count-sketch` (≈ 1 ns per coordinate) or `gaussian` (m multiply-adds
+    /// per coordinate; for small models only).
+    #[arg(long, env = "GRADTEL_SKETCH_KIND", value_enum, default_value_t = SketchKind::CountSketch)]
+    pub sketch_kind: SketchKind,
+
+    /// Seed of the shared projection matrix.
+    #[arg(long, env = "GRADTEL_SKETCH_SEED", default_value_t = DEFAULT_SKETCH_SEED)]
+    pub sketch_seed: u64,
+
     /// Longest wait between reconnection attempts to the collector.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     pub max_backoff: Duration,
@@ -73,6 +107,11 @@ impl AgentConfig {
             max_inflight: 4096,
             max_open_steps: 64,
             metrics: None,
+            track_count: 64,
+            track_seed: DEFAULT_TRACK_SEED,
+            sketch_dim: 256,
+            sketch_kind: SketchKind::CountSketch,
+            sketch_seed: DEFAULT_SKETCH_SEED,
             max_backoff: Duration::from_secs(5),
         }
     }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use gradtel_proto::v1::{Dtype, RegisterRequest};
 use gradtel_proto::validate_run_id;
+use gradtel_stats::track::Tracker;
 
 use crate::AgentError;
 
@@ -20,6 +21,11 @@ pub struct TensorSpec {
     pub dtype: Dtype,
     pub owned_start: u64,
     pub owned_end: u64,
+    /// Coordinate of this tensor's first element in the model's flattened parameter vector
+    /// (tensors concatenated in registered order): the projection's column index.
+    pub base: u64,
+    /// Tracked coordinates inside the owned range, ascending.
+    pub tracked: Vec<u64>,
 }
 
 impl TensorSpec {
@@ -40,7 +46,13 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn from_request(r: &RegisterRequest) -> Result<Self, AgentError> {
+    /// Validate `r`; tensors without their own `track_count` track `default_track` coordinates
+    /// drawn with `track_seed`.
+    pub fn from_request(
+        r: &RegisterRequest,
+        track_seed: u64,
+        default_track: u64,
+    ) -> Result<Self, AgentError> {
         let bad = |m: String| Err(AgentError::BadLayout(m));
         validate_run_id(&r.run_id).map_err(|e| AgentError::BadRunId(e.to_string()))?;
         if r.world_size == 0 || r.rank >= r.world_size {
@@ -63,6 +75,7 @@ impl Layout {
         }
         let mut tensors = Vec::with_capacity(r.tensors.len());
         let mut by_name = HashMap::with_capacity(r.tensors.len());
+        let mut base = 0u64;
         for t in &r.tensors {
             if t.name.is_empty() || t.name.len() > MAX_TENSOR_NAME {
                 return bad(format!(
@@ -97,13 +110,24 @@ impl Layout {
             if by_name.insert(t.name.clone(), tensors.len()).is_some() {
                 return bad(format!("tensor {:?} is declared twice", t.name));
             }
+            let tracker = Tracker::new(
+                track_seed,
+                &t.name,
+                numel,
+                t.track_count.unwrap_or(default_track),
+            );
             tensors.push(TensorSpec {
                 name: t.name.clone(),
                 numel,
                 dtype,
                 owned_start,
                 owned_end,
+                base,
+                tracked: tracker.tracked_in(owned_start, owned_end),
             });
+            base = base
+                .checked_add(numel)
+                .ok_or_else(|| AgentError::BadLayout("the model's total size overflows".into()))?;
         }
         Ok(Self {
             run_id: r.run_id.clone(),
@@ -140,15 +164,40 @@ mod tests {
                 dtype: Dtype::F32 as i32,
                 owned_start: 0,
                 owned_end: 0,
+                track_count: None,
             }],
         }
     }
 
     #[test]
     fn whole_tensor_by_default() {
-        let l = Layout::from_request(&req()).unwrap();
+        let l = Layout::from_request(&req(), 1, 4).unwrap();
         assert_eq!(l.tensors[0].numel, 12);
         assert_eq!((l.tensors[0].owned_start, l.tensors[0].owned_end), (0, 12));
+        assert!(l.tensors[0].tracked.iter().all(|&j| j < 12));
+    }
+
+    #[test]
+    fn shards_track_their_part_of_the_same_sample_and_bases_follow_model_order() {
+        let mut r = req();
+        r.tensors[0].shape = vec![100, 100];
+        r.tensors[0].track_count = Some(500);
+        let mut second = r.tensors[0].clone();
+        second.name = "fc2.weight".into();
+        r.tensors.push(second);
+        let whole = Layout::from_request(&r, 9, 4).unwrap();
+        assert_eq!(whole.tensors[1].base, 10_000);
+        let mut halves = Vec::new();
+        for (a, b) in [(0, 4_000), (4_000, 10_000)] {
+            r.tensors[0].owned_start = a;
+            r.tensors[0].owned_end = b;
+            halves.extend(
+                Layout::from_request(&r, 9, 4).unwrap().tensors[0]
+                    .tracked
+                    .clone(),
+            );
+        }
+        assert_eq!(halves, whole.tensors[0].tracked);
     }
 
     #[test]
@@ -156,24 +205,24 @@ mod tests {
         let mut r = req();
         r.run_id = "../x".into();
         assert!(matches!(
-            Layout::from_request(&r),
+            Layout::from_request(&r, 1, 4),
             Err(AgentError::BadRunId(_))
         ));
         let mut r = req();
         r.rank = 2;
-        assert!(Layout::from_request(&r).is_err());
+        assert!(Layout::from_request(&r, 1, 4).is_err());
         let mut r = req();
         r.tensors[0].owned_end = 13;
         r.tensors[0].owned_start = 1;
-        assert!(Layout::from_request(&r).is_err());
+        assert!(Layout::from_request(&r, 1, 4).is_err());
         let mut r = req();
         r.tensors.push(r.tensors[0].clone());
-        assert!(Layout::from_request(&r).is_err());
+        assert!(Layout::from_request(&r, 1, 4).is_err());
         let mut r = req();
         r.tensors[0].dtype = 0;
-        assert!(Layout::from_request(&r).is_err());
+        assert!(Layout::from_request(&r, 1, 4).is_err());
         let mut r = req();
         r.tensors[0].shape = vec![u64::MAX, 2];
-        assert!(Layout::from_request(&r).is_err());
+        assert!(Layout::from_request(&r, 1, 4).is_err());
     }
 }

@@ -9,17 +9,20 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use gradtel_codec::payload;
 use gradtel_proto::v1::ingest_server::Ingest;
+use gradtel_proto::v1::projection::Kind as ProjectionKind;
 use gradtel_proto::v1::{
-    Dtype, EndStep, GradientChunk, PushRequest, PushResponse, RegisterRequest, RegisterResponse,
-    ShardReport, TensorReport, push_request,
+    Dtype, EndStep, GradientChunk, Projection as WireProjection, PushRequest, PushResponse,
+    RegisterRequest, RegisterResponse, ShardReport, TensorReport, TrackedValues, push_request,
 };
 use gradtel_stats::GradSummary;
+use gradtel_stats::projection::{CountSketch, GaussianProjection, Projection};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::config::SketchKind;
 use crate::layout::Layout;
 use crate::metrics::AgentMetrics;
-use crate::steps::OpenSteps;
+use crate::steps::{ChunkPart, OpenSteps};
 use crate::{AgentConfig, AgentError};
 
 /// Chunks at least this large are summarised on the blocking pool (≈ 0.5 ms of work).
@@ -38,6 +41,8 @@ pub struct AgentState {
     pub metrics: Arc<AgentMetrics>,
     /// Random per-process epoch, so `seq` can restart at 1 without colliding (see collect.proto).
     pub epoch: u64,
+    /// The shared-seed projection of every step's gradient, if configured.
+    projection: Option<(ProjectionKind, Box<dyn Projection + Send + Sync>)>,
     layout: Mutex<Option<(u64, Arc<Layout>)>>,
     open: Mutex<OpenSteps>,
     next_seq: AtomicU64,
@@ -51,7 +56,21 @@ impl AgentState {
         metrics: Arc<AgentMetrics>,
         queue: mpsc::Sender<ShardReport>,
     ) -> Self {
+        let m = config.sketch_dim as usize;
+        let projection: Option<(ProjectionKind, Box<dyn Projection + Send + Sync>)> =
+            match (m, config.sketch_kind) {
+                (0, _) => None,
+                (m, SketchKind::CountSketch) => Some((
+                    ProjectionKind::CountSketch,
+                    Box::new(CountSketch::new(m, config.sketch_seed)),
+                )),
+                (m, SketchKind::Gaussian) => Some((
+                    ProjectionKind::Gaussian,
+                    Box::new(GaussianProjection::new(m, config.sketch_seed)),
+                )),
+            };
         Self {
+            projection,
             config,
             metrics,
             epoch: new_epoch(),
@@ -64,7 +83,11 @@ impl AgentState {
     }
 
     pub fn register(&self, req: &RegisterRequest) -> Result<(), AgentError> {
-        let layout = Arc::new(Layout::from_request(req)?);
+        let layout = Arc::new(Layout::from_request(
+            req,
+            self.config.track_seed,
+            self.config.track_count,
+        )?);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let mut slot = self.layout.lock().map_err(|_| AgentError::Poisoned)?;
         let abandoned = self
@@ -115,8 +138,29 @@ impl AgentState {
                 end: spec.owned_end,
             });
         }
-        let mut chunk = GradSummary::new(self.config.top_k, self.config.hist_precision)?;
-        payload::summarize_into(dtype, &c.data, &mut chunk)?;
+        let mut summary = GradSummary::new(self.config.top_k, self.config.hist_precision)?;
+        // One decode feeds the summary, the tracked coordinates and the projection.
+        let mut values = Vec::new();
+        payload::decode_f32(dtype, &c.data, &mut values)?;
+        summary.extend_f32(&values);
+        let end = c.offset + n;
+        let from = spec.tracked.partition_point(|&j| j < c.offset);
+        let to = spec.tracked.partition_point(|&j| j < end);
+        let tracked = spec.tracked[from..to]
+            .iter()
+            .map(|&j| (j, values[(j - c.offset) as usize]))
+            .collect();
+        let projection = self.projection.as_ref().map(|(_, p)| {
+            let mut out = vec![0.0; p.dim()];
+            p.project_range(spec.base + c.offset, &values, &mut out);
+            out
+        });
+        let chunk = ChunkPart {
+            summary,
+            n,
+            tracked,
+            projection,
+        };
 
         let mut open = self.open.lock().map_err(|_| AgentError::Poisoned)?;
         if open.generation != generation {
@@ -130,7 +174,6 @@ impl AgentState {
             spec.owned_len(),
             c.local,
             chunk,
-            n,
             self.config.max_open_steps,
         )?;
         drop(open);
@@ -158,6 +201,31 @@ impl AgentState {
             .remove(&e.step)
             .unwrap_or_default();
         self.metrics.steps_ended.inc();
+        let mut tracked: Vec<TrackedValues> = Vec::new();
+        let mut by_tensor = acc.tracked;
+        by_tensor.sort_unstable_by_key(|&(t, j, _)| (t, j));
+        for (t, j, v) in by_tensor {
+            match tracked.last_mut() {
+                Some(last) if last.name == layout.tensors[t].name => {
+                    last.index.push(j);
+                    last.value.push(v);
+                }
+                _ => tracked.push(TrackedValues {
+                    name: layout.tensors[t].name.clone(),
+                    index: vec![j],
+                    value: vec![v],
+                }),
+            }
+        }
+        let projection = acc.projection.and_then(|(values, coordinates)| {
+            self.projection.as_ref().map(|(kind, p)| WireProjection {
+                kind: *kind as i32,
+                dim: p.dim() as u32,
+                seed: self.config.sketch_seed,
+                values,
+                coordinates,
+            })
+        });
         let tensors = acc
             .tensors
             .into_iter()
@@ -206,6 +274,8 @@ impl AgentState {
             ended_unix_nanos: ended,
             agent_steps_dropped_total: self.metrics.steps_dropped_total(),
             agent_epoch: self.epoch,
+            tracked,
+            projection,
         };
         permit.send(report);
         self.metrics.queue_depth.add(1);

@@ -22,6 +22,20 @@ pub struct StepAccum {
     pub local: Option<bool>,
     /// Indexed like the layout's tensors.
     pub tensors: Vec<Option<TensorAccum>>,
+    /// Tracked (tensor index, coordinate, value), in arrival order.
+    pub tracked: Vec<(usize, u64, f32)>,
+    /// Sum of the chunks' projections (linear, so the order of chunks does not matter) and
+    /// the number of coordinates projected.
+    pub projection: Option<(Vec<f64>, u64)>,
+}
+
+/// What one chunk contributes to its step.
+#[derive(Debug)]
+pub struct ChunkPart {
+    pub summary: GradSummary,
+    pub n: u64,
+    pub tracked: Vec<(u64, f32)>,
+    pub projection: Option<Vec<f64>>,
 }
 
 /// Steps with chunks but no EndStep yet, for one layout generation.
@@ -50,10 +64,10 @@ impl OpenSteps {
         tensor_count: usize,
         owned_len: u64,
         local: bool,
-        chunk: GradSummary,
-        n: u64,
+        chunk: ChunkPart,
         max_open: usize,
     ) -> Result<usize, AgentError> {
+        let n = chunk.n;
         let mut abandoned = 0;
         if !self.steps.contains_key(&step) {
             while self.steps.len() >= max_open.max(1) {
@@ -80,14 +94,27 @@ impl OpenSteps {
         }
         match slot {
             Some(t) => {
-                t.summary.merge(&chunk)?;
+                t.summary.merge(&chunk.summary)?;
                 t.received += n;
             }
             None => {
                 *slot = Some(TensorAccum {
-                    summary: chunk,
+                    summary: chunk.summary,
                     received: n,
                 })
+            }
+        }
+        acc.tracked
+            .extend(chunk.tracked.into_iter().map(|(j, v)| (tensor_index, j, v)));
+        if let Some(p) = chunk.projection {
+            match &mut acc.projection {
+                Some((sum, coords)) if sum.len() == p.len() => {
+                    for (s, v) in sum.iter_mut().zip(&p) {
+                        *s += v;
+                    }
+                    *coords += n;
+                }
+                _ => acc.projection = Some((p, n)),
             }
         }
         Ok(abandoned)
@@ -98,28 +125,35 @@ impl OpenSteps {
 mod tests {
     use super::*;
 
-    fn summary(xs: &[f64]) -> GradSummary {
+    fn summary(xs: &[f64]) -> ChunkPart {
         let mut s = GradSummary::new(4, 7).unwrap();
         s.extend_f64(xs);
-        s
+        ChunkPart {
+            summary: s,
+            n: xs.len() as u64,
+            tracked: vec![(0, xs[0] as f32)],
+            projection: Some(vec![xs.iter().sum(), 1.0]),
+        }
     }
 
     #[test]
     fn chunks_merge_and_are_bounded_by_the_owned_range() {
         let mut o = OpenSteps::default();
-        o.add_chunk(1, 0, 1, 4, true, summary(&[1.0, 2.0]), 2, 8)
+        o.add_chunk(1, 0, 1, 4, true, summary(&[1.0, 2.0]), 8)
             .unwrap();
-        o.add_chunk(1, 0, 1, 4, true, summary(&[3.0]), 1, 8)
-            .unwrap();
+        o.add_chunk(1, 0, 1, 4, true, summary(&[3.0]), 8).unwrap();
         let t = o.steps[&1].tensors[0].as_ref().unwrap();
         assert_eq!(t.received, 3);
         assert_eq!(t.summary.moments.n, 3);
+        assert_eq!(o.steps[&1].tracked.len(), 2);
+        // Projections add: [3 + 3, 1 + 1] over 3 coordinates.
+        assert_eq!(o.steps[&1].projection, Some((vec![6.0, 2.0], 3)));
         assert!(matches!(
-            o.add_chunk(1, 0, 1, 4, true, summary(&[1.0, 1.0]), 2, 8),
+            o.add_chunk(1, 0, 1, 4, true, summary(&[1.0, 1.0]), 8),
             Err(AgentError::TooManyValues { .. })
         ));
         assert!(matches!(
-            o.add_chunk(1, 0, 1, 4, false, summary(&[1.0]), 1, 8),
+            o.add_chunk(1, 0, 1, 4, false, summary(&[1.0]), 8),
             Err(AgentError::MixedLocal { .. })
         ));
     }
@@ -129,7 +163,7 @@ mod tests {
         let mut o = OpenSteps::default();
         for step in 0..3 {
             let a = o
-                .add_chunk(step, 0, 1, 4, false, summary(&[1.0]), 1, 2)
+                .add_chunk(step, 0, 1, 4, false, summary(&[1.0]), 2)
                 .unwrap();
             assert_eq!(a, usize::from(step == 2));
         }

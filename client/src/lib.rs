@@ -39,6 +39,8 @@ pub struct TensorDecl {
     pub dtype: Dtype,
     /// Owned coordinate range; `None` for the whole tensor.
     pub owned: Option<(u64, u64)>,
+    /// Expected tracked coordinates in this tensor; `None` for the agent's default.
+    pub track_count: Option<u64>,
 }
 
 /// Values of one tensor at one step, as raw little-endian bytes of the registered dtype.
@@ -151,6 +153,7 @@ impl IngestClient {
                     dtype: t.dtype as i32,
                     owned_start: t.owned.map_or(0, |o| o.0),
                     owned_end: t.owned.map_or(0, |o| o.1),
+                    track_count: t.track_count,
                 })
                 .collect(),
         };

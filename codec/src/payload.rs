@@ -59,6 +59,32 @@ pub fn summarize_into(
     Ok(n)
 }
 
+/// Decode every element of `bytes` into `out` (cleared first) as f32: exact for all three dtypes.
+pub fn decode_f32(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) -> Result<usize, CodecError> {
+    let n = element_count(dtype, bytes)?;
+    out.clear();
+    out.reserve(n);
+    match dtype {
+        Dtype::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        Dtype::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        Dtype::Bf16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        Dtype::Unspecified => return Err(CodecError::UnspecifiedDtype),
+    }
+    Ok(n)
+}
+
 /// Encode f32 values as a little-endian payload.
 pub fn encode_f32(values: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * 4);
@@ -100,6 +126,21 @@ mod tests {
         assert_eq!(f16s.zero_count, 1);
         let expected_f16 = f64::from(half::f16::from_f32(-3.0e-3));
         assert!(f16s.top_abs.sorted_desc().contains(&expected_f16.abs()));
+    }
+
+    #[test]
+    fn decode_f32_widens_exactly() {
+        let h = [
+            half::f16::from_f32(0.5),
+            half::f16::from_f32(-2.0),
+            half::f16::NAN,
+        ];
+        let bytes: Vec<u8> = h.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut out = vec![9.0];
+        assert_eq!(decode_f32(Dtype::F16, &bytes, &mut out).unwrap(), 3);
+        assert_eq!(&out[..2], &[0.5, -2.0]);
+        assert!(out[2].is_nan());
+        assert!(decode_f32(Dtype::F32, &[0u8; 3], &mut out).is_err());
     }
 
     #[test]

@@ -103,7 +103,9 @@ impl Assembler {
             shard_count: r.shard_count,
             parts: BTreeMap::new(),
             acks: Vec::new(),
-            first_at: r.received_at,
+            // The clock starts when the assembler sees the step, not when the report was read
+            // off the wire: a backlog in the collector must not make ranks look late.
+            first_at: Instant::now(),
         });
         p.acks.push(ack);
         p.parts.entry((r.key.rank, r.key.shard)).or_insert(r);

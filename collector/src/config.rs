@@ -1,4 +1,7 @@
-//! Collector configuration: command-line flags (and `GRADTEL_COLLECTOR_*` environment variables).
+//! Collector configuration: command-line flags (and `GRADTEL_COLLECTOR_*` environment
+//! variables) for the daemon, and an optional TOML file (`--config`) for the online estimators
+//! and the health alerts. Every TOML key has a default, so an empty file is valid; unknown keys
+//! are an error (a misspelt threshold must not be silently ignored).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,9 +40,173 @@ pub struct CollectorConfig {
     #[arg(long, default_value_t = 4096)]
     pub max_pending_steps: usize,
 
-    /// Serve Prometheus metrics on this address at /metrics.
+    /// Serve Prometheus metrics on this address at /metrics (and /healthz).
     #[arg(long, env = "GRADTEL_COLLECTOR_METRICS")]
     pub metrics: Option<SocketAddr>,
+
+    /// TOML file with `[live]` (online estimators) and `[alerts]` (health alerts) sections.
+    #[arg(long, env = "GRADTEL_COLLECTOR_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Settings from `--config` (defaults when absent); filled by [`CollectorConfig::load_file`].
+    #[arg(skip)]
+    pub file: FileConfig,
+}
+
+/// The TOML file.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    pub live: LiveConfig,
+    pub alerts: AlertConfig,
+}
+
+/// Online estimators (collector/src/live).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LiveConfig {
+    /// Steps in the iteration-wise and SGN windows of each tracked coordinate.
+    pub window: usize,
+    /// Evaluate the windows every this many steps.
+    pub window_every: u64,
+    /// Fit the dimension-wise power law (Clauset, on the merged histogram) every this many
+    /// steps; 0 never. Hill, Pickands, DEdH and K²/JB run every step.
+    pub clauset_every: u64,
+    /// Smallest tail the dimension-wise Clauset fit may choose.
+    pub clauset_min_tail: u64,
+    /// Directions ℓ kept by each Frequent-Directions sketch.
+    pub fd_ell: usize,
+    /// Multiply each sketch by this every step (1 = no forgetting; 0.99 halves a row's weight
+    /// after 69 steps).
+    pub fd_decay: f64,
+    /// Snapshot the covariance spectra every this many steps.
+    pub spectrum_every: u64,
+    /// Tracked coordinates kept per run (bounds memory at window × this × 8 bytes per series).
+    pub max_tracked: usize,
+    /// Runs with live state; beyond it the least recently active run's state is dropped.
+    pub max_runs: usize,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            window: 100,
+            window_every: 50,
+            clauset_every: 10,
+            clauset_min_tail: 50,
+            fd_ell: 32,
+            fd_decay: 1.0,
+            spectrum_every: 50,
+            max_tracked: 100_000,
+            max_runs: 64,
+        }
+    }
+}
+
+/// Health alerts (collector/src/live/alerts.rs). Every alert is edge-triggered: it fires when
+/// its condition becomes true and re-arms when the condition clears.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertConfig {
+    /// NaN or ±Inf values appear in a step's gradient.
+    pub nonfinite: bool,
+    /// Robust z-score of the model's gradient L2 norm against the previous `norm_window`
+    /// steps above which a step is a spike.
+    pub norm_z: f64,
+    pub norm_window: usize,
+    /// Steps of history needed before spikes are judged.
+    pub norm_min_history: usize,
+    /// Dimension-wise Hill tail index (survival function) of the whole model below which the
+    /// tails have collapsed (0 disables).
+    pub tail_alpha_min: f64,
+    /// Factor by which that tail index must differ from the median of the last `norm_window`
+    /// steps (either way) to count as a sudden change (0 disables).
+    pub tail_change_factor: f64,
+    /// Absolute change of a covariance spectrum's slope between snapshots (0 disables).
+    pub slope_change: f64,
+    /// A rank missing from a step released after the straggler timeout.
+    pub straggler: bool,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        Self {
+            nonfinite: true,
+            norm_z: 8.0,
+            norm_window: 50,
+            norm_min_history: 10,
+            tail_alpha_min: 0.5,
+            tail_change_factor: 2.0,
+            slope_change: 0.5,
+            straggler: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{}: {what}", path.display())]
+    Invalid { path: PathBuf, what: String },
+}
+
+impl FileConfig {
+    pub fn parse(text: &str, path: &std::path::Path) -> Result<Self, ConfigError> {
+        let c: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })?;
+        let bad = |what: &str| {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                what: what.to_string(),
+            })
+        };
+        let l = &c.live;
+        if l.window < 8 || l.window_every == 0 || l.spectrum_every == 0 {
+            return bad("live.window must be ≥ 8, live.window_every and live.spectrum_every ≥ 1");
+        }
+        if l.fd_ell < 4 || !(l.fd_decay > 0.0 && l.fd_decay <= 1.0) {
+            return bad("live.fd_ell must be ≥ 4 and live.fd_decay in (0, 1]");
+        }
+        if l.max_runs == 0 {
+            return bad("live.max_runs must be ≥ 1");
+        }
+        let a = &c.alerts;
+        if a.norm_z.is_nan() || a.norm_z <= 0.0 || a.norm_window < 3 || a.norm_min_history < 3 {
+            return bad("alerts.norm_z must be > 0, alerts.norm_window and norm_min_history ≥ 3");
+        }
+        if a.tail_alpha_min < 0.0 || a.slope_change < 0.0 {
+            return bad("alert thresholds must be ≥ 0");
+        }
+        if a.tail_change_factor != 0.0 && a.tail_change_factor <= 1.0 {
+            return bad("alerts.tail_change_factor must be > 1 (or 0 to disable)");
+        }
+        Ok(c)
+    }
+}
+
+impl CollectorConfig {
+    /// Read `--config`, if given, into `self.file`.
+    pub fn load_file(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            self.file = FileConfig::parse(&text, path)?;
+        }
+        Ok(())
+    }
 }
 
 impl CollectorConfig {
@@ -53,6 +220,33 @@ impl CollectorConfig {
             roll_interval: Duration::from_secs(2),
             max_pending_steps: 4096,
             metrics: None,
+            config: None,
+            file: FileConfig::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn empty_file_gives_defaults_and_keys_override() {
+        let p = Path::new("c.toml");
+        assert_eq!(FileConfig::parse("", p).unwrap(), FileConfig::default());
+        let c = FileConfig::parse("[alerts]\nnorm_z = 4.5\n[live]\nfd_ell = 16\n", p).unwrap();
+        assert_eq!(c.alerts.norm_z, 4.5);
+        assert_eq!(c.live.fd_ell, 16);
+        assert_eq!(c.live.window, LiveConfig::default().window);
+    }
+
+    #[test]
+    fn misspelt_keys_and_bad_values_are_errors() {
+        let p = Path::new("c.toml");
+        let e = FileConfig::parse("[alerts]\nnorm_zz = 4.5\n", p).unwrap_err();
+        assert!(e.to_string().contains("norm_zz"), "{e}");
+        assert!(FileConfig::parse("[live]\nfd_decay = 1.5\n", p).is_err());
+        assert!(FileConfig::parse("[live]\nwindow = 2\n", p).is_err());
     }
 }

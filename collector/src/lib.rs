@@ -7,18 +7,19 @@
 //!                        └──────────── acks once the file is durable ◀──────┘
 //! ```
 //!
-//! Components: [`config`], [`service`], [`report`], [`assembler`], [`steps_table`], [`sink`],
-//! [`acks`], [`pipeline`], [`metrics`].
+//! Components: [`config`], [`service`], [`report`], [`assembler`], [`live`] (online estimators
+//! and alerts), [`tables`], [`sink`], [`acks`], [`pipeline`], [`metrics`].
 
 pub mod acks;
 pub mod assembler;
 pub mod config;
+pub mod live;
 pub mod metrics;
 pub mod pipeline;
 pub mod report;
 pub mod service;
 pub mod sink;
-pub mod steps_table;
+pub mod tables;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

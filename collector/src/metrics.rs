@@ -1,6 +1,44 @@
-//! The collector's self-measurement (exposed at /metrics when `--metrics` is set).
+//! The collector's self-measurement and the per-run gradient-health gauges (exposed at
+//! /metrics when `--metrics` is set). Per-run series carry only the labels `run`, `scope`
+//! (`model` or a layer name), `object`, `sketch` and `kind`: per-coordinate data goes to
+//! Parquet, never to Prometheus.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use gradtel_telemetry::{Counter, Exposition, Gauge, Latency, Render};
+
+use crate::live::spectra::Fit;
+use crate::live::windows::Summary;
+
+/// The latest live estimates of one run.
+#[derive(Debug, Default, Clone)]
+pub struct RunGauges {
+    pub last_step: u64,
+    pub grad_norm: Option<f64>,
+    pub nonfinite_values_total: u64,
+    /// Dimension-wise Hill index by scope (`model` or a layer).
+    pub tail_index: BTreeMap<String, f64>,
+    /// Tensor-step samples given a dimension-wise Clauset fit, and those rejected.
+    pub dimension_tested: u64,
+    pub dimension_rejected: u64,
+    /// Latest window evaluation per object (`iteration`, `sgn`).
+    pub windows: BTreeMap<&'static str, Summary>,
+    pub sgn_rms: Option<f64>,
+    pub spectra: BTreeMap<&'static str, Fit>,
+    pub alerts_total: BTreeMap<&'static str, u64>,
+}
+
+impl RunGauges {
+    /// Fraction of tested samples of `object` whose power law is rejected.
+    pub fn powerlaw_rejected(&self, object: &str) -> Option<f64> {
+        if object == "dimension" {
+            return (self.dimension_tested > 0)
+                .then(|| self.dimension_rejected as f64 / self.dimension_tested as f64);
+        }
+        self.windows.get(object).and_then(|s| s.powerlaw_rejected)
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct CollectorMetrics {
@@ -21,6 +59,7 @@ pub struct CollectorMetrics {
     pub pending_steps: Gauge,
     pub flush: Latency,
     pub report_durable: Latency,
+    pub runs: Mutex<BTreeMap<Arc<str>, RunGauges>>,
 }
 
 impl Render for CollectorMetrics {
@@ -111,6 +150,112 @@ impl Render for CollectorMetrics {
             "Time from receiving a report to its data being durable.",
             &self.report_durable,
         );
+        if let Ok(runs) = self.runs.lock() {
+            render_runs(&mut e, &runs);
+        }
         e.finish()
     }
+}
+
+fn render_runs(e: &mut Exposition, runs: &BTreeMap<Arc<str>, RunGauges>) {
+    let per_run = |f: &dyn Fn(&RunGauges) -> Option<f64>| -> Vec<(Vec<(&str, &str)>, f64)> {
+        runs.iter()
+            .filter_map(|(run, g)| f(g).map(|v| (vec![("run", &**run)], v)))
+            .collect()
+    };
+    e.family(
+        "gradtel_run_last_step",
+        "Latest step assembled for the run.",
+        "gauge",
+        per_run(&|g| Some(g.last_step as f64)),
+    )
+    .family(
+        "gradtel_run_grad_norm",
+        "L2 norm of the latest step's gradient (merged over ranks and shards).",
+        "gauge",
+        per_run(&|g| g.grad_norm),
+    )
+    .family(
+        "gradtel_run_nonfinite_values_total",
+        "NaN and infinite gradient values seen in the run.",
+        "counter",
+        per_run(&|g| Some(g.nonfinite_values_total as f64)),
+    )
+    .family(
+        "gradtel_run_sgn_rms",
+        "Root mean square of the latest step's SGN on tracked coordinates.",
+        "gauge",
+        per_run(&|g| g.sgn_rms),
+    );
+    let mut tails = Vec::new();
+    let mut rejected = Vec::new();
+    let mut gaussian = Vec::new();
+    let mut slope = Vec::new();
+    let mut r2 = Vec::new();
+    let mut alerts = Vec::new();
+    for (run, g) in runs {
+        for (scope, v) in &g.tail_index {
+            tails.push((
+                vec![
+                    ("run", &**run),
+                    ("scope", scope.as_str()),
+                    ("estimator", "hill"),
+                ],
+                *v,
+            ));
+        }
+        for object in ["dimension", "iteration", "sgn"] {
+            if let Some(v) = g.powerlaw_rejected(object) {
+                rejected.push((vec![("run", &**run), ("object", object)], v));
+            }
+        }
+        for (object, s) in &g.windows {
+            if let Some(v) = s.gaussian_rejected {
+                gaussian.push((vec![("run", &**run), ("object", *object)], v));
+            }
+        }
+        for (sketch, f) in &g.spectra {
+            slope.push((vec![("run", &**run), ("sketch", *sketch)], f.slope));
+            r2.push((vec![("run", &**run), ("sketch", *sketch)], f.r2));
+        }
+        for (kind, n) in &g.alerts_total {
+            alerts.push((vec![("run", &**run), ("kind", *kind)], *n as f64));
+        }
+    }
+    e.family(
+        "gradtel_run_tail_index",
+        "Dimension-wise tail index (survival function) of the latest step, by scope.",
+        "gauge",
+        tails,
+    )
+    .family(
+        "gradtel_run_powerlaw_rejected_ratio",
+        "Fraction of tested samples whose power law the KS test rejects, by object.",
+        "gauge",
+        rejected,
+    )
+    .family(
+        "gradtel_run_gaussian_rejected_ratio",
+        "Fraction of tracked coordinates whose Gaussianity K² rejects (p < 0.05), by object.",
+        "gauge",
+        gaussian,
+    )
+    .family(
+        "gradtel_run_spectrum_slope",
+        "Power-law slope s of the latest covariance spectrum snapshot, by sketch.",
+        "gauge",
+        slope,
+    )
+    .family(
+        "gradtel_run_spectrum_r2",
+        "R² of that fit, by sketch.",
+        "gauge",
+        r2,
+    )
+    .family(
+        "gradtel_collector_alerts_total",
+        "Health alerts raised, by run and kind.",
+        "counter",
+        alerts,
+    );
 }

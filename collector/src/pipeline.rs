@@ -13,13 +13,14 @@ use tokio::sync::{mpsc, oneshot};
 use crate::CollectorConfig;
 use crate::acks::{AckRouter, Dedup, Seen, make_ack};
 use crate::assembler::{Assembler, Assembly};
+use crate::live::Live;
 use crate::metrics::CollectorMetrics;
 use crate::report::Report;
 use crate::sink::{self, Buffer, Sink};
-use crate::steps_table;
+use crate::tables::steps;
 
 pub enum Inbound {
-    Report(Report),
+    Report(Box<Report>),
     /// Release every pending step, write every buffer, then answer.
     Drain(oneshot::Sender<()>),
 }
@@ -32,6 +33,7 @@ pub struct Pipeline {
     pub dedup: Dedup,
     pub router: Arc<AckRouter>,
     pub metrics: Arc<CollectorMetrics>,
+    pub live: Live,
     files: u64,
 }
 
@@ -56,6 +58,7 @@ impl Pipeline {
             sink: Sink::new(config.roll_rows, config.roll_interval),
             dedup: Dedup::default(),
             router,
+            live: Live::new(config.file.clone(), metrics.clone()),
             metrics,
             files: 0,
         }
@@ -67,7 +70,7 @@ impl Pipeline {
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(Inbound::Report(r)) => self.on_report(r),
+                    Some(Inbound::Report(r)) => self.on_report(*r),
                     Some(Inbound::Drain(done)) => {
                         let all = self.assembler.drain();
                         self.on_assemblies(all);
@@ -119,12 +122,14 @@ impl Pipeline {
                 self.metrics.steps_incomplete.inc();
                 tracing::warn!(run = %a.run_id, step = a.step, got = a.parts.len(), "step written with missing ranks");
             }
-            let (rows, errors) = steps_table::build_rows(&a, now);
+            let (mut rows, errors) = steps::build_rows(&a, now);
             if errors > 0 {
                 self.metrics.merge_errors.add(errors);
                 tracing::error!(run = %a.run_id, step = a.step, errors, "summaries left out of a merge");
             }
-            self.sink.append(a.run_id.clone(), rows, a.acks);
+            let mut tables = self.live.observe(&a, &mut rows, now);
+            tables.steps = rows;
+            self.sink.append(a.run_id.clone(), tables, a.acks);
         }
     }
 
@@ -146,16 +151,31 @@ impl Pipeline {
         let run_for_write = run.clone();
         let started = Instant::now();
         let rows = buf.rows;
+        // One file per table, all under the same name in their own partitions. A table whose
+        // file is published leaves the buffer at once, so a retry after a failure never writes
+        // its rows twice; the acks wait until every table is published.
         let written = tokio::task::spawn_blocking(move || {
-            let result = (|| {
-                let dir = sink::partition_dir(&out, &run_for_write, steps_table::TABLE)?;
-                let batch = steps_table::to_batch(&rows)?;
-                sink::write_file(&dir, &name, &batch)
-            })();
-            (result, rows)
+            let mut rows = rows;
+            let mut published = Vec::new();
+            for table in rows.names() {
+                let result = (|| {
+                    let dir = sink::partition_dir(&out, &run_for_write, table)?;
+                    let batch = rows.batch(table)?;
+                    let (_, size) = sink::write_file(&dir, &name, &batch)?;
+                    Ok::<_, sink::SinkError>((size, batch.num_rows()))
+                })();
+                match result {
+                    Ok(p) => {
+                        rows.clear(table);
+                        published.push(p);
+                    }
+                    Err(e) => return (Err(e), published, rows),
+                }
+            }
+            (Ok(()), published, rows)
         })
         .await;
-        let (result, rows) = match written {
+        let (result, published, rows) = match written {
             Ok(x) => x,
             Err(e) => {
                 // The blocking task panicked or was cancelled; the rows went with it. Their
@@ -168,13 +188,15 @@ impl Pipeline {
                 return;
             }
         };
+        for (size, n) in &published {
+            self.metrics.files_written.inc();
+            self.metrics.bytes_written.add(*size);
+            self.metrics.rows_written.add(*n as u64);
+        }
         match result {
-            Ok((path, size)) => {
+            Ok(()) => {
                 self.metrics.flush.record(started.elapsed());
-                self.metrics.files_written.inc();
-                self.metrics.bytes_written.add(size);
-                self.metrics.rows_written.add(rows.len() as u64);
-                tracing::debug!(path = %path.display(), rows = rows.len(), "parquet file published");
+                tracing::debug!(run = %run, files = published.len(), "parquet files published");
                 for (key, seq, received) in buf.acks {
                     self.dedup.made_durable(&key, seq);
                     self.metrics.report_durable.record(received.elapsed());

@@ -25,6 +25,24 @@ pub struct TensorPart {
     pub summary: GradSummary,
 }
 
+/// Raw values of one tensor's tracked coordinates (strictly increasing `index`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackedPart {
+    pub name: String,
+    pub index: Vec<u64>,
+    pub value: Vec<f32>,
+}
+
+/// A shard's projection of its gradient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectionPart {
+    /// `Projection.Kind` as on the wire, with the seed: shards agree on both or cannot be added.
+    pub kind: i32,
+    pub seed: u64,
+    pub values: Vec<f64>,
+    pub coordinates: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Report {
     pub key: AgentKey,
@@ -39,6 +57,8 @@ pub struct Report {
     pub tensors: Vec<TensorPart>,
     pub ended_unix_nanos: i64,
     pub agent_steps_dropped_total: u64,
+    pub tracked: Vec<TrackedPart>,
+    pub projection: Option<ProjectionPart>,
     pub received_at: Instant,
 }
 
@@ -77,6 +97,8 @@ impl Report {
                 .collect(),
             ended_unix_nanos: 0,
             agent_steps_dropped_total: 0,
+            tracked: Vec::new(),
+            projection: None,
             received_at: Instant::now(),
         }
     }
@@ -86,6 +108,8 @@ impl Report {
 const MAX_TENSORS: usize = 1 << 20;
 /// Largest world size or shard count accepted.
 const MAX_WORLD: u32 = 1 << 20;
+/// Largest projection dimension accepted.
+pub const MAX_SKETCH_DIM: u32 = 1 << 16;
 
 /// Check and decode. The error string becomes the Ack's `reason`.
 pub fn decode(r: ShardReport) -> Result<Report, String> {
@@ -146,6 +170,54 @@ pub fn decode(r: ShardReport) -> Result<Report, String> {
             summary,
         });
     }
+    let mut tracked = Vec::with_capacity(r.tracked.len());
+    for t in r.tracked {
+        let Some(tensor) = tensors.iter().find(|p| p.name == t.name) else {
+            return Err(format!(
+                "tracked values for tensor {:?}, which the report does not carry",
+                t.name
+            ));
+        };
+        if t.index.len() != t.value.len() {
+            return Err(format!(
+                "tracked tensor {:?}: {} indices but {} values",
+                t.name,
+                t.index.len(),
+                t.value.len()
+            ));
+        }
+        if t.index.windows(2).any(|w| w[0] >= w[1])
+            || t.index.last().is_some_and(|&j| j >= tensor.numel)
+        {
+            return Err(format!(
+                "tracked tensor {:?}: indices must increase strictly and stay below numel {}",
+                t.name, tensor.numel
+            ));
+        }
+        tracked.push(TrackedPart {
+            name: t.name,
+            index: t.index,
+            value: t.value,
+        });
+    }
+    let projection = match r.projection {
+        None => None,
+        Some(p) => {
+            if p.dim == 0 || p.dim > MAX_SKETCH_DIM || p.values.len() != p.dim as usize {
+                return Err(format!(
+                    "projection of dimension {} carries {} values (dimension must be 1..={MAX_SKETCH_DIM})",
+                    p.dim,
+                    p.values.len()
+                ));
+            }
+            Some(ProjectionPart {
+                kind: p.kind,
+                seed: p.seed,
+                values: p.values,
+                coordinates: p.coordinates,
+            })
+        }
+    };
     Ok(Report {
         key: AgentKey {
             run_id: r.run_id.into(),
@@ -164,6 +236,8 @@ pub fn decode(r: ShardReport) -> Result<Report, String> {
         tensors,
         ended_unix_nanos: r.ended_unix_nanos,
         agent_steps_dropped_total: r.agent_steps_dropped_total,
+        tracked,
+        projection,
         received_at: Instant::now(),
     })
 }
@@ -171,7 +245,7 @@ pub fn decode(r: ShardReport) -> Result<Report, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gradtel_proto::v1::TensorReport;
+    use gradtel_proto::v1::{Projection, TensorReport, TrackedValues};
 
     fn good() -> ShardReport {
         let mut s = GradSummary::new(4, 7).unwrap();
@@ -218,5 +292,26 @@ mod tests {
         let mut r = good();
         r.seq = 0;
         assert!(decode(r).is_err());
+        let mut r = good();
+        r.tracked = vec![TrackedValues {
+            name: "a.w".into(),
+            index: vec![1, 4],
+            value: vec![0.5, 1.0],
+        }];
+        assert!(decode(r).unwrap_err().contains("below numel"));
+        let mut r = good();
+        r.tracked = vec![TrackedValues {
+            name: "other".into(),
+            index: vec![1],
+            value: vec![0.5],
+        }];
+        assert!(decode(r).unwrap_err().contains("does not carry"));
+        let mut r = good();
+        r.projection = Some(Projection {
+            dim: 4,
+            values: vec![1.0; 3],
+            ..Default::default()
+        });
+        assert!(decode(r).unwrap_err().contains("dimension"));
     }
 }

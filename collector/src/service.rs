@@ -62,7 +62,12 @@ impl CollectService {
                             if keys.insert(rep.key.clone()) {
                                 self.router.attach(rep.key.clone(), conn, tx.clone());
                             }
-                            if self.pipeline.send(Inbound::Report(rep)).await.is_err() {
+                            if self
+                                .pipeline
+                                .send(Inbound::Report(Box::new(rep)))
+                                .await
+                                .is_err()
+                            {
                                 break;
                             }
                         }

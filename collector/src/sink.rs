@@ -18,7 +18,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use crate::report::AgentKey;
-use crate::steps_table::StepRow;
+use crate::tables::Tables;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -32,10 +32,10 @@ pub enum SinkError {
     BadRunId(String),
 }
 
-/// Rows of one run waiting for their file, with the acks they release.
+/// Rows of one run waiting for their files, with the acks they release.
 #[derive(Debug, Default)]
 pub struct Buffer {
-    pub rows: Vec<StepRow>,
+    pub rows: Tables,
     pub acks: Vec<(AgentKey, u64, Instant)>,
     pub since: Option<Instant>,
 }
@@ -55,15 +55,10 @@ impl Sink {
         }
     }
 
-    pub fn append(
-        &mut self,
-        run: Arc<str>,
-        rows: Vec<StepRow>,
-        acks: Vec<(AgentKey, u64, Instant)>,
-    ) {
+    pub fn append(&mut self, run: Arc<str>, rows: Tables, acks: Vec<(AgentKey, u64, Instant)>) {
         let b = self.buffers.entry(run).or_default();
         b.since.get_or_insert_with(Instant::now);
-        b.rows.extend(rows);
+        b.rows.append(rows);
         b.acks.extend(acks);
     }
 
@@ -92,7 +87,7 @@ impl Sink {
     /// Put back a buffer whose write failed; it is retried on the next roll.
     pub fn restore(&mut self, run: Arc<str>, mut failed: Buffer) {
         if let Some(newer) = self.buffers.remove(&run) {
-            failed.rows.extend(newer.rows);
+            failed.rows.append(newer.rows);
             failed.acks.extend(newer.acks);
         }
         self.buffers.insert(run, failed);

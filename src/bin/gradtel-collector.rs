@@ -35,8 +35,9 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     gradtel::init_logging(&cli.log);
+    cli.config.load_file()?;
     let collector = Collector::start(cli.config).await?;
     // A line the caller (or a test) can wait for; the port matters when --listen used port 0.
     println!("gradtel-collector listening on {}", collector.addr());

@@ -10,12 +10,15 @@ pub mod loghist;
 pub mod moments;
 pub mod normality;
 pub mod powerlaw;
+pub mod powerlaw_binned;
 pub mod projection;
 pub mod rng;
+pub mod robust;
 pub mod spectrum;
 pub mod summary;
 pub mod tail;
 pub mod topk;
+pub mod track;
 pub mod vuong;
 
 pub use loghist::LogHistogram;

@@ -124,9 +124,43 @@ impl Exposition {
         self
     }
 
+    /// A metric family with labelled samples: `kind` is `counter` or `gauge`. Label values are
+    /// escaped (backslash, quote, newline) as the text format requires; non-finite values are
+    /// written as `NaN`/`+Inf`/`-Inf`.
+    pub fn family<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: &str,
+        samples: impl IntoIterator<Item = (Vec<(&'a str, &'a str)>, f64)>,
+    ) -> &mut Self {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+                .collect();
+            let value = if value.is_nan() {
+                "NaN".to_string()
+            } else if value.is_infinite() {
+                if value > 0.0 { "+Inf" } else { "-Inf" }.to_string()
+            } else {
+                value.to_string()
+            };
+            let _ = writeln!(self.out, "{name}{{{}}} {value}", labels.join(","));
+        }
+        self
+    }
+
     pub fn finish(self) -> String {
         self.out
     }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Something that can render its metrics.
@@ -134,7 +168,8 @@ pub trait Render: Send + Sync + 'static {
     fn render(&self) -> String;
 }
 
-/// Serve `GET /metrics` on `addr` until `shutdown` resolves. Returns the bound address.
+/// Serve `GET /metrics` (and `GET /healthz`, answering `ok` while the process serves) on
+/// `addr` until `shutdown` resolves. Returns the bound address.
 pub async fn serve_metrics<R: Render>(
     addr: SocketAddr,
     metrics: Arc<R>,
@@ -142,13 +177,15 @@ pub async fn serve_metrics<R: Render>(
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let m = metrics.clone();
-            async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
-        }),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = metrics.clone();
+                async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -185,5 +222,25 @@ mod tests {
             .and_then(|v| v.parse().ok())
             .unwrap();
         assert!((p50 - 0.002).abs() < 0.00001, "{p50}");
+    }
+
+    #[test]
+    fn labelled_families_escape_label_values() {
+        let mut e = Exposition::new();
+        e.family(
+            "gradtel_run_x",
+            "x.",
+            "gauge",
+            [
+                (vec![("run", "a\"b"), ("scope", "model")], 1.5),
+                (vec![("run", "c")], f64::NAN),
+            ],
+        );
+        let text = e.finish();
+        assert!(
+            text.contains("gradtel_run_x{run=\"a\\\"b\",scope=\"model\"} 1.5\n"),
+            "{text}"
+        );
+        assert!(text.contains("gradtel_run_x{run=\"c\"} NaN\n"));
     }
 }

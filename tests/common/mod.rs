@@ -128,9 +128,17 @@ pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The `steps` table under the lake root `dir`.
 pub fn read_batches(dir: &Path) -> Vec<RecordBatch> {
+    read_table(dir, "steps")
+}
+
+/// Every batch of one table (files under a `table=<name>` partition) below `dir`.
+pub fn read_table(dir: &Path, table: &str) -> Vec<RecordBatch> {
+    let partition = format!("table={table}");
     parquet_files(dir)
         .iter()
+        .filter(|p| p.components().any(|c| c.as_os_str() == partition.as_str()))
         .flat_map(|p| {
             ParquetRecordBatchReaderBuilder::try_new(File::open(p).expect("open parquet"))
                 .expect("parquet metadata")

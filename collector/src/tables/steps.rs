@@ -9,13 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, BooleanArray, Float64Array, Float64Builder, ListBuilder, RecordBatch, StringArray,
-    TimestampNanosecondArray, UInt32Array, UInt32Builder, UInt64Array, UInt64Builder,
-};
+use arrow::array::{Float64Builder, ListBuilder, RecordBatch, UInt32Builder, UInt64Builder};
 use arrow::error::ArrowError;
 use gradtel_stats::GradSummary;
 
+use super::Columns;
 use crate::assembler::Assembly;
 
 /// Table name, used in the partition path `table=steps`.
@@ -50,9 +48,16 @@ pub struct StepRow {
     pub agent_steps_dropped_total: u64,
     pub ended_at_ns: i64,
     pub assembled_at_ns: i64,
+    /// Tracked-coordinate values the scope's reports carried.
+    pub tracked_values: u64,
+    /// Projection dimension of the step's reports, when they carried one.
+    pub sketch_dim: Option<u32>,
+    /// Robust z-score of the model's L2 norm (model rows; filled by the live estimators).
+    pub norm_robust_z: Option<f64>,
 }
 
 struct Acc {
+    tracked: u64,
     tensors: BTreeSet<String>,
     numel: u64,
     expected: u64,
@@ -63,6 +68,7 @@ struct Acc {
 impl Acc {
     fn new() -> Self {
         Self {
+            tracked: 0,
             tensors: BTreeSet::new(),
             numel: 0,
             expected: 0,
@@ -109,6 +115,25 @@ pub fn build_rows(a: &Assembly, assembled_at_ns: i64) -> (Vec<StepRow>, u64) {
         }
     }
 
+    for part in &a.parts {
+        for t in &part.tracked {
+            let n = t.index.len() as u64;
+            for acc in [
+                by_tensor.get_mut(t.name.as_str()),
+                by_layer.get_mut(layer_of(&t.name)),
+                Some(&mut model),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                acc.tracked += n;
+            }
+        }
+    }
+    let sketch_dim = a
+        .parts
+        .iter()
+        .find_map(|p| p.projection.as_ref().map(|x| x.values.len() as u32));
     let ranks: BTreeSet<u32> = a.parts.iter().map(|p| p.key.rank).collect();
     let missing: Vec<u32> = (0..a.world_size).filter(|r| !ranks.contains(r)).collect();
     let mean = |xs: Vec<f64>| (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
@@ -176,6 +201,9 @@ pub fn build_rows(a: &Assembly, assembled_at_ns: i64) -> (Vec<StepRow>, u64) {
         agent_steps_dropped_total: dropped,
         ended_at_ns: ended,
         assembled_at_ns,
+        tracked_values: acc.tracked,
+        sketch_dim,
+        norm_robust_z: None,
     };
     let mut rows = Vec::with_capacity(by_tensor.len() + by_layer.len() + 1);
     for (name, acc) in by_tensor {
@@ -198,27 +226,6 @@ pub const QUANTILES: [(&str, f64); 4] = [
 
 /// Encode rows as one Arrow record batch (column order is the documented order).
 pub fn to_batch(rows: &[StepRow]) -> Result<RecordBatch, ArrowError> {
-    let f64s = |f: &dyn Fn(&StepRow) -> Option<f64>| -> ArrayRef {
-        Arc::new(rows.iter().map(f).collect::<Float64Array>())
-    };
-    let u64s = |f: &dyn Fn(&StepRow) -> u64| -> ArrayRef {
-        Arc::new(rows.iter().map(|r| Some(f(r))).collect::<UInt64Array>())
-    };
-    let u32s = |f: &dyn Fn(&StepRow) -> u32| -> ArrayRef {
-        Arc::new(rows.iter().map(|r| Some(f(r))).collect::<UInt32Array>())
-    };
-    let strs = |f: &dyn Fn(&StepRow) -> &str| -> ArrayRef {
-        Arc::new(rows.iter().map(|r| Some(f(r))).collect::<StringArray>())
-    };
-    let bools = |f: &dyn Fn(&StepRow) -> bool| -> ArrayRef {
-        Arc::new(rows.iter().map(|r| Some(f(r))).collect::<BooleanArray>())
-    };
-    let times = |f: &dyn Fn(&StepRow) -> i64| -> ArrayRef {
-        Arc::new(
-            TimestampNanosecondArray::from(rows.iter().map(f).collect::<Vec<_>>())
-                .with_timezone("UTC"),
-        )
-    };
     let mut missing = ListBuilder::new(UInt32Builder::new());
     let mut hist_index = ListBuilder::new(UInt64Builder::new());
     let mut hist_count = ListBuilder::new(UInt64Builder::new());
@@ -236,77 +243,58 @@ pub fn to_batch(rows: &[StepRow]) -> Result<RecordBatch, ArrowError> {
         top.append(true);
     }
     let nonempty = |r: &StepRow| r.summary.moments.n > 0;
-    let mut cols: Vec<(&str, ArrayRef)> = vec![
-        ("run_id", strs(&|r| &r.run_id)),
-        ("step", u64s(&|r| r.step)),
-        ("scope_kind", strs(&|r| r.scope_kind)),
-        ("scope", strs(&|r| &r.scope)),
-        ("local", bools(&|r| r.local)),
-        ("late", bools(&|r| r.late)),
-        ("world_size", u32s(&|r| r.world_size)),
-        ("ranks_reported", u32s(&|r| r.ranks_reported)),
-        ("missing_ranks", Arc::new(missing.finish())),
-        ("reports_expected", u32s(&|r| r.reports_expected)),
-        ("reports_received", u32s(&|r| r.reports_received)),
-        ("tensors", u32s(&|r| r.tensors)),
-        ("numel", u64s(&|r| r.numel)),
-        ("elements_expected", u64s(&|r| r.elements_expected)),
-        ("elements_received", u64s(&|r| r.elements_received)),
-        ("count", u64s(&|r| r.summary.moments.n)),
-        (
-            "mean",
-            f64s(&|r| nonempty(r).then_some(r.summary.moments.mean)),
-        ),
-        ("m2", f64s(&|r| Some(r.summary.moments.m2))),
-        ("m3", f64s(&|r| Some(r.summary.moments.m3))),
-        ("m4", f64s(&|r| Some(r.summary.moments.m4))),
-        (
-            "variance",
-            f64s(&|r| r.summary.moments.variance_population()),
-        ),
-        ("skewness", f64s(&|r| r.summary.moments.skewness())),
-        (
-            "excess_kurtosis",
-            f64s(&|r| r.summary.moments.excess_kurtosis()),
-        ),
-        ("sum_sq", f64s(&|r| Some(r.summary.sum_sq))),
-        ("l2_norm", f64s(&|r| Some(r.summary.l2_norm()))),
-        (
-            "max_abs",
-            f64s(&|r| nonempty(r).then_some(r.summary.max_abs)),
-        ),
-        ("nan_count", u64s(&|r| r.summary.nan_count)),
-        ("pos_inf_count", u64s(&|r| r.summary.pos_inf_count)),
-        ("neg_inf_count", u64s(&|r| r.summary.neg_inf_count)),
-        ("pos_count", u64s(&|r| r.summary.pos_count)),
-        ("neg_count", u64s(&|r| r.summary.neg_count)),
-        ("zero_count", u64s(&|r| r.summary.zero_count)),
-    ];
+    let mut c = Columns::new(rows)
+        .str("run_id", |r| &r.run_id)
+        .u64("step", |r| r.step)
+        .str("scope_kind", |r| r.scope_kind)
+        .str("scope", |r| &r.scope)
+        .bool("local", |r| r.local)
+        .bool("late", |r| r.late)
+        .u32("world_size", |r| r.world_size)
+        .u32("ranks_reported", |r| r.ranks_reported)
+        .array("missing_ranks", Arc::new(missing.finish()))
+        .u32("reports_expected", |r| r.reports_expected)
+        .u32("reports_received", |r| r.reports_received)
+        .u32("tensors", |r| r.tensors)
+        .u64("numel", |r| r.numel)
+        .u64("elements_expected", |r| r.elements_expected)
+        .u64("elements_received", |r| r.elements_received)
+        .u64("count", |r| r.summary.moments.n)
+        .f64("mean", |r| nonempty(r).then_some(r.summary.moments.mean))
+        .f64("m2", |r| Some(r.summary.moments.m2))
+        .f64("m3", |r| Some(r.summary.moments.m3))
+        .f64("m4", |r| Some(r.summary.moments.m4))
+        .f64("variance", |r| r.summary.moments.variance_population())
+        .f64("skewness", |r| r.summary.moments.skewness())
+        .f64("excess_kurtosis", |r| r.summary.moments.excess_kurtosis())
+        .f64("sum_sq", |r| Some(r.summary.sum_sq))
+        .f64("l2_norm", |r| Some(r.summary.l2_norm()))
+        .f64("max_abs", |r| nonempty(r).then_some(r.summary.max_abs))
+        .u64("nan_count", |r| r.summary.nan_count)
+        .u64("pos_inf_count", |r| r.summary.pos_inf_count)
+        .u64("neg_inf_count", |r| r.summary.neg_inf_count)
+        .u64("pos_count", |r| r.summary.pos_count)
+        .u64("neg_count", |r| r.summary.neg_count)
+        .u64("zero_count", |r| r.summary.zero_count);
     for (name, q) in QUANTILES {
-        cols.push((name, f64s(&|r| r.summary.abs_hist.quantile(q))));
+        c = c.f64(name, move |r| r.summary.abs_hist.quantile(q));
     }
-    cols.extend([
-        (
-            "hist_precision_bits",
-            u32s(&|r| r.summary.abs_hist.precision_bits()),
-        ),
-        ("hist_index", Arc::new(hist_index.finish()) as ArrayRef),
-        ("hist_count", Arc::new(hist_count.finish())),
-        ("top_abs", Arc::new(top.finish())),
-        ("loss", f64s(&|r| r.loss)),
-        ("learning_rate", f64s(&|r| r.learning_rate)),
-        (
-            "batch_size",
-            Arc::new(rows.iter().map(|r| r.batch_size).collect::<UInt64Array>()),
-        ),
-        (
-            "agent_steps_dropped_total",
-            u64s(&|r| r.agent_steps_dropped_total),
-        ),
-        ("ended_at", times(&|r| r.ended_at_ns)),
-        ("assembled_at", times(&|r| r.assembled_at_ns)),
-    ]);
-    RecordBatch::try_from_iter(cols)
+    c.u32("hist_precision_bits", |r| {
+        r.summary.abs_hist.precision_bits()
+    })
+    .array("hist_index", Arc::new(hist_index.finish()))
+    .array("hist_count", Arc::new(hist_count.finish()))
+    .array("top_abs", Arc::new(top.finish()))
+    .f64("loss", |r| r.loss)
+    .f64("learning_rate", |r| r.learning_rate)
+    .opt_u64("batch_size", |r| r.batch_size)
+    .u64("agent_steps_dropped_total", |r| r.agent_steps_dropped_total)
+    .time("ended_at", |r| r.ended_at_ns)
+    .time("assembled_at", |r| r.assembled_at_ns)
+    .u64("tracked_values", |r| r.tracked_values)
+    .opt_u32("sketch_dim", |r| r.sketch_dim)
+    .f64("norm_robust_z", |r| r.norm_robust_z)
+    .finish()
 }
 
 #[cfg(test)]

@@ -1,0 +1,425 @@
+//! Online estimators per run (DESIGN.md §3.2–3.4): the collector as an instrument.
+//!
+//! For every assembled step [`Live::observe`] derives, from the merged summaries, the tracked
+//! coordinates and the projections the reports carry:
+//! * `coords` rows: every tracked value as received;
+//! * dimension-wise tails and Gaussianity per tensor, layer and model ([`dimwise`]);
+//! * the minibatch gradient on tracked coordinates (mean over ranks of local gradients, or the
+//!   reduced gradient), fed to the iteration-wise windows, and with R ≥ 2 local ranks the SGN
+//!   rows `√(R/(R−1)) (g_r − ḡ)` on tracked coordinates and projections ([`windows`], the `sgn`
+//!   table);
+//! * the Frequent-Directions sketches of projected gradients and SGN ([`spectra`]);
+//! * health alerts ([`alerts`]) and per-run gauges for `/metrics`.
+//!
+//! Memory per run is bounded: `window` values per tracked coordinate (at most `max_tracked`),
+//! two ℓ × m sketches, and `norm_window` norms; at most `max_runs` runs keep state (the least
+//! recently active is dropped first). Late reports (their step was already written) only add
+//! `coords` rows: the estimators see each step once, in arrival order.
+
+pub mod alerts;
+pub mod dimwise;
+pub mod spectra;
+pub mod windows;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use gradtel_stats::{Moments, normality};
+
+use crate::assembler::Assembly;
+use crate::config::FileConfig;
+use crate::metrics::{CollectorMetrics, RunGauges};
+use crate::tables::Tables;
+use crate::tables::coords::CoordRow;
+use crate::tables::sgn::SgnRow;
+use crate::tables::steps::StepRow;
+
+struct RunLive {
+    last_active: u64,
+    iteration: windows::Windows,
+    sgn: windows::Windows,
+    sketches: spectra::Sketches,
+    alerts: alerts::AlertState,
+    steps_seen: u64,
+    /// Steps observed since the windows / spectra were last evaluated.
+    since_windows: u64,
+    since_spectra: u64,
+}
+
+pub struct Live {
+    cfg: FileConfig,
+    metrics: Arc<CollectorMetrics>,
+    runs: HashMap<Arc<str>, RunLive>,
+    clock: u64,
+}
+
+/// A tracked coordinate's values at one step, one per rank (in rank order).
+type CoordValues = BTreeMap<(Arc<str>, u64), Vec<(u32, f32)>>;
+
+impl Live {
+    pub fn new(cfg: FileConfig, metrics: Arc<CollectorMetrics>) -> Self {
+        Self {
+            cfg,
+            metrics,
+            runs: HashMap::new(),
+            clock: 0,
+        }
+    }
+
+    fn run_state(&mut self, run: &Arc<str>) -> &mut RunLive {
+        self.clock += 1;
+        if !self.runs.contains_key(run)
+            && self.runs.len() >= self.cfg.live.max_runs
+            && let Some(oldest) = self
+                .runs
+                .iter()
+                .min_by_key(|(_, r)| r.last_active)
+                .map(|(k, _)| k.clone())
+        {
+            self.runs.remove(&oldest);
+            if let Ok(mut g) = self.metrics.runs.lock() {
+                g.remove(&oldest);
+            }
+            tracing::info!(run = %oldest, "live state of the least recently active run dropped");
+        }
+        let ell = self.cfg.live.fd_ell;
+        let r = self.runs.entry(run.clone()).or_insert_with(|| RunLive {
+            last_active: 0,
+            iteration: windows::Windows::default(),
+            sgn: windows::Windows::default(),
+            sketches: spectra::Sketches::new(ell),
+            alerts: alerts::AlertState::default(),
+            steps_seen: 0,
+            since_windows: 0,
+            since_spectra: 0,
+        });
+        r.last_active = self.clock;
+        r
+    }
+
+    /// Derive every live table's rows from one assembly; fills `norm_robust_z` of the model
+    /// row in `steps`.
+    pub fn observe(&mut self, a: &Assembly, steps: &mut [StepRow], now_ns: i64) -> Tables {
+        let mut out = Tables::default();
+        let run = a.run_id.clone();
+        // Tracked values, by coordinate, one entry per rank.
+        let mut coords: CoordValues = BTreeMap::new();
+        for p in &a.parts {
+            for t in &p.tracked {
+                let name: Arc<str> = t.name.as_str().into();
+                for (&j, &v) in t.index.iter().zip(&t.value) {
+                    out.coords.push(CoordRow {
+                        run_id: run.clone(),
+                        step: a.step,
+                        rank: p.key.rank,
+                        tensor: name.clone(),
+                        index: j,
+                        value: v,
+                        local: p.local,
+                        late: a.late,
+                    });
+                    coords
+                        .entry((name.clone(), j))
+                        .or_default()
+                        .push((p.key.rank, v));
+                }
+            }
+        }
+        if a.late {
+            return out;
+        }
+        let cfg = self.cfg.clone();
+        let metrics = self.metrics.clone();
+        let st = self.run_state(&run);
+        st.steps_seen += 1;
+        st.since_windows += 1;
+        st.since_spectra += 1;
+
+        let ranks: BTreeSet<u32> = a.parts.iter().map(|p| p.key.rank).collect();
+        let local = a.parts.iter().all(|p| p.local);
+        let r = ranks.len();
+        let sgn_ready = local && r >= 2;
+        let scale = if r >= 2 {
+            (r as f64 / (r as f64 - 1.0)).sqrt()
+        } else {
+            1.0
+        };
+
+        // Minibatch gradient and SGN on tracked coordinates.
+        let mut minibatch: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        let mut sgn_by_tensor: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for ((tensor, j), vals) in &coords {
+            if vals.iter().any(|(_, v)| !v.is_finite()) {
+                continue;
+            }
+            let g: f64 = if local {
+                if vals.len() < r {
+                    continue;
+                }
+                vals.iter().map(|(_, v)| f64::from(*v)).sum::<f64>() / vals.len() as f64
+            } else {
+                f64::from(vals[0].1)
+            };
+            minibatch.entry(tensor).or_default().push(g);
+            st.iteration.push(
+                (tensor.clone(), *j),
+                &[g],
+                cfg.live.window,
+                cfg.live.max_tracked,
+            );
+            if sgn_ready {
+                let d: Vec<f64> = vals
+                    .iter()
+                    .map(|(_, v)| scale * (f64::from(*v) - g))
+                    .collect();
+                sgn_by_tensor.entry(tensor).or_default().extend(&d);
+                st.sgn.push(
+                    (tensor.clone(), *j),
+                    &d,
+                    cfg.live.window * r,
+                    cfg.live.max_tracked,
+                );
+            }
+        }
+
+        // Dimension-wise tails.
+        let clauset = (cfg.live.clauset_every > 0
+            && (st.steps_seen - 1).is_multiple_of(cfg.live.clauset_every))
+        .then_some(cfg.live.clauset_min_tail);
+        let all_tracked: Vec<f64> = minibatch.values().flatten().copied().collect();
+        for row in steps.iter() {
+            let tracked: &[f64] = match row.scope_kind {
+                "tensor" => minibatch.get(row.scope.as_str()).map_or(&[], |v| v),
+                "model" => &all_tracked,
+                _ => &[],
+            };
+            out.tails.extend(dimwise::rows(row, tracked, clauset));
+        }
+
+        // SGN per step.
+        let batch = {
+            let b: Vec<f64> = a
+                .parts
+                .iter()
+                .filter_map(|p| p.batch_size)
+                .map(|b| b as f64)
+                .collect();
+            (!b.is_empty()).then(|| b.iter().sum::<f64>() / b.len() as f64)
+        };
+        if sgn_ready {
+            let all: Vec<f64> = sgn_by_tensor.values().flatten().copied().collect();
+            for (kind, scope, d) in sgn_by_tensor
+                .iter()
+                .map(|(t, d)| ("tensor", t.to_string(), d.as_slice()))
+                .chain(std::iter::once(("model", String::new(), all.as_slice())))
+            {
+                out.sgn
+                    .push(sgn_row(&run, a.step, kind, scope, r as u32, d, batch));
+            }
+        }
+
+        // Projections: each rank's full projection is the sum of its shards'.
+        let mut per_rank: BTreeMap<u32, (spectra::Identity, Vec<f64>, u32)> = BTreeMap::new();
+        for p in &a.parts {
+            let Some(x) = &p.projection else { continue };
+            let id = (x.kind, x.seed, x.values.len());
+            let e = per_rank
+                .entry(p.key.rank)
+                .or_insert_with(|| (id, vec![0.0; x.values.len()], 0));
+            if e.0 != id {
+                st.sketches.refused += 1;
+                continue;
+            }
+            for (s, v) in e.1.iter_mut().zip(&x.values) {
+                *s += v;
+            }
+            e.2 += 1;
+        }
+        per_rank.retain(|_, (_, _, shards)| *shards == a.shard_count);
+        let ids: BTreeSet<spectra::Identity> = per_rank.values().map(|v| v.0).collect();
+        if let (1, Some(&id)) = (ids.len(), ids.first()) {
+            let rows: Vec<&Vec<f64>> = per_rank.values().map(|v| &v.1).collect();
+            if local {
+                for row in &rows {
+                    st.sketches.insert(spectra::GRADIENT, id, row);
+                }
+            } else if let Some(row) = rows.first() {
+                st.sketches.insert(spectra::GRADIENT, id, row);
+            }
+            if sgn_ready && rows.len() >= 2 {
+                let mean: Vec<f64> = (0..id.2)
+                    .map(|i| rows.iter().map(|r| r[i]).sum::<f64>() / rows.len() as f64)
+                    .collect();
+                let mut norms = Vec::new();
+                for row in &rows {
+                    let d: Vec<f64> = row
+                        .iter()
+                        .zip(&mean)
+                        .map(|(x, m)| scale * (x - m))
+                        .collect();
+                    norms.push(d.iter().map(|v| v * v).sum::<f64>().sqrt());
+                    st.sketches.insert(spectra::SGN, id, &d);
+                }
+                let norm = norms.iter().sum::<f64>() / norms.len() as f64;
+                out.sgn.push(SgnRow {
+                    run_id: run.clone(),
+                    step: a.step,
+                    scope_kind: "projection",
+                    scope: String::new(),
+                    ranks: rows.len() as u32,
+                    samples: rows.len() as u64,
+                    norm: Some(norm),
+                    local_batch_size: batch,
+                    ..Default::default()
+                });
+            }
+        }
+        st.sketches.decay(cfg.live.fd_decay);
+
+        // Windows and spectra snapshots.
+        let mut window_summaries = Vec::new();
+        if st.since_windows >= cfg.live.window_every {
+            st.since_windows = 0;
+            for (object, w) in [("iteration", &st.iteration), ("sgn", &st.sgn)] {
+                if !w.is_empty() {
+                    let (rows, summary) = w.evaluate(&run, a.step, object);
+                    out.tails.extend(rows);
+                    window_summaries.push((object, summary));
+                }
+            }
+        }
+        let mut fits = Vec::new();
+        if st.since_spectra >= cfg.live.spectrum_every {
+            st.since_spectra = 0;
+            let (rows, f) = st.sketches.snapshot(&run, a.step);
+            out.spectra.extend(rows);
+            for fit in &f {
+                if let Some(al) =
+                    st.alerts
+                        .slope(&cfg.alerts, &run, a.step, now_ns, fit.sketch, fit.slope)
+                {
+                    out.alerts.push(al);
+                }
+            }
+            fits = f;
+        }
+
+        // Alerts on the model row.
+        let model_idx = steps.iter().position(|r| r.scope_kind == "model");
+        let hill = dimwise::hill_of(&out.tails, "model", "");
+        if let Some(mi) = model_idx {
+            let m = &steps[mi];
+            let nonfinite = m.summary.nan_count + m.summary.pos_inf_count + m.summary.neg_inf_count;
+            let nonfinite_tensors = steps
+                .iter()
+                .filter(|r| {
+                    r.scope_kind == "tensor"
+                        && r.summary.nan_count + r.summary.pos_inf_count + r.summary.neg_inf_count
+                            > 0
+                })
+                .map(|r| r.scope.clone())
+                .collect();
+            let reported: Vec<u32> = ranks.iter().copied().collect();
+            let facts = alerts::StepFacts {
+                run: &run,
+                step: a.step,
+                now_ns,
+                nonfinite,
+                nonfinite_tensors,
+                norm: Some(m.summary.l2_norm()),
+                hill,
+                missing_ranks: &m.missing_ranks,
+                ranks_reported: &reported,
+            };
+            let (raised, z) = st.alerts.step(&cfg.alerts, &facts);
+            out.alerts.extend(raised);
+            steps[mi].norm_robust_z = z;
+        }
+
+        // Gauges for /metrics.
+        if let Ok(mut all) = metrics.runs.lock() {
+            let g = all.entry(run.clone()).or_insert_with(RunGauges::default);
+            g.last_step = a.step;
+            if let Some(mi) = model_idx {
+                let m = &steps[mi];
+                g.grad_norm = Some(m.summary.l2_norm());
+                g.nonfinite_values_total +=
+                    m.summary.nan_count + m.summary.pos_inf_count + m.summary.neg_inf_count;
+            }
+            for t in out.tails.iter().filter(|t| t.object == dimwise::OBJECT) {
+                match (t.estimator, t.scope_kind) {
+                    ("hill", "model" | "layer") => {
+                        let scope = if t.scope_kind == "model" {
+                            "model".to_string()
+                        } else {
+                            t.scope.clone()
+                        };
+                        match t.alpha {
+                            Some(v) => g.tail_index.insert(scope, v),
+                            None => g.tail_index.remove(&scope),
+                        };
+                    }
+                    ("clauset", "tensor") => {
+                        if let Some(rej) = t.rejected {
+                            g.dimension_tested += 1;
+                            g.dimension_rejected += u64::from(rej);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for (object, s) in window_summaries {
+                g.windows.insert(object, s);
+            }
+            if let Some(s) = out.sgn.iter().find(|s| s.scope_kind == "model") {
+                g.sgn_rms = s.rms;
+            }
+            for fit in fits {
+                g.spectra.insert(fit.sketch, fit);
+            }
+            for al in &out.alerts {
+                *g.alerts_total.entry(al.kind).or_default() += 1;
+            }
+        }
+        for al in &out.alerts {
+            tracing::warn!(run = %al.run_id, step = al.step, kind = al.kind, "{}", al.message);
+        }
+        out
+    }
+}
+
+fn sgn_row(
+    run: &Arc<str>,
+    step: u64,
+    scope_kind: &'static str,
+    scope: String,
+    ranks: u32,
+    d: &[f64],
+    batch: Option<f64>,
+) -> SgnRow {
+    let m = Moments::from_slice(d);
+    let rms =
+        (!d.is_empty()).then(|| (d.iter().map(|v| v * v).sum::<f64>() / d.len() as f64).sqrt());
+    let mut row = SgnRow {
+        run_id: run.clone(),
+        step,
+        scope_kind,
+        scope,
+        ranks,
+        samples: d.len() as u64,
+        rms,
+        local_batch_size: batch,
+        noise_scale_per_example: rms.zip(batch).map(|(r, b)| r * b.sqrt()),
+        ..Default::default()
+    };
+    match (normality::dagostino_k2(&m), normality::jarque_bera(&m)) {
+        (Ok(k2), Ok(jb)) => {
+            row.k2 = Some(k2.statistic);
+            row.k2_p = Some(k2.p_value);
+            row.jb = Some(jb.statistic);
+            row.jb_p = Some(jb.p_value);
+        }
+        (Err(e), _) | (_, Err(e)) => row.error = Some(e.to_string()),
+    }
+    row
+}
