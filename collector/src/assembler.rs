@@ -117,18 +117,21 @@ impl Assembler {
 
     /// Release every step whose first report is older than the straggler timeout.
     pub fn expire(&mut self, now: Instant) -> Vec<Assembly> {
-        let due: Vec<_> = self
+        let mut due: Vec<_> = self
             .pending
             .iter()
             .filter(|(_, p)| now.duration_since(p.first_at) >= self.timeout)
             .map(|(k, _)| k.clone())
             .collect();
+        // In step order, so the live estimators see a run's steps in sequence.
+        due.sort();
         due.iter().filter_map(|k| self.release(k)).collect()
     }
 
     /// Release everything (shutdown).
     pub fn drain(&mut self) -> Vec<Assembly> {
-        let keys: Vec<_> = self.pending.keys().cloned().collect();
+        let mut keys: Vec<_> = self.pending.keys().cloned().collect();
+        keys.sort();
         keys.iter().filter_map(|k| self.release(k)).collect()
     }
 

@@ -51,6 +51,7 @@ pub enum CollectorError {
 
 pub struct Collector {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     metrics: Arc<CollectorMetrics>,
     pipeline_tx: mpsc::Sender<Inbound>,
     pipeline: JoinHandle<()>,
@@ -114,11 +115,14 @@ impl Collector {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        if let Some(m) = config.metrics {
-            gradtel_telemetry::serve_metrics(m, metrics.clone(), stopped(stop_rx.clone()))
-                .await
-                .map_err(|source| CollectorError::Listen { addr: m, source })?;
-        }
+        let metrics_addr = match config.metrics {
+            Some(m) => Some(
+                gradtel_telemetry::serve_metrics(m, metrics.clone(), stopped(stop_rx.clone()))
+                    .await
+                    .map_err(|source| CollectorError::Listen { addr: m, source })?,
+            ),
+            None => None,
+        };
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(
@@ -134,6 +138,7 @@ impl Collector {
         tracing::info!(%addr, out = %config.out.display(), "collector started");
         Ok(Collector {
             addr,
+            metrics_addr,
             metrics,
             pipeline_tx,
             pipeline,
@@ -145,6 +150,11 @@ impl Collector {
     /// The address the Collect service is bound to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address /metrics and /healthz are served on, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn metrics(&self) -> Arc<CollectorMetrics> {

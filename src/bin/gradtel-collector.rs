@@ -40,6 +40,9 @@ async fn main() -> anyhow::Result<()> {
     cli.config.load_file()?;
     let collector = Collector::start(cli.config).await?;
     // A line the caller (or a test) can wait for; the port matters when --listen used port 0.
+    if let Some(m) = collector.metrics_addr() {
+        println!("gradtel-collector metrics on {m}");
+    }
     println!("gradtel-collector listening on {}", collector.addr());
     gradtel::wait_for_signal().await;
     tracing::info!("signal received; writing what is pending");

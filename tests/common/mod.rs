@@ -53,10 +53,26 @@ impl Drop for Daemon {
 
 /// Start `gradtel-collector` on an ephemeral (or given) port; returns it and its URL.
 pub fn start_collector(out: &Path, listen: &str, extra: &[&str]) -> (Daemon, String) {
+    let (d, url, _) = start_collector_with_metrics(out, listen, extra);
+    (d, url)
+}
+
+/// As [`start_collector`]; also returns the metrics address when `extra` has `--metrics`.
+pub fn start_collector_with_metrics(
+    out: &Path,
+    listen: &str,
+    extra: &[&str],
+) -> (Daemon, String, Option<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gradtel-collector"))
         .args(["--listen", listen, "--out"])
         .arg(out)
-        .args(["--roll-interval", "200ms", "--straggler-timeout", "3s"])
+        .args(["--roll-interval", "200ms"])
+        .args(
+            (!extra.contains(&"--straggler-timeout"))
+                .then_some(["--straggler-timeout", "3s"])
+                .into_iter()
+                .flatten(),
+        )
         .args(extra)
         .env("GRADTEL_LOG", "warn")
         .stdout(Stdio::piped())
@@ -66,13 +82,17 @@ pub fn start_collector(out: &Path, listen: &str, extra: &[&str]) -> (Daemon, Str
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let mut metrics = None;
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(m) = line.strip_prefix("gradtel-collector metrics on ") {
+                metrics = Some(m.trim().to_string());
+            }
             if let Some(addr) = line.strip_prefix("gradtel-collector listening on ") {
-                let _ = tx.send(addr.trim().to_string());
+                let _ = tx.send((addr.trim().to_string(), metrics.clone()));
             }
         }
     });
-    let addr = rx
+    let (addr, metrics) = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("collector did not report its address");
     (
@@ -81,6 +101,7 @@ pub fn start_collector(out: &Path, listen: &str, extra: &[&str]) -> (Daemon, Str
             name: "gradtel-collector",
         },
         format!("http://{addr}"),
+        metrics,
     )
 }
 
@@ -244,4 +265,91 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
+}
+
+/// One row of any table, by column name (strings, unsigned, floats, booleans; nulls absent).
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    pub strs: std::collections::HashMap<String, String>,
+    pub nums: std::collections::HashMap<String, f64>,
+    pub bools: std::collections::HashMap<String, bool>,
+}
+
+impl Record {
+    pub fn s(&self, c: &str) -> &str {
+        self.strs.get(c).map_or("", |s| s.as_str())
+    }
+    /// A numeric column (unsigned integers and floats alike); `None` when null.
+    pub fn n(&self, c: &str) -> Option<f64> {
+        self.nums.get(c).copied()
+    }
+    pub fn b(&self, c: &str) -> Option<bool> {
+        self.bools.get(c).copied()
+    }
+}
+
+/// Decode every row of `batches` generically.
+pub fn records(batches: &[RecordBatch]) -> Vec<Record> {
+    use arrow::datatypes::{DataType, Float32Type};
+    let mut out = Vec::new();
+    for b in batches {
+        for i in 0..b.num_rows() {
+            let mut r = Record::default();
+            for (f, c) in b.schema().fields().iter().zip(b.columns()) {
+                if !c.is_valid(i) {
+                    continue;
+                }
+                let name = f.name().clone();
+                match f.data_type() {
+                    DataType::Utf8 => {
+                        r.strs
+                            .insert(name, c.as_string::<i32>().value(i).to_string());
+                    }
+                    DataType::UInt64 => {
+                        r.nums
+                            .insert(name, c.as_primitive::<UInt64Type>().value(i) as f64);
+                    }
+                    DataType::UInt32 => {
+                        r.nums
+                            .insert(name, f64::from(c.as_primitive::<UInt32Type>().value(i)));
+                    }
+                    DataType::Float64 => {
+                        r.nums
+                            .insert(name, c.as_primitive::<Float64Type>().value(i));
+                    }
+                    DataType::Float32 => {
+                        r.nums
+                            .insert(name, f64::from(c.as_primitive::<Float32Type>().value(i)));
+                    }
+                    DataType::Boolean => {
+                        r.bools.insert(name, c.as_boolean().value(i));
+                    }
+                    _ => {}
+                }
+            }
+            out.push(r);
+        }
+    }
+    out
+}
+
+/// `GET path` over plain HTTP/1.1; returns (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (code, body.to_string())
 }

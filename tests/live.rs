@@ -1,0 +1,430 @@
+//! End-to-end checks of the collector's live estimators and alerts: synthetic gradients of known
+//! structure go through real `gradtel-agent` and `gradtel-collector` processes, and the live
+//! tables are read back from Parquet and compared with the planted truth.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use gradtel_client::{IngestClient, StepScalars, TensorData, TensorDecl};
+use gradtel_proto::v1::Dtype;
+use gradtel_stats::rng::SplitMix64;
+
+/// A collector and one agent per rank, with clients registered under `run`.
+struct Harness {
+    _dir: tempfile::TempDir,
+    out: PathBuf,
+    collector: Option<Daemon>,
+    metrics: String,
+    _agents: Vec<Daemon>,
+    clients: Vec<IngestClient>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Harness {
+    fn start(
+        run: &str,
+        world: u32,
+        tensors: &[(&str, u64)],
+        toml: &str,
+        collector_extra: &[&str],
+        agent_extra: &[&str],
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("lake");
+        let cfg = dir.path().join("collector.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let mut extra = vec![
+            "--config",
+            cfg.to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:0",
+        ];
+        extra.extend_from_slice(collector_extra);
+        let (collector, url, metrics) = start_collector_with_metrics(&out, "127.0.0.1:0", &extra);
+        let sock = |r: u32| dir.path().join(format!("rank{r}.sock"));
+        let agents: Vec<Daemon> = (0..world)
+            .map(|r| start_agent(&sock(r), &url, agent_extra))
+            .collect();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let decls: Vec<TensorDecl> = tensors
+            .iter()
+            .map(|(name, numel)| TensorDecl {
+                name: name.to_string(),
+                shape: vec![*numel],
+                dtype: Dtype::F32,
+                owned: None,
+                track_count: None,
+            })
+            .collect();
+        let clients = rt.block_on(async {
+            let mut clients = Vec::new();
+            for rank in 0..world {
+                let mut c = IngestClient::connect_uds(sock(rank)).await.unwrap();
+                c.register(run, rank, world, 0, 1, &decls).await.unwrap();
+                clients.push(c);
+            }
+            clients
+        });
+        Self {
+            _dir: dir,
+            out,
+            collector: Some(collector),
+            metrics: metrics.expect("metrics address"),
+            _agents: agents,
+            clients,
+            rt,
+        }
+    }
+
+    fn push(&mut self, rank: usize, step: u64, tensors: &[(&str, &[f32])]) {
+        let data: Vec<TensorData> = tensors
+            .iter()
+            .map(|(name, v)| TensorData::from_f32(*name, 0, v))
+            .collect();
+        let scalars = StepScalars {
+            batch_size: Some(16),
+            ..Default::default()
+        };
+        let client = &mut self.clients[rank];
+        let resp = self
+            .rt
+            .block_on(client.push_step(step, &data, true, scalars))
+            .unwrap();
+        assert_eq!(resp.steps_dropped, 0);
+    }
+
+    /// Wait until `model_rows` steps are written, stop the collector (it writes what is
+    /// pending), and return the lake root.
+    fn finish(&mut self, model_rows: usize) -> &Path {
+        self.wait_steps(model_rows);
+        if let Some(c) = self.collector.take() {
+            assert!(c.terminate().success());
+        }
+        &self.out
+    }
+
+    fn wait_steps(&self, model_rows: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let n = records(&read_table(&self.out, "steps"))
+                .iter()
+                .filter(|r| r.s("scope_kind") == "model")
+                .count();
+            if n >= model_rows {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} of {model_rows} steps"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A Pareto(α) magnitude with a random sign.
+fn signed_pareto(r: &mut SplitMix64, alpha: f64) -> f32 {
+    let v = r.pareto(alpha);
+    (if r.uniform() < 0.5 { -v } else { v }) as f32
+}
+
+#[test]
+fn pareto_tails_give_the_planted_dimension_wise_index() {
+    let alpha = 1.5;
+    let n = 20_000u64;
+    let mut h = Harness::start("pareto", 2, &[("w.weight", n)], "", &[], &[]);
+    let mut r = SplitMix64::new(11);
+    for step in 0..10 {
+        for rank in 0..2 {
+            let v: Vec<f32> = (0..n).map(|_| signed_pareto(&mut r, alpha)).collect();
+            h.push(rank, step, &[("w.weight", &v)]);
+        }
+    }
+    let tails = records(&read_table(h.finish(10), "tails"));
+    let est = |estimator: &str| -> Vec<f64> {
+        tails
+            .iter()
+            .filter(|t| {
+                t.s("object") == "dimension"
+                    && t.s("scope_kind") == "tensor"
+                    && t.s("estimator") == estimator
+            })
+            .filter_map(|t| t.n("alpha"))
+            .collect()
+    };
+    let hill = est("hill");
+    assert_eq!(hill.len(), 10);
+    let mean = hill.iter().sum::<f64>() / hill.len() as f64;
+    // Hill with k = 63 of 40 000 values: se ≈ α/√63 ≈ 0.19 per step, ≈ 0.06 over 10 steps.
+    assert!((mean - alpha).abs() < 0.2, "Hill {mean} vs {alpha}");
+    // The histogram Clauset fit sees every value: tight.
+    let clauset = est("clauset");
+    assert!(!clauset.is_empty());
+    for a in &clauset {
+        assert!((a - alpha).abs() < 0.1, "Clauset {a} vs {alpha}");
+    }
+    let not_rejected = tails
+        .iter()
+        .filter(|t| t.s("estimator") == "clauset" && t.s("object") == "dimension")
+        .all(|t| t.b("rejected") == Some(false));
+    assert!(not_rejected, "a pure Pareto sample passes the KS test");
+}
+
+#[test]
+fn gaussian_rank_deviations_are_judged_gaussian_with_the_right_scale() {
+    let (world, sigma, n, steps) = (4usize, 0.01f64, 4_000u64, 100u64);
+    let toml = "[live]\nwindow = 100\nwindow_every = 100\n";
+    let mut h = Harness::start(
+        "sgn",
+        world as u32,
+        &[("w.weight", n)],
+        toml,
+        &[],
+        &["--track-count", "200"],
+    );
+    let mut r = SplitMix64::new(5);
+    for step in 0..steps {
+        // The full-batch gradient drifts; each rank adds N(0, σ²) minibatch noise.
+        let mean: Vec<f64> = (0..n)
+            .map(|j| (j as f64 * 0.01 + step as f64 * 0.1).sin() * 0.05)
+            .collect();
+        for rank in 0..world {
+            let v: Vec<f32> = mean
+                .iter()
+                .map(|m| (m + sigma * r.normal()) as f32)
+                .collect();
+            h.push(rank, step, &[("w.weight", &v)]);
+        }
+    }
+    let lake = h.finish(steps as usize).to_path_buf();
+    let sgn = records(&read_table(&lake, "sgn"));
+    let model: Vec<&Record> = sgn
+        .iter()
+        .filter(|s| s.s("scope_kind") == "model")
+        .collect();
+    assert_eq!(model.len(), steps as usize);
+    let rms = model.iter().filter_map(|s| s.n("rms")).sum::<f64>() / model.len() as f64;
+    // √(R/(R−1)) undoes the shrinkage of deviations from a mean of R ranks.
+    assert!(
+        (rms / sigma - 1.0).abs() < 0.05,
+        "SGN rms {rms} vs σ {sigma}"
+    );
+    let k2_rejects = model
+        .iter()
+        .filter(|s| s.n("k2_p").is_some_and(|p| p < 0.05))
+        .count();
+    assert!(
+        k2_rejects <= 15,
+        "{k2_rejects} of {steps} steps reject Gaussianity"
+    );
+    assert!(
+        model
+            .iter()
+            .all(|s| s.n("noise_scale_per_example").is_some())
+    );
+
+    let tails = records(&read_table(&lake, "tails"));
+    let window = |estimator: &str| {
+        tails
+            .iter()
+            .find(|t| {
+                t.s("object") == "sgn"
+                    && t.s("scope_kind") == "model"
+                    && t.s("estimator") == estimator
+            })
+            .unwrap_or_else(|| panic!("no sgn window row for {estimator}"))
+            .clone()
+    };
+    let k2 = window("dagostino_k2");
+    assert!(k2.n("coordinates").unwrap() > 100.0);
+    assert!(k2.n("rejected_fraction").unwrap() < 0.15, "{k2:?}");
+    assert!(window("vuong_exponential").n("rejected_fraction").unwrap() > 0.5);
+}
+
+#[test]
+fn a_planted_covariance_spectrum_gives_its_slope_live() {
+    let (world, d, steps, s) = (4usize, 256u64, 150u64, 1.5f64);
+    let toml = "[live]\nfd_ell = 32\nspectrum_every = 150\n";
+    let mut h = Harness::start(
+        "spectrum",
+        world as u32,
+        &[("w.weight", d)],
+        toml,
+        &[],
+        &["--sketch-dim", "2048", "--track-count", "0"],
+    );
+    let sd: Vec<f64> = (1..=d).map(|k| (k as f64).powf(-s / 2.0)).collect();
+    let mut r = SplitMix64::new(9);
+    for step in 0..steps {
+        for rank in 0..world {
+            let v: Vec<f32> = sd.iter().map(|sd| (sd * r.normal()) as f32).collect();
+            h.push(rank, step, &[("w.weight", &v)]);
+        }
+    }
+    let spectra = records(&read_table(h.finish(steps as usize), "spectra"));
+    let grad: Vec<&Record> = spectra
+        .iter()
+        .filter(|r| r.s("sketch") == "gradient")
+        .collect();
+    assert!(!grad.is_empty());
+    let slope = grad[0].n("slope").unwrap();
+    assert!((slope - s).abs() < 0.2, "live slope {slope} vs planted {s}");
+    assert!(grad[0].n("r2").unwrap() > 0.9);
+    assert_eq!(grad[0].n("rows"), Some((world as u64 * steps) as f64));
+    // The top eigenvalue is the largest variance, 1, within sampling error and the FD bound.
+    let top = grad.iter().find(|r| r.n("k") == Some(1.0)).unwrap();
+    let (l1, bound) = (top.n("eigenvalue").unwrap(), top.n("error_bound").unwrap());
+    assert!(l1 <= 1.25 && l1 + bound >= 0.8, "λ1 {l1} + {bound}");
+}
+
+/// (kind, step) of every alert of a lake.
+fn alerts(lake: &Path) -> Vec<(String, u64, String)> {
+    let mut a: Vec<_> = records(&read_table(lake, "alerts"))
+        .iter()
+        .map(|r| {
+            (
+                r.s("kind").to_string(),
+                r.n("step").unwrap() as u64,
+                r.s("scope").to_string(),
+            )
+        })
+        .collect();
+    a.sort();
+    a
+}
+
+#[test]
+fn a_nan_and_a_norm_spike_each_raise_exactly_their_alert() {
+    let n = 2_000u64;
+    let mut h = Harness::start(
+        "faults",
+        2,
+        &[("w.weight", n)],
+        "",
+        &[],
+        &["--sketch-dim", "0"],
+    );
+    let mut r = SplitMix64::new(3);
+    for step in 0..80u64 {
+        for rank in 0..2 {
+            let mut v: Vec<f32> = (0..n).map(|_| (0.01 * r.normal()) as f32).collect();
+            if step == 30 && rank == 1 {
+                v[17] = f32::NAN;
+            }
+            if step == 50 {
+                v.iter_mut().for_each(|x| *x *= 100.0);
+            }
+            h.push(rank, step, &[("w.weight", &v)]);
+        }
+    }
+    h.wait_steps(80);
+    check_metrics(&h.metrics, "faults");
+    let lake = h.finish(80).to_path_buf();
+    assert_eq!(
+        alerts(&lake),
+        vec![
+            ("nonfinite".to_string(), 30, String::new()),
+            ("norm_spike".to_string(), 50, String::new())
+        ]
+    );
+    let steps = records(&read_table(&lake, "steps"));
+    let z = steps
+        .iter()
+        .find(|s| s.s("scope_kind") == "model" && s.n("step") == Some(50.0))
+        .and_then(|s| s.n("norm_robust_z"))
+        .unwrap();
+    assert!(z > 8.0, "{z}");
+}
+
+#[test]
+fn a_rank_that_stops_reporting_raises_the_straggler_alert() {
+    let n = 500u64;
+    let mut h = Harness::start(
+        "straggle",
+        3,
+        &[("w.weight", n)],
+        "",
+        &["--straggler-timeout", "500ms"],
+        &["--sketch-dim", "0"],
+    );
+    let mut r = SplitMix64::new(4);
+    for step in 0..20u64 {
+        for rank in 0..3 {
+            if rank == 2 && step >= 12 {
+                continue;
+            }
+            let v: Vec<f32> = (0..n).map(|_| (0.01 * r.normal()) as f32).collect();
+            h.push(rank, step, &[("w.weight", &v)]);
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let lake = h.finish(20).to_path_buf();
+    assert_eq!(
+        alerts(&lake),
+        vec![("straggler".to_string(), 12, "2".to_string())]
+    );
+}
+
+/// `/metrics` parses with a real Prometheus text-format parser, follows the naming rules, and
+/// carries the run's alerts; `/healthz` answers.
+fn check_metrics(addr: &str, run: &str) {
+    let (code, body) = http_get(addr, "/healthz");
+    assert_eq!((code, body.trim()), (200, "ok"));
+    let (code, body) = http_get(addr, "/metrics");
+    assert_eq!(code, 200);
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text format");
+    assert!(!scrape.samples.is_empty());
+    for s in &scrape.samples {
+        assert!(s.metric.starts_with("gradtel_"), "{}", s.metric);
+    }
+    for (name, help) in &scrape.docs {
+        assert!(!help.is_empty(), "{name} has no HELP");
+    }
+    let value = |metric: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .and_then(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => Some(v),
+                _ => None,
+            })
+    };
+    let alerts = |kind| {
+        value(
+            "gradtel_collector_alerts_total",
+            &[("run", run), ("kind", kind)],
+        )
+    };
+    assert_eq!(alerts("nonfinite"), Some(1.0));
+    assert_eq!(alerts("norm_spike"), Some(1.0));
+    assert_eq!(value("gradtel_run_last_step", &[("run", run)]), Some(79.0));
+    assert_eq!(
+        value("gradtel_run_nonfinite_values_total", &[("run", run)]),
+        Some(1.0)
+    );
+    assert!(
+        value(
+            "gradtel_run_tail_index",
+            &[("run", run), ("scope", "model")]
+        )
+        .is_some()
+    );
+    assert!(value("gradtel_collector_reports_received_total", &[]).unwrap() >= 160.0);
+    let p99 = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "gradtel_collector_report_durable_seconds")
+        .map(|s| matches!(s.value, prometheus_parse::Value::Summary(_)));
+    assert_eq!(
+        p99,
+        Some(true),
+        "report→durable latency is a summary with quantiles"
+    );
+}
