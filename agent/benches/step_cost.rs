@@ -1,0 +1,137 @@
+//! Agent per-step cost on a 10M-coordinate f32 gradient, through the real Ingest code path
+//! (`AgentState::add_chunk`: decode, summary, tracked coordinates, CountSketch projection;
+//! then `end_step`), against a memory-read baseline over the same bytes measured in the same
+//! run: summing the buffer as u64 words (pure read bandwidth) with the same number of threads.
+//!
+//! Run: `cargo bench -p gradtel-agent --bench step_cost`. Results: bench/RESULTS.md.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gradtel_agent::service::AgentState;
+use gradtel_agent::{AgentConfig, AgentMetrics};
+use gradtel_proto::v1::{Dtype, EndStep, GradientChunk, RegisterRequest, TensorLayout};
+
+const N: u64 = 10_000_000;
+const CHUNK: u64 = 1 << 20;
+
+fn best(reps: usize, mut f: impl FnMut()) -> f64 {
+    let mut best = Duration::MAX;
+    for _ in 0..reps {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed());
+    }
+    best.as_secs_f64()
+}
+
+fn main() {
+    let threads: usize = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Heavy-tailed values spanning many binades, like real gradients.
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    let bytes: Vec<u8> = (0..N)
+        .flat_map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+            let v = ((s >> 16) & 0xFF_FFFF) as f32 / (1u64 << 24) as f32 + 1e-6;
+            ((u - 0.5) * 1e-3 / v.powf(0.8)).to_le_bytes()
+        })
+        .collect();
+    let chunks: Vec<GradientChunk> = (0..N.div_ceil(CHUNK))
+        .map(|i| {
+            let a = i * CHUNK;
+            let b = (a + CHUNK).min(N);
+            GradientChunk {
+                step: 0,
+                tensor: "w".into(),
+                offset: a,
+                dtype: Dtype::F32 as i32,
+                data: bytes[(a * 4) as usize..(b * 4) as usize].to_vec().into(),
+                local: true,
+            }
+        })
+        .collect();
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 16);
+    let mut cfg = AgentConfig::new("unused.sock".into(), "http://127.0.0.1:1".into());
+    cfg.queue = 1 << 16;
+    let state = Arc::new(AgentState::new(cfg, Arc::new(AgentMetrics::default()), tx));
+    state
+        .register(&RegisterRequest {
+            run_id: "bench".into(),
+            world_size: 1,
+            shard_count: 1,
+            tensors: vec![TensorLayout {
+                name: "w".into(),
+                shape: vec![N],
+                dtype: Dtype::F32 as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .expect("register");
+
+    let read = |nt: usize| {
+        best(5, || {
+            let per = bytes.len().div_ceil(nt).next_multiple_of(8);
+            let total: u64 = std::thread::scope(|sc| {
+                let hs: Vec<_> = bytes
+                    .chunks(per)
+                    .map(|part| {
+                        sc.spawn(move || {
+                            part.chunks_exact(8)
+                                .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+                                .fold(0u64, u64::wrapping_add)
+                        })
+                    })
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().expect("thread"))
+                    .fold(0, u64::wrapping_add)
+            });
+            black_box(total);
+        })
+    };
+    let mut step = 0u64;
+    let mut agent = |nt: usize| {
+        best(3, || {
+            step += 1;
+            let st = step;
+            std::thread::scope(|sc| {
+                for part in chunks.chunks(chunks.len().div_ceil(nt)) {
+                    let state = &state;
+                    sc.spawn(move || {
+                        for c in part {
+                            let mut c = c.clone();
+                            c.step = st;
+                            state.add_chunk(&c).expect("chunk");
+                        }
+                    });
+                }
+            });
+            state
+                .end_step(&EndStep {
+                    step: st,
+                    ..Default::default()
+                })
+                .expect("end step");
+            while rx.try_recv().is_ok() {}
+        })
+    };
+    println!("10M f32 coordinates (40 MB), 1 MiB-element chunks, threads available: {threads}");
+    for nt in [1, threads] {
+        let (t_read, t_agent) = (read(nt), agent(nt));
+        println!(
+            "{nt} thread(s): read {:.2} ms ({:.1} GB/s), agent step {:.1} ms ({:.2} ns/value, {:.2} GB/s) → agent/read bandwidth = {:.3}",
+            t_read * 1e3,
+            N as f64 * 4.0 / t_read / 1e9,
+            t_agent * 1e3,
+            t_agent * 1e9 / N as f64,
+            N as f64 * 4.0 / t_agent / 1e9,
+            t_read / t_agent
+        );
+    }
+}
