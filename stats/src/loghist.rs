@@ -145,9 +145,21 @@ impl LogHistogram {
                 other.precision_bits,
             ));
         }
-        for (i, c) in other.buckets() {
-            self.add_count(i, c);
+        if other.counts.is_empty() {
+            return Ok(());
         }
+        // Grow once to cover the other's range, then add the dense count vectors slice-wise.
+        let (lo, hi) = (other.offset, other.offset + other.counts.len() as u64 - 1);
+        self.add_count(lo, 0);
+        self.add_count(hi, 0);
+        let start = (lo - self.offset) as usize;
+        for (a, b) in self.counts[start..start + other.counts.len()]
+            .iter_mut()
+            .zip(&other.counts)
+        {
+            *a += b;
+        }
+        self.total += other.total;
         Ok(())
     }
 
