@@ -318,9 +318,10 @@ fn write_verdict(
         match g.windows.get(object) {
             Some(w) => writeln!(
                 f,
-                "  {label:<17} {} of {} tracked coordinates; Gaussianity (K²) rejected in {}",
+                "  {label:<17} {} of {} tracked coordinates (Vuong prefers an exponential tail in {}); Gaussianity (K²) rejected in {}",
                 kept(object),
                 w.coordinates,
+                pct(w.exponential_preferred),
                 pct(w.gaussian_rejected)
             )?,
             None => writeln!(f, "  {label:<17} not evaluated (too few steps or ranks)")?,

@@ -53,6 +53,8 @@ struct Verdict {
 pub struct Summary {
     pub coordinates: u64,
     pub powerlaw_rejected: Option<f64>,
+    /// Fraction where the Vuong test prefers an exponential tail (R < 0, p < 0.1).
+    pub exponential_preferred: Option<f64>,
     pub gaussian_rejected: Option<f64>,
 }
 
@@ -120,6 +122,7 @@ impl Windows {
         let summary = Summary {
             coordinates: all.len() as u64,
             powerlaw_rejected: fraction(&|v| v.powerlaw.map(|p| p.1)),
+            exponential_preferred: fraction(&|v| v.exponential),
             gaussian_rejected: fraction(&|v| v.k2),
         };
         (rows, summary)
