@@ -7,7 +7,8 @@
 //! protobuf decoding alone of the same reports, the least any receiver must do, as reports per
 //! CPU-second of one core.
 //!
-//! Run: `cargo bench --bench collector_load`. Results: bench/RESULTS.md.
+//! Run: `cargo bench --bench collector_load` (report shape: `GRADTEL_BENCH_TENSORS`,
+//! `GRADTEL_BENCH_VALUES`; steps: `GRADTEL_BENCH_STEPS`). Results: bench/RESULTS.md.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -23,31 +24,39 @@ use prost::Message;
 use tokio_stream::wrappers::ReceiverStream;
 
 const AGENTS: u32 = 64;
-const TENSORS: usize = 6;
 /// Unacknowledged reports one simulated agent keeps in flight at saturation.
 const WINDOW: usize = 64;
 
-/// One agent's report of one step: 6 tensors of 10k values summarised (top-64, 7-bit
-/// histogram), 64 tracked values per tensor, a 256-dimensional projection — what the demo's
-/// agents send, at a larger model size.
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One agent's report of one step: `GRADTEL_BENCH_TENSORS` tensors (default 6) of
+/// `GRADTEL_BENCH_VALUES` values (default 10k) summarised (top-64, 7-bit histogram), 64 tracked
+/// values per tensor, a 256-dimensional projection — what the demo's agents send, at a larger
+/// model size.
 fn report(rank: u32, step: u64, seq: u64, epoch: u64, r: &mut SplitMix64) -> ShardReport {
     let mut tensors = Vec::new();
     let mut tracked = Vec::new();
-    for t in 0..TENSORS {
+    let values = env("GRADTEL_BENCH_VALUES", 10_000);
+    for t in 0..env("GRADTEL_BENCH_TENSORS", 6) {
         let mut s = GradSummary::new(64, 7).expect("valid");
-        let vals: Vec<f64> = (0..10_000).map(|_| 0.01 * r.normal()).collect();
+        let vals: Vec<f64> = (0..values).map(|_| 0.01 * r.normal()).collect();
         s.extend_f64(&vals);
         let name = format!("layer{t}.weight");
         tensors.push(TensorReport {
             name: name.clone(),
-            numel: 10_000,
-            elements_expected: 10_000,
-            elements_received: 10_000,
+            numel: values as u64,
+            elements_expected: values as u64,
+            elements_received: values as u64,
             summary: Some(gradtel_codec::summary::to_wire(&s)),
         });
         tracked.push(TrackedValues {
             name,
-            index: (0..64).map(|i| i * 150).collect(),
+            index: (0..64.min(values as u64)).collect(),
             value: vals.iter().take(64).map(|&v| v as f32).collect(),
         });
     }
@@ -70,7 +79,7 @@ fn report(rank: u32, step: u64, seq: u64, epoch: u64, r: &mut SplitMix64) -> Sha
             dim: 256,
             seed: 7,
             values: (0..256).map(|_| r.normal()).collect(),
-            coordinates: 60_000,
+            coordinates: 0,
         }),
         ..Default::default()
     }
@@ -169,10 +178,7 @@ async fn run_load(
 }
 
 fn main() {
-    let steps: u64 = std::env::var("GRADTEL_BENCH_STEPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+    let steps = env("GRADTEL_BENCH_STEPS", 300) as u64;
     let mut r = SplitMix64::new(1);
     // Eight distinct reports per agent, reused with new step numbers.
     let reports: Arc<Vec<Vec<ShardReport>>> = Arc::new(

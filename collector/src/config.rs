@@ -69,6 +69,10 @@ pub struct LiveConfig {
     pub window: usize,
     /// Evaluate the windows every this many steps.
     pub window_every: u64,
+    /// Ranks (the lowest-numbered) whose SGN values enter a coordinate's window each step: the
+    /// window holds at most `window × sgn_ranks` values, bounding memory and test cost with
+    /// many ranks. The per-step `sgn` rows always use every rank.
+    pub sgn_ranks: usize,
     /// Fit the dimension-wise power law (Clauset, on the merged histogram) every this many
     /// steps; 0 never. Hill, Pickands, DEdH and K²/JB run every step.
     pub clauset_every: u64,
@@ -92,6 +96,7 @@ impl Default for LiveConfig {
         Self {
             window: 100,
             window_every: 50,
+            sgn_ranks: 8,
             clauset_every: 10,
             clauset_min_tail: 50,
             fd_ell: 32,
@@ -174,6 +179,9 @@ impl FileConfig {
         let l = &c.live;
         if l.window < 8 || l.window_every == 0 || l.spectrum_every == 0 {
             return bad("live.window must be ≥ 8, live.window_every and live.spectrum_every ≥ 1");
+        }
+        if l.sgn_ranks < 2 {
+            return bad("live.sgn_ranks must be ≥ 2");
         }
         if l.fd_ell < 4 || !(l.fd_decay > 0.0 && l.fd_decay <= 1.0) {
             return bad("live.fd_ell must be ≥ 4 and live.fd_decay in (0, 1]");

@@ -1,23 +1,27 @@
 //! The collector's single owner of state: deduplication, step assembly and the Parquet sink.
 //!
 //! Reports arrive from every agent stream on one channel; a tick releases straggling steps and
-//! rolls files. File writes run on the blocking pool; acks go out only after the file is durable.
+//! rolls files. File writes run on the blocking pool while the pipeline goes on assembling (one
+//! write per run at a time); acks go out only after the files are durable.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gradtel_proto::v1::ack;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 
 use crate::CollectorConfig;
 use crate::acks::{AckRouter, Dedup, Seen, make_ack};
 use crate::assembler::{Assembler, Assembly};
 use crate::live::Live;
 use crate::metrics::CollectorMetrics;
+use crate::report::AgentKey;
 use crate::report::Report;
 use crate::sink::{self, Buffer, Sink};
-use crate::tables::steps;
+use crate::tables::{Tables, steps};
 
 pub enum Inbound {
     Report(Box<Report>),
@@ -35,6 +39,18 @@ pub struct Pipeline {
     pub metrics: Arc<CollectorMetrics>,
     pub live: Live,
     files: u64,
+    /// Writes on the blocking pool, at most one per run.
+    writes: JoinSet<Flushed>,
+    in_flight: HashSet<Arc<str>>,
+}
+
+/// A finished write: the run, the acks it releases, and what happened.
+struct Flushed {
+    run: Arc<str>,
+    acks: Vec<(AgentKey, u64, Instant)>,
+    started: Instant,
+    written:
+        Result<(Result<(), sink::SinkError>, Vec<(u64, usize)>, Tables), tokio::task::JoinError>,
 }
 
 fn unix_nanos() -> i64 {
@@ -61,6 +77,8 @@ impl Pipeline {
             live: Live::new(config.file.clone(), metrics.clone()),
             metrics,
             files: 0,
+            writes: JoinSet::new(),
+            in_flight: HashSet::new(),
         }
     }
 
@@ -74,9 +92,11 @@ impl Pipeline {
                     Some(Inbound::Drain(done)) => {
                         let all = self.assembler.drain();
                         self.on_assemblies(all);
+                        self.settle().await;
                         for run in self.sink.runs() {
-                            self.flush(run).await;
+                            self.start_flush(run);
                         }
+                        self.settle().await;
                         let _ = done.send(());
                     }
                     None => break,
@@ -86,9 +106,13 @@ impl Pipeline {
                     let expired = self.assembler.expire(now);
                     self.on_assemblies(expired);
                     for run in self.sink.due(now) {
-                        self.flush(run).await;
+                        self.start_flush(run);
                     }
                 }
+                Some(done) = self.writes.join_next(), if !self.writes.is_empty() => match done {
+                    Ok(f) => self.finish_flush(f),
+                    Err(e) => tracing::error!(error = %e, "flush task failed"),
+                },
             }
             self.metrics
                 .pending_steps
@@ -133,7 +157,12 @@ impl Pipeline {
         }
     }
 
-    async fn flush(&mut self, run: Arc<str>) {
+    /// Start writing a run's buffered rows on the blocking pool; the pipeline keeps assembling
+    /// while the files are written, and [`Pipeline::finish_flush`] sends the acks.
+    fn start_flush(&mut self, run: Arc<str>) {
+        if self.in_flight.contains(&run) {
+            return;
+        }
         let Some(buf) = self.sink.take(&run) else {
             return;
         };
@@ -149,12 +178,12 @@ impl Pipeline {
         );
         let out = self.out.clone();
         let run_for_write = run.clone();
-        let started = Instant::now();
         let rows = buf.rows;
+        self.in_flight.insert(run.clone());
         // One file per table, all under the same name in their own partitions. A table whose
         // file is published leaves the buffer at once, so a retry after a failure never writes
         // its rows twice; the acks wait until every table is published.
-        let written = tokio::task::spawn_blocking(move || {
+        let write = move || {
             let mut rows = rows;
             let mut published = Vec::new();
             for table in rows.names() {
@@ -173,8 +202,28 @@ impl Pipeline {
                 }
             }
             (Ok(()), published, rows)
-        })
-        .await;
+        };
+        let acks = buf.acks;
+        let started = Instant::now();
+        self.writes.spawn(async move {
+            let written = tokio::task::spawn_blocking(write).await;
+            Flushed {
+                run,
+                acks,
+                started,
+                written,
+            }
+        });
+    }
+
+    fn finish_flush(&mut self, f: Flushed) {
+        let Flushed {
+            run,
+            acks,
+            started,
+            written,
+        } = f;
+        self.in_flight.remove(&run);
         let (result, published, rows) = match written {
             Ok(x) => x,
             Err(e) => {
@@ -182,7 +231,7 @@ impl Pipeline {
                 // reports stay unacknowledged, so agents resend them.
                 self.metrics.write_errors.inc();
                 tracing::error!(error = %e, run = %run, "parquet writer task failed");
-                for (key, seq, _) in &buf.acks {
+                for (key, seq, _) in &acks {
                     self.dedup.forget(key, *seq);
                 }
                 return;
@@ -197,7 +246,7 @@ impl Pipeline {
             Ok(()) => {
                 self.metrics.flush.record(started.elapsed());
                 tracing::debug!(run = %run, files = published.len(), "parquet files published");
-                for (key, seq, received) in buf.acks {
+                for (key, seq, received) in acks {
                     self.dedup.made_durable(&key, seq);
                     self.metrics.report_durable.record(received.elapsed());
                     let a = make_ack(&key, seq, ack::Status::Accepted, String::new());
@@ -211,10 +260,20 @@ impl Pipeline {
                     run,
                     Buffer {
                         rows,
-                        acks: buf.acks,
+                        acks,
                         ..Default::default()
                     },
                 );
+            }
+        }
+    }
+
+    /// Wait for every write in flight.
+    async fn settle(&mut self) {
+        while let Some(done) = self.writes.join_next().await {
+            match done {
+                Ok(f) => self.finish_flush(f),
+                Err(e) => tracing::error!(error = %e, "flush task failed"),
             }
         }
     }

@@ -173,10 +173,11 @@ impl Live {
                     .map(|(_, v)| scale * (f64::from(*v) - g))
                     .collect();
                 sgn_by_tensor.entry(tensor).or_default().extend(&d);
+                let kept = r.min(cfg.live.sgn_ranks);
                 st.sgn.push(
                     (tensor.clone(), *j),
-                    &d,
-                    cfg.live.window * r,
+                    &d[..kept],
+                    cfg.live.window * kept,
                     cfg.live.max_tracked,
                 );
             }

@@ -15,7 +15,7 @@
 //!
 //! A tensor's row (and the model's, over all coordinates) reports the fraction of its tested
 //! coordinates that reject and the median tail index. Memory: `window` values per coordinate
-//! (`window × R` for SGN), for at most `max_tracked` coordinates per run; coordinates beyond it
+//! (`window × min(R, sgn_ranks)` for SGN), for at most `max_tracked` coordinates per run; coordinates beyond it
 //! are counted in `refused` and not tracked.
 
 use std::collections::{BTreeMap, VecDeque};
