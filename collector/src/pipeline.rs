@@ -44,6 +44,10 @@ pub struct Pipeline {
     in_flight: HashSet<Arc<str>>,
 }
 
+/// What a write did: its result, the (bytes, rows) of each published file, and the rows not
+/// yet published (kept for a retry).
+type WriteOutcome = (Result<(), sink::SinkError>, Vec<(u64, usize)>, Tables);
+
 /// A finished write: the run, the acks it releases, and what happened.
 struct Flushed {
     run: Arc<str>,
