@@ -53,8 +53,7 @@ struct Flushed {
     run: Arc<str>,
     acks: Vec<(AgentKey, u64, Instant)>,
     started: Instant,
-    written:
-        Result<(Result<(), sink::SinkError>, Vec<(u64, usize)>, Tables), tokio::task::JoinError>,
+    written: Result<WriteOutcome, tokio::task::JoinError>,
 }
 
 fn unix_nanos() -> i64 {
