@@ -314,6 +314,50 @@ fn known_gradients_through_two_agents_land_exactly_in_parquet() {
     assert!(collector.terminate().success());
     // Nothing was written twice, and no temporary file is left behind.
     assert_eq!(rows_in(&out), STEPS as usize * 6);
+
+    // Tracked coordinates: exactly the seeded sample (computed here independently of the
+    // agent's chunking), with the values each rank sent, bit for bit after the wire dtype.
+    let coords = records(&read_table(&out, "coords"));
+    let mut expected_rows = 0;
+    for t in &TENSORS {
+        let numel = t.shape[0] * t.shape[1];
+        let picked = gradtel_stats::track::Tracker::new(
+            gradtel_agent::config::DEFAULT_TRACK_SEED,
+            t.name,
+            numel,
+            64,
+        )
+        .tracked_in(0, numel);
+        assert!(!picked.is_empty());
+        expected_rows += picked.len() * 2 * STEPS as usize;
+        for step in 0..STEPS {
+            for rank in 0..2u32 {
+                let sent_rank = &sent[&(step, t.name)][(rank as u64 * numel) as usize..];
+                let got: Vec<(u64, f64)> = coords
+                    .iter()
+                    .filter(|c| {
+                        c.s("tensor") == t.name
+                            && c.n("step") == Some(step as f64)
+                            && c.n("rank") == Some(f64::from(rank))
+                    })
+                    .map(|c| {
+                        (
+                            c.n("index").unwrap() as u64,
+                            c.n("value").unwrap_or(f64::NAN),
+                        )
+                    })
+                    .collect();
+                let want: Vec<(u64, f64)> =
+                    picked.iter().map(|&j| (j, sent_rank[j as usize])).collect();
+                assert_eq!(got.len(), want.len(), "{} step {step} rank {rank}", t.name);
+                for ((gj, gv), (wj, wv)) in got.iter().zip(&want) {
+                    assert_eq!(gj, wj);
+                    assert!(gv == wv || (gv.is_nan() && wv.is_nan()), "{gv} vs {wv}");
+                }
+            }
+        }
+    }
+    assert_eq!(coords.len(), expected_rows);
     let tmp_left = std::fs::read_dir(out.join("run=e2e-run/table=steps"))
         .unwrap()
         .flatten()
