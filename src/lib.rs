@@ -1,5 +1,6 @@
 //! The `gradtel` command line: shared helpers of the three binaries, and the demo.
 
+pub mod analyze;
 pub mod demo;
 pub mod fit;
 pub mod input;

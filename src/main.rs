@@ -28,6 +28,8 @@ enum Command {
     Demo(gradtel::demo::DemoArgs),
     /// Run the paper's statistical tests on a column of numbers (Parquet, CSV or .npy).
     Fit(gradtel::fit::FitArgs),
+    /// Run the paper's tests over a collector's Parquet lake and report them per object/layer.
+    Analyze(gradtel::analyze::AnalyzeArgs),
 }
 
 #[tokio::main]
@@ -45,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::Fit(args) => gradtel::fit::run(args)?,
+        Command::Analyze(args) => gradtel::analyze::run(args)?,
     }
     Ok(())
 }

@@ -1,0 +1,424 @@
+//! The paper's four objects, gathered from the lake and tested (Xie et al. 2023, §3–4).
+//!
+//! * Dimension-wise: each (step, tensor) row of `steps`; its |g| histogram gets the
+//!   Clauset fit and KS decision (`gradtel_stats::powerlaw_binned`, every occupied bucket a
+//!   candidate x_min, tails ≥ 50 values), its moments K² and JB.
+//! * Iteration-wise: each tracked coordinate's series over steps from `coords`: the minibatch
+//!   gradient (the mean over ranks of local gradients, or the reduced gradient).
+//! * SGN: each tracked coordinate's deviations `√(R/(R−1))(g_r − ḡ)` over ranks and steps.
+//!   Both get the exact Clauset fit of |x| (`gradtel_stats::powerlaw`, the same α̂, x_min and D
+//!   as the `powerlaw` package), the KS decision, Vuong tests against exponential and lognormal
+//!   tails, optionally Clauset's bootstrap p-value, and K², JB.
+//! * Spectrum: the latest snapshot of each sketch in `spectra` (slope, R², window).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use gradtel_stats::powerlaw::{self, FitOptions, Prepared};
+use gradtel_stats::{LogHistogram, Moments, bootstrap, normality, powerlaw_binned, vuong};
+
+use super::lake;
+
+/// One tested sample.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Sample {
+    pub object: &'static str,
+    pub step: Option<u64>,
+    pub tensor: String,
+    pub layer: String,
+    pub index: Option<u64>,
+    pub n: u64,
+    pub n_tail: Option<u64>,
+    pub xmin: Option<f64>,
+    /// Clauset's density exponent (the `powerlaw` package's alpha).
+    pub alpha: Option<f64>,
+    pub ks_d: Option<f64>,
+    pub ks_critical: Option<f64>,
+    pub ks_rejected: Option<bool>,
+    pub bootstrap_p: Option<f64>,
+    /// Vuong log-likelihood ratios (power law − alternative) and p-values.
+    pub vuong_exponential_r: Option<f64>,
+    pub vuong_exponential_p: Option<f64>,
+    pub vuong_lognormal_r: Option<f64>,
+    pub vuong_lognormal_p: Option<f64>,
+    pub k2_p: Option<f64>,
+    pub jb_p: Option<f64>,
+    pub error: Option<String>,
+}
+
+/// Options shared by the sample tests.
+#[derive(Debug, Clone, Copy)]
+pub struct TestOptions {
+    pub bootstrap: usize,
+    pub seed: u64,
+    pub threads: usize,
+}
+
+/// Steps and tensors to include.
+pub struct Selection<'a> {
+    pub steps: Option<(u64, u64)>,
+    pub tensors: Option<&'a glob_lite::Pattern>,
+}
+
+impl Selection<'_> {
+    fn step(&self, s: u64) -> bool {
+        self.steps.is_none_or(|(a, b)| (a..=b).contains(&s))
+    }
+    fn tensor(&self, t: &str) -> bool {
+        self.tensors.is_none_or(|p| p.matches(t))
+    }
+}
+
+pub fn layer_of(name: &str) -> &str {
+    name.rsplit_once('.').map_or(name, |(l, _)| l)
+}
+
+/// Dimension-wise samples from the `steps` table.
+pub fn dimension(lake: &Path, run: &str, sel: &Selection) -> anyhow::Result<Vec<Sample>> {
+    let mut out = Vec::new();
+    lake::for_each_batch(lake, run, "steps", |b| {
+        let kind = b.strs("scope_kind")?;
+        let scope = b.strs("scope")?;
+        let step = b.u64s("step")?;
+        let late = b.bools("late")?;
+        let precision = b.u64s("hist_precision_bits")?;
+        let index = b.u64_lists("hist_index")?;
+        let count = b.u64_lists("hist_count")?;
+        let n = b.u64s("count")?;
+        let mean = b.f64s("mean")?;
+        let m = [b.f64s("m2")?, b.f64s("m3")?, b.f64s("m4")?];
+        for i in 0..b.rows() {
+            let s = step[i].unwrap_or(0);
+            if kind[i] != "tensor" || late[i] || !sel.step(s) || !sel.tensor(&scope[i]) {
+                continue;
+            }
+            let mut sample = Sample {
+                object: "dimension",
+                step: Some(s),
+                tensor: scope[i].clone(),
+                layer: layer_of(&scope[i]).to_string(),
+                ..Default::default()
+            };
+            let h =
+                LogHistogram::from_sparse(precision[i].unwrap_or(7) as u32, &index[i], &count[i]);
+            match h.map_err(|e| e.to_string()).and_then(|h| {
+                powerlaw_binned::fit_histogram(&h, 50, usize::MAX).map_err(|e| e.to_string())
+            }) {
+                Ok(f) => {
+                    sample.n = f.n;
+                    sample.n_tail = Some(f.n_tail);
+                    sample.xmin = Some(f.xmin);
+                    sample.alpha = Some(f.alpha);
+                    sample.ks_d = Some(f.ks_d);
+                    sample.ks_critical = Some(f.ks_critical);
+                    sample.ks_rejected = Some(f.rejected_ks);
+                }
+                Err(e) => sample.error = Some(e),
+            }
+            let moments = Moments {
+                n: n[i].unwrap_or(0),
+                mean: mean[i].unwrap_or(0.0),
+                m2: m[0][i].unwrap_or(0.0),
+                m3: m[1][i].unwrap_or(0.0),
+                m4: m[2][i].unwrap_or(0.0),
+            };
+            sample.k2_p = normality::dagostino_k2(&moments).ok().map(|t| t.p_value);
+            sample.jb_p = normality::jarque_bera(&moments).ok().map(|t| t.p_value);
+            out.push(sample);
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Per tracked coordinate: (tensor, index) → step → [(rank, value, local)].
+type Series = HashMap<(String, u64), BTreeMap<u64, Vec<(u32, f64, bool)>>>;
+
+/// Read `coords` for the selection.
+pub fn series(lake: &Path, run: &str, sel: &Selection) -> anyhow::Result<Series> {
+    let mut out: Series = HashMap::new();
+    lake::for_each_batch(lake, run, "coords", |b| {
+        let step = b.u64s("step")?;
+        let rank = b.u64s("rank")?;
+        let tensor = b.strs("tensor")?;
+        let index = b.u64s("index")?;
+        let value = b.f64s("value")?;
+        let local = b.bools("local")?;
+        for i in 0..b.rows() {
+            let s = step[i].unwrap_or(0);
+            if !sel.step(s) || !sel.tensor(&tensor[i]) {
+                continue;
+            }
+            let (Some(v), Some(j), Some(r)) = (value[i], index[i], rank[i]) else {
+                continue;
+            };
+            out.entry((tensor[i].clone(), j))
+                .or_default()
+                .entry(s)
+                .or_default()
+                .push((r as u32, v, local[i]));
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Iteration-wise and SGN value lists of one coordinate.
+pub fn coordinate_samples(steps: &BTreeMap<u64, Vec<(u32, f64, bool)>>) -> (Vec<f64>, Vec<f64>) {
+    let mut iteration = Vec::with_capacity(steps.len());
+    let mut sgn = Vec::new();
+    for vals in steps.values() {
+        let finite: Vec<&(u32, f64, bool)> = vals.iter().filter(|v| v.1.is_finite()).collect();
+        if finite.is_empty() || finite.len() < vals.len() {
+            continue;
+        }
+        let local = finite.iter().all(|v| v.2);
+        if !local {
+            iteration.push(finite[0].1);
+            continue;
+        }
+        let r = finite.len() as f64;
+        let mean = finite.iter().map(|v| v.1).sum::<f64>() / r;
+        iteration.push(mean);
+        if finite.len() >= 2 {
+            let scale = (r / (r - 1.0)).sqrt();
+            sgn.extend(finite.iter().map(|v| scale * (v.1 - mean)));
+        }
+    }
+    (iteration, sgn)
+}
+
+/// The exact tests on one sample of signed values.
+pub fn test_values(mut sample: Sample, values: &[f64], opts: &TestOptions) -> Sample {
+    sample.n = values.len() as u64;
+    let m = Moments::from_slice(values);
+    sample.k2_p = normality::dagostino_k2(&m).ok().map(|t| t.p_value);
+    sample.jb_p = normality::jarque_bera(&m).ok().map(|t| t.p_value);
+    let prepared = match Prepared::from_values(values) {
+        Ok(p) => p,
+        Err(e) => {
+            sample.error = Some(e.to_string());
+            return sample;
+        }
+    };
+    let fopts = FitOptions::default();
+    let fit = match powerlaw::fit_prepared(&prepared, &fopts) {
+        Ok(f) => f,
+        Err(e) => {
+            sample.error = Some(e.to_string());
+            return sample;
+        }
+    };
+    sample.n_tail = Some(fit.n_tail as u64);
+    sample.xmin = Some(fit.xmin);
+    sample.alpha = Some(fit.alpha);
+    sample.ks_d = Some(fit.ks_d);
+    sample.ks_critical = Some(fit.ks_critical);
+    sample.ks_rejected = Some(fit.rejected_ks);
+    let tail: Vec<f64> = prepared
+        .values()
+        .iter()
+        .copied()
+        .filter(|&x| x >= fit.xmin)
+        .collect();
+    if let Ok(v) = vuong::vs_exponential(&tail, fit.xmin, fit.alpha) {
+        sample.vuong_exponential_r = Some(v.r);
+        sample.vuong_exponential_p = Some(v.p);
+    }
+    if let Ok((v, _)) = vuong::vs_lognormal(&tail, fit.xmin, fit.alpha) {
+        sample.vuong_lognormal_r = Some(v.r);
+        sample.vuong_lognormal_p = Some(v.p);
+    }
+    if opts.bootstrap > 0 {
+        match bootstrap::p_value(&prepared, &fit, &fopts, opts.bootstrap, opts.seed, 1) {
+            Ok(b) => sample.bootstrap_p = Some(b.p_value),
+            Err(e) => sample.error = Some(e.to_string()),
+        }
+    }
+    sample
+}
+
+/// Iteration-wise and SGN samples of every coordinate, tested in parallel.
+pub fn coordinates(
+    series: &Series,
+    opts: &TestOptions,
+    progress: &indicatif::ProgressBar,
+) -> (Vec<Sample>, Vec<Sample>) {
+    let mut keys: Vec<&(String, u64)> = series.keys().collect();
+    keys.sort();
+    let chunk = keys.len().div_ceil(opts.threads.max(1)).max(1);
+    let results: Vec<(Sample, Option<Sample>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = keys
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|key| {
+                            let (iteration, sgn) = coordinate_samples(&series[*key]);
+                            let base = Sample {
+                                tensor: key.0.clone(),
+                                layer: layer_of(&key.0).to_string(),
+                                index: Some(key.1),
+                                ..Default::default()
+                            };
+                            let it = test_values(
+                                Sample {
+                                    object: "iteration",
+                                    ..base.clone()
+                                },
+                                &iteration,
+                                opts,
+                            );
+                            let sg = (!sgn.is_empty()).then(|| {
+                                test_values(
+                                    Sample {
+                                        object: "sgn",
+                                        ..base
+                                    },
+                                    &sgn,
+                                    opts,
+                                )
+                            });
+                            progress.inc(1);
+                            (it, sg)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let mut iteration = Vec::with_capacity(results.len());
+    let mut sgn = Vec::new();
+    for (it, sg) in results {
+        iteration.push(it);
+        sgn.extend(sg);
+    }
+    (iteration, sgn)
+}
+
+/// The latest snapshot of each sketch.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SpectrumSnapshot {
+    pub sketch: String,
+    pub step: u64,
+    pub rows: u64,
+    pub slope: Option<f64>,
+    pub r2: Option<f64>,
+    pub window: Option<(u64, u64)>,
+    /// (k, eigenvalue), k ascending.
+    pub eigenvalues: Vec<(u64, f64)>,
+}
+
+pub fn spectra(lake: &Path, run: &str) -> anyhow::Result<Vec<SpectrumSnapshot>> {
+    let mut by_sketch: BTreeMap<String, SpectrumSnapshot> = BTreeMap::new();
+    lake::for_each_batch(lake, run, "spectra", |b| {
+        let sketch = b.strs("sketch")?;
+        let step = b.u64s("step")?;
+        let rows = b.u64s("rows")?;
+        let k = b.u64s("k")?;
+        let ev = b.f64s("eigenvalue")?;
+        let slope = b.f64s("slope")?;
+        let r2 = b.f64s("r2")?;
+        let lo = b.u64s("window_lo")?;
+        let hi = b.u64s("window_hi")?;
+        for i in 0..b.rows() {
+            let s = step[i].unwrap_or(0);
+            let e = by_sketch
+                .entry(sketch[i].clone())
+                .or_insert_with(|| SpectrumSnapshot {
+                    sketch: sketch[i].clone(),
+                    step: s,
+                    rows: 0,
+                    slope: None,
+                    r2: None,
+                    window: None,
+                    eigenvalues: Vec::new(),
+                });
+            if s > e.step {
+                e.step = s;
+                e.eigenvalues.clear();
+            }
+            if s == e.step {
+                e.rows = rows[i].unwrap_or(0);
+                e.slope = slope[i];
+                e.r2 = r2[i];
+                e.window = lo[i].zip(hi[i]);
+                if let (Some(k), Some(v)) = (k[i], ev[i])
+                    && k > 0
+                {
+                    e.eigenvalues.push((k, v));
+                }
+            }
+        }
+        Ok(())
+    })?;
+    let mut out: Vec<SpectrumSnapshot> = by_sketch.into_values().collect();
+    for s in &mut out {
+        s.eigenvalues.sort_by_key(|e| e.0);
+    }
+    Ok(out)
+}
+
+/// A minimal glob (`*` any run of characters, `?` one character) for tensor names.
+pub mod glob_lite {
+    #[derive(Debug, Clone)]
+    pub struct Pattern(Vec<char>);
+
+    impl Pattern {
+        pub fn new(p: &str) -> Self {
+            Self(p.chars().collect())
+        }
+
+        pub fn matches(&self, s: &str) -> bool {
+            let s: Vec<char> = s.chars().collect();
+            fn go(p: &[char], s: &[char]) -> bool {
+                match (p.first(), s.first()) {
+                    (None, None) => true,
+                    (Some('*'), _) => go(&p[1..], s) || (!s.is_empty() && go(p, &s[1..])),
+                    (Some('?'), Some(_)) => go(&p[1..], &s[1..]),
+                    (Some(a), Some(b)) if a == b => go(&p[1..], &s[1..]),
+                    _ => false,
+                }
+            }
+            go(&self.0, &s)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn stars_and_marks() {
+            assert!(Pattern::new("fc1.*").matches("fc1.weight"));
+            assert!(Pattern::new("*.bias").matches("fc3.bias"));
+            assert!(!Pattern::new("*.bias").matches("fc3.weight"));
+            assert!(Pattern::new("fc?.weight").matches("fc2.weight"));
+            assert!(Pattern::new("*").matches(""));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minibatch_and_sgn_follow_the_definitions() {
+        let mut steps = BTreeMap::new();
+        // Two local ranks: mean 2, deviations ±1 scaled by √(2/1).
+        steps.insert(0, vec![(0, 1.0, true), (1, 3.0, true)]);
+        // A reduced gradient: one value, no SGN.
+        steps.insert(1, vec![(0, 5.0, false)]);
+        // A non-finite value drops the whole step.
+        steps.insert(2, vec![(0, f64::NAN, true), (1, 1.0, true)]);
+        let (it, sgn) = coordinate_samples(&steps);
+        assert_eq!(it, vec![2.0, 5.0]);
+        let s = 2f64.sqrt();
+        assert_eq!(sgn, vec![-s, s]);
+    }
+}
