@@ -212,6 +212,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_gradtel-collector"))
         .args(["--listen", "127.0.0.1:0", "--roll-interval", "10ms"])
+        .args(["--metrics", "127.0.0.1:0"])
         .arg("--out")
         .arg(dir.path())
         .env("GRADTEL_LOG", "error")
@@ -220,8 +221,12 @@ fn main() {
         .expect("spawn gradtel-collector");
     let pid = child.id();
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut metrics_addr = String::new();
     let addr = loop {
         let line = lines.next().expect("collector output").expect("line");
+        if let Some(m) = line.strip_prefix("gradtel-collector metrics on ") {
+            metrics_addr = m.trim().to_string();
+        }
         if let Some(a) = line.strip_prefix("gradtel-collector listening on ") {
             break a.trim().to_string();
         }
@@ -254,6 +259,23 @@ fn main() {
         "baseline: protobuf decode alone {decode_rate:.0} reports per CPU-second; collector / decode = {:.3}",
         (n / cpu) / decode_rate
     );
+    // The collector's own view: time to write a flush, and receive → durable.
+    if let Ok(mut sock) = std::net::TcpStream::connect(&metrics_addr) {
+        use std::io::{Read, Write};
+        let _ = write!(
+            sock,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut text = String::new();
+        let _ = sock.read_to_string(&mut text);
+        for line in text.lines().filter(|l| {
+            (l.starts_with("gradtel_collector_flush_seconds{")
+                || l.starts_with("gradtel_collector_report_durable_seconds{"))
+                && (l.contains("\"0.5\"") || l.contains("\"0.99\""))
+        }) {
+            println!("collector metrics (both phases): {line}");
+        }
+    }
     let _ = child.kill();
     let _ = child.wait();
 }
