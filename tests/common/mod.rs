@@ -5,6 +5,9 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+
+use gradtel_client::{IngestClient, StepScalars, TensorData, TensorDecl};
+use gradtel_proto::v1::Dtype;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -352,4 +355,117 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         .and_then(|c| c.parse().ok())
         .expect("status code");
     (code, body.to_string())
+}
+
+/// A collector and one agent per rank, with clients registered under `run`.
+pub struct Harness {
+    _dir: tempfile::TempDir,
+    pub out: PathBuf,
+    collector: Option<Daemon>,
+    pub metrics: String,
+    _agents: Vec<Daemon>,
+    clients: Vec<IngestClient>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Harness {
+    pub fn start(
+        run: &str,
+        world: u32,
+        tensors: &[(&str, u64)],
+        toml: &str,
+        collector_extra: &[&str],
+        agent_extra: &[&str],
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("lake");
+        let cfg = dir.path().join("collector.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let mut extra = vec![
+            "--config",
+            cfg.to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:0",
+        ];
+        extra.extend_from_slice(collector_extra);
+        let (collector, url, metrics) = start_collector_with_metrics(&out, "127.0.0.1:0", &extra);
+        let sock = |r: u32| dir.path().join(format!("rank{r}.sock"));
+        let agents: Vec<Daemon> = (0..world)
+            .map(|r| start_agent(&sock(r), &url, agent_extra))
+            .collect();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let decls: Vec<TensorDecl> = tensors
+            .iter()
+            .map(|(name, numel)| TensorDecl {
+                name: name.to_string(),
+                shape: vec![*numel],
+                dtype: Dtype::F32,
+                owned: None,
+                track_count: None,
+            })
+            .collect();
+        let clients = rt.block_on(async {
+            let mut clients = Vec::new();
+            for rank in 0..world {
+                let mut c = IngestClient::connect_uds(sock(rank)).await.unwrap();
+                c.register(run, rank, world, 0, 1, &decls).await.unwrap();
+                clients.push(c);
+            }
+            clients
+        });
+        Self {
+            _dir: dir,
+            out,
+            collector: Some(collector),
+            metrics: metrics.expect("metrics address"),
+            _agents: agents,
+            clients,
+            rt,
+        }
+    }
+
+    pub fn push(&mut self, rank: usize, step: u64, tensors: &[(&str, &[f32])]) {
+        let data: Vec<TensorData> = tensors
+            .iter()
+            .map(|(name, v)| TensorData::from_f32(*name, 0, v))
+            .collect();
+        let scalars = StepScalars {
+            batch_size: Some(16),
+            ..Default::default()
+        };
+        let client = &mut self.clients[rank];
+        let resp = self
+            .rt
+            .block_on(client.push_step(step, &data, true, scalars))
+            .unwrap();
+        assert_eq!(resp.steps_dropped, 0);
+    }
+
+    /// Wait until `model_rows` steps are written, stop the collector (it writes what is
+    /// pending), and return the lake root.
+    pub fn finish(&mut self, model_rows: usize) -> &Path {
+        self.wait_steps(model_rows);
+        if let Some(c) = self.collector.take() {
+            assert!(c.terminate().success());
+        }
+        &self.out
+    }
+
+    pub fn wait_steps(&self, model_rows: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let n = records(&read_table(&self.out, "steps"))
+                .iter()
+                .filter(|r| r.s("scope_kind") == "model")
+                .count();
+            if n >= model_rows {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} of {model_rows} steps"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
