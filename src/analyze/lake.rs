@@ -47,6 +47,18 @@ pub fn files(lake: &Path, run: &str, table: &str) -> anyhow::Result<Vec<PathBuf>
     Ok(out)
 }
 
+/// Rows of a table, from the Parquet footers (no data is read).
+pub fn row_count(lake: &Path, run: &str, table: &str) -> anyhow::Result<u64> {
+    let mut n = 0u64;
+    for path in files(lake, run, table)? {
+        let file = File::open(&path).with_context(|| format!("open {}", path.display()))?;
+        let b = ParquetRecordBatchReaderBuilder::try_new(file)
+            .with_context(|| format!("{} is not a Parquet file", path.display()))?;
+        n += b.metadata().file_metadata().num_rows().max(0) as u64;
+    }
+    Ok(n)
+}
+
 /// Call `f` on every record batch of a table, one batch in memory at a time.
 pub fn for_each_batch(
     lake: &Path,

@@ -42,6 +42,10 @@ pub struct AnalyzeArgs {
     /// Seed of the bootstrap.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Memory for tracked-coordinate series, in MiB: beyond it `coords` is read in several
+    /// passes, each holding a disjoint hash partition of the coordinates.
+    #[arg(long, default_value_t = 1024)]
+    pub memory_mb: u64,
     /// Format of the summary on stdout.
     #[arg(long, value_enum, default_value_t = Format::Md)]
     pub format: Format,
@@ -101,9 +105,10 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<Analysis> {
         },
     };
     let pattern = args.tensors.as_deref().map(Pattern::new);
-    let sel = Selection {
+    let mut sel = Selection {
         steps: args.steps,
         tensors: pattern.as_ref(),
+        partition: (0, 1),
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let opts = TestOptions {
@@ -113,8 +118,13 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<Analysis> {
     };
 
     let dimension = objects::dimension(&args.lake, &run, &sel)?;
-    let series = objects::series(&args.lake, &run, &sel)?;
-    let bar = indicatif::ProgressBar::new(series.len() as u64);
+    // A held value costs about BYTES_PER_VALUE (the value, rank, flags and map overhead).
+    const BYTES_PER_VALUE: u64 = 64;
+    let rows = lake::row_count(&args.lake, &run, "coords")?;
+    let passes = (rows * BYTES_PER_VALUE)
+        .div_ceil(args.memory_mb.max(1) << 20)
+        .max(1);
+    let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{spinner} testing tracked coordinates [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})",
@@ -122,8 +132,19 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<Analysis> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    let (iteration, sgn) = objects::coordinates(&series, &opts, &bar);
+    let (mut iteration, mut sgn) = (Vec::new(), Vec::new());
+    for k in 0..passes {
+        sel.partition = (k, passes);
+        let series = objects::series(&args.lake, &run, &sel)?;
+        bar.inc_length(series.len() as u64);
+        let (it, sg) = objects::coordinates(&series, &opts, &bar);
+        iteration.extend(it);
+        sgn.extend(sg);
+    }
     bar.finish_and_clear();
+    let key = |s: &objects::Sample| (s.tensor.clone(), s.index);
+    iteration.sort_by_key(key);
+    sgn.sort_by_key(key);
     let spectra = objects::spectra(&args.lake, &run)?;
     let summary = report::summarise(
         &[

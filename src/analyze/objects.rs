@@ -54,13 +54,27 @@ pub struct TestOptions {
     pub threads: usize,
 }
 
-/// Steps and tensors to include.
+/// Steps and tensors to include, and for coordinates one of `parts` disjoint hash partitions
+/// (a lake whose tracked series exceed the memory budget is read once per partition).
 pub struct Selection<'a> {
     pub steps: Option<(u64, u64)>,
     pub tensors: Option<&'a glob_lite::Pattern>,
+    pub partition: (u64, u64),
 }
 
 impl Selection<'_> {
+    fn coordinate(&self, tensor: &str, index: u64) -> bool {
+        let (k, parts) = self.partition;
+        if parts <= 1 {
+            return true;
+        }
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in tensor.bytes().chain(index.to_le_bytes()) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        h % parts == k
+    }
+
     fn step(&self, s: u64) -> bool {
         self.steps.is_none_or(|(a, b)| (a..=b).contains(&s))
     }
@@ -152,6 +166,9 @@ pub fn series(lake: &Path, run: &str, sel: &Selection) -> anyhow::Result<Series>
             let (Some(v), Some(j), Some(r)) = (value[i], index[i], rank[i]) else {
                 continue;
             };
+            if !sel.coordinate(&tensor[i], j) {
+                continue;
+            }
             out.entry((tensor[i].clone(), j))
                 .or_default()
                 .entry(s)
