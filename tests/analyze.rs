@@ -65,6 +65,10 @@ fn analyze_reports_every_object_of_a_demo_lake() {
     ] {
         assert!(std::fs::metadata(out.join(f)).unwrap().len() > 0, "{f}");
     }
+    for name in gradtel::analyze::figures::NAMES {
+        check_png(&out.join(format!("{name}.png")));
+        check_svg(&out.join(format!("{name}.svg")));
+    }
 
     // A memory budget too small for the series reads coords in several hash partitions and
     // gives the same report.
@@ -188,4 +192,37 @@ fn planted_structure_through_the_real_collector_is_recovered() {
         spec["slope"].is_number() && spec["r2"].is_number(),
         "{spec}"
     );
+}
+
+/// A valid PNG of the figure size with more than a background and one colour.
+fn check_png(path: &std::path::Path) {
+    let decoder = png::Decoder::new(std::fs::File::open(path).expect("png exists"));
+    let mut reader = decoder.read_info().expect("valid PNG header");
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).expect("valid PNG data");
+    assert_eq!((info.width, info.height), (960, 640), "{}", path.display());
+    let px = info.color_type.samples();
+    let colours: std::collections::HashSet<&[u8]> = buf[..info.buffer_size()].chunks(px).collect();
+    assert!(
+        colours.len() > 10,
+        "{}: {} colours",
+        path.display(),
+        colours.len()
+    );
+}
+
+/// A well-formed SVG with drawn paths in several colours.
+fn check_svg(path: &std::path::Path) {
+    let text = std::fs::read_to_string(path).expect("svg exists");
+    assert!(text.trim_start().starts_with("<svg") && text.trim_end().ends_with("</svg>"));
+    let shapes = ["<polyline", "<circle", "<rect", "<path", "<line"]
+        .iter()
+        .map(|t| text.matches(t).count())
+        .sum::<usize>();
+    assert!(shapes > 20, "{}: {shapes} shapes", path.display());
+    let colours: std::collections::HashSet<&str> = text
+        .match_indices("#")
+        .map(|(i, _)| &text[i..(i + 7).min(text.len())])
+        .collect();
+    assert!(colours.len() > 3, "{}: colours {colours:?}", path.display());
 }

@@ -4,8 +4,10 @@
 //! Components: [`lake`] (partition-pruned, batch-streamed Parquet reading with typed errors),
 //! [`objects`] (the four objects and their tests), [`report`] (summary table, Markdown/JSON/CSV).
 
+pub mod figures;
 pub mod lake;
 pub mod objects;
+pub mod plots;
 pub mod report;
 
 use std::path::PathBuf;
@@ -70,6 +72,8 @@ pub struct Analysis {
     pub dimension: Vec<objects::Sample>,
     pub iteration: Vec<objects::Sample>,
     pub sgn: Vec<objects::Sample>,
+    /// Standardised SGN values (for the Q–Q figure).
+    pub sgn_standardised: Vec<f64>,
     pub spectra: Vec<objects::SpectrumSnapshot>,
 }
 
@@ -132,14 +136,15 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<Analysis> {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    let (mut iteration, mut sgn) = (Vec::new(), Vec::new());
+    let (mut iteration, mut sgn, mut sgn_standardised) = (Vec::new(), Vec::new(), Vec::new());
     for k in 0..passes {
         sel.partition = (k, passes);
         let series = objects::series(&args.lake, &run, &sel)?;
         bar.inc_length(series.len() as u64);
-        let (it, sg) = objects::coordinates(&series, &opts, &bar);
-        iteration.extend(it);
-        sgn.extend(sg);
+        let r = objects::coordinates(&series, &opts, &bar);
+        iteration.extend(r.iteration);
+        sgn.extend(r.sgn);
+        sgn_standardised.extend(r.sgn_standardised);
     }
     bar.finish_and_clear();
     let key = |s: &objects::Sample| (s.tensor.clone(), s.index);
@@ -160,6 +165,7 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<Analysis> {
         dimension,
         iteration,
         sgn,
+        sgn_standardised,
         spectra,
     })
 }
@@ -190,6 +196,7 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
         write("dimension.csv", &report::csv(&a.dimension)?)?;
         write("iteration.csv", &report::csv(&a.iteration)?)?;
         write("sgn.csv", &report::csv(&a.sgn)?)?;
+        figures::write_all(&args.lake, &a, out)?;
     }
     Ok(())
 }

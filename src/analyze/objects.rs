@@ -256,15 +256,27 @@ pub fn test_values(mut sample: Sample, values: &[f64], opts: &TestOptions) -> Sa
 }
 
 /// Iteration-wise and SGN samples of every coordinate, tested in parallel.
+/// SGN values per coordinate kept for the Q–Q plot, standardised by the coordinate's rms.
+const QQ_PER_COORDINATE: usize = 200;
+
+/// Results of the coordinate tests: iteration-wise and SGN samples, and standardised SGN values
+/// (up to 200 per coordinate) for the Q–Q plot.
+pub struct CoordinateResults {
+    pub iteration: Vec<Sample>,
+    pub sgn: Vec<Sample>,
+    pub sgn_standardised: Vec<f64>,
+}
+
 pub fn coordinates(
     series: &Series,
     opts: &TestOptions,
     progress: &indicatif::ProgressBar,
-) -> (Vec<Sample>, Vec<Sample>) {
+) -> CoordinateResults {
     let mut keys: Vec<&(String, u64)> = series.keys().collect();
     keys.sort();
     let chunk = keys.len().div_ceil(opts.threads.max(1)).max(1);
-    let results: Vec<(Sample, Option<Sample>)> = std::thread::scope(|s| {
+    type One = (Sample, Option<Sample>, Vec<f64>);
+    let results: Vec<One> = std::thread::scope(|s| {
         let handles: Vec<_> = keys
             .chunks(chunk)
             .map(|part| {
@@ -286,6 +298,17 @@ pub fn coordinates(
                                 &iteration,
                                 opts,
                             );
+                            let rms = (sgn.iter().map(|v| v * v).sum::<f64>()
+                                / sgn.len().max(1) as f64)
+                                .sqrt();
+                            let z: Vec<f64> = if sgn.len() >= 20 && rms > 0.0 {
+                                sgn.iter()
+                                    .take(QQ_PER_COORDINATE)
+                                    .map(|v| v / rms)
+                                    .collect()
+                            } else {
+                                Vec::new()
+                            };
                             let sg = (!sgn.is_empty()).then(|| {
                                 test_values(
                                     Sample {
@@ -297,7 +320,7 @@ pub fn coordinates(
                                 )
                             });
                             progress.inc(1);
-                            (it, sg)
+                            (it, sg, z)
                         })
                         .collect::<Vec<_>>()
                 })
@@ -308,13 +331,48 @@ pub fn coordinates(
             .flat_map(|h| h.join().unwrap_or_default())
             .collect()
     });
-    let mut iteration = Vec::with_capacity(results.len());
-    let mut sgn = Vec::new();
-    for (it, sg) in results {
-        iteration.push(it);
-        sgn.extend(sg);
+    let mut out = CoordinateResults {
+        iteration: Vec::with_capacity(results.len()),
+        sgn: Vec::new(),
+        sgn_standardised: Vec::new(),
+    };
+    for (it, sg, z) in results {
+        out.iteration.push(it);
+        out.sgn.extend(sg);
+        out.sgn_standardised.extend(z);
     }
-    (iteration, sgn)
+    out
+}
+
+/// The |g| histogram of one tensor at one step (for the CCDF figure).
+pub fn histogram_of(
+    lake: &Path,
+    run: &str,
+    tensor: &str,
+    step: u64,
+) -> anyhow::Result<Option<LogHistogram>> {
+    let mut found = None;
+    lake::for_each_batch(lake, run, "steps", |b| {
+        let kind = b.strs("scope_kind")?;
+        let scope = b.strs("scope")?;
+        let steps = b.u64s("step")?;
+        let late = b.bools("late")?;
+        let precision = b.u64s("hist_precision_bits")?;
+        let index = b.u64_lists("hist_index")?;
+        let count = b.u64_lists("hist_count")?;
+        for i in 0..b.rows() {
+            if kind[i] == "tensor" && scope[i] == tensor && steps[i] == Some(step) && !late[i] {
+                found = LogHistogram::from_sparse(
+                    precision[i].unwrap_or(7) as u32,
+                    &index[i],
+                    &count[i],
+                )
+                .ok();
+            }
+        }
+        Ok(())
+    })?;
+    Ok(found)
 }
 
 /// The latest snapshot of each sketch.
@@ -324,8 +382,11 @@ pub struct SpectrumSnapshot {
     pub step: u64,
     pub rows: u64,
     pub slope: Option<f64>,
+    pub intercept: Option<f64>,
     pub r2: Option<f64>,
     pub window: Option<(u64, u64)>,
+    /// Every true eigenvalue lies in [λ̂_k, λ̂_k + error_bound].
+    pub error_bound: Option<f64>,
     /// (k, eigenvalue), k ascending.
     pub eigenvalues: Vec<(u64, f64)>,
 }
@@ -339,6 +400,8 @@ pub fn spectra(lake: &Path, run: &str) -> anyhow::Result<Vec<SpectrumSnapshot>> 
         let k = b.u64s("k")?;
         let ev = b.f64s("eigenvalue")?;
         let slope = b.f64s("slope")?;
+        let intercept = b.f64s("intercept")?;
+        let bound = b.f64s("error_bound")?;
         let r2 = b.f64s("r2")?;
         let lo = b.u64s("window_lo")?;
         let hi = b.u64s("window_hi")?;
@@ -351,8 +414,10 @@ pub fn spectra(lake: &Path, run: &str) -> anyhow::Result<Vec<SpectrumSnapshot>> 
                     step: s,
                     rows: 0,
                     slope: None,
+                    intercept: None,
                     r2: None,
                     window: None,
+                    error_bound: None,
                     eigenvalues: Vec::new(),
                 });
             if s > e.step {
@@ -362,6 +427,8 @@ pub fn spectra(lake: &Path, run: &str) -> anyhow::Result<Vec<SpectrumSnapshot>> 
             if s == e.step {
                 e.rows = rows[i].unwrap_or(0);
                 e.slope = slope[i];
+                e.intercept = intercept[i];
+                e.error_bound = bound[i];
                 e.r2 = r2[i];
                 e.window = lo[i].zip(hi[i]);
                 if let (Some(k), Some(v)) = (k[i], ev[i])
