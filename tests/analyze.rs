@@ -226,3 +226,60 @@ fn check_svg(path: &std::path::Path) {
         .collect();
     assert!(colours.len() > 3, "{}: colours {colours:?}", path.display());
 }
+
+#[test]
+fn a_planted_spectrum_slope_is_reported_and_a_mistyped_column_is_a_clear_error() {
+    // Independent coordinates with variances k^-1.5: the covariance spectrum itself.
+    let (world, d, steps, slope) = (4usize, 256u64, 150u64, 1.5f64);
+    let mut h = Harness::start(
+        "spectrum",
+        world as u32,
+        &[("w.weight", d)],
+        "[live]\nfd_ell = 32\nspectrum_every = 150\n",
+        &[],
+        &["--sketch-dim", "2048", "--track-count", "8"],
+    );
+    let sd: Vec<f64> = (1..=d).map(|k| (k as f64).powf(-slope / 2.0)).collect();
+    let mut r = SplitMix64::new(9);
+    for step in 0..steps {
+        for rank in 0..world {
+            let v: Vec<f32> = sd.iter().map(|s| (s * r.normal()) as f32).collect();
+            h.push(rank, step, &[("w.weight", &v)]);
+        }
+    }
+    let lake = h.finish(steps as usize).to_path_buf();
+    let lake_s = lake.to_str().unwrap();
+    let a = gradtel(&["analyze", lake_s, "--format", "json"]);
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
+    let spec = summary_row(&json, "spectrum (gradient)", "model (projected)");
+    // Documented tolerance (docs/analysis.md): ±0.2 on the slope with ~600 rows.
+    assert!((f(&spec, "slope") - slope).abs() < 0.2, "{spec}");
+    assert!(f(&spec, "r2") > 0.9, "{spec}");
+
+    // A `steps` file whose `scope_kind` column holds numbers: the error names the table, the
+    // file, the column and both types.
+    let bad = lake.join("run=spectrum/table=steps/part-zz-bad.parquet");
+    let batch = arrow::array::RecordBatch::try_from_iter([(
+        "scope_kind",
+        std::sync::Arc::new(arrow::array::UInt64Array::from(vec![1u64])) as arrow::array::ArrayRef,
+    )])
+    .unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&bad).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let a = gradtel(&["analyze", lake_s]);
+    assert!(!a.status.success());
+    let err = String::from_utf8_lossy(&a.stderr);
+    assert!(
+        err.contains("table steps")
+            && err.contains("part-zz-bad.parquet")
+            && err.contains("\"scope_kind\" has type UInt64, expected Utf8"),
+        "{err}"
+    );
+}

@@ -122,8 +122,8 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<Analysis> {
     };
 
     let dimension = objects::dimension(&args.lake, &run, &sel)?;
-    // A held value costs about BYTES_PER_VALUE (the value, rank, flags and map overhead).
-    const BYTES_PER_VALUE: u64 = 64;
+    // A held value is a 24-byte `Obs`; vectors grow by doubling, so budget twice that.
+    const BYTES_PER_VALUE: u64 = 48;
     let rows = lake::row_count(&args.lake, &run, "coords")?;
     let passes = (rows * BYTES_PER_VALUE)
         .div_ceil(args.memory_mb.max(1) << 20)

@@ -145,8 +145,18 @@ pub fn dimension(lake: &Path, run: &str, sel: &Selection) -> anyhow::Result<Vec<
     Ok(out)
 }
 
-/// Per tracked coordinate: (tensor, index) → step → [(rank, value, local)].
-type Series = HashMap<(String, u64), BTreeMap<u64, Vec<(u32, f64, bool)>>>;
+/// One value of a tracked coordinate: 24 bytes, so a partition's series fit the budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Obs {
+    pub step: u64,
+    pub rank: u32,
+    /// The value as the training process held it (coords stores f32).
+    pub value: f32,
+    pub local: bool,
+}
+
+/// Per tracked coordinate: (tensor, index) → its values in any order.
+type Series = HashMap<(String, u64), Vec<Obs>>;
 
 /// Read `coords` for the selection.
 pub fn series(lake: &Path, run: &str, sel: &Selection) -> anyhow::Result<Series> {
@@ -169,37 +179,38 @@ pub fn series(lake: &Path, run: &str, sel: &Selection) -> anyhow::Result<Series>
             if !sel.coordinate(&tensor[i], j) {
                 continue;
             }
-            out.entry((tensor[i].clone(), j))
-                .or_default()
-                .entry(s)
-                .or_default()
-                .push((r as u32, v, local[i]));
+            out.entry((tensor[i].clone(), j)).or_default().push(Obs {
+                step: s,
+                rank: r as u32,
+                value: v as f32,
+                local: local[i],
+            });
         }
         Ok(())
     })?;
     Ok(out)
 }
 
-/// Iteration-wise and SGN value lists of one coordinate.
-pub fn coordinate_samples(steps: &BTreeMap<u64, Vec<(u32, f64, bool)>>) -> (Vec<f64>, Vec<f64>) {
-    let mut iteration = Vec::with_capacity(steps.len());
+/// Iteration-wise and SGN value lists of one coordinate, in step order.
+pub fn coordinate_samples(obs: &[Obs]) -> (Vec<f64>, Vec<f64>) {
+    let mut sorted = obs.to_vec();
+    sorted.sort_by_key(|o| (o.step, o.rank));
+    let mut iteration = Vec::new();
     let mut sgn = Vec::new();
-    for vals in steps.values() {
-        let finite: Vec<&(u32, f64, bool)> = vals.iter().filter(|v| v.1.is_finite()).collect();
-        if finite.is_empty() || finite.len() < vals.len() {
+    for vals in sorted.chunk_by(|a, b| a.step == b.step) {
+        if vals.iter().any(|v| !v.value.is_finite()) {
             continue;
         }
-        let local = finite.iter().all(|v| v.2);
-        if !local {
-            iteration.push(finite[0].1);
+        if !vals.iter().all(|v| v.local) {
+            iteration.push(f64::from(vals[0].value));
             continue;
         }
-        let r = finite.len() as f64;
-        let mean = finite.iter().map(|v| v.1).sum::<f64>() / r;
+        let r = vals.len() as f64;
+        let mean = vals.iter().map(|v| f64::from(v.value)).sum::<f64>() / r;
         iteration.push(mean);
-        if finite.len() >= 2 {
+        if vals.len() >= 2 {
             let scale = (r / (r - 1.0)).sqrt();
-            sgn.extend(finite.iter().map(|v| scale * (v.1 - mean)));
+            sgn.extend(vals.iter().map(|v| scale * (f64::from(v.value) - mean)));
         }
     }
     (iteration, sgn)
@@ -493,14 +504,23 @@ mod tests {
 
     #[test]
     fn minibatch_and_sgn_follow_the_definitions() {
-        let mut steps = BTreeMap::new();
-        // Two local ranks: mean 2, deviations ±1 scaled by √(2/1).
-        steps.insert(0, vec![(0, 1.0, true), (1, 3.0, true)]);
-        // A reduced gradient: one value, no SGN.
-        steps.insert(1, vec![(0, 5.0, false)]);
-        // A non-finite value drops the whole step.
-        steps.insert(2, vec![(0, f64::NAN, true), (1, 1.0, true)]);
-        let (it, sgn) = coordinate_samples(&steps);
+        let o = |step, rank, value, local| Obs {
+            step,
+            rank,
+            value,
+            local,
+        };
+        let obs = [
+            // A non-finite value drops the whole step.
+            o(2, 0, f32::NAN, true),
+            o(2, 1, 1.0, true),
+            // A reduced gradient: one value, no SGN.
+            o(1, 0, 5.0, false),
+            // Two local ranks: mean 2, deviations ±1 scaled by √(2/1).
+            o(0, 1, 3.0, true),
+            o(0, 0, 1.0, true),
+        ];
+        let (it, sgn) = coordinate_samples(&obs);
         assert_eq!(it, vec![2.0, 5.0]);
         let s = 2f64.sqrt();
         assert_eq!(sgn, vec![-s, s]);
