@@ -74,7 +74,9 @@ pub struct Analysis {
     pub sgn: Vec<objects::Sample>,
     /// Standardised SGN values (for the Q–Q figure).
     pub sgn_standardised: Vec<f64>,
+    /// The latest snapshot of each sketch, and every snapshot.
     pub spectra: Vec<objects::SpectrumSnapshot>,
+    pub all_spectra: Vec<objects::SpectrumSnapshot>,
 }
 
 pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<Analysis> {
@@ -150,7 +152,8 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<Analysis> {
     let key = |s: &objects::Sample| (s.tensor.clone(), s.index);
     iteration.sort_by_key(key);
     sgn.sort_by_key(key);
-    let spectra = objects::spectra(&args.lake, &run)?;
+    let all_spectra = objects::spectra(&args.lake, &run)?;
+    let spectra = objects::latest(&all_spectra);
     let summary = report::summarise(
         &[
             ("dimension-wise", &dimension),
@@ -167,6 +170,7 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<Analysis> {
         sgn,
         sgn_standardised,
         spectra,
+        all_spectra,
     })
 }
 
@@ -196,6 +200,8 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
         write("dimension.csv", &report::csv(&a.dimension)?)?;
         write("iteration.csv", &report::csv(&a.iteration)?)?;
         write("sgn.csv", &report::csv(&a.sgn)?)?;
+        let fits: Vec<objects::SpectrumFitRow> = a.all_spectra.iter().map(Into::into).collect();
+        write("spectra.csv", &report::csv(&fits)?)?;
         figures::write_all(&args.lake, &a, out)?;
     }
     Ok(())

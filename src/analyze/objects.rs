@@ -402,8 +402,9 @@ pub struct SpectrumSnapshot {
     pub eigenvalues: Vec<(u64, f64)>,
 }
 
+/// Every spectrum snapshot of the run, by (sketch, step).
 pub fn spectra(lake: &Path, run: &str) -> anyhow::Result<Vec<SpectrumSnapshot>> {
-    let mut by_sketch: BTreeMap<String, SpectrumSnapshot> = BTreeMap::new();
+    let mut snaps: BTreeMap<(String, u64), SpectrumSnapshot> = BTreeMap::new();
     lake::for_each_batch(lake, run, "spectra", |b| {
         let sketch = b.strs("sketch")?;
         let step = b.u64s("step")?;
@@ -418,44 +419,74 @@ pub fn spectra(lake: &Path, run: &str) -> anyhow::Result<Vec<SpectrumSnapshot>> 
         let hi = b.u64s("window_hi")?;
         for i in 0..b.rows() {
             let s = step[i].unwrap_or(0);
-            let e = by_sketch
-                .entry(sketch[i].clone())
+            let e = snaps
+                .entry((sketch[i].clone(), s))
                 .or_insert_with(|| SpectrumSnapshot {
                     sketch: sketch[i].clone(),
                     step: s,
-                    rows: 0,
-                    slope: None,
-                    intercept: None,
-                    r2: None,
-                    window: None,
-                    error_bound: None,
+                    rows: rows[i].unwrap_or(0),
+                    slope: slope[i],
+                    intercept: intercept[i],
+                    r2: r2[i],
+                    window: lo[i].zip(hi[i]),
+                    error_bound: bound[i],
                     eigenvalues: Vec::new(),
                 });
-            if s > e.step {
-                e.step = s;
-                e.eigenvalues.clear();
-            }
-            if s == e.step {
-                e.rows = rows[i].unwrap_or(0);
-                e.slope = slope[i];
-                e.intercept = intercept[i];
-                e.error_bound = bound[i];
-                e.r2 = r2[i];
-                e.window = lo[i].zip(hi[i]);
-                if let (Some(k), Some(v)) = (k[i], ev[i])
-                    && k > 0
-                {
-                    e.eigenvalues.push((k, v));
-                }
+            if let (Some(k), Some(v)) = (k[i], ev[i])
+                && k > 0
+            {
+                e.eigenvalues.push((k, v));
             }
         }
         Ok(())
     })?;
-    let mut out: Vec<SpectrumSnapshot> = by_sketch.into_values().collect();
+    let mut out: Vec<SpectrumSnapshot> = snaps.into_values().collect();
     for s in &mut out {
         s.eigenvalues.sort_by_key(|e| e.0);
     }
     Ok(out)
+}
+
+/// The last snapshot of each sketch.
+pub fn latest(all: &[SpectrumSnapshot]) -> Vec<SpectrumSnapshot> {
+    let mut by: BTreeMap<&str, &SpectrumSnapshot> = BTreeMap::new();
+    for s in all {
+        let e = by.entry(&s.sketch).or_insert(s);
+        if s.step > e.step {
+            *e = s;
+        }
+    }
+    by.into_values().cloned().collect()
+}
+
+/// A snapshot's fit as a flat CSV row.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SpectrumFitRow {
+    pub sketch: String,
+    pub step: u64,
+    pub rows: u64,
+    pub slope: Option<f64>,
+    pub intercept: Option<f64>,
+    pub r2: Option<f64>,
+    pub window_lo: Option<u64>,
+    pub window_hi: Option<u64>,
+    pub error_bound: Option<f64>,
+}
+
+impl From<&SpectrumSnapshot> for SpectrumFitRow {
+    fn from(s: &SpectrumSnapshot) -> Self {
+        Self {
+            sketch: s.sketch.clone(),
+            step: s.step,
+            rows: s.rows,
+            slope: s.slope,
+            intercept: s.intercept,
+            r2: s.r2,
+            window_lo: s.window.map(|w| w.0),
+            window_hi: s.window.map(|w| w.1),
+            error_bound: s.error_bound,
+        }
+    }
 }
 
 /// A minimal glob (`*` any run of characters, `?` one character) for tensor names.
