@@ -199,12 +199,7 @@ pub fn powerlaw_json(a: &PowerlawArgs) -> anyhow::Result<Value> {
         xmin_grid: a.xmin_grid,
     };
     let fit = powerlaw::fit_prepared(&prepared, &opts).context("power-law fit")?;
-    let tail: Vec<f64> = prepared
-        .values()
-        .iter()
-        .copied()
-        .filter(|&x| x >= fit.xmin)
-        .collect();
+    let tail = prepared.tail(fit.xmin);
     let vuong_json =
         |r: vuong::VuongResult| json!({"R": r.r, "p": r.p, "R_normalized": r.r_normalized});
     let mut out = json!({
@@ -221,8 +216,8 @@ pub fn powerlaw_json(a: &PowerlawArgs) -> anyhow::Result<Value> {
         "alpha_range": a.alpha_range.map(|(lo, hi)| vec![lo, hi]),
         "candidates": fit.candidates,
         "vuong": {
-            "lognormal": or_error(vuong::vs_lognormal(&tail, fit.xmin, fit.alpha), |(r, _)| vuong_json(r)),
-            "exponential": or_error(vuong::vs_exponential(&tail, fit.xmin, fit.alpha), vuong_json),
+            "lognormal": or_error(vuong::vs_lognormal(tail, fit.xmin, fit.alpha), |(r, _)| vuong_json(r)),
+            "exponential": or_error(vuong::vs_exponential(tail, fit.xmin, fit.alpha), vuong_json),
         },
         "input": input,
     });

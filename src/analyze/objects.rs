@@ -87,9 +87,21 @@ pub fn layer_of(name: &str) -> &str {
     name.rsplit_once('.').map_or(name, |(l, _)| l)
 }
 
-/// Dimension-wise samples from the `steps` table.
-pub fn dimension(lake: &Path, run: &str, sel: &Selection) -> anyhow::Result<Vec<Sample>> {
-    let mut out = Vec::new();
+/// One (step, tensor) row of `steps` (not late): its histogram and moments.
+struct TensorRow<'a> {
+    step: u64,
+    tensor: &'a str,
+    histogram: Result<LogHistogram, gradtel_stats::StatsError>,
+    moments: Moments,
+}
+
+/// Call `f` on every non-late tensor row of `steps` that `keep(step, tensor)` accepts.
+fn for_each_tensor_row(
+    lake: &Path,
+    run: &str,
+    keep: impl Fn(u64, &str) -> bool,
+    mut f: impl FnMut(TensorRow),
+) -> anyhow::Result<()> {
     lake::for_each_batch(lake, run, "steps", |b| {
         let kind = b.strs("scope_kind")?;
         let scope = b.strs("scope")?;
@@ -103,44 +115,62 @@ pub fn dimension(lake: &Path, run: &str, sel: &Selection) -> anyhow::Result<Vec<
         let m = [b.f64s("m2")?, b.f64s("m3")?, b.f64s("m4")?];
         for i in 0..b.rows() {
             let s = step[i].unwrap_or(0);
-            if kind[i] != "tensor" || late[i] || !sel.step(s) || !sel.tensor(&scope[i]) {
+            if kind[i] != "tensor" || late[i] || !keep(s, &scope[i]) {
                 continue;
             }
-            let mut sample = Sample {
-                object: "dimension",
-                step: Some(s),
-                tensor: scope[i].clone(),
-                layer: layer_of(&scope[i]).to_string(),
-                ..Default::default()
-            };
-            let h =
-                LogHistogram::from_sparse(precision[i].unwrap_or(7) as u32, &index[i], &count[i]);
-            match h.map_err(|e| e.to_string()).and_then(|h| {
-                powerlaw_binned::fit_histogram(&h, 50, usize::MAX).map_err(|e| e.to_string())
-            }) {
-                Ok(f) => {
-                    sample.n = f.n;
-                    sample.n_tail = Some(f.n_tail);
-                    sample.xmin = Some(f.xmin);
-                    sample.alpha = Some(f.alpha);
-                    sample.ks_d = Some(f.ks_d);
-                    sample.ks_critical = Some(f.ks_critical);
-                    sample.ks_rejected = Some(f.rejected_ks);
-                }
-                Err(e) => sample.error = Some(e),
-            }
-            let moments = Moments {
-                n: n[i].unwrap_or(0),
-                mean: mean[i].unwrap_or(0.0),
-                m2: m[0][i].unwrap_or(0.0),
-                m3: m[1][i].unwrap_or(0.0),
-                m4: m[2][i].unwrap_or(0.0),
-            };
-            sample.k2_p = normality::dagostino_k2(&moments).ok().map(|t| t.p_value);
-            sample.jb_p = normality::jarque_bera(&moments).ok().map(|t| t.p_value);
-            out.push(sample);
+            f(TensorRow {
+                step: s,
+                tensor: &scope[i],
+                histogram: LogHistogram::from_sparse(
+                    precision[i].unwrap_or(7) as u32,
+                    &index[i],
+                    &count[i],
+                ),
+                moments: Moments {
+                    n: n[i].unwrap_or(0),
+                    mean: mean[i].unwrap_or(0.0),
+                    m2: m[0][i].unwrap_or(0.0),
+                    m3: m[1][i].unwrap_or(0.0),
+                    m4: m[2][i].unwrap_or(0.0),
+                },
+            });
         }
         Ok(())
+    })
+}
+
+/// Dimension-wise samples from the `steps` table.
+pub fn dimension(lake: &Path, run: &str, sel: &Selection) -> anyhow::Result<Vec<Sample>> {
+    let mut out = Vec::new();
+    let keep = |s: u64, t: &str| sel.step(s) && sel.tensor(t);
+    for_each_tensor_row(lake, run, keep, |row| {
+        let mut sample = Sample {
+            object: "dimension",
+            step: Some(row.step),
+            tensor: row.tensor.to_string(),
+            layer: layer_of(row.tensor).to_string(),
+            ..Default::default()
+        };
+        match row
+            .histogram
+            .and_then(|h| powerlaw_binned::fit_histogram(&h, 50, usize::MAX))
+        {
+            Ok(f) => {
+                sample.n = f.n;
+                sample.n_tail = Some(f.n_tail);
+                sample.xmin = Some(f.xmin);
+                sample.alpha = Some(f.alpha);
+                sample.ks_d = Some(f.ks_d);
+                sample.ks_critical = Some(f.ks_critical);
+                sample.ks_rejected = Some(f.rejected_ks);
+            }
+            Err(e) => sample.error = Some(e.to_string()),
+        }
+        sample.k2_p = normality::dagostino_k2(&row.moments)
+            .ok()
+            .map(|t| t.p_value);
+        sample.jb_p = normality::jarque_bera(&row.moments).ok().map(|t| t.p_value);
+        out.push(sample);
     })?;
     Ok(out)
 }
@@ -243,17 +273,12 @@ pub fn test_values(mut sample: Sample, values: &[f64], opts: &TestOptions) -> Sa
     sample.ks_d = Some(fit.ks_d);
     sample.ks_critical = Some(fit.ks_critical);
     sample.ks_rejected = Some(fit.rejected_ks);
-    let tail: Vec<f64> = prepared
-        .values()
-        .iter()
-        .copied()
-        .filter(|&x| x >= fit.xmin)
-        .collect();
-    if let Ok(v) = vuong::vs_exponential(&tail, fit.xmin, fit.alpha) {
+    let tail = prepared.tail(fit.xmin);
+    if let Ok(v) = vuong::vs_exponential(tail, fit.xmin, fit.alpha) {
         sample.vuong_exponential_r = Some(v.r);
         sample.vuong_exponential_p = Some(v.p);
     }
-    if let Ok((v, _)) = vuong::vs_lognormal(&tail, fit.xmin, fit.alpha) {
+    if let Ok((v, _)) = vuong::vs_lognormal(tail, fit.xmin, fit.alpha) {
         sample.vuong_lognormal_r = Some(v.r);
         sample.vuong_lognormal_p = Some(v.p);
     }
@@ -363,26 +388,12 @@ pub fn histogram_of(
     step: u64,
 ) -> anyhow::Result<Option<LogHistogram>> {
     let mut found = None;
-    lake::for_each_batch(lake, run, "steps", |b| {
-        let kind = b.strs("scope_kind")?;
-        let scope = b.strs("scope")?;
-        let steps = b.u64s("step")?;
-        let late = b.bools("late")?;
-        let precision = b.u64s("hist_precision_bits")?;
-        let index = b.u64_lists("hist_index")?;
-        let count = b.u64_lists("hist_count")?;
-        for i in 0..b.rows() {
-            if kind[i] == "tensor" && scope[i] == tensor && steps[i] == Some(step) && !late[i] {
-                found = LogHistogram::from_sparse(
-                    precision[i].unwrap_or(7) as u32,
-                    &index[i],
-                    &count[i],
-                )
-                .ok();
-            }
-        }
-        Ok(())
-    })?;
+    for_each_tensor_row(
+        lake,
+        run,
+        |s, t| s == step && t == tensor,
+        |row| found = row.histogram.ok(),
+    )?;
     Ok(found)
 }
 

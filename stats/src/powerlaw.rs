@@ -122,6 +122,11 @@ impl Prepared {
         &self.xs
     }
 
+    /// The values at or above `xmin` (a power-law fit's tail), ascending.
+    pub fn tail(&self, xmin: f64) -> &[f64] {
+        &self.xs[self.xs.partition_point(|&x| x < xmin)..]
+    }
+
     /// α̂ and tail size for candidate `k` (x_min = uniq[k]).
     #[inline]
     fn alpha(&self, k: usize) -> (f64, usize) {
