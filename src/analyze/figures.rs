@@ -119,11 +119,12 @@ fn spectrum(a: &Analysis) -> Figure {
     let mut series = Vec::new();
     for s in &a.spectra {
         // The fit is of λ̂_k + Δ (the sketch under-estimates by up to Δ): plot what is fitted.
-        let delta = s.error_bound.unwrap_or(0.0);
+        let f = &s.fit;
+        let delta = f.error_bound.unwrap_or(0.0);
         series.push(Series {
             name: format!(
                 "{} sketch, step {} ({} rows), Δ = {delta:.2e}",
-                s.sketch, s.step, s.rows
+                f.sketch, f.step, f.rows
             ),
             points: s
                 .eigenvalues
@@ -132,12 +133,14 @@ fn spectrum(a: &Analysis) -> Figure {
                 .collect(),
             kind: Kind::Points,
         });
-        if let (Some(slope), Some(c), Some((lo, hi))) = (s.slope, s.intercept, s.window) {
+        if let (Some(slope), Some(c), Some(lo), Some(hi)) =
+            (f.slope, f.intercept, f.window_lo, f.window_hi)
+        {
             series.push(Series {
                 name: format!(
                     "{}: λ_k ∝ k^-{slope:.2}, R² = {:.3}, window [{lo}, {hi}]",
-                    s.sketch,
-                    s.r2.unwrap_or(f64::NAN)
+                    f.sketch,
+                    f.r2.unwrap_or(f64::NAN)
                 ),
                 points: (lo..=hi)
                     .map(|k| (k as f64, (c - slope * (k as f64).ln()).exp()))

@@ -200,7 +200,7 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
         write("dimension.csv", &report::csv(&a.dimension)?)?;
         write("iteration.csv", &report::csv(&a.iteration)?)?;
         write("sgn.csv", &report::csv(&a.sgn)?)?;
-        let fits: Vec<objects::SpectrumFitRow> = a.all_spectra.iter().map(Into::into).collect();
+        let fits: Vec<&objects::SpectrumFit> = a.all_spectra.iter().map(|s| &s.fit).collect();
         write("spectra.csv", &report::csv(&fits)?)?;
         figures::write_all(&args.lake, &a, out)?;
     }

@@ -397,18 +397,26 @@ pub fn histogram_of(
     Ok(found)
 }
 
-/// The latest snapshot of each sketch.
+/// One snapshot's fit, as the `spectra` table states it (a flat row: it is also the CSV form).
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct SpectrumSnapshot {
+pub struct SpectrumFit {
     pub sketch: String,
     pub step: u64,
     pub rows: u64,
     pub slope: Option<f64>,
     pub intercept: Option<f64>,
     pub r2: Option<f64>,
-    pub window: Option<(u64, u64)>,
+    pub window_lo: Option<u64>,
+    pub window_hi: Option<u64>,
     /// Every true eigenvalue lies in [λ̂_k, λ̂_k + error_bound].
     pub error_bound: Option<f64>,
+}
+
+/// A spectrum snapshot: its fit and its eigenvalues.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SpectrumSnapshot {
+    #[serde(flatten)]
+    pub fit: SpectrumFit,
     /// (k, eigenvalue), k ascending.
     pub eigenvalues: Vec<(u64, f64)>,
 }
@@ -433,14 +441,17 @@ pub fn spectra(lake: &Path, run: &str) -> anyhow::Result<Vec<SpectrumSnapshot>> 
             let e = snaps
                 .entry((sketch[i].clone(), s))
                 .or_insert_with(|| SpectrumSnapshot {
-                    sketch: sketch[i].clone(),
-                    step: s,
-                    rows: rows[i].unwrap_or(0),
-                    slope: slope[i],
-                    intercept: intercept[i],
-                    r2: r2[i],
-                    window: lo[i].zip(hi[i]),
-                    error_bound: bound[i],
+                    fit: SpectrumFit {
+                        sketch: sketch[i].clone(),
+                        step: s,
+                        rows: rows[i].unwrap_or(0),
+                        slope: slope[i],
+                        intercept: intercept[i],
+                        r2: r2[i],
+                        window_lo: lo[i],
+                        window_hi: hi[i],
+                        error_bound: bound[i],
+                    },
                     eigenvalues: Vec::new(),
                 });
             if let (Some(k), Some(v)) = (k[i], ev[i])
@@ -462,42 +473,12 @@ pub fn spectra(lake: &Path, run: &str) -> anyhow::Result<Vec<SpectrumSnapshot>> 
 pub fn latest(all: &[SpectrumSnapshot]) -> Vec<SpectrumSnapshot> {
     let mut by: BTreeMap<&str, &SpectrumSnapshot> = BTreeMap::new();
     for s in all {
-        let e = by.entry(&s.sketch).or_insert(s);
-        if s.step > e.step {
+        let e = by.entry(&s.fit.sketch).or_insert(s);
+        if s.fit.step > e.fit.step {
             *e = s;
         }
     }
     by.into_values().cloned().collect()
-}
-
-/// A snapshot's fit as a flat CSV row.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SpectrumFitRow {
-    pub sketch: String,
-    pub step: u64,
-    pub rows: u64,
-    pub slope: Option<f64>,
-    pub intercept: Option<f64>,
-    pub r2: Option<f64>,
-    pub window_lo: Option<u64>,
-    pub window_hi: Option<u64>,
-    pub error_bound: Option<f64>,
-}
-
-impl From<&SpectrumSnapshot> for SpectrumFitRow {
-    fn from(s: &SpectrumSnapshot) -> Self {
-        Self {
-            sketch: s.sketch.clone(),
-            step: s.step,
-            rows: s.rows,
-            slope: s.slope,
-            intercept: s.intercept,
-            r2: s.r2,
-            window_lo: s.window.map(|w| w.0),
-            window_hi: s.window.map(|w| w.1),
-            error_bound: s.error_bound,
-        }
-    }
 }
 
 /// A minimal glob (`*` any run of characters, `?` one character) for tensor names.

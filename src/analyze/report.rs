@@ -78,7 +78,7 @@ pub fn summarise(objects: &[(&str, &[Sample])], spectra: &[SpectrumSnapshot]) ->
     }
     for s in spectra {
         out.push(SummaryRow {
-            object: format!("spectrum ({})", s.sketch),
+            object: format!("spectrum ({})", s.fit.sketch),
             layer: "model (projected)".into(),
             samples: s.eigenvalues.len(),
             tested: s.eigenvalues.len(),
@@ -88,8 +88,8 @@ pub fn summarise(objects: &[(&str, &[Sample])], spectra: &[SpectrumSnapshot]) ->
             alpha_mean: None,
             alpha_median: None,
             gaussian_rejected: None,
-            slope: s.slope,
-            r2: s.r2,
+            slope: s.fit.slope,
+            r2: s.fit.r2,
         });
     }
     out
