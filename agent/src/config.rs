@@ -61,6 +61,12 @@ pub struct AgentConfig {
     #[arg(long, default_value_t = 64)]
     pub max_open_steps: usize,
 
+    /// Large gradient chunks of one Push stream summarised at once (each on its own core) while
+    /// the stream is read on: the ingest rate of one training process scales with it, and so does
+    /// the agent's peak CPU use.
+    #[arg(long, env = "GRADTEL_AGENT_INGEST_THREADS", default_value_t = 4)]
+    pub ingest_threads: usize,
+
     /// Serve Prometheus metrics on this address at /metrics.
     #[arg(long, env = "GRADTEL_AGENT_METRICS")]
     pub metrics: Option<SocketAddr>,
@@ -106,6 +112,7 @@ impl AgentConfig {
             queue: 256,
             max_inflight: 4096,
             max_open_steps: 64,
+            ingest_threads: 4,
             metrics: None,
             track_count: 64,
             track_seed: DEFAULT_TRACK_SEED,

@@ -17,6 +17,7 @@ use gradtel_proto::v1::{
 use gradtel_stats::GradSummary;
 use gradtel_stats::projection::{CountSketch, GaussianProjection, Projection};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::SketchKind;
@@ -301,6 +302,18 @@ fn new_epoch() -> u64 {
     (nanos ^ (u64::from(std::process::id()) << 48)).max(1)
 }
 
+/// One finished chunk task: 1 accepted chunk, or its error.
+fn settle(
+    done: Option<Result<Result<(), AgentError>, tokio::task::JoinError>>,
+) -> Result<u64, AgentError> {
+    match done {
+        Some(Ok(Ok(()))) => Ok(1),
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(_)) => Err(AgentError::Poisoned),
+        None => Ok(0),
+    }
+}
+
 /// tonic service wrapper.
 #[derive(Clone)]
 pub struct IngestService {
@@ -337,25 +350,31 @@ impl Ingest for IngestService {
             tracing::warn!(error = %e, "ingest message refused");
             Status::from(e)
         };
+        // Large chunks are summarised on the blocking pool (CPU work, ≈ 8 ns per value, must not
+        // stall the runtime's I/O threads), up to `ingest_threads` of them at once while the next
+        // messages are read: one stream then uses several cores. Chunks of a step merge in any
+        // order (the summaries and projections are sums), and EndStep waits for its chunks.
+        let limit = self.state.config.ingest_threads.max(1);
+        let mut pending: JoinSet<Result<(), AgentError>> = JoinSet::new();
         while let Some(msg) = stream.message().await? {
             match msg.msg {
                 Some(push_request::Msg::Chunk(c)) => {
-                    // Decoding and summarising is CPU work (≈ 8 ns per value): large chunks go
-                    // to the blocking pool so they never stall the runtime's I/O threads, and
-                    // chunks of different ranks' streams are summarised in parallel.
-                    let result = if c.data.len() >= BLOCKING_CHUNK_BYTES {
+                    if c.data.len() >= BLOCKING_CHUNK_BYTES {
+                        while pending.len() >= limit {
+                            resp.chunks_accepted +=
+                                settle(pending.join_next().await).map_err(reject)?;
+                        }
                         let state = self.state.clone();
-                        tokio::task::spawn_blocking(move || state.add_chunk(&c))
-                            .await
-                            .map_err(|_| AgentError::Poisoned)
-                            .and_then(|r| r)
+                        pending.spawn_blocking(move || state.add_chunk(&c));
                     } else {
-                        self.state.add_chunk(&c)
-                    };
-                    result.map_err(reject)?;
-                    resp.chunks_accepted += 1;
+                        self.state.add_chunk(&c).map_err(reject)?;
+                        resp.chunks_accepted += 1;
+                    }
                 }
                 Some(push_request::Msg::EndStep(e)) => {
+                    while let Some(done) = pending.join_next().await {
+                        resp.chunks_accepted += settle(Some(done)).map_err(reject)?;
+                    }
                     if self.state.end_step(&e).map_err(reject)? == EndOutcome::Dropped {
                         resp.steps_dropped += 1;
                     }
@@ -363,6 +382,9 @@ impl Ingest for IngestService {
                 }
                 None => return Err(reject(AgentError::EmptyMessage)),
             }
+        }
+        while let Some(done) = pending.join_next().await {
+            resp.chunks_accepted += settle(Some(done)).map_err(reject)?;
         }
         Ok(Response::new(resp))
     }

@@ -1,0 +1,142 @@
+"""Benchmarks of the Python client (results in bench/RESULTS.md):
+
+1. ingest: client → agent throughput over the Unix socket, from the first push until the agent
+   has summarised the last chunk (the Push stream's reply comes after that), against a numpy copy
+   of the same buffer measured in the same run;
+2. overhead: the step time of examples/ddp_digits.py (2-process CPU DDP, gloo) with every-step
+   telemetry through the DDP hook at the default tracked-coordinate budget, against the identical
+   run without gradtel, alternating runs.
+
+    GRADTEL_BIN_DIR=target/release python3 bench/python_client.py [--skip-ddp] [--ddp-python PY]
+
+The DDP part needs PyTorch in ``--ddp-python`` (default: this interpreter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "python"))
+
+import gradtel  # noqa: E402
+from gradtel.sidecar import Agent, Collector  # noqa: E402
+
+
+def ingest(tmp: pathlib.Path, values: int, steps: int, threads: int | None) -> dict:
+    with Collector(str(tmp / "lake-ingest")) as col:
+        extra = [] if threads is None else ["--ingest-threads", str(threads)]
+        with Agent(str(tmp / "ingest.sock"), col.url, extra=extra):
+            client = gradtel.Client("bench-ingest", socket=str(tmp / "ingest.sock"),
+                                    queue_bytes=2 * values * 4)
+            client.register([gradtel.Tensor("w", (values,))])
+            g = np.random.default_rng(0).standard_t(3, size=values).astype(np.float32)
+            # Warm-up: connection, first allocations.
+            client.push(0, "w", g)
+            client.end_step(0)
+            client.flush()
+            t0 = time.perf_counter()
+            for step in range(1, steps + 1):
+                client.push(step, "w", g)
+                client.end_step(step)
+            client.flush()
+            seconds = time.perf_counter() - t0
+            stats = client.close()
+            assert stats.steps_dropped == 0, stats
+    copies = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        g.copy()
+        copies.append(time.perf_counter() - t)
+    nbytes = values * 4 * steps
+    return {
+        "bytes": nbytes,
+        "seconds": seconds,
+        "gb_per_s": nbytes / seconds / 1e9,
+        "copy_gb_per_s": values * 4 / statistics.median(copies) / 1e9,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ddp_run(python: str, tmp: pathlib.Path, tag: str, extra: list[str], steps: int) -> float:
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "PYTHONPATH": str(REPO / "python")}
+        procs.append(subprocess.Popen(
+            [python, str(REPO / "examples" / "ddp_digits.py"), "--steps", str(steps),
+             "--stats", str(tmp / f"{tag}-{{rank}}.json"), *extra],
+            env=env, stdout=subprocess.DEVNULL))
+    for p in procs:
+        assert p.wait() == 0
+    times = []
+    for rank in range(2):
+        t = json.loads((tmp / f"{tag}-{rank}.json").read_text())["step_times"]
+        times.extend(t[20:])  # skip warm-up (bucket rebuild, first allocations)
+    return statistics.median(times)
+
+
+def overhead(python: str, tmp: pathlib.Path, pairs: int, steps: int) -> dict:
+    with Collector(str(tmp / "lake-ddp")) as col:
+        agents = [Agent(str(tmp / f"a-{r}.sock"), col.url) for r in range(2)]
+        try:
+            base, watched = [], []
+            for i in range(pairs):
+                base.append(ddp_run(python, tmp, f"base{i}", ["--no-gradtel"], steps))
+                watched.append(ddp_run(python, tmp, f"watch{i}", [
+                    "--run-id", f"bench-ddp-{i}", "--socket", str(tmp / "a-{rank}.sock")], steps))
+        finally:
+            for a in agents:
+                a.stop()
+    b, w = statistics.median(base), statistics.median(watched)
+    return {"base_ms": b * 1e3, "watched_ms": w * 1e3, "overhead": w / b - 1,
+            "pairs": [(x * 1e3, y * 1e3) for x, y in zip(base, watched)]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--values", type=int, default=64 << 20, help="f32 values per step (ingest)")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--threads", type=int, nargs="*", default=[None],
+                   help="agent --ingest-threads values to try (default: the agent's default)")
+    p.add_argument("--skip-ddp", action="store_true")
+    p.add_argument("--ddp-python", default=sys.executable)
+    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--ddp-steps", type=int, default=300)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = pathlib.Path(d)
+        for threads in args.threads:
+            r = ingest(tmp, args.values, args.steps, threads)
+            print(f"ingest (agent --ingest-threads {threads or 'default'}): "
+                  f"{r['bytes'] / 1e9:.2f} GB in {r['seconds']:.2f} s = {r['gb_per_s']:.2f} GB/s; "
+                  f"numpy copy of the same buffer {r['copy_gb_per_s']:.1f} GB/s; "
+                  f"ratio {r['gb_per_s'] / r['copy_gb_per_s']:.3f}")
+        if not args.skip_ddp:
+            o = overhead(args.ddp_python, tmp, args.pairs, args.ddp_steps)
+            print(f"DDP step time (median of {args.pairs} alternating pairs, 2 ranks, "
+                  f"{args.ddp_steps} steps): without gradtel {o['base_ms']:.3f} ms, with "
+                  f"{o['watched_ms']:.3f} ms, overhead {o['overhead'] * 100:+.2f} %")
+            print("  pairs (ms):", ", ".join(f"{a:.3f}/{b:.3f}" for a, b in o["pairs"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

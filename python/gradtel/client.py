@@ -1,0 +1,578 @@
+"""The numpy-level client of the local gradtel agent (gradtel.v1 Ingest over a Unix socket).
+
+A training process registers its layout once, then per step calls :meth:`Client.push` for each
+gradient it wants summarised and :meth:`Client.end_step` when the step is over. Every call returns
+after at most one copy of the caller's buffer: the bytes go into a bounded queue that a background
+thread streams to the agent, one Push stream per step.
+
+Loss is never silent. A step is dropped whole, and counted in :class:`Stats`, when
+  * the queue has no room for one of its pushes (``steps_dropped_queue_full``) — its queued pushes
+    are withdrawn, later pushes and its end are discarded, so no half step is ever reported;
+  * the agent's own shipping queue is full (``steps_dropped_agent``, from the agent's reply);
+  * the connection fails while the step is in flight, e.g. the agent was killed
+    (``steps_lost_transport``) — the client reconnects and registers again;
+  * the client is closed before the step could be sent (``steps_unsent_at_close``).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import re
+import threading
+import time
+from typing import Iterable, Iterator, Optional, Sequence
+
+import grpc
+import numpy as np
+
+from gradtel.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
+
+log = logging.getLogger("gradtel")
+
+#: Minor revision of gradtel.v1 this client speaks (see proto/gradtel/v1/common.proto).
+PROTOCOL_MINOR = 1
+
+_RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# The agent refuses messages above 64 MiB; 4 MiB chunks keep several in flight and are large
+# enough that per-message overhead is negligible.
+DEFAULT_CHUNK_BYTES = 4 << 20
+_MAX_MESSAGE_BYTES = 64 << 20
+
+#: dtype name → (wire enum, element size in bytes).
+DTYPES = {
+    "f32": (common_pb2.DTYPE_F32, 4),
+    "f16": (common_pb2.DTYPE_F16, 2),
+    "bf16": (common_pb2.DTYPE_BF16, 2),
+}
+
+
+class GradtelError(Exception):
+    """A call the agent (or the client's own checks) refused: bad layout, run id, tensor, dtype."""
+
+
+def dtype_of(array: np.ndarray, dtype: Optional[str] = None) -> str:
+    """The wire dtype of ``array``: float32 → ``f32``, float16 → ``f16``, ml_dtypes' bfloat16 →
+    ``bf16``. A 2-byte integer array holding raw bfloat16 bits (e.g. ``torch.bfloat16`` viewed
+    as int16) needs ``dtype="bf16"``."""
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise GradtelError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+        if array.dtype.itemsize != DTYPES[dtype][1]:
+            raise GradtelError(
+                f"dtype {dtype} has {DTYPES[dtype][1]}-byte elements, the array has "
+                f"{array.dtype.itemsize}-byte {array.dtype}"
+            )
+        return dtype
+    if array.dtype == np.float32:
+        return "f32"
+    if array.dtype == np.float16:
+        return "f16"
+    if array.dtype.name == "bfloat16":
+        return "bf16"
+    raise GradtelError(
+        f"cannot send {array.dtype} gradients: use float32, float16 or bfloat16 "
+        "(or raw bfloat16 bits with dtype='bf16')"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+    """One tensor of the layout: its full shape, the dtype pushes will use, and — for sharded
+    training (FSDP/ZeRO) — the half-open range ``owned`` of flattened coordinates this rank
+    reports. ``track_count`` overrides the agent's number of tracked coordinates."""
+
+    name: str
+    shape: Sequence[int]
+    dtype: str = "f32"
+    owned: Optional[tuple[int, int]] = None
+    track_count: Optional[int] = None
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= int(d)
+        return n
+
+    def owned_range(self) -> tuple[int, int]:
+        return self.owned if self.owned is not None else (0, self.numel)
+
+
+@dataclasses.dataclass
+class Stats:
+    """What happened to the steps this client was given. Every ended step lands in exactly one of
+    ``steps_delivered`` or a ``steps_dropped_*``/``steps_lost_*``/``steps_unsent_*`` counter."""
+
+    steps_ended: int = 0
+    steps_delivered: int = 0
+    steps_dropped_queue_full: int = 0
+    steps_dropped_agent: int = 0
+    steps_lost_transport: int = 0
+    steps_unsent_at_close: int = 0
+    pushes_discarded: int = 0
+    chunks_sent: int = 0
+    bytes_sent: int = 0
+    reconnects: int = 0
+    refusals: int = 0
+
+    @property
+    def steps_dropped(self) -> int:
+        return (
+            self.steps_dropped_queue_full
+            + self.steps_dropped_agent
+            + self.steps_lost_transport
+            + self.steps_unsent_at_close
+        )
+
+    def summary(self) -> str:
+        return (
+            f"{self.steps_delivered} of {self.steps_ended} steps delivered, "
+            f"{self.steps_dropped} dropped (client queue full {self.steps_dropped_queue_full}, "
+            f"agent queue full {self.steps_dropped_agent}, lost in transport "
+            f"{self.steps_lost_transport}, unsent at close {self.steps_unsent_at_close}); "
+            f"{self.bytes_sent / 1e6:.1f} MB in {self.chunks_sent} chunks, "
+            f"{self.reconnects} reconnects"
+        )
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+# Wire tags: PushRequest.chunk = field 1, GradientChunk.data = field 5, both length-delimited.
+_TAG_CHUNK = b"\x0a"
+_TAG_DATA = b"\x2a"
+
+
+def _encode_chunk(step: int, name: str, offset: int, dtype: int, local: bool, data) -> bytes:
+    """A serialised PushRequest{chunk}. The scalar fields go through the generated message; the
+    payload is appended as field 5 by hand, so the caller's buffer is copied exactly once (into the
+    returned bytes) instead of three times through protobuf."""
+    head = ingest_pb2.GradientChunk(
+        step=step, tensor=name, offset=offset, dtype=dtype, local=local
+    ).SerializeToString()
+    n = len(data)
+    inner = head + _TAG_DATA + _varint(n)
+    return b"".join((_TAG_CHUNK, _varint(len(inner) + n), inner, data))
+
+
+def _encode_end(step: int, loss, lr, batch_size) -> bytes:
+    end = ingest_pb2.EndStep(step=step)
+    if loss is not None:
+        end.loss = float(loss)
+    if lr is not None:
+        end.learning_rate = float(lr)
+    if batch_size is not None:
+        end.batch_size = int(batch_size)
+    return ingest_pb2.PushRequest(end_step=end).SerializeToString()
+
+
+class _Item:
+    __slots__ = ("step", "end", "wire", "nbytes")
+
+    def __init__(self, step: int, end: bool, wire: bytes, nbytes: int = 0):
+        self.step = step
+        self.end = end
+        self.wire = wire
+        # Payload bytes reserved against queue_bytes (0 for an end marker).
+        self.nbytes = nbytes
+
+
+_TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+class Client:
+    """Streams one rank's gradients to its local agent.
+
+    ``socket`` is the agent's Unix socket path (``gradtel-agent --socket``; default
+    ``$GRADTEL_AGENT_SOCKET`` or ``gradtel-agent.sock``); ``target`` may name any gRPC target
+    instead (e.g. ``127.0.0.1:4318`` for the agent's ``--tcp``). ``queue_bytes`` bounds the memory
+    the client holds for unsent gradients.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        shard: int = 0,
+        shard_count: int = 1,
+        socket: Optional[str] = None,
+        target: Optional[str] = None,
+        queue_bytes: int = 512 << 20,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        max_backoff_s: float = 2.0,
+    ):
+        if not _RUN_ID.fullmatch(run_id) or run_id in (".", ".."):
+            raise GradtelError(
+                f"run id {run_id!r} must be 1..=128 characters from [A-Za-z0-9._-], "
+                "not '.' or '..'"
+            )
+        if not 0 <= rank < world_size:
+            raise GradtelError(f"rank {rank} is not in 0..world_size ({world_size})")
+        if not 0 <= shard < shard_count:
+            raise GradtelError(f"shard {shard} is not in 0..shard_count ({shard_count})")
+        if chunk_bytes <= 0 or chunk_bytes > _MAX_MESSAGE_BYTES - 4096:
+            raise GradtelError(f"chunk_bytes must be in 1..{_MAX_MESSAGE_BYTES - 4096}")
+        self.run_id = run_id
+        self.rank, self.world_size = rank, world_size
+        self.shard, self.shard_count = shard, shard_count
+        if target is None:
+            path = socket or os.environ.get("GRADTEL_AGENT_SOCKET", "gradtel-agent.sock")
+            target = "unix:" + os.path.abspath(path)
+        self.target = target
+        self.queue_bytes = int(queue_bytes)
+        self.chunk_bytes = int(chunk_bytes)
+        self.max_backoff_s = max_backoff_s
+        self.stats = Stats()
+
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                # gRPC's default :authority for a unix: target is the socket path, which the
+                # agent's HTTP/2 server (hyper) refuses as malformed.
+                ("grpc.default_authority", "localhost"),
+                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                # A restarted agent should be found within a fraction of a second, not after
+                # gRPC's default backoff of up to two minutes.
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", int(max_backoff_s * 1000)),
+            ],
+        )
+        self._stub = ingest_pb2_grpc.IngestStub(self._channel)
+        self._push_call = self._channel.stream_unary(
+            "/gradtel.v1.Ingest/Push",
+            request_serializer=lambda wire: wire,
+            response_deserializer=ingest_pb2.PushResponse.FromString,
+        )
+        self._layout: Optional[ingest_pb2.RegisterRequest] = None
+        self._tensors: dict[str, Tensor] = {}
+        self._registered = False
+        self._cv = threading.Condition()
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._queued_bytes = 0
+        # Steps dropped whole, until their end_step: step → the Stats counter it is charged to.
+        self._dropped: dict[int, str] = {}
+        self._warned_too_big = False
+        self._closing = False
+        self._sending = False
+        self._sender = threading.Thread(target=self._run, name="gradtel-sender", daemon=True)
+        self._sender.start()
+
+    # ---------------------------------------------------------------- caller side
+
+    def register(self, tensors: Iterable[Tensor], wait_s: float = 2.0) -> bool:
+        """Declare the tensors this rank will push (in model order). Raises :class:`GradtelError`
+        when the layout is invalid or the agent refuses it. Returns False when the agent did not
+        answer within ``wait_s``: the client keeps trying in the background, and steps pushed
+        meanwhile queue up (and are dropped, counted, once the queue is full)."""
+        tensors = list(tensors)
+        names = set()
+        for t in tensors:
+            if t.dtype not in DTYPES:
+                raise GradtelError(f"tensor {t.name!r}: unknown dtype {t.dtype!r}")
+            if t.name in names:
+                raise GradtelError(f"tensor {t.name!r} is declared twice")
+            names.add(t.name)
+        req = ingest_pb2.RegisterRequest(
+            protocol_minor=PROTOCOL_MINOR,
+            run_id=self.run_id,
+            rank=self.rank,
+            world_size=self.world_size,
+            shard=self.shard,
+            shard_count=self.shard_count,
+        )
+        for t in tensors:
+            tl = req.tensors.add(
+                name=t.name, shape=[int(d) for d in t.shape], dtype=DTYPES[t.dtype][0]
+            )
+            if t.owned is not None:
+                tl.owned_start, tl.owned_end = int(t.owned[0]), int(t.owned[1])
+            if t.track_count is not None:
+                tl.track_count = int(t.track_count)
+        with self._cv:
+            self._layout = req
+            self._tensors = {t.name: t for t in tensors}
+            self._registered = False
+        try:
+            self._stub.Register(req, timeout=wait_s, wait_for_ready=True)
+        except grpc.RpcError as e:
+            if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+                raise GradtelError(f"the agent refused the layout: {e.details()}") from None
+            log.warning(
+                "gradtel: agent at %s not reachable (%s); will keep trying", self.target, e.code()
+            )
+            return False
+        with self._cv:
+            self._registered = self._layout is req
+            self._cv.notify_all()
+        return True
+
+    def push(
+        self,
+        step: int,
+        name: str,
+        array,
+        *,
+        local: bool = False,
+        offset: int = 0,
+        dtype: Optional[str] = None,
+    ) -> bool:
+        """Queue ``array`` (any shape; flattened in C order) as the gradient values of tensor
+        ``name`` at ``step``, starting at flattened coordinate ``offset``. ``local=True`` marks the
+        rank's own gradient before the data-parallel all-reduce (the input of live SGN). Returns
+        after one copy; False when the step has been dropped (see :class:`Stats`)."""
+        arr = np.asarray(array)
+        t = self._tensors.get(name)
+        if t is None:
+            raise GradtelError(f"tensor {name!r} is not in the registered layout")
+        kind = dtype_of(arr, dtype)
+        if kind != t.dtype:
+            raise GradtelError(f"tensor {name!r} is registered as {t.dtype}, got {kind}")
+        start, end = t.owned_range()
+        if offset < start or offset + arr.size > end:
+            raise GradtelError(
+                f"tensor {name!r}: values [{offset}, {offset + arr.size}) are outside the "
+                f"owned range [{start}, {end})"
+            )
+        nbytes = arr.size * arr.dtype.itemsize
+        with self._cv:
+            if self._closing:
+                raise GradtelError("push after close()")
+            if step in self._dropped:
+                self.stats.pushes_discarded += 1
+                return False
+            if self._queued_bytes + nbytes > self.queue_bytes:
+                self._drop_step_locked(step, nbytes)
+                return False
+            # Reserved before the copy so concurrent pushes cannot overshoot the bound.
+            self._queued_bytes += nbytes
+        items = self._encode(step, name, offset, DTYPES[kind][0], local, arr)
+        with self._cv:
+            if step in self._dropped:
+                # Dropped while we were copying: the withdrawal could not see these items.
+                self._queued_bytes -= nbytes
+                self.stats.pushes_discarded += 1
+                return False
+            self._queue.extend(items)
+            self._cv.notify_all()
+        return True
+
+    def end_step(
+        self,
+        step: int,
+        *,
+        loss: Optional[float] = None,
+        lr: Optional[float] = None,
+        batch_size: Optional[int] = None,
+    ) -> bool:
+        """Close ``step``: the agent summarises it and ships one report. Returns False when the step
+        was dropped."""
+        wire = _encode_end(step, loss, lr, batch_size)
+        with self._cv:
+            if self._closing:
+                raise GradtelError("end_step after close()")
+            self.stats.steps_ended += 1
+            reason = self._dropped.pop(step, None)
+            if reason is not None:
+                setattr(self.stats, reason, getattr(self.stats, reason) + 1)
+                return False
+            # The end marker is tiny and always admitted, so a step whose data fitted completes.
+            self._queue.append(_Item(step, True, wire))
+            self._cv.notify_all()
+        return True
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until everything queued has been handed to the agent. False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while self._queue or self._sending:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cv.wait(left)
+        return True
+
+    def close(self, timeout: float = 10.0) -> Stats:
+        """Send what is queued (for at most ``timeout`` seconds), stop the sender and return the
+        final :class:`Stats`; steps still queued then are counted as unsent."""
+        self.flush(timeout)
+        with self._cv:
+            self._closing = True
+            ends = sum(1 for i in self._queue if i.end)
+            self.stats.steps_unsent_at_close += ends
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._cv.notify_all()
+        self._sender.join(timeout=max(1.0, timeout))
+        self._channel.close()
+        if self.stats.steps_dropped:
+            log.warning("gradtel: %s", self.stats.summary())
+        return self.stats
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _encode(self, step, name, offset, dtype, local, arr) -> list[_Item]:
+        flat = np.ascontiguousarray(arr).reshape(-1)
+        # Raw bytes of the buffer without a copy; the copy happens once, in _encode_chunk.
+        mv = memoryview(flat.view(np.uint8))
+        size = arr.dtype.itemsize
+        per = max(size, self.chunk_bytes - self.chunk_bytes % size)
+        items = []
+        at = 0
+        while True:
+            piece = mv[at : at + per]
+            wire = _encode_chunk(step, name, offset + at // size, dtype, local, piece)
+            items.append(_Item(step, False, wire, len(piece)))
+            at += per
+            if at >= len(mv):
+                break
+        return items
+
+    def _drop_step_locked(self, step: int, nbytes: int) -> None:
+        if not self._warned_too_big and nbytes > self.queue_bytes:
+            log.warning(
+                "gradtel: one push of %d bytes exceeds queue_bytes=%d; raise queue_bytes or "
+                "watch fewer parameters",
+                nbytes,
+                self.queue_bytes,
+            )
+            self._warned_too_big = True
+        self.stats.pushes_discarded += 1
+        self._withdraw_locked(step, "steps_dropped_queue_full")
+        log.debug("gradtel: queue full, step %d dropped", step)
+
+    # ---------------------------------------------------------------- sender side
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            with self._cv:
+                while not self._queue and not self._closing:
+                    self._cv.wait()
+                if self._closing and not self._queue:
+                    return
+                step = self._queue[0].step
+                self._sending = True
+            try:
+                if not self._ensure_registered():
+                    self._sleep(backoff)
+                    backoff = min(self.max_backoff_s, backoff * 2)
+                    continue
+                backoff = 0.05
+                self._send_step(step)
+            finally:
+                with self._cv:
+                    self._sending = False
+                    self._cv.notify_all()
+
+    def _sleep(self, seconds: float) -> None:
+        with self._cv:
+            if not self._closing:
+                self._cv.wait(seconds)
+
+    def _ensure_registered(self) -> bool:
+        with self._cv:
+            if self._registered:
+                return True
+            req = self._layout
+        if req is None:
+            return False
+        try:
+            self._stub.Register(req, timeout=1.0, wait_for_ready=True)
+        except grpc.RpcError as e:
+            if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+                log.error("gradtel: the agent refused the layout: %s", e.details())
+                self.stats.refusals += 1
+            return False
+        with self._cv:
+            self._registered = self._layout is req
+        return True
+
+    def _send_step(self, step: int) -> None:
+        """One Push stream carrying ``step``'s queued messages, ending at its EndStep (or, if
+        another step's message reaches the head of the queue first, without it: the agent keeps
+        open steps across streams)."""
+        state = {"ended": False, "payload": 0, "chunks": 0}
+
+        def messages() -> Iterator[bytes]:
+            while True:
+                with self._cv:
+                    while not self._queue and not self._closing:
+                        self._cv.wait()
+                    if not self._queue or self._queue[0].step != step:
+                        return
+                    item = self._queue.popleft()
+                    if not item.end:
+                        self._queued_bytes -= item.nbytes
+                        state["payload"] += item.nbytes
+                        state["chunks"] += 1
+                    self._cv.notify_all()
+                yield item.wire
+                if item.end:
+                    state["ended"] = True
+                    return
+
+        try:
+            resp = self._push_call(messages(), wait_for_ready=False)
+        except grpc.RpcError as e:
+            code = e.code()
+            with self._cv:
+                if code in _TRANSIENT:
+                    self._registered = False
+                    self.stats.reconnects += 1
+                else:
+                    self.stats.refusals += 1
+                    log.error("gradtel: the agent refused step %d: %s", step, e.details())
+                if state["ended"]:
+                    self.stats.steps_lost_transport += 1
+                else:
+                    # The rest of the step can no longer make a whole report.
+                    self._withdraw_locked(step, "steps_lost_transport")
+            log.warning("gradtel: step %d lost (%s: %s)", step, code, e.details())
+            return
+        with self._cv:
+            self.stats.chunks_sent += state["chunks"]
+            self.stats.bytes_sent += state["payload"]
+            self.stats.steps_dropped_agent += resp.steps_dropped
+            self.stats.steps_delivered += resp.steps_ended - resp.steps_dropped
+
+    def _withdraw_locked(self, step: int, reason: str) -> None:
+        """Discard ``step``'s queued chunks and charge the step to the Stats counter ``reason``:
+        now if its end is already queued, else when end_step comes (later pushes are refused)."""
+        ended = False
+        kept = collections.deque()
+        for item in self._queue:
+            if item.step != step:
+                kept.append(item)
+            elif item.end:
+                ended = True
+            else:
+                self._queued_bytes -= item.nbytes
+        self._queue = kept
+        if ended:
+            setattr(self.stats, reason, getattr(self.stats, reason) + 1)
+        else:
+            self._dropped[step] = reason

@@ -1,0 +1,331 @@
+"""PyTorch integration: hand a model's gradients to the local gradtel agent without waiting on it.
+
+Three entry points, all returning a :class:`Watcher` whose ``end_step(loss=..., lr=...,
+batch_size=...)`` the training loop calls once per optimiser step (after ``optimizer.step()``):
+
+* :func:`watch` — one process (or any wrapper but DDP): a hook per parameter,
+  ``register_post_accumulate_grad_hook`` on torch ≥ 2.1, ``Tensor.register_hook`` before (there
+  the hook sees each backward's gradient, so with gradient accumulation every micro-batch's
+  gradient is pushed; the agent merges them as more values of the same step).
+* :func:`watch_ddp` — a DistributedDataParallel communication hook: it sees every bucket's
+  *local* gradient before the all-reduce (the input of live SGN), maps it back to parameter names
+  (``GradBucket.parameters()``/``gradients()``, looked up on every call so DDP's bucket rebuild
+  after the first iteration needs nothing special), then runs the default all-reduce: training is
+  unchanged.
+* :func:`watch_fsdp` — FullyShardedDataParallel (torch ≥ 2.1): after backward each rank pushes
+  the part of every original parameter that lies in its shard of the flat parameter, with the
+  offset of that part in the flattened parameter.
+
+Overhead model: on CPU each pushed gradient costs one memcpy on the training thread (into the
+client's queue); the gRPC send and all summarising happen off the step, in the client's sender
+thread and the agent process. On GPU the copy is an asynchronous device-to-host copy into a pinned
+buffer on the current stream, and a separate thread waits for it and pushes: the step never
+synchronises with it (the only cost is PCIe traffic and the pinned memory, twice the watched
+gradients' size). Parameters can be filtered (``params=``) and steps thinned (``every=``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable, Iterable, Optional, Union
+
+import numpy as np
+import torch
+
+from gradtel.client import Client, GradtelError, Tensor
+
+ParamFilter = Union[None, Callable[[str, torch.nn.Parameter], bool], Iterable[str]]
+
+_DTYPES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
+
+
+def _wire_dtype(t: torch.Tensor) -> str:
+    try:
+        return _DTYPES[t.dtype]
+    except KeyError:
+        raise GradtelError(f"cannot send {t.dtype} gradients (f32, f16 and bf16 only)") from None
+
+
+def _host_view(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a CPU tensor's values (no copy); bf16 as its raw 16-bit pattern."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return t.reshape(-1).numpy()
+
+
+def _select(model: torch.nn.Module, params: ParamFilter) -> list[tuple[str, torch.nn.Parameter]]:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if params is None:
+        chosen = named
+    elif callable(params):
+        chosen = [(n, p) for n, p in named if params(n, p)]
+    else:
+        wanted = set(params)
+        chosen = [(n, p) for n, p in named if n in wanted]
+        missing = wanted - {n for n, _ in chosen}
+        if missing:
+            raise GradtelError(f"no trainable parameters named {sorted(missing)}")
+    if not chosen:
+        raise GradtelError("the parameter filter selects no trainable parameter")
+    return chosen
+
+
+def _strip(name: str) -> str:
+    # Wrappers prefix names ("module." for DDP/DataParallel, "_fsdp_wrapped_module." for FSDP);
+    # reporting the model's own names keeps runs comparable across wrappers.
+    for prefix in ("module.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module."):
+        name = name.replace(prefix, "")
+    return name
+
+
+class _DeviceCopier:
+    """Device-to-host copies that never block the step: each gradient is copied asynchronously into
+    a pinned buffer on the current stream, and a thread waits on the copy's event, then pushes.
+    Two buffers per parameter (double buffering) so step s+1 can copy while step s is pushed."""
+
+    def __init__(self, client: Client):
+        self.client = client
+        self.buffers: dict[tuple[str, int], torch.Tensor] = {}
+        self.work: "queue.Queue" = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="gradtel-d2h", daemon=True)
+        self.thread.start()
+
+    def submit(self, step: int, name: str, grad: torch.Tensor, local: bool, offset: int) -> None:
+        key = (name, step & 1)
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() != grad.numel() or buf.dtype != grad.dtype:
+            buf = torch.empty(grad.numel(), dtype=grad.dtype, pin_memory=True)
+            self.buffers[key] = buf
+        buf.copy_(grad.detach().reshape(-1), non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.work.put(("push", step, name, buf, event, local, offset))
+
+    def end_step(self, step: int, scalars: dict) -> None:
+        # Ordered behind the step's pushes, so the end reaches the client after them.
+        self.work.put(("end", step, scalars))
+
+    def flush(self) -> None:
+        self.work.join()
+
+    def _run(self) -> None:
+        while True:
+            job = self.work.get()
+            try:
+                if job[0] == "push":
+                    _, step, name, buf, event, local, offset = job
+                    event.synchronize()
+                    self.client.push(step, name, _host_view(buf), local=local, offset=offset)
+                else:
+                    _, step, scalars = job
+                    self.client.end_step(step, **scalars)
+            except GradtelError:
+                pass  # counted by the client (closed, or dropped)
+            finally:
+                self.work.task_done()
+
+
+class Watcher:
+    """What the watch functions return: counts steps and pushes through the client."""
+
+    def __init__(self, client: Client, every: int):
+        if every < 1:
+            raise GradtelError("every must be ≥ 1")
+        self.client = client
+        self.every = every
+        self.step = 0
+        self._handles: list = []
+        self._copier: Optional[_DeviceCopier] = None
+        self._lock = threading.Lock()
+
+    @property
+    def active(self) -> bool:
+        """Whether the current step is one that is reported (``step % every == 0``)."""
+        return self.step % self.every == 0
+
+    def _push(self, name: str, grad: torch.Tensor, local: bool, offset: int = 0) -> None:
+        if grad.is_cuda:
+            with self._lock:
+                if self._copier is None:
+                    self._copier = _DeviceCopier(self.client)
+            self._copier.submit(self.step, name, grad, local, offset)
+        else:
+            # The client copies before it returns, so the view may be reused right after.
+            self.client.push(self.step, name, _host_view(grad), local=local, offset=offset)
+
+    def end_step(
+        self,
+        loss: Optional[float] = None,
+        lr: Optional[float] = None,
+        batch_size: Optional[int] = None,
+    ) -> None:
+        """Close the current step (call once per optimiser step) and move to the next."""
+        if self.active:
+            self._before_end()
+            scalars = {"loss": _scalar(loss), "lr": lr, "batch_size": batch_size}
+            if self._copier is not None:
+                self._copier.end_step(self.step, scalars)
+            else:
+                self.client.end_step(self.step, **scalars)
+        self.step += 1
+
+    def _before_end(self) -> None:
+        pass
+
+    def close(self, timeout: float = 10.0):
+        """Remove the hooks, send what is queued, close the client; returns its Stats."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        if self._copier is not None:
+            self._copier.flush()
+        return self.client.close(timeout)
+
+
+def _scalar(x):
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        return float(x.detach().item())
+    return float(x)
+
+
+def _layout(named: list[tuple[str, torch.nn.Parameter]], track_count: Optional[int]) -> list[Tensor]:
+    return [
+        Tensor(name, tuple(p.shape), _wire_dtype(p), track_count=track_count) for name, p in named
+    ]
+
+
+def watch(
+    model: torch.nn.Module,
+    client: Client,
+    *,
+    every: int = 1,
+    params: ParamFilter = None,
+    track_count: Optional[int] = None,
+) -> Watcher:
+    """Report the gradients of ``model``'s parameters (all trainable ones, or those ``params``
+    selects: a list of names or a predicate ``(name, param) → bool``) every ``every`` steps."""
+    named = [(_strip(n), p) for n, p in _select(model, params)]
+    client.register(_layout(named, track_count))
+    w = Watcher(client, every)
+    post_accumulate = hasattr(torch.Tensor, "register_post_accumulate_grad_hook")
+    for name, p in named:
+        if post_accumulate:
+
+            def hook(param, name=name):
+                if w.active and param.grad is not None:
+                    w._push(name, param.grad, local=False)
+
+            w._handles.append(p.register_post_accumulate_grad_hook(hook))
+        else:
+
+            def hook(grad, name=name):
+                if w.active:
+                    w._push(name, grad, local=False)
+
+            w._handles.append(p.register_hook(hook))
+    return w
+
+
+class _DDPState:
+    def __init__(self, watcher: Watcher, names: dict[int, str], process_group):
+        self.watcher = watcher
+        self.names = names
+        self.process_group = process_group
+
+
+def _ddp_hook(state: _DDPState, bucket):
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    w = state.watcher
+    if w.active:
+        for p, g in zip(bucket.parameters(), bucket.gradients()):
+            name = state.names.get(id(p))
+            if name is not None:
+                w._push(name, g, local=True)
+    return allreduce_hook(state.process_group, bucket)
+
+
+def watch_ddp(
+    ddp_model: "torch.nn.parallel.DistributedDataParallel",
+    client: Client,
+    *,
+    every: int = 1,
+    params: ParamFilter = None,
+    track_count: Optional[int] = None,
+    process_group=None,
+) -> Watcher:
+    """Report every rank's local (pre-all-reduce) gradient through a DDP communication hook, then
+    all-reduce as DDP does by default. Register before the first forward pass."""
+    named = [(_strip(n), p) for n, p in _select(ddp_model, params)]
+    client.register(_layout(named, track_count))
+    w = Watcher(client, every)
+    state = _DDPState(w, {id(p): n for n, p in named}, process_group)
+    ddp_model.register_comm_hook(state, _ddp_hook)
+    return w
+
+
+class _FSDPWatcher(Watcher):
+    def __init__(self, client: Client, every: int, flats: list):
+        super().__init__(client, every)
+        self.flats = flats  # (flat parameter, [(name, param_index, start, end, shard_offset)])
+
+    def _before_end(self) -> None:
+        for flat, parts in self.flats:
+            g = flat.grad
+            if g is None:
+                continue
+            g = g.reshape(-1)
+            for name, start, end, at in parts:
+                self._push(name, g[at : at + (end - start)], local=False, offset=start)
+
+
+def watch_fsdp(
+    fsdp_model,
+    client: Client,
+    *,
+    every: int = 1,
+    track_count: Optional[int] = None,
+) -> Watcher:
+    """Report, at each ``end_step``, the coordinates of every original parameter that this rank's
+    FSDP shard holds (the reduce-scattered gradient, with ``owned`` ranges in the layout so the
+    collector merges the shards into the full gradient). Needs torch ≥ 2.1 (``use_orig_params``
+    either way); call ``end_step`` after backward and before ``zero_grad``."""
+    flats = []
+    layout = []
+    for module in fsdp_model.modules():
+        handle = getattr(module, "_handle", None)
+        flat = getattr(handle, "flat_param", None)
+        if flat is None:
+            continue
+        infos = getattr(flat, "_shard_param_infos", None)
+        fqns = getattr(flat, "_fqns", None)
+        shapes = getattr(flat, "_shapes", None)
+        if infos is None or fqns is None or shapes is None:
+            raise GradtelError(
+                "this torch version's FSDP does not expose the flat parameter's shard layout "
+                "(torch ≥ 2.1 needed)"
+            )
+        parts = []
+        for fqn, shape, info in zip(fqns, shapes, infos):
+            if not info.in_shard:
+                continue
+            name = _strip(fqn)
+            start = int(info.intra_param_start_idx)
+            end = int(info.intra_param_end_idx) + 1
+            parts.append((name, start, end, int(info.offset_in_shard)))
+            layout.append(
+                Tensor(name, tuple(shape), _wire_dtype(flat), owned=(start, end),
+                       track_count=track_count)
+            )
+        flats.append((flat, parts))
+    if not layout:
+        raise GradtelError("no FSDP flat parameter with a local shard found")
+    client.register(layout)
+    return _FSDPWatcher(client, every, flats)
+
+
+__all__ = ["watch", "watch_ddp", "watch_fsdp", "Watcher"]

@@ -1,0 +1,98 @@
+from gradtel.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RegisterRequest(_message.Message):
+    __slots__ = ("protocol_minor", "run_id", "rank", "world_size", "shard", "shard_count", "tensors")
+    PROTOCOL_MINOR_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    protocol_minor: int
+    run_id: str
+    rank: int
+    world_size: int
+    shard: int
+    shard_count: int
+    tensors: _containers.RepeatedCompositeFieldContainer[TensorLayout]
+    def __init__(self, protocol_minor: _Optional[int] = ..., run_id: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., shard: _Optional[int] = ..., shard_count: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorLayout, _Mapping]]] = ...) -> None: ...
+
+class TensorLayout(_message.Message):
+    __slots__ = ("name", "shape", "dtype", "owned_start", "owned_end", "track_count")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    OWNED_START_FIELD_NUMBER: _ClassVar[int]
+    OWNED_END_FIELD_NUMBER: _ClassVar[int]
+    TRACK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: _common_pb2.Dtype
+    owned_start: int
+    owned_end: int
+    track_count: int
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[_common_pb2.Dtype, str]] = ..., owned_start: _Optional[int] = ..., owned_end: _Optional[int] = ..., track_count: _Optional[int] = ...) -> None: ...
+
+class RegisterResponse(_message.Message):
+    __slots__ = ("protocol_minor", "top_k", "hist_precision_bits")
+    PROTOCOL_MINOR_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    HIST_PRECISION_BITS_FIELD_NUMBER: _ClassVar[int]
+    protocol_minor: int
+    top_k: int
+    hist_precision_bits: int
+    def __init__(self, protocol_minor: _Optional[int] = ..., top_k: _Optional[int] = ..., hist_precision_bits: _Optional[int] = ...) -> None: ...
+
+class PushRequest(_message.Message):
+    __slots__ = ("chunk", "end_step")
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    END_STEP_FIELD_NUMBER: _ClassVar[int]
+    chunk: GradientChunk
+    end_step: EndStep
+    def __init__(self, chunk: _Optional[_Union[GradientChunk, _Mapping]] = ..., end_step: _Optional[_Union[EndStep, _Mapping]] = ...) -> None: ...
+
+class GradientChunk(_message.Message):
+    __slots__ = ("step", "tensor", "offset", "dtype", "data", "local")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    tensor: str
+    offset: int
+    dtype: _common_pb2.Dtype
+    data: bytes
+    local: bool
+    def __init__(self, step: _Optional[int] = ..., tensor: _Optional[str] = ..., offset: _Optional[int] = ..., dtype: _Optional[_Union[_common_pb2.Dtype, str]] = ..., data: _Optional[bytes] = ..., local: _Optional[bool] = ...) -> None: ...
+
+class EndStep(_message.Message):
+    __slots__ = ("step", "loss", "learning_rate", "batch_size")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    loss: float
+    learning_rate: float
+    batch_size: int
+    def __init__(self, step: _Optional[int] = ..., loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class PushResponse(_message.Message):
+    __slots__ = ("chunks_accepted", "steps_ended", "steps_dropped")
+    CHUNKS_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    STEPS_ENDED_FIELD_NUMBER: _ClassVar[int]
+    STEPS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    chunks_accepted: int
+    steps_ended: int
+    steps_dropped: int
+    def __init__(self, chunks_accepted: _Optional[int] = ..., steps_ended: _Optional[int] = ..., steps_dropped: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,177 @@
+"""The numpy-level client against a real agent and collector: what is pushed is what the Parquet
+holds, whole steps are dropped (and counted) when the queue is full, bad calls raise."""
+
+import time
+
+import numpy as np
+import pytest
+
+import gradtel
+from gradtel import Client, GradtelError, Tensor
+from conftest import read_table, stop_and_read
+
+RUN = "py-client"
+
+
+def rows(table, **eq):
+    d = table.to_pylist()
+    return [r for r in d if all(r[k] == v for k, v in eq.items())]
+
+
+def test_pushed_values_are_what_the_lake_holds(collector, agent_factory):
+    agent = agent_factory(extra=["--track-count", "5000"])
+    rng = np.random.default_rng(1)
+    layout = [Tensor("enc.weight", (64, 80)), Tensor("enc.bias", (80,), dtype="f16")]
+    # A small chunk size so a tensor travels as many chunks.
+    client = Client(RUN, socket=agent.socket, chunk_bytes=4000)
+    assert client.register(layout)
+    sent = {}
+    for step in range(6):
+        w = rng.standard_t(3, size=(64, 80)).astype(np.float32)
+        b = rng.normal(size=80).astype(np.float16)
+        sent[step] = {"enc.weight": w, "enc.bias": b}
+        assert client.push(step, "enc.weight", w)
+        assert client.push(step, "enc.bias", b)
+        assert client.end_step(step, loss=0.5 + step, lr=0.1, batch_size=32)
+    stats = client.close()
+    assert stats.steps_delivered == 6 and stats.steps_dropped == 0, stats
+    assert stats.bytes_sent == 6 * (64 * 80 * 4 + 80 * 2)
+
+    steps = stop_and_read(collector, [agent], RUN, "steps")
+    for step, tensors in sent.items():
+        for name, values in tensors.items():
+            (r,) = rows(steps, step=step, scope_kind="tensor", scope=name)
+            x = values.astype(np.float64).ravel()
+            assert r["count"] == x.size and r["elements_received"] == x.size
+            assert r["mean"] == pytest.approx(x.mean(), rel=1e-9, abs=1e-12)
+            assert r["variance"] == pytest.approx(x.var(), rel=1e-9)
+            assert r["max_abs"] == np.abs(x).max()
+            assert r["loss"] == 0.5 + step and r["batch_size"] == 32
+    coords = read_table(collector.out, RUN, "coords").to_pylist()
+    assert coords, "no tracked coordinates written"
+    for c in coords:
+        expected = sent[c["step"]][c["tensor"]].ravel()[c["index"]]
+        assert c["value"] == np.float32(expected)
+        assert c["local"] is False
+    # Every step carries the same tracked coordinates (the sample does not depend on the step).
+    per_step = {}
+    for c in coords:
+        per_step.setdefault(c["step"], set()).add((c["tensor"], c["index"]))
+    assert len(per_step) == 6 and len({frozenset(s) for s in per_step.values()}) == 1
+
+
+def test_bf16_and_local_flag_and_sharded_offsets(collector, agent_factory):
+    agent = agent_factory(extra=["--track-count", "1000"])
+    client = Client(RUN, socket=agent.socket, shard=1, shard_count=2)
+    # This agent owns the second half of the tensor.
+    client.register([Tensor("h.weight", (1000,), dtype="bf16", owned=(500, 1000))])
+    x = np.linspace(-4, 4, 500, dtype=np.float32)
+    bits = (x.view(np.uint32) >> 16).astype(np.uint16)  # truncation to bf16
+    assert client.push(0, "h.weight", bits, local=True, offset=500, dtype="bf16")
+    client.end_step(0)
+    assert client.close().steps_delivered == 1
+    coords = stop_and_read(collector, [agent], RUN, "coords").to_pylist()
+    assert coords and all(500 <= c["index"] < 1000 and c["local"] for c in coords)
+    widened = (bits.astype(np.uint32) << 16).view(np.float32)
+    for c in coords:
+        assert c["value"] == widened[c["index"] - 500]
+
+
+def test_full_queue_drops_whole_steps_and_counts_them(tmp_path, collector):
+    from gradtel.sidecar import Agent
+
+    sock = str(tmp_path / "late-agent.sock")
+    part = np.ones(1000, np.float32)  # 4000 bytes
+    # Room for three pushes; no agent yet, so nothing leaves the queue.
+    client = Client(RUN, socket=sock, queue_bytes=12_000, max_backoff_s=0.2)
+    assert not client.register([Tensor("a", (1000,)), Tensor("b", (1000,))], wait_s=0.2)
+    assert client.push(0, "a", part) and client.push(0, "b", part)
+    client.end_step(0)
+    assert client.push(1, "a", part)  # fits
+    assert not client.push(1, "b", part)  # does not: step 1 is dropped whole
+    assert not client.push(1, "a", part)  # and stays dropped
+    assert not client.end_step(1)
+    assert client.stats.steps_dropped_queue_full == 1
+    agent = Agent(sock, collector.url)
+    # The client finds the agent, registers and sends step 0; step 2 then fits again.
+    assert client.flush(timeout=30)
+    assert client.push(2, "a", part) and client.push(2, "b", part)
+    client.end_step(2)
+    assert client.flush(timeout=30)
+    stats = client.close()
+    assert (stats.steps_ended, stats.steps_delivered, stats.steps_dropped) == (3, 2, 1), stats
+    steps = stop_and_read(collector, [agent], RUN, "steps")
+    model = sorted(r["step"] for r in rows(steps, scope_kind="model"))
+    assert model == [0, 2], "a dropped step must leave no row, not half a step"
+
+
+def wait_for_steps(lake, wanted, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        t = read_table(lake, RUN, "steps")
+        if t is not None and wanted <= {r["step"] for r in rows(t, scope_kind="model")}:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"steps {sorted(wanted)} never reached the lake")
+
+
+def test_agent_killed_mid_run_training_goes_on_and_drops_are_reported(
+    tmp_path, collector, agent_factory
+):
+    agent = agent_factory("a.sock")
+    client = Client(RUN, socket=agent.socket, max_backoff_s=0.2)
+    client.register([Tensor("w", (20_000,))])
+    g = np.random.default_rng(0).normal(size=20_000).astype(np.float32)
+    for step in range(60):
+        if step == 20:
+            # Let the first steps reach the lake, so the kill below loses only what is in flight.
+            assert client.flush(timeout=30)
+            wait_for_steps(collector.out, set(range(20)))
+            agent.kill()
+        if step == 40:
+            agent = agent_factory("a.sock")
+        client.push(step, "w", g)
+        client.end_step(step)
+        time.sleep(0.02)
+    assert client.flush(timeout=30)
+    stats = client.close()
+    accounted = stats.steps_delivered + stats.steps_dropped
+    assert stats.steps_ended == 60 and accounted == 60, stats
+    assert stats.steps_dropped >= 1 and stats.reconnects >= 1, stats
+    steps = stop_and_read(collector, [agent], RUN, "steps")
+    delivered = {r["step"] for r in rows(steps, scope_kind="model")}
+    # Steps before the kill and after the restart arrive; the agent's SIGKILL loses what it held.
+    assert set(range(0, 20)) <= delivered
+    assert set(range(45, 60)) <= delivered
+    assert len(delivered) <= stats.steps_delivered
+
+
+def test_bad_calls_raise_clear_errors(tmp_path, agent_factory):
+    with pytest.raises(GradtelError, match="run id"):
+        Client("../etc")
+    with pytest.raises(GradtelError, match="rank"):
+        Client("r", rank=2, world_size=2)
+    agent = agent_factory()
+    c = Client(RUN, socket=agent.socket)
+    with pytest.raises(GradtelError, match="refused the layout"):
+        c.register([Tensor("x", (2**62, 8))])
+    c.register([Tensor("x", (10,))])
+    with pytest.raises(GradtelError, match="not in the registered layout"):
+        c.push(0, "y", np.zeros(10, np.float32))
+    with pytest.raises(GradtelError, match="registered as f32"):
+        c.push(0, "x", np.zeros(10, np.float16))
+    with pytest.raises(GradtelError, match="outside the owned range"):
+        c.push(0, "x", np.zeros(10, np.float32), offset=1)
+    with pytest.raises(GradtelError, match="cannot send float64"):
+        c.push(0, "x", np.zeros(10))
+    # NaN and Inf are data, not errors: the agent counts them.
+    assert c.push(0, "x", np.array([np.nan, np.inf] + [1.0] * 8, np.float32))
+    c.end_step(0)
+    assert c.close().steps_delivered == 1
+    with pytest.raises(GradtelError, match="after close"):
+        c.push(1, "x", np.zeros(10, np.float32))
+
+
+def test_version_and_public_names():
+    assert gradtel.PROTOCOL_MINOR == 1
+    assert set(gradtel.DTYPES) == {"f32", "f16", "bf16"}
