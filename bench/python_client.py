@@ -39,7 +39,7 @@ def ingest(tmp: pathlib.Path, values: int, steps: int, threads: int | None) -> d
         extra = [] if threads is None else ["--ingest-threads", str(threads)]
         with Agent(str(tmp / "ingest.sock"), col.url, extra=extra):
             client = gradtel.Client("bench-ingest", socket=str(tmp / "ingest.sock"),
-                                    queue_bytes=2 * values * 4)
+                                    queue_bytes=(steps + 1) * values * 4)
             client.register([gradtel.Tensor("w", (values,))])
             g = np.random.default_rng(0).standard_t(3, size=values).astype(np.float32)
             # Warm-up: connection, first allocations.
@@ -93,21 +93,35 @@ def ddp_run(python: str, tmp: pathlib.Path, tag: str, extra: list[str], steps: i
     return statistics.median(times)
 
 
-def overhead(python: str, tmp: pathlib.Path, pairs: int, steps: int) -> dict:
-    with Collector(str(tmp / "lake-ddp")) as col:
+def overhead(python: str, tmp: pathlib.Path, pairs: int, steps: int, idle: bool) -> dict:
+    # In a deployment the collector runs on another machine. Here it shares the cores with the
+    # training ranks, so (by default) it runs under SCHED_IDLE: it only gets cycles the ranks and
+    # their agents leave, and its own CPU time is reported apart.
+    wrapper = ["chrt", "--idle", "0"] if idle else []
+    with Collector(str(tmp / "lake-ddp"), wrapper=wrapper) as col:
         agents = [Agent(str(tmp / f"a-{r}.sock"), col.url) for r in range(2)]
         try:
             base, watched = [], []
+            cpu0 = [cpu_seconds(p.proc.pid) for p in (col, *agents)]
             for i in range(pairs):
                 base.append(ddp_run(python, tmp, f"base{i}", ["--no-gradtel"], steps))
                 watched.append(ddp_run(python, tmp, f"watch{i}", [
                     "--run-id", f"bench-ddp-{i}", "--socket", str(tmp / "a-{rank}.sock")], steps))
+            cpu1 = [cpu_seconds(p.proc.pid) for p in (col, *agents)]
         finally:
             for a in agents:
                 a.stop()
     b, w = statistics.median(base), statistics.median(watched)
+    per_step = [(c1 - c0) / (pairs * steps) * 1e3 for c0, c1 in zip(cpu0, cpu1)]
     return {"base_ms": b * 1e3, "watched_ms": w * 1e3, "overhead": w / b - 1,
-            "pairs": [(x * 1e3, y * 1e3) for x, y in zip(base, watched)]}
+            "pairs": [(x * 1e3, y * 1e3) for x, y in zip(base, watched)],
+            "collector_cpu_ms": per_step[0], "agent_cpu_ms": per_step[1:]}
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -120,6 +134,8 @@ def main() -> int:
     p.add_argument("--ddp-python", default=sys.executable)
     p.add_argument("--pairs", type=int, default=3)
     p.add_argument("--ddp-steps", type=int, default=300)
+    p.add_argument("--collector-normal-priority", action="store_true",
+                   help="run the collector at normal priority beside the ranks")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = pathlib.Path(d)
@@ -130,11 +146,14 @@ def main() -> int:
                   f"numpy copy of the same buffer {r['copy_gb_per_s']:.1f} GB/s; "
                   f"ratio {r['gb_per_s'] / r['copy_gb_per_s']:.3f}")
         if not args.skip_ddp:
-            o = overhead(args.ddp_python, tmp, args.pairs, args.ddp_steps)
+            o = overhead(args.ddp_python, tmp, args.pairs, args.ddp_steps,
+                         idle=not args.collector_normal_priority)
             print(f"DDP step time (median of {args.pairs} alternating pairs, 2 ranks, "
                   f"{args.ddp_steps} steps): without gradtel {o['base_ms']:.3f} ms, with "
                   f"{o['watched_ms']:.3f} ms, overhead {o['overhead'] * 100:+.2f} %")
             print("  pairs (ms):", ", ".join(f"{a:.3f}/{b:.3f}" for a, b in o["pairs"]))
+            print(f"  CPU per watched step: collector {o['collector_cpu_ms']:.2f} ms, agents "
+                  + ", ".join(f"{x:.2f} ms" for x in o["agent_cpu_ms"]))
     return 0
 
 

@@ -12,12 +12,14 @@ use gradtel_proto::v1::ingest_server::Ingest;
 use gradtel_proto::v1::projection::Kind as ProjectionKind;
 use gradtel_proto::v1::{
     Dtype, EndStep, GradientChunk, Projection as WireProjection, PushRequest, PushResponse,
-    RegisterRequest, RegisterResponse, ShardReport, TensorReport, TrackedValues, push_request,
+    RegisterRequest, RegisterResponse, ShardReport, StepAck, TensorReport, TrackedValues,
+    push_request,
 };
 use gradtel_stats::GradSummary;
 use gradtel_stats::projection::{CountSketch, GaussianProjection, Projection};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::SketchKind;
@@ -302,18 +304,6 @@ fn new_epoch() -> u64 {
     (nanos ^ (u64::from(std::process::id()) << 48)).max(1)
 }
 
-/// One finished chunk task: 1 accepted chunk, or its error.
-fn settle(
-    done: Option<Result<Result<(), AgentError>, tokio::task::JoinError>>,
-) -> Result<u64, AgentError> {
-    match done {
-        Some(Ok(Ok(()))) => Ok(1),
-        Some(Ok(Err(e))) => Err(e),
-        Some(Err(_)) => Err(AgentError::Poisoned),
-        None => Ok(0),
-    }
-}
-
 /// tonic service wrapper.
 #[derive(Clone)]
 pub struct IngestService {
@@ -343,49 +333,107 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<PushRequest>>,
     ) -> Result<Response<PushResponse>, Status> {
-        let mut stream = request.into_inner();
-        let mut resp = PushResponse::default();
-        let reject = |e: AgentError| {
-            self.state.metrics.chunks_rejected.inc();
-            tracing::warn!(error = %e, "ingest message refused");
-            Status::from(e)
-        };
-        // Large chunks are summarised on the blocking pool (CPU work, ≈ 8 ns per value, must not
-        // stall the runtime's I/O threads), up to `ingest_threads` of them at once while the next
-        // messages are read: one stream then uses several cores. Chunks of a step merge in any
-        // order (the summaries and projections are sums), and EndStep waits for its chunks.
-        let limit = self.state.config.ingest_threads.max(1);
-        let mut pending: JoinSet<Result<(), AgentError>> = JoinSet::new();
-        while let Some(msg) = stream.message().await? {
-            match msg.msg {
-                Some(push_request::Msg::Chunk(c)) => {
-                    if c.data.len() >= BLOCKING_CHUNK_BYTES {
-                        while pending.len() >= limit {
-                            resp.chunks_accepted +=
-                                settle(pending.join_next().await).map_err(reject)?;
-                        }
-                        let state = self.state.clone();
-                        pending.spawn_blocking(move || state.add_chunk(&c));
-                    } else {
-                        self.state.add_chunk(&c).map_err(reject)?;
-                        resp.chunks_accepted += 1;
-                    }
-                }
-                Some(push_request::Msg::EndStep(e)) => {
-                    while let Some(done) = pending.join_next().await {
-                        resp.chunks_accepted += settle(Some(done)).map_err(reject)?;
-                    }
-                    if self.state.end_step(&e).map_err(reject)? == EndOutcome::Dropped {
-                        resp.steps_dropped += 1;
-                    }
-                    resp.steps_ended += 1;
-                }
-                None => return Err(reject(AgentError::EmptyMessage)),
-            }
-        }
-        while let Some(done) = pending.join_next().await {
-            resp.chunks_accepted += settle(Some(done)).map_err(reject)?;
-        }
+        let resp = ingest(&self.state, request.into_inner(), None).await?;
         Ok(Response::new(resp))
     }
+
+    type PushStepsStream = ReceiverStream<Result<StepAck, Status>>;
+
+    async fn push_steps(
+        &self,
+        request: Request<Streaming<PushRequest>>,
+    ) -> Result<Response<Self::PushStepsStream>, Status> {
+        let (tx, rx) = mpsc::channel(ACKS_BUFFERED);
+        let state = self.state.clone();
+        let stream = request.into_inner();
+        tokio::spawn(async move {
+            if let Err(status) = ingest(&state, stream, Some(&tx)).await {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Acks a PushSteps stream may have waiting for the client before the agent stops reading.
+const ACKS_BUFFERED: usize = 256;
+
+/// Read one Push/PushSteps stream to its end. Large chunks (or batches) are summarised on the
+/// blocking pool — CPU work, ≈ 8 ns per value, that must not stall the runtime's I/O threads —
+/// up to `ingest_threads` at once while the next messages are read, so one stream uses several
+/// cores. Chunks of a step merge in any order (summaries and projections are sums); an EndStep
+/// waits for every chunk before it. With `acks`, each EndStep is answered at once.
+async fn ingest(
+    state: &Arc<AgentState>,
+    mut stream: Streaming<PushRequest>,
+    acks: Option<&mpsc::Sender<Result<StepAck, Status>>>,
+) -> Result<PushResponse, Status> {
+    let reject = |e: AgentError| {
+        state.metrics.chunks_rejected.inc();
+        tracing::warn!(error = %e, "ingest message refused");
+        Status::from(e)
+    };
+    let limit = state.config.ingest_threads.max(1);
+    let mut pending: JoinSet<Result<u64, AgentError>> = JoinSet::new();
+    let mut resp = PushResponse::default();
+    let mut since_ack = 0u64;
+    while let Some(msg) = stream.message().await? {
+        let chunks = match msg.msg {
+            Some(push_request::Msg::Chunk(c)) => vec![c],
+            Some(push_request::Msg::Batch(b)) => b.chunks,
+            Some(push_request::Msg::EndStep(e)) => {
+                while let Some(done) = pending.join_next().await {
+                    since_ack += settle(done).map_err(reject)?;
+                }
+                let dropped = state.end_step(&e).map_err(reject)? == EndOutcome::Dropped;
+                resp.steps_dropped += u64::from(dropped);
+                resp.steps_ended += 1;
+                resp.chunks_accepted += since_ack;
+                if let Some(tx) = acks {
+                    let ack = StepAck {
+                        step: e.step,
+                        dropped,
+                        chunks_accepted: since_ack,
+                    };
+                    if tx.send(Ok(ack)).await.is_err() {
+                        // The client went away; what it sent is already handled.
+                        return Ok(resp);
+                    }
+                }
+                since_ack = 0;
+                continue;
+            }
+            None => return Err(reject(AgentError::EmptyMessage)),
+        };
+        let bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
+        if bytes >= BLOCKING_CHUNK_BYTES {
+            while pending.len() >= limit {
+                if let Some(done) = pending.join_next().await {
+                    since_ack += settle(done).map_err(reject)?;
+                }
+            }
+            let state = state.clone();
+            pending.spawn_blocking(move || add_chunks(&state, &chunks));
+        } else {
+            since_ack += add_chunks(state, &chunks).map_err(reject)?;
+        }
+    }
+    while let Some(done) = pending.join_next().await {
+        since_ack += settle(done).map_err(reject)?;
+    }
+    resp.chunks_accepted += since_ack;
+    Ok(resp)
+}
+
+fn add_chunks(state: &AgentState, chunks: &[GradientChunk]) -> Result<u64, AgentError> {
+    for c in chunks {
+        state.add_chunk(c)?;
+    }
+    Ok(chunks.len() as u64)
+}
+
+fn settle(
+    done: Result<Result<u64, AgentError>, tokio::task::JoinError>,
+) -> Result<u64, AgentError> {
+    done.map_err(|_| AgentError::Poisoned)?
 }

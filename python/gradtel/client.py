@@ -3,7 +3,9 @@
 A training process registers its layout once, then per step calls :meth:`Client.push` for each
 gradient it wants summarised and :meth:`Client.end_step` when the step is over. Every call returns
 after at most one copy of the caller's buffer: the bytes go into a bounded queue that a background
-thread streams to the agent, one Push stream per step.
+thread streams to the agent on one long-lived ``PushSteps`` stream (the agent acknowledges every
+step on it), packing small tensors into batches so a step costs a few messages, not one per
+tensor.
 
 Loss is never silent. A step is dropped whole, and counted in :class:`Stats`, when
   * the queue has no room for one of its pushes (``steps_dropped_queue_full``) — its queued pushes
@@ -32,8 +34,10 @@ from gradtel.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger("gradtel")
 
-#: Minor revision of gradtel.v1 this client speaks (see proto/gradtel/v1/common.proto).
-PROTOCOL_MINOR = 1
+#: Minor revision of gradtel.v1 this client speaks (see proto/gradtel/v1/common.proto); the
+#: agent must speak at least minor 2 (PushSteps, ChunkBatch).
+PROTOCOL_MINOR = 2
+_MIN_AGENT_MINOR = 2
 
 _RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # The agent refuses messages above 64 MiB; 4 MiB chunks keep several in flight and are large
@@ -147,9 +151,14 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-# Wire tags: PushRequest.chunk = field 1, GradientChunk.data = field 5, both length-delimited.
+# Wire tags, all length-delimited: PushRequest.chunk = 1, PushRequest.batch = 3,
+# GradientChunk.data = 5. ChunkBatch.chunks is field 1 too, so a PushRequest{chunk} encoding is
+# byte for byte one element of a ChunkBatch: a batch is those encodings concatenated.
 _TAG_CHUNK = b"\x0a"
+_TAG_BATCH = b"\x1a"
 _TAG_DATA = b"\x2a"
+# Chunks below this size are packed into batches (copied once more); larger ones travel alone.
+_BATCH_ITEM_BYTES = 256 << 10
 
 
 def _encode_chunk(step: int, name: str, offset: int, dtype: int, local: bool, data) -> bytes:
@@ -258,10 +267,11 @@ class Client:
             ],
         )
         self._stub = ingest_pb2_grpc.IngestStub(self._channel)
-        self._push_call = self._channel.stream_unary(
-            "/gradtel.v1.Ingest/Push",
+        # Messages are serialised by hand (see _encode_chunk), so the stream takes bytes as is.
+        self._push_steps = self._channel.stream_stream(
+            "/gradtel.v1.Ingest/PushSteps",
             request_serializer=lambda wire: wire,
-            response_deserializer=ingest_pb2.PushResponse.FromString,
+            response_deserializer=ingest_pb2.StepAck.FromString,
         )
         self._layout: Optional[ingest_pb2.RegisterRequest] = None
         self._tensors: dict[str, Tensor] = {}
@@ -273,7 +283,12 @@ class Client:
         self._dropped: dict[int, str] = {}
         self._warned_too_big = False
         self._closing = False
-        self._sending = False
+        # Steps whose end went out on the current stream and await the agent's ack, in order.
+        self._unacked: collections.deque[int] = collections.deque()
+        self._partial: Optional[int] = None  # step whose chunks are going out, end not yet sent
+        # Bumped when a stream ends: a request generator of an earlier stream, which gRPC may
+        # leave blocked in the queue wait, must not take messages meant for the next one.
+        self._stream_id = 0
         self._sender = threading.Thread(target=self._run, name="gradtel-sender", daemon=True)
         self._sender.start()
 
@@ -313,7 +328,7 @@ class Client:
             self._tensors = {t.name: t for t in tensors}
             self._registered = False
         try:
-            self._stub.Register(req, timeout=wait_s, wait_for_ready=True)
+            resp = self._stub.Register(req, timeout=wait_s, wait_for_ready=True)
         except grpc.RpcError as e:
             if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
                 raise GradtelError(f"the agent refused the layout: {e.details()}") from None
@@ -321,6 +336,11 @@ class Client:
                 "gradtel: agent at %s not reachable (%s); will keep trying", self.target, e.code()
             )
             return False
+        if resp.protocol_minor < _MIN_AGENT_MINOR:
+            raise GradtelError(
+                f"the agent speaks gradtel.v1 minor {resp.protocol_minor}; this client needs "
+                f"{_MIN_AGENT_MINOR} or later: upgrade gradtel-agent"
+            )
         with self._cv:
             self._registered = self._layout is req
             self._cv.notify_all()
@@ -404,7 +424,7 @@ class Client:
         """Wait until everything queued has been handed to the agent. False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
-            while self._queue or self._sending:
+            while self._queue or self._unacked:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
@@ -474,19 +494,12 @@ class Client:
                     self._cv.wait()
                 if self._closing and not self._queue:
                     return
-                step = self._queue[0].step
-                self._sending = True
-            try:
-                if not self._ensure_registered():
-                    self._sleep(backoff)
-                    backoff = min(self.max_backoff_s, backoff * 2)
-                    continue
-                backoff = 0.05
-                self._send_step(step)
-            finally:
-                with self._cv:
-                    self._sending = False
-                    self._cv.notify_all()
+            if not self._ensure_registered():
+                self._sleep(backoff)
+                backoff = min(self.max_backoff_s, backoff * 2)
+                continue
+            backoff = 0.05
+            self._stream()
 
     def _sleep(self, seconds: float) -> None:
         with self._cv:
@@ -511,53 +524,87 @@ class Client:
             self._registered = self._layout is req
         return True
 
-    def _send_step(self, step: int) -> None:
-        """One Push stream carrying ``step``'s queued messages, ending at its EndStep (or, if
-        another step's message reaches the head of the queue first, without it: the agent keeps
-        open steps across streams)."""
-        state = {"ended": False, "payload": 0, "chunks": 0}
-
-        def messages() -> Iterator[bytes]:
-            while True:
-                with self._cv:
-                    while not self._queue and not self._closing:
-                        self._cv.wait()
-                    if not self._queue or self._queue[0].step != step:
-                        return
-                    item = self._queue.popleft()
-                    if not item.end:
-                        self._queued_bytes -= item.nbytes
-                        state["payload"] += item.nbytes
-                        state["chunks"] += 1
-                    self._cv.notify_all()
-                yield item.wire
-                if item.end:
-                    state["ended"] = True
+    def _messages(self, stream_id: int) -> Iterator[bytes]:
+        """The request side of the stream: queued messages until close, small chunks of one step
+        packed into batches of up to ``chunk_bytes``."""
+        while True:
+            with self._cv:
+                while not self._queue and not self._closing and stream_id == self._stream_id:
+                    self._cv.wait()
+                if not self._queue or stream_id != self._stream_id:
                     return
+                first = self._queue.popleft()
+                out = [first]
+                if not first.end and first.nbytes < _BATCH_ITEM_BYTES:
+                    size = first.nbytes
+                    while self._queue:
+                        nxt = self._queue[0]
+                        if (nxt.end or nxt.step != first.step or nxt.nbytes >= _BATCH_ITEM_BYTES
+                                or size + nxt.nbytes > self.chunk_bytes):
+                            break
+                        out.append(self._queue.popleft())
+                        size += nxt.nbytes
+                for item in out:
+                    self._queued_bytes -= item.nbytes
+                    self.stats.chunks_sent += 0 if item.end else 1
+                    self.stats.bytes_sent += item.nbytes
+                if first.end:
+                    self._unacked.append(first.step)
+                    if self._partial == first.step:
+                        self._partial = None
+                else:
+                    self._partial = first.step
+                self._cv.notify_all()
+            if len(out) == 1:
+                yield first.wire
+            else:
+                body = b"".join(item.wire for item in out)
+                yield b"".join((_TAG_BATCH, _varint(len(body)), body))
 
+    def _stream(self) -> None:
+        """One PushSteps stream, open until close() or a failure; acks settle each step."""
+        with self._cv:
+            stream_id = self._stream_id
+        call = self._push_steps(self._messages(stream_id), wait_for_ready=False)
         try:
-            resp = self._push_call(messages(), wait_for_ready=False)
+            for ack in call:
+                with self._cv:
+                    if self._unacked and self._unacked[0] == ack.step:
+                        self._unacked.popleft()
+                    if ack.dropped:
+                        self.stats.steps_dropped_agent += 1
+                    else:
+                        self.stats.steps_delivered += 1
+                    self._cv.notify_all()
         except grpc.RpcError as e:
             code = e.code()
             with self._cv:
+                self._stream_id += 1
+                lost = len(self._unacked)
+                self._unacked.clear()
+                self.stats.steps_lost_transport += lost
+                partial, self._partial = self._partial, None
+                if partial is not None:
+                    # The rest of that step can no longer make a whole report.
+                    self._withdraw_locked(partial, "steps_lost_transport")
                 if code in _TRANSIENT:
                     self._registered = False
                     self.stats.reconnects += 1
                 else:
                     self.stats.refusals += 1
-                    log.error("gradtel: the agent refused step %d: %s", step, e.details())
-                if state["ended"]:
-                    self.stats.steps_lost_transport += 1
-                else:
-                    # The rest of the step can no longer make a whole report.
-                    self._withdraw_locked(step, "steps_lost_transport")
-            log.warning("gradtel: step %d lost (%s: %s)", step, code, e.details())
+                self._cv.notify_all()
+            log.warning(
+                "gradtel: stream to the agent failed (%s: %s); %d step(s) lost",
+                code, e.details(), lost + (partial is not None),
+            )
             return
         with self._cv:
-            self.stats.chunks_sent += state["chunks"]
-            self.stats.bytes_sent += state["payload"]
-            self.stats.steps_dropped_agent += resp.steps_dropped
-            self.stats.steps_delivered += resp.steps_ended - resp.steps_dropped
+            # The stream ends only at close(): whatever was not acked is unknown.
+            self._stream_id += 1
+            self.stats.steps_lost_transport += len(self._unacked)
+            self._unacked.clear()
+            self._partial = None
+            self._cv.notify_all()
 
     def _withdraw_locked(self, step: int, reason: str) -> None:
         """Discard ``step``'s queued chunks and charge the step to the Stats counter ``reason``:

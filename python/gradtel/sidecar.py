@@ -70,12 +70,18 @@ class Collector(_Daemon):
     """``gradtel-collector --out OUT --listen LISTEN``; ``url`` is where agents send."""
 
     def __init__(
-        self, out: str, listen: str = "127.0.0.1:0", extra: Sequence[str] = (), timeout: float = 30
+        self,
+        out: str,
+        listen: str = "127.0.0.1:0",
+        extra: Sequence[str] = (),
+        timeout: float = 30,
+        wrapper: Sequence[str] = (),
     ):
+        """``wrapper`` is prepended to the command line (e.g. ``["chrt", "--idle", "0"]``)."""
         self.out = out
         self.metrics: Optional[str] = None
         self.proc = subprocess.Popen(
-            [binary("gradtel-collector"), "--listen", listen, "--out", out, *extra],
+            [*wrapper, binary("gradtel-collector"), "--listen", listen, "--out", out, *extra],
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "GRADTEL_LOG": os.environ.get("GRADTEL_LOG", "warn")},

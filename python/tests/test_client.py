@@ -119,7 +119,8 @@ def test_agent_killed_mid_run_training_goes_on_and_drops_are_reported(
     tmp_path, collector, agent_factory
 ):
     agent = agent_factory("a.sock")
-    client = Client(RUN, socket=agent.socket, max_backoff_s=0.2)
+    # Room for 10 steps: the 20 steps pushed while no agent listens overflow it.
+    client = Client(RUN, socket=agent.socket, max_backoff_s=0.2, queue_bytes=10 * 80_000)
     client.register([Tensor("w", (20_000,))])
     g = np.random.default_rng(0).normal(size=20_000).astype(np.float32)
     for step in range(60):
@@ -137,13 +138,14 @@ def test_agent_killed_mid_run_training_goes_on_and_drops_are_reported(
     stats = client.close()
     accounted = stats.steps_delivered + stats.steps_dropped
     assert stats.steps_ended == 60 and accounted == 60, stats
-    assert stats.steps_dropped >= 1 and stats.reconnects >= 1, stats
+    assert stats.steps_dropped_queue_full >= 10 and stats.reconnects >= 1, stats
     steps = stop_and_read(collector, [agent], RUN, "steps")
     delivered = {r["step"] for r in rows(steps, scope_kind="model")}
     # Steps before the kill and after the restart arrive; the agent's SIGKILL loses what it held.
     assert set(range(0, 20)) <= delivered
     assert set(range(45, 60)) <= delivered
-    assert len(delivered) <= stats.steps_delivered
+    # Nothing was in flight at the kill, so every step the agent acknowledged reached the lake.
+    assert len(delivered) == stats.steps_delivered
 
 
 def test_bad_calls_raise_clear_errors(tmp_path, agent_factory):
@@ -172,6 +174,10 @@ def test_bad_calls_raise_clear_errors(tmp_path, agent_factory):
         c.push(1, "x", np.zeros(10, np.float32))
 
 
-def test_version_and_public_names():
-    assert gradtel.PROTOCOL_MINOR == 1
+def test_client_speaks_the_minor_of_this_build():
+    import pathlib
+    import re
+
+    rust = (pathlib.Path(__file__).resolve().parents[2] / "proto" / "src" / "lib.rs").read_text()
+    assert gradtel.PROTOCOL_MINOR == int(re.search(r"PROTOCOL_MINOR: u32 = (\d+);", rust)[1])
     assert set(gradtel.DTYPES) == {"f32", "f16", "bf16"}

@@ -44,6 +44,11 @@ class IngestStub:
                 request_serializer=gradtel_dot_v1_dot_ingest__pb2.PushRequest.SerializeToString,
                 response_deserializer=gradtel_dot_v1_dot_ingest__pb2.PushResponse.FromString,
                 _registered_method=True)
+        self.PushSteps = channel.stream_stream(
+                '/gradtel.v1.Ingest/PushSteps',
+                request_serializer=gradtel_dot_v1_dot_ingest__pb2.PushRequest.SerializeToString,
+                response_deserializer=gradtel_dot_v1_dot_ingest__pb2.StepAck.FromString,
+                _registered_method=True)
 
 
 class IngestServicer:
@@ -68,6 +73,16 @@ class IngestServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PushSteps(self, request_iterator, context):
+        """As Push, but the agent answers each EndStep with a StepAck as soon as the step is handled,
+        so one long-lived stream can carry a whole run and the client still learns the fate of every
+        step (delivered to the shipping queue, or dropped there). Errors end the stream as in Push;
+        steps ended on it without an ack are then unknown to the client. Added in minor 2.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +95,11 @@ def add_IngestServicer_to_server(servicer, server):
                     servicer.Push,
                     request_deserializer=gradtel_dot_v1_dot_ingest__pb2.PushRequest.FromString,
                     response_serializer=gradtel_dot_v1_dot_ingest__pb2.PushResponse.SerializeToString,
+            ),
+            'PushSteps': grpc.stream_stream_rpc_method_handler(
+                    servicer.PushSteps,
+                    request_deserializer=gradtel_dot_v1_dot_ingest__pb2.PushRequest.FromString,
+                    response_serializer=gradtel_dot_v1_dot_ingest__pb2.StepAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -136,6 +156,33 @@ class Ingest:
             '/gradtel.v1.Ingest/Push',
             gradtel_dot_v1_dot_ingest__pb2.PushRequest.SerializeToString,
             gradtel_dot_v1_dot_ingest__pb2.PushResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushSteps(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/gradtel.v1.Ingest/PushSteps',
+            gradtel_dot_v1_dot_ingest__pb2.PushRequest.SerializeToString,
+            gradtel_dot_v1_dot_ingest__pb2.StepAck.FromString,
             options,
             channel_credentials,
             insecure,
