@@ -19,9 +19,11 @@ batch_size=...)`` the training loop calls once per optimiser step (after ``optim
 Overhead model: on CPU each pushed gradient costs one memcpy on the training thread (into the
 client's queue); the gRPC send and all summarising happen off the step, in the client's sender
 thread and the agent process. On GPU the copy is an asynchronous device-to-host copy into a pinned
-buffer on the current stream, and a separate thread waits for it and pushes: the step never
-synchronises with it (the only cost is PCIe traffic and the pinned memory, twice the watched
-gradients' size). Parameters can be filtered (``params=``) and steps thinned (``every=``).
+buffer — on a side stream for ``watch``/``watch_fsdp`` (it overlaps the next kernels), on the
+current stream for DDP (the all-reduce overwrites the bucket in place) — and a separate thread
+waits for it and pushes: the step never synchronises with it. Its costs are PCIe traffic, pinned
+host memory (twice the watched gradients' size) and the client's copy into its queue on the
+pushing thread, which holds the GIL. Parameters can be filtered (``params=``) and steps thinned (``every=``).
 """
 
 from __future__ import annotations
@@ -88,19 +90,36 @@ class _DeviceCopier:
     def __init__(self, client: Client):
         self.client = client
         self.buffers: dict[tuple[str, int], torch.Tensor] = {}
+        self.stream = None
         self.work: "queue.Queue" = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="gradtel-d2h", daemon=True)
         self.thread.start()
 
-    def submit(self, step: int, name: str, grad: torch.Tensor, local: bool, offset: int) -> None:
+    def submit(
+        self, step: int, name: str, grad: torch.Tensor, local: bool, offset: int, side: bool
+    ) -> None:
+        """``side``: copy on a side stream, concurrently with the next kernels (the gradient is
+        kept alive for it with ``record_stream``). Without it the copy is ordered on the current
+        stream — needed where the next operation overwrites the gradient in place (DDP's
+        all-reduce of the bucket)."""
         key = (name, step & 1)
         buf = self.buffers.get(key)
         if buf is None or buf.numel() != grad.numel() or buf.dtype != grad.dtype:
             buf = torch.empty(grad.numel(), dtype=grad.dtype, pin_memory=True)
             self.buffers[key] = buf
-        buf.copy_(grad.detach().reshape(-1), non_blocking=True)
+        src = grad.detach().reshape(-1)
         event = torch.cuda.Event()
-        event.record()
+        if side:
+            if self.stream is None:
+                self.stream = torch.cuda.Stream(device=grad.device)
+            self.stream.wait_stream(torch.cuda.current_stream(grad.device))
+            with torch.cuda.stream(self.stream):
+                buf.copy_(src, non_blocking=True)
+                src.record_stream(self.stream)
+                event.record(self.stream)
+        else:
+            buf.copy_(src, non_blocking=True)
+            event.record()
         self.work.put(("push", step, name, buf, event, local, offset))
 
     def end_step(self, step: int, scalars: dict) -> None:
@@ -145,12 +164,14 @@ class Watcher:
         """Whether the current step is one that is reported (``step % every == 0``)."""
         return self.step % self.every == 0
 
-    def _push(self, name: str, grad: torch.Tensor, local: bool, offset: int = 0) -> None:
+    def _push(
+        self, name: str, grad: torch.Tensor, local: bool, offset: int = 0, side: bool = True
+    ) -> None:
         if grad.is_cuda:
             with self._lock:
                 if self._copier is None:
                     self._copier = _DeviceCopier(self.client)
-            self._copier.submit(self.step, name, grad, local, offset)
+            self._copier.submit(self.step, name, grad, local, offset, side)
         else:
             # The client copies before it returns, so the view may be reused right after.
             self.client.push(self.step, name, _host_view(grad), local=local, offset=offset)
@@ -245,7 +266,7 @@ def _ddp_hook(state: _DDPState, bucket):
         for p, g in zip(bucket.parameters(), bucket.gradients()):
             name = state.names.get(id(p))
             if name is not None:
-                w._push(name, g, local=True)
+                w._push(name, g, local=True, side=False)
     return allreduce_hook(state.process_group, bucket)
 
 
@@ -293,7 +314,17 @@ def watch_fsdp(
     """Report, at each ``end_step``, the coordinates of every original parameter that this rank's
     FSDP shard holds (the reduce-scattered gradient, with ``owned`` ranges in the layout so the
     collector merges the shards into the full gradient). Needs torch ≥ 2.1 (``use_orig_params``
-    either way); call ``end_step`` after backward and before ``zero_grad``."""
+    either way); call ``end_step`` after backward and before ``zero_grad``.
+
+    The ranks' reports are shards of one reduced gradient, so the client is
+    ``Client(run_id, rank=0, world_size=1, shard=dist.get_rank(), shard_count=world)``."""
+    import torch.distributed as dist
+
+    if dist.is_initialized() and client.shard_count != dist.get_world_size():
+        raise GradtelError(
+            "FSDP shards the gradient over the process group: create the client with "
+            f"shard={dist.get_rank()}, shard_count={dist.get_world_size()} (and world_size=1)"
+        )
     flats = []
     layout = []
     for module in fsdp_model.modules():

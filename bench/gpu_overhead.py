@@ -1,0 +1,90 @@
+"""Step-time overhead of ``gradtel.torch.watch`` on one GPU training step of a ResNet-50
+(25.6M parameters, 102 MB of f32 gradients per step), every step, all parameters, against the same
+loop without gradtel, in alternating blocks in one process. Needs a CUDA GPU, torchvision, and the
+gradtel binaries (``GRADTEL_BIN_DIR``). Results: bench/RESULTS.md.
+
+    GRADTEL_BIN_DIR=target/release python3 bench/gpu_overhead.py [--batch 64] [--blocks 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torchvision
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "python"))
+import gradtel  # noqa: E402
+from gradtel.sidecar import Agent, Collector  # noqa: E402
+from gradtel.torch import watch  # noqa: E402
+
+
+def steps(model, opt, x, y, n: int, watcher=None) -> list[float]:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        if watcher is not None:
+            watcher.end_step(loss=None)
+        # A training loop synchronises once per step when it reads the loss; so does this one.
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--blocks", type=int, default=3)
+    p.add_argument("--steps", type=int, default=30, help="timed steps per block")
+    p.add_argument("--every", type=int, nargs="*", default=[1, 10],
+                   help="report every N-th step (one measurement per value)")
+    args = p.parse_args()
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50().to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(args.batch, 3, 224, 224, device=dev)
+    y = torch.randint(0, 1000, (args.batch,), device=dev)
+    steps(model, opt, x, y, 10)  # warm-up (cuDNN autotuning, allocator)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{torch.cuda.get_device_name()}: ResNet-50, batch {args.batch}, {n_params / 1e6:.1f}M "
+          f"parameters ({n_params * 4 / 1e6:.0f} MB of gradients per step), "
+          f"{args.blocks} alternating blocks of {args.steps} steps; mean step time")
+    with tempfile.TemporaryDirectory() as d, Collector(d + "/lake") as col, \
+            Agent(d + "/a.sock", col.url):
+        client = gradtel.Client("gpu-overhead", socket=d + "/a.sock", queue_bytes=1 << 30)
+        next_step = 0
+        for every in args.every:
+            base, watched = [], []
+            for _ in range(args.blocks):
+                base += steps(model, opt, x, y, args.steps)
+                w = watch(model, client, every=every)
+                w.step = next_step  # step numbers go on across blocks
+                steps(model, opt, x, y, 3, w)  # pinned buffers allocated here
+                watched += steps(model, opt, x, y, args.steps, w)
+                next_step = w.step + (-w.step) % every
+                for h in w._handles:
+                    h.remove()
+                w._handles.clear()
+                if w._copier is not None:
+                    w._copier.flush()
+            client.flush(timeout=120)
+            b, m = statistics.mean(base), statistics.mean(watched)
+            print(f"  every={every}: without gradtel {b * 1e3:.2f} ms, with watch (all parameters) "
+                  f"{m * 1e3:.2f} ms: overhead {(m / b - 1) * 100:+.2f} %")
+        stats = client.close()
+    print(f"  client: {stats.summary()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
