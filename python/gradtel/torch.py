@@ -84,16 +84,27 @@ def _strip(name: str) -> str:
 
 class _DeviceCopier:
     """Device-to-host copies that never block the step: each gradient is copied asynchronously into
-    a pinned buffer on the current stream, and a thread waits on the copy's event, then pushes.
-    Two buffers per parameter (double buffering) so step s+1 can copy while step s is pushed."""
+    a pinned buffer, and a thread waits on the copy's event, then pushes. A buffer goes back to its
+    parameter's free list only after its push, so a copy never overwrites one still being read
+    (steady state: two buffers per parameter)."""
 
     def __init__(self, client: Client):
         self.client = client
-        self.buffers: dict[tuple[str, int], torch.Tensor] = {}
+        self.free: dict[str, list[torch.Tensor]] = {}
+        self.lock = threading.Lock()
         self.stream = None
         self.work: "queue.Queue" = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="gradtel-d2h", daemon=True)
         self.thread.start()
+
+    def _buffer(self, name: str, grad: torch.Tensor) -> torch.Tensor:
+        with self.lock:
+            bufs = self.free.setdefault(name, [])
+            while bufs:
+                buf = bufs.pop()
+                if buf.numel() == grad.numel() and buf.dtype == grad.dtype:
+                    return buf
+        return torch.empty(grad.numel(), dtype=grad.dtype, pin_memory=True)
 
     def submit(
         self, step: int, name: str, grad: torch.Tensor, local: bool, offset: int, side: bool
@@ -102,11 +113,7 @@ class _DeviceCopier:
         kept alive for it with ``record_stream``). Without it the copy is ordered on the current
         stream — needed where the next operation overwrites the gradient in place (DDP's
         all-reduce of the bucket)."""
-        key = (name, step & 1)
-        buf = self.buffers.get(key)
-        if buf is None or buf.numel() != grad.numel() or buf.dtype != grad.dtype:
-            buf = torch.empty(grad.numel(), dtype=grad.dtype, pin_memory=True)
-            self.buffers[key] = buf
+        buf = self._buffer(name, grad)
         src = grad.detach().reshape(-1)
         event = torch.cuda.Event()
         if side:
@@ -136,7 +143,11 @@ class _DeviceCopier:
                 if job[0] == "push":
                     _, step, name, buf, event, local, offset = job
                     event.synchronize()
-                    self.client.push(step, name, _host_view(buf), local=local, offset=offset)
+                    try:
+                        self.client.push(step, name, _host_view(buf), local=local, offset=offset)
+                    finally:
+                        with self.lock:
+                            self.free.setdefault(name, []).append(buf)
                 else:
                     _, step, scalars = job
                     self.client.end_step(step, **scalars)
