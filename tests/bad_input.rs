@@ -8,7 +8,9 @@ use std::time::Duration;
 use common::*;
 use gradtel_client::{IngestClient, StepScalars, TensorData, TensorDecl};
 use gradtel_proto::v1::collect_client::CollectClient;
-use gradtel_proto::v1::{Dtype, GradientChunk, PushRequest, ShardReport, ack, push_request};
+use gradtel_proto::v1::{
+    ChunkBatch, Dtype, EndStep, GradientChunk, PushRequest, ShardReport, ack, push_request,
+};
 use tonic::Code;
 
 /// The gRPC status of a call that must fail.
@@ -106,6 +108,59 @@ fn agent_answers_bad_input_with_clear_errors_and_keeps_serving() {
         assert_eq!((r.chunks_accepted, r.steps_ended), (1, 1));
     });
     assert!(agent.alive(), "agent survived every bad message");
+}
+
+#[test]
+fn push_steps_acks_each_step_and_a_bad_chunk_in_a_batch_ends_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("a.sock");
+    let absent = format!("http://127.0.0.1:{}", free_port());
+    let mut agent = start_agent(&socket, &absent, &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = IngestClient::connect_uds(&socket).await.unwrap();
+        c.register("batch-run", 0, 1, 0, 1, &decls()).await.unwrap();
+        let part = |step: u64, tensor: &str, offset: u64| GradientChunk {
+            step,
+            tensor: tensor.into(),
+            offset,
+            dtype: Dtype::F32 as i32,
+            data: vec![0; 32].into(),
+            local: false,
+        };
+        let batch = |chunks| PushRequest {
+            msg: Some(push_request::Msg::Batch(ChunkBatch { chunks })),
+        };
+        let end = |step| PushRequest {
+            msg: Some(push_request::Msg::EndStep(EndStep {
+                step,
+                ..Default::default()
+            })),
+        };
+        let (acks, status) = c
+            .push_steps_raw(vec![
+                batch(vec![part(1, "fc.weight", 0), part(1, "fc.weight", 8)]),
+                end(1),
+                batch(vec![part(2, "fc.weight", 0), part(2, "no.such.tensor", 0)]),
+                end(2),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            acks.iter()
+                .map(|a| (a.step, a.dropped, a.chunks_accepted))
+                .collect::<Vec<_>>(),
+            vec![(1, false, 2)]
+        );
+        let status = status.expect("the bad chunk ends the stream");
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(
+            status.message().contains("no.such.tensor"),
+            "{}",
+            status.message()
+        );
+    });
+    assert!(agent.alive(), "agent survived the bad batch");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use gradtel_proto::v1::ingest_client::IngestClient as RawClient;
 use gradtel_proto::v1::{
     Dtype, EndStep, GradientChunk, PushRequest, PushResponse, RegisterRequest, RegisterResponse,
-    TensorLayout, push_request,
+    StepAck, TensorLayout, push_request,
 };
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -163,6 +163,27 @@ impl IngestClient {
     /// Send raw Push messages on one stream (for callers that build their own).
     pub async fn push_raw(&mut self, msgs: Vec<PushRequest>) -> Result<PushResponse, ClientError> {
         Ok(self.raw.push(tokio_stream::iter(msgs)).await?.into_inner())
+    }
+
+    /// Send raw messages on one PushSteps stream: the acks received, and the status that ended
+    /// the stream if it failed (acks sent before a refused message still arrive).
+    pub async fn push_steps_raw(
+        &mut self,
+        msgs: Vec<PushRequest>,
+    ) -> Result<(Vec<StepAck>, Option<tonic::Status>), ClientError> {
+        let mut stream = self
+            .raw
+            .push_steps(tokio_stream::iter(msgs))
+            .await?
+            .into_inner();
+        let mut acks = Vec::new();
+        loop {
+            match stream.message().await {
+                Ok(Some(ack)) => acks.push(ack),
+                Ok(None) => return Ok((acks, None)),
+                Err(status) => return Ok((acks, Some(status))),
+            }
+        }
     }
 
     /// Send one step: every tensor split into chunks, then EndStep.
