@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import gradtel
+import gradtel.v1.ingest_pb2
 from gradtel import Client, GradtelError, Tensor
 from conftest import read_table, stop_and_read
 
@@ -181,3 +182,26 @@ def test_client_speaks_the_minor_of_this_build():
     rust = (pathlib.Path(__file__).resolve().parents[2] / "proto" / "src" / "lib.rs").read_text()
     assert gradtel.PROTOCOL_MINOR == int(re.search(r"PROTOCOL_MINOR: u32 = (\d+);", rust)[1])
     assert set(gradtel.DTYPES) == {"f32", "f16", "bf16"}
+
+
+def test_large_payloads_are_copied_exactly_outside_the_gil_path():
+    from gradtel import client as cl
+
+    rng = np.random.default_rng(7)
+    for n in (cl._NOGIL_COPY_BYTES - 1, cl._NOGIL_COPY_BYTES, 3 << 20):
+        payload = rng.integers(0, 256, size=n, dtype=np.uint8)
+        head = b"\x0a\x93\x01header"
+        out = cl._concat(head, payload)
+        assert type(out) is bytes and out == head + payload.tobytes()
+    # A strided view is made contiguous before the copy, values unchanged.
+    x = rng.normal(size=(512, 300)).astype(np.float32)[:, ::3]
+    c = Client(RUN, socket="/nonexistent.sock", chunk_bytes=1 << 20)
+    c._tensors = {"t": Tensor("t", x.shape)}
+    items = c._encode(0, "t", 0, DTYPES_F32, False, x)
+    msg = gradtel.v1.ingest_pb2.PushRequest.FromString(items[0].wire)
+    got = np.frombuffer(msg.chunk.data, np.float32)
+    assert np.array_equal(got, x.ravel()[: got.size]) and sum(i.nbytes for i in items) == x.nbytes
+    c.close(timeout=0.1)
+
+
+DTYPES_F32 = gradtel.DTYPES["f32"][0]
