@@ -32,6 +32,9 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 /// Largest gRPC message the agent accepts (one chunk).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// HTTP/2 flow-control window of an Ingest stream.
+const INGEST_WINDOW_BYTES: u32 = 16 << 20;
+
 /// Errors of the agent; each maps to the gRPC status a client sees.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -140,25 +143,28 @@ impl Agent {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let mut servers = vec![tokio::spawn(
+        // Gradient chunks are megabytes: HTTP/2 windows of that order keep the client sending
+        // instead of waiting for window updates after every 64 kB.
+        let builder = || {
             tonic::transport::Server::builder()
-                .add_service(svc())
-                .serve_with_incoming_shutdown(
-                    UnixListenerStream::new(uds),
-                    stopped(stop_rx.clone()),
-                ),
+                .initial_stream_window_size(Some(INGEST_WINDOW_BYTES))
+                .initial_connection_window_size(Some(2 * INGEST_WINDOW_BYTES))
+        };
+        let mut servers = vec![tokio::spawn(
+            builder().add_service(svc()).serve_with_incoming_shutdown(
+                UnixListenerStream::new(uds),
+                stopped(stop_rx.clone()),
+            ),
         )];
         if let Some(addr) = config.tcp {
             let tcp = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(listen_err(addr.to_string()))?;
             servers.push(tokio::spawn(
-                tonic::transport::Server::builder()
-                    .add_service(svc())
-                    .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(tcp),
-                        stopped(stop_rx.clone()),
-                    ),
+                builder().add_service(svc()).serve_with_incoming_shutdown(
+                    TcpListenerStream::new(tcp),
+                    stopped(stop_rx.clone()),
+                ),
             ));
         }
         if let Some(addr) = config.metrics {
