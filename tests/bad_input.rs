@@ -53,14 +53,18 @@ fn chunk(tensor: &str, data: Vec<u8>) -> Vec<PushRequest> {
     }]
 }
 
+/// An agent whose collector never answers (ingest must not care), its socket, and a runtime.
+fn lone_agent(dir: &std::path::Path) -> (Daemon, std::path::PathBuf, tokio::runtime::Runtime) {
+    let socket = dir.join("a.sock");
+    let absent = format!("http://127.0.0.1:{}", free_port());
+    let agent = start_agent(&socket, &absent, &[]);
+    (agent, socket, tokio::runtime::Runtime::new().unwrap())
+}
+
 #[test]
 fn agent_answers_bad_input_with_clear_errors_and_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("a.sock");
-    // No collector listens on this port: ingest must not care.
-    let absent = format!("http://127.0.0.1:{}", free_port());
-    let mut agent = start_agent(&socket, &absent, &[]);
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (mut agent, socket, rt) = lone_agent(dir.path());
     rt.block_on(async {
         let mut c = IngestClient::connect_uds(&socket).await.unwrap();
 
@@ -113,10 +117,7 @@ fn agent_answers_bad_input_with_clear_errors_and_keeps_serving() {
 #[test]
 fn push_steps_acks_each_step_and_a_bad_chunk_in_a_batch_ends_the_stream() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("a.sock");
-    let absent = format!("http://127.0.0.1:{}", free_port());
-    let mut agent = start_agent(&socket, &absent, &[]);
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (mut agent, socket, rt) = lone_agent(dir.path());
     rt.block_on(async {
         let mut c = IngestClient::connect_uds(&socket).await.unwrap();
         c.register("batch-run", 0, 1, 0, 1, &decls()).await.unwrap();
