@@ -3,7 +3,6 @@ digits, each rank with its own gradtel-agent, through examples/ddp_digits.py."""
 
 import json
 import os
-import pathlib
 import socket
 import subprocess
 import sys
