@@ -153,9 +153,10 @@ impl AgentState {
         let size = dtype.element_size().unwrap_or(4);
         let mut at = c.offset;
         let mut next_tracked = spec.tracked.partition_point(|&j| j < c.offset);
+        let mut stream = summary.f32_stream();
         for block in c.data.chunks(DECODE_BLOCK * size) {
             payload::decode_f32(dtype, block, &mut values)?;
-            summary.extend_f32(&values);
+            stream.push(&values);
             let end = at + values.len() as u64;
             while let Some(&j) = spec.tracked.get(next_tracked).filter(|&&j| j < end) {
                 tracked.push((j, values[(j - at) as usize]));
@@ -166,6 +167,7 @@ impl AgentState {
             }
             at = end;
         }
+        drop(stream);
         let chunk = ChunkPart {
             summary,
             n,

@@ -23,7 +23,7 @@ pub mod vuong;
 
 pub use loghist::LogHistogram;
 pub use moments::Moments;
-pub use summary::GradSummary;
+pub use summary::{F32Stream, GradSummary};
 pub use topk::TopK;
 
 /// Errors of the estimators: bad parameters or summaries that cannot be merged.

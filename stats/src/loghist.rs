@@ -148,19 +148,22 @@ impl LogHistogram {
         if other.counts.is_empty() {
             return Ok(());
         }
-        // Grow once to cover the other's range, then add the dense count vectors slice-wise.
-        let (lo, hi) = (other.offset, other.offset + other.counts.len() as u64 - 1);
-        self.add_count(lo, 0);
-        self.add_count(hi, 0);
-        let start = (lo - self.offset) as usize;
-        for (a, b) in self.counts[start..start + other.counts.len()]
-            .iter_mut()
-            .zip(&other.counts)
-        {
-            *a += b;
-        }
-        self.total += other.total;
+        self.add_dense(other.offset, &other.counts);
         Ok(())
+    }
+
+    /// Add `counts[j]` to bucket `offset + j`: grow once to cover the range, then add slice-wise.
+    fn add_dense(&mut self, offset: u64, counts: &[u64]) {
+        let Some(last) = counts.len().checked_sub(1) else {
+            return;
+        };
+        self.add_count(offset, 0);
+        self.add_count(offset + last as u64, 0);
+        let start = (offset - self.offset) as usize;
+        for (a, b) in self.counts[start..=start + last].iter_mut().zip(counts) {
+            *a += b;
+            self.total += b;
+        }
     }
 
     /// Non-empty buckets as (index, count), index increasing.
@@ -219,6 +222,111 @@ impl LogHistogram {
             }
         }
         None
+    }
+}
+
+/// Bucket counts of `|x|` for f32 values, gathered before they are added to a [`LogHistogram`].
+///
+/// Gradients put long runs of consecutive values into the same few buckets, and a single count
+/// array makes each increment wait for the previous store to the same slot. Four interleaved
+/// count lanes (value `j` counts in lane `j mod 4`) break that chain; [`Self::drain_into`] adds
+/// the lanes up, so the histogram is exactly the one [`LogHistogram::record`] would build.
+#[derive(Debug, Default)]
+pub struct LaneCounter {
+    offset: u64,
+    lanes: Vec<[u32; 4]>,
+    recorded: u64,
+}
+
+impl LaneCounter {
+    /// Most values one counter takes between drains: no lane count can overflow `u32`.
+    pub const CAPACITY: u64 = u32::MAX as u64;
+
+    /// Count the non-zero values among `abs_bits` (bit patterns of `|x|` for finite f32 `x`)
+    /// in `h`'s buckets. `min_pos` and `max` are the smallest non-zero and the largest pattern
+    /// of the block. The caller drains before [`Self::CAPACITY`] values have been recorded.
+    #[inline(always)]
+    pub fn record_abs_f32_bits(
+        &mut self,
+        h: &LogHistogram,
+        abs_bits: &[u32],
+        min_pos: u32,
+        max: u32,
+    ) {
+        if max == 0 {
+            return;
+        }
+        debug_assert!(self.recorded + abs_bits.len() as u64 <= Self::CAPACITY);
+        self.recorded += abs_bits.len() as u64;
+        let p = h.precision_bits;
+        let index = |b: u32| f64::from(f32::from_bits(b)).to_bits() >> (52 - p);
+        // Bit patterns of non-negative floats order like the values, and f32 -> f64 is exact,
+        // so the block's buckets lie in [index(min_pos), index(max)].
+        let (lo, hi) = (index(min_pos), index(max));
+        self.cover(lo, hi);
+        let start = (lo - self.offset) as usize;
+        let lanes = &mut self.lanes[start..=start + (hi - lo) as usize];
+        if p <= 23 && min_pos >= f32::MIN_POSITIVE.to_bits() {
+            // Normal f32: the f64 bucket is the f32 pattern's top bits plus the exponent
+            // rebias (1023 − 127) << p, so the slot is plain integer arithmetic.
+            let (shift, lo32) = (23 - p, min_pos >> (23 - p));
+            count_lanes(lanes, abs_bits, |b| {
+                ((b.max(min_pos) >> shift) - lo32) as usize
+            });
+        } else {
+            count_lanes(lanes, abs_bits, |b| (index(b.max(min_pos)) - lo) as usize);
+        }
+    }
+
+    fn cover(&mut self, lo: u64, hi: u64) {
+        if self.lanes.is_empty() {
+            self.offset = lo;
+        } else if lo < self.offset {
+            let grow = (self.offset - lo) as usize;
+            self.lanes.splice(0..0, std::iter::repeat_n([0; 4], grow));
+            self.offset = lo;
+        }
+        let len = (hi - self.offset + 1) as usize;
+        if len > self.lanes.len() {
+            self.lanes.resize(len, [0; 4]);
+        }
+    }
+
+    /// Values recorded since the last drain.
+    pub fn recorded(&self) -> u64 {
+        self.recorded
+    }
+
+    /// Add the counts to `h` (same precision as recorded with) and start empty.
+    pub fn drain_into(&mut self, h: &mut LogHistogram) {
+        let Some(last) = self.lanes.len().checked_sub(1) else {
+            return;
+        };
+        h.add_count(self.offset, 0);
+        h.add_count(self.offset + last as u64, 0);
+        let start = (self.offset - h.offset) as usize;
+        for (c, l) in h.counts[start..=start + last].iter_mut().zip(&self.lanes) {
+            let n = l.iter().map(|&c| u64::from(c)).sum::<u64>();
+            *c += n;
+            h.total += n;
+        }
+        self.lanes.clear();
+        self.recorded = 0;
+    }
+}
+
+/// Zeros go to slot 0 with weight 0, which keeps the loop free of branches.
+#[inline(always)]
+fn count_lanes(lanes: &mut [[u32; 4]], bits: &[u32], slot: impl Fn(u32) -> usize) {
+    let chunks = bits.chunks_exact(4);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (lane, &b) in c.iter().enumerate() {
+            lanes[slot(b)][lane] += u32::from(b != 0);
+        }
+    }
+    for &b in rest {
+        lanes[slot(b)][0] += u32::from(b != 0);
     }
 }
 

@@ -47,33 +47,45 @@ impl Moments {
         if xs.is_empty() {
             return Self::new();
         }
+        Self::from_block_with_sum(xs, lanes_sum(xs, |x| x))
+    }
+
+    /// [`Self::from_block`] when the caller already has `sum = Σ xs`.
+    #[inline(always)]
+    pub fn from_block_with_sum(xs: &[f64], sum: f64) -> Self {
+        if xs.is_empty() {
+            return Self::new();
+        }
         let n = xs.len() as f64;
-        let mean = lanes_sum(xs, |x| x) / n;
+        let mean = sum / n;
         // One pass for Σd, Σd², Σd³, Σd⁴ (d = x − mean), four lanes each so the additions
         // pipeline. The computed mean is off by rounding; corr = Σd/n corrects it (corrected
         // two-pass, Chan, Golub & LeVeque 1983), with the matching −n·corr² term in M2.
-        let mut acc = [[0.0f64; 4]; 4];
-        let chunks = xs.chunks_exact(4);
+        // Eight lanes per power in separate arrays: two AVX2 vectors each, no shuffles.
+        const L: usize = 8;
+        let (mut a1, mut a2, mut a3, mut a4) = ([0.0f64; L], [0.0f64; L], [0.0f64; L], [0.0f64; L]);
+        let chunks = xs.chunks_exact(L);
         let rest = chunks.remainder();
         for c in chunks {
-            for lane in 0..4 {
+            for lane in 0..L {
                 let d = c[lane] - mean;
                 let d2 = d * d;
-                acc[0][lane] += d;
-                acc[1][lane] += d2;
-                acc[2][lane] += d2 * d;
-                acc[3][lane] += d2 * d2;
+                a1[lane] += d;
+                a2[lane] += d2;
+                a3[lane] += d2 * d;
+                a4[lane] += d2 * d2;
             }
         }
         for &x in rest {
             let d = x - mean;
             let d2 = d * d;
-            acc[0][0] += d;
-            acc[1][0] += d2;
-            acc[2][0] += d2 * d;
-            acc[3][0] += d2 * d2;
+            a1[0] += d;
+            a2[0] += d2;
+            a3[0] += d2 * d;
+            a4[0] += d2 * d2;
         }
-        let [s1, s2, s3, s4] = acc.map(|l| (l[0] + l[1]) + (l[2] + l[3]));
+        let fold = |l: [f64; L]| ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+        let [s1, s2, s3, s4] = [a1, a2, a3, a4].map(fold);
         let corr = s1 / n;
         let (m2, m3, m4) = (s2 - n * corr * corr, s3, s4);
         Self {
@@ -165,7 +177,7 @@ impl Moments {
 
 /// Σ f(x) with four independent accumulators, so the additions pipeline (and vectorise)
 /// instead of waiting on one another.
-#[inline]
+#[inline(always)]
 pub(crate) fn lanes_sum(xs: &[f64], f: impl Fn(f64) -> f64) -> f64 {
     let mut acc = [0.0f64; 4];
     let chunks = xs.chunks_exact(4);

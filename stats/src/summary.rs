@@ -12,6 +12,7 @@
 //! summary of the whole: exactly for counts, max, histogram and top-k; to rounding for the
 //! moments and `Σ x²`. NaN/Inf never enter the moments, so one bad value cannot poison them.
 
+use crate::loghist::LaneCounter;
 use crate::{LogHistogram, Moments, StatsError, TopK};
 
 /// Values summarised per block on the fast path.
@@ -92,18 +93,75 @@ impl GradSummary {
     }
 
     pub fn extend_f32(&mut self, xs: &[f32]) {
-        // Gradients are almost always all finite: such a block skips the per-value gather of
-        // `extend_values` and widens in a loop the compiler vectorises.
-        let mut wide = [0f64; BLOCK];
+        self.f32_stream().push(xs);
+    }
+
+    /// Summarise f32 values that arrive in pieces (e.g. decoded a block at a time). The
+    /// histogram's count lanes live as long as the stream and are added into `abs_hist` once,
+    /// when it is dropped: adding them up costs a pass over the bucket range, too much per
+    /// small piece.
+    pub fn f32_stream(&mut self) -> F32Stream<'_> {
+        F32Stream {
+            summary: self,
+            counter: LaneCounter::default(),
+        }
+    }
+
+    #[inline(always)]
+    fn extend_f32_blocks(&mut self, xs: &[f32], counter: &mut LaneCounter) {
         for block in xs.chunks(BLOCK) {
-            let finite = block.iter().fold(true, |ok, x| ok & x.is_finite());
-            if finite {
-                for (w, &x) in wide.iter_mut().zip(block) {
-                    *w = f64::from(x);
-                }
-                self.absorb_finite(&wide[..block.len()]);
+            // Gradients are almost always all finite: such a block takes the fused f32 path,
+            // which skips the per-value gather of `extend_values`.
+            if block.iter().fold(true, |ok, x| ok & x.is_finite()) {
+                self.absorb_finite_f32(block, counter);
             } else {
                 self.extend_values(block.iter().map(|&x| f64::from(x)));
+            }
+        }
+    }
+
+    /// Add a block (at most [`BLOCK`]) of finite f32 values. One widening pass gathers signs
+    /// and the extremes of `|x|`; the histogram counts in interleaved lanes; the top-k is only
+    /// visited by blocks whose largest `|x|` beats its current k-th largest. Equal to
+    /// [`Self::absorb_finite`] on the widened values (to rounding for the sums).
+    #[inline(always)]
+    fn absorb_finite_f32(&mut self, xs: &[f32], counter: &mut LaneCounter) {
+        let n = xs.len();
+        // Separate simple loops: each one vectorises. Signs and extremes work on the bit
+        // patterns of |x|, which for finite values order like the values themselves.
+        let (mut wide, mut bits) = ([0f64; BLOCK], [0u32; BLOCK]);
+        for (w, &x) in wide.iter_mut().zip(xs) {
+            *w = f64::from(x);
+        }
+        for (b, &x) in bits.iter_mut().zip(xs) {
+            *b = x.to_bits() & 0x7fff_ffff;
+        }
+        let (wide, bits) = (&wide[..n], &bits[..n]);
+        let (mut max, mut min_pos_less_1, mut nonzero, mut neg) = (0u32, u32::MAX, 0u32, 0u32);
+        for (&b, &x) in bits.iter().zip(xs) {
+            max = max.max(b);
+            // Zero wraps to u32::MAX, so the minimum is over the non-zero patterns.
+            min_pos_less_1 = min_pos_less_1.min(b.wrapping_sub(1));
+            nonzero += u32::from(b != 0);
+            neg += (x.to_bits() >> 31) & u32::from(b != 0);
+        }
+        self.pos_count += u64::from(nonzero - neg);
+        self.neg_count += u64::from(neg);
+        self.zero_count += (n as u32 - nonzero) as u64;
+        self.sum_sq += crate::moments::lanes_sum(wide, |x| x * x);
+        let sum = crate::moments::lanes_sum(wide, |x| x);
+        self.moments.merge(&Moments::from_block_with_sum(wide, sum));
+        counter.record_abs_f32_bits(&self.abs_hist, bits, min_pos_less_1.wrapping_add(1), max);
+        let max = f64::from(f32::from_bits(max));
+        self.max_abs = self.max_abs.max(max);
+        let mut threshold = self.top_abs.threshold();
+        if threshold.is_none_or(|t| max > t) {
+            for &b in bits {
+                let a = f64::from(f32::from_bits(b));
+                if threshold.is_none_or(|t| a > t) {
+                    self.top_abs.push(a);
+                    threshold = self.top_abs.threshold();
+                }
             }
         }
     }
@@ -217,6 +275,54 @@ impl GradSummary {
     }
 }
 
+/// A [`GradSummary`] being fed f32 pieces; see [`GradSummary::f32_stream`].
+pub struct F32Stream<'a> {
+    summary: &'a mut GradSummary,
+    counter: LaneCounter,
+}
+
+impl F32Stream<'_> {
+    /// Add `xs` to the summary.
+    pub fn push(&mut self, xs: &[f32]) {
+        for part in xs.chunks(LaneCounter::CAPACITY as usize) {
+            if self.counter.recorded() + part.len() as u64 > LaneCounter::CAPACITY {
+                self.counter.drain_into(&mut self.summary.abs_hist);
+            }
+            // The loops are plain Rust; `dispatch` compiles them once more with AVX2 and FMA
+            // enabled and runs that copy where the CPU has them. The arithmetic is the same in
+            // both copies (Rust never contracts into FMA), so the results are too.
+            pulp::Arch::new().dispatch(ExtendF32 {
+                summary: self.summary,
+                counter: &mut self.counter,
+                xs: part,
+            });
+        }
+    }
+}
+
+impl Drop for F32Stream<'_> {
+    fn drop(&mut self) {
+        self.counter.drain_into(&mut self.summary.abs_hist);
+    }
+}
+
+/// One piece of an [`F32Stream`] as a `pulp` operation: everything it calls is inlined into
+/// the feature-specific copies `dispatch` instantiates.
+struct ExtendF32<'a> {
+    summary: &'a mut GradSummary,
+    counter: &'a mut LaneCounter,
+    xs: &'a [f32],
+}
+
+impl pulp::WithSimd for ExtendF32<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        self.summary.extend_f32_blocks(self.xs, self.counter);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,34 +352,47 @@ mod tests {
 
     #[test]
     fn f32_blocks_with_and_without_non_finite_values_match_the_value_path() {
-        // 3 blocks and a tail; a NaN and an Inf land in the second block only.
+        // 3 blocks and a tail over ~70 binades, with zeros of both signs and f32 subnormals
+        // (whose f64 buckets the integer fast path cannot compute) in the first block only,
+        // and a NaN and an Inf in the second block only.
         let mut xs: Vec<f32> = (0..3 * BLOCK + 17)
-            .map(|i| ((i as f32) * 0.37).sin() * (1.0 + (i % 13) as f32))
+            .map(|i| ((i as f32) * 0.37).sin() * 2f32.powi((i % 70) as i32 - 40))
             .collect();
+        xs[3] = 0.0;
+        xs[4] = -0.0;
+        xs[7] = f32::from_bits(1);
+        xs[8] = -f32::from_bits(0x0040_0000);
+        xs[2 * BLOCK + 3] = 0.0;
         xs[BLOCK + 5] = f32::NAN;
         xs[BLOCK + 9] = f32::NEG_INFINITY;
-        let mut fast = GradSummary::new(8, 7).unwrap();
-        fast.extend_f32(&xs);
-        let mut reference = GradSummary::new(8, 7).unwrap();
-        reference.extend_values(xs.iter().map(|&x| f64::from(x)));
-        assert_eq!(fast.moments.n, reference.moments.n);
-        assert_eq!((fast.nan_count, fast.neg_inf_count), (1, 1));
-        assert_eq!(
-            (fast.pos_count, fast.neg_count, fast.zero_count),
-            (
-                reference.pos_count,
-                reference.neg_count,
-                reference.zero_count
-            )
-        );
-        assert_eq!(fast.abs_hist.total(), reference.abs_hist.total());
-        assert_eq!(fast.top_abs.sorted_desc(), reference.top_abs.sorted_desc());
-        assert_eq!(fast.max_abs, reference.max_abs);
-        let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs().max(1.0);
-        assert!(close(fast.moments.mean, reference.moments.mean));
-        assert!(close(fast.moments.m2, reference.moments.m2));
-        assert!(close(fast.sum_sq, reference.sum_sq));
-        fast.validate().unwrap();
+        for p in [1, 7, 16] {
+            let mut fast = GradSummary::new(8, p).unwrap();
+            fast.extend_f32(&xs);
+            let mut reference = GradSummary::new(8, p).unwrap();
+            for &x in &xs {
+                reference.push(f64::from(x));
+            }
+            assert_eq!(fast.moments.n, reference.moments.n);
+            assert_eq!((fast.nan_count, fast.neg_inf_count), (1, 1));
+            assert_eq!(
+                (fast.pos_count, fast.neg_count, fast.zero_count),
+                (
+                    reference.pos_count,
+                    reference.neg_count,
+                    reference.zero_count
+                )
+            );
+            assert_eq!(fast.zero_count, 4, "sin(0) and the three planted zeros");
+            assert_eq!(fast.abs_hist, reference.abs_hist, "precision {p}");
+            assert_eq!(fast.top_abs.sorted_desc(), reference.top_abs.sorted_desc());
+            assert_eq!(fast.max_abs, reference.max_abs);
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs().max(1e-300);
+            assert!(close(fast.moments.mean, reference.moments.mean));
+            assert!(close(fast.moments.m2, reference.moments.m2));
+            assert!(close(fast.moments.m4, reference.moments.m4));
+            assert!(close(fast.sum_sq, reference.sum_sq));
+            fast.validate().unwrap();
+        }
     }
 
     #[test]
