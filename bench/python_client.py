@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import pathlib
+import signal
 import socket
 import statistics
 import subprocess
@@ -86,36 +87,50 @@ def ddp_run(python: str, tmp: pathlib.Path, tag: str, extra: list[str], steps: i
             env=env, stdout=subprocess.DEVNULL))
     for p in procs:
         assert p.wait() == 0
-    times = []
+    times, dropped = [], 0
     for rank in range(2):
-        t = json.loads((tmp / f"{tag}-{rank}.json").read_text())["step_times"]
-        times.extend(t[20:])  # skip warm-up (bucket rebuild, first allocations)
-    return statistics.median(times)
+        r = json.loads((tmp / f"{tag}-{rank}.json").read_text())
+        times.extend(r["step_times"][20:])  # skip warm-up (bucket rebuild, first allocations)
+        dropped += (r["client"] or {}).get("steps_dropped", 0)
+    return statistics.median(times), dropped
 
 
-def overhead(python: str, tmp: pathlib.Path, pairs: int, steps: int, idle: bool) -> dict:
+def overhead(python: str, tmp: pathlib.Path, pairs: int, steps: int, idle: bool,
+             pause_collector: bool = False) -> dict:
     # In a deployment the collector runs on another machine. Here it shares the cores with the
     # training ranks, so (by default) it runs under SCHED_IDLE: it only gets cycles the ranks and
     # their agents leave, and its own CPU time is reported apart.
     wrapper = ["chrt", "--idle", "0"] if idle else []
     with Collector(str(tmp / "lake-ddp"), wrapper=wrapper) as col:
+        # The agents run at their default niceness (19), as deployed.
         agents = [Agent(str(tmp / f"a-{r}.sock"), col.url) for r in range(2)]
         try:
-            base, watched = [], []
+            base, watched, dropped = [], [], 0
+            if pause_collector:
+                os.kill(col.proc.pid, signal.SIGSTOP)
             cpu0 = [cpu_seconds(p.proc.pid) for p in (col, *agents)]
             for i in range(pairs):
-                base.append(ddp_run(python, tmp, f"base{i}", ["--no-gradtel"], steps))
-                watched.append(ddp_run(python, tmp, f"watch{i}", [
-                    "--run-id", f"bench-ddp-{i}", "--socket", str(tmp / "a-{rank}.sock")], steps))
+                base.append(ddp_run(python, tmp, f"base{i}", ["--no-gradtel"], steps)[0])
+                t, d = ddp_run(python, tmp, f"watch{i}", [
+                    "--run-id", f"bench-ddp-{i}", "--socket", str(tmp / "a-{rank}.sock"),
+                    *os.environ.get("GRADTEL_BENCH_WATCH_ARGS", "").split()], steps)
+                watched.append(t)
+                dropped += d
             cpu1 = [cpu_seconds(p.proc.pid) for p in (col, *agents)]
+            if pause_collector:
+                os.kill(col.proc.pid, signal.SIGCONT)
         finally:
             for a in agents:
                 a.stop()
     b, w = statistics.median(base), statistics.median(watched)
     per_step = [(c1 - c0) / (pairs * steps) * 1e3 for c0, c1 in zip(cpu0, cpu1)]
-    return {"base_ms": b * 1e3, "watched_ms": w * 1e3, "overhead": w / b - 1,
+    # This VM's speed drifts between runs by more than the effect: the ratio within each
+    # adjacent pair cancels the drift, and its median is the headline.
+    ratio = statistics.median(y / x for x, y in zip(base, watched))
+    return {"base_ms": b * 1e3, "watched_ms": w * 1e3, "overhead": ratio - 1,
             "pairs": [(x * 1e3, y * 1e3) for x, y in zip(base, watched)],
-            "collector_cpu_ms": per_step[0], "agent_cpu_ms": per_step[1:]}
+            "collector_cpu_ms": per_step[0], "agent_cpu_ms": per_step[1:],
+            "dropped": dropped, "reported": 2 * pairs * steps}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -136,6 +151,9 @@ def main() -> int:
     p.add_argument("--ddp-steps", type=int, default=300)
     p.add_argument("--collector-normal-priority", action="store_true",
                    help="run the collector at normal priority beside the ranks")
+    p.add_argument("--pause-collector", action="store_true",
+                   help="stop the collector (SIGSTOP) during the runs, as if it ran on another "
+                        "host: agents keep their reports queued (and drop, counted, when full)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = pathlib.Path(d)
@@ -147,13 +165,16 @@ def main() -> int:
                   f"ratio {r['gb_per_s'] / r['copy_gb_per_s']:.3f}")
         if not args.skip_ddp:
             o = overhead(args.ddp_python, tmp, args.pairs, args.ddp_steps,
-                         idle=not args.collector_normal_priority)
+                         idle=not args.collector_normal_priority,
+                         pause_collector=args.pause_collector)
             print(f"DDP step time (median of {args.pairs} alternating pairs, 2 ranks, "
                   f"{args.ddp_steps} steps): without gradtel {o['base_ms']:.3f} ms, with "
-                  f"{o['watched_ms']:.3f} ms, overhead {o['overhead'] * 100:+.2f} %")
+                  f"{o['watched_ms']:.3f} ms; overhead (median of the pairs' ratios) "
+                  f"{o['overhead'] * 100:+.2f} %")
             print("  pairs (ms):", ", ".join(f"{a:.3f}/{b:.3f}" for a, b in o["pairs"]))
             print(f"  CPU per watched step: collector {o['collector_cpu_ms']:.2f} ms, agents "
                   + ", ".join(f"{x:.2f} ms" for x in o["agent_cpu_ms"]))
+            print(f"  steps dropped by the clients: {o['dropped']} of {o['reported']} rank-steps")
     return 0
 
 

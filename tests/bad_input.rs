@@ -9,7 +9,8 @@ use common::*;
 use gradtel_client::{IngestClient, StepScalars, TensorData, TensorDecl};
 use gradtel_proto::v1::collect_client::CollectClient;
 use gradtel_proto::v1::{
-    ChunkBatch, Dtype, EndStep, GradientChunk, PushRequest, ShardReport, ack, push_request,
+    ChunkBatch, Dtype, EndStep, GradientChunk, MessageBatch, PushRequest, ShardReport, ack,
+    push_request,
 };
 use tonic::Code;
 
@@ -165,6 +166,77 @@ fn push_steps_acks_each_step_and_a_bad_chunk_in_a_batch_ends_the_stream() {
 }
 
 #[test]
+fn a_message_batch_is_handled_in_order_and_answered_once_and_may_not_nest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut agent, socket, rt) = lone_agent(dir.path());
+    rt.block_on(async {
+        let mut c = IngestClient::connect_uds(&socket).await.unwrap();
+        c.register("grouped-run", 0, 1, 0, 1, &decls())
+            .await
+            .unwrap();
+        let part = |step: u64, offset: u64| PushRequest {
+            msg: Some(push_request::Msg::Chunk(GradientChunk {
+                step,
+                tensor: "fc.weight".into(),
+                offset,
+                dtype: Dtype::F32 as i32,
+                data: vec![0; 32].into(),
+                local: false,
+            })),
+        };
+        let end = |step| PushRequest {
+            msg: Some(push_request::Msg::EndStep(EndStep {
+                step,
+                ..Default::default()
+            })),
+        };
+        let group = |requests| PushRequest {
+            msg: Some(push_request::Msg::Messages(MessageBatch { requests })),
+        };
+        let (acks, status) = c
+            .push_steps_raw(vec![
+                // Three steps in one message (step 3 in two chunks), then a step alone.
+                group(vec![
+                    part(1, 0),
+                    end(1),
+                    part(2, 0),
+                    end(2),
+                    part(3, 0),
+                    part(3, 8),
+                    end(3),
+                ]),
+                part(4, 0),
+                end(4),
+                // A step whose end comes in a later message: its chunk counts there.
+                group(vec![part(5, 0)]),
+                group(vec![end(5)]),
+                group(vec![group(vec![end(6)])]),
+            ])
+            .await
+            .unwrap();
+        let flat = |a: &gradtel_proto::v1::StepAck| (a.step, a.dropped, a.chunks_accepted);
+        assert_eq!(
+            acks.len(),
+            3,
+            "one answer per message that ends steps: {acks:?}"
+        );
+        assert_eq!(
+            std::iter::once(flat(&acks[0]))
+                .chain(acks[0].more.iter().map(flat))
+                .collect::<Vec<_>>(),
+            vec![(1, false, 1), (2, false, 1), (3, false, 2)]
+        );
+        assert_eq!(flat(&acks[1]), (4, false, 1));
+        assert!(acks[1].more.is_empty());
+        assert_eq!(flat(&acks[2]), (5, false, 1));
+        let status = status.expect("a nested batch ends the stream");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("batch"), "{}", status.message());
+    });
+    assert!(agent.alive(), "agent survived the nested batch");
+}
+
+#[test]
 fn collector_rejects_bad_reports_on_an_open_stream() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("lake");
@@ -296,4 +368,39 @@ fn collector_killed_mid_run_loses_nothing_acknowledged_or_queued() {
         "every step arrives (at least once)"
     );
     assert!(agent.alive() && collector.alive());
+}
+
+/// Nice value of every thread of `pid` (field 19 of /proc/PID/task/TID/stat).
+fn thread_niceness(pid: u32) -> Vec<i64> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| {
+            let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap();
+            // The command name may hold spaces; the fields after it do not.
+            let after = stat.rsplit_once(')').unwrap().1;
+            after.split_whitespace().nth(16).unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn agent_yields_the_cpu_to_training_at_the_requested_niceness() {
+    let dir = tempfile::tempdir().unwrap();
+    let absent = format!("http://127.0.0.1:{}", free_port());
+    let default = start_agent(&dir.path().join("a.sock"), &absent, &[]);
+    let nice = thread_niceness(default.child.id());
+    assert!(nice.len() > 1, "the runtime's threads are there too");
+    assert!(
+        nice.iter().all(|&n| n == 19),
+        "default niceness 19: {nice:?}"
+    );
+    let own = thread_niceness(std::process::id())[0];
+    let asked = (own + 5).min(19);
+    let chosen = start_agent(
+        &dir.path().join("b.sock"),
+        &absent,
+        &["--nice", &asked.to_string()],
+    );
+    let nice = thread_niceness(chosen.child.id());
+    assert!(nice.iter().all(|&n| n == asked), "{nice:?} != {asked}");
 }

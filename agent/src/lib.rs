@@ -72,6 +72,8 @@ pub enum AgentError {
     MixedLocal { step: u64 },
     #[error("push message carries neither a chunk nor an end of step")]
     EmptyMessage,
+    #[error("a batch of messages contains a batch of messages")]
+    NestedBatch,
     #[error(transparent)]
     Payload(#[from] gradtel_codec::CodecError),
     #[error(transparent)]
@@ -97,6 +99,7 @@ impl From<AgentError> for tonic::Status {
             | TooManyValues { .. }
             | MixedLocal { .. }
             | EmptyMessage
+            | NestedBatch
             | Payload(_) => tonic::Status::invalid_argument(msg),
             NotRegistered => tonic::Status::failed_precondition(msg),
             UnknownTensor(_) => tonic::Status::not_found(msg),

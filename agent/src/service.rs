@@ -380,44 +380,61 @@ async fn ingest(
     let mut resp = PushResponse::default();
     let mut since_ack = 0u64;
     while let Some(msg) = stream.message().await? {
-        let chunks = match msg.msg {
-            Some(push_request::Msg::Chunk(c)) => vec![c],
-            Some(push_request::Msg::Batch(b)) => b.chunks,
-            Some(push_request::Msg::EndStep(e)) => {
-                while let Some(done) = pending.join_next().await {
-                    since_ack += settle(done).map_err(reject)?;
+        let items = match msg.msg {
+            Some(push_request::Msg::Messages(b)) => b.requests,
+            other => vec![PushRequest { msg: other }],
+        };
+        let mut acked: Vec<StepAck> = Vec::new();
+        for item in items {
+            let (chunks, end) = match item.msg {
+                Some(push_request::Msg::Chunk(c)) => (vec![c], None),
+                Some(push_request::Msg::Batch(b)) => (b.chunks, None),
+                Some(push_request::Msg::EndStep(e)) => (Vec::new(), Some(e)),
+                Some(push_request::Msg::Messages(_)) => {
+                    return Err(reject(AgentError::NestedBatch));
                 }
-                let dropped = state.end_step(&e).map_err(reject)? == EndOutcome::Dropped;
-                resp.steps_dropped += u64::from(dropped);
-                resp.steps_ended += 1;
-                resp.chunks_accepted += since_ack;
-                if let Some(tx) = acks {
-                    let ack = StepAck {
-                        step: e.step,
-                        dropped,
-                        chunks_accepted: since_ack,
-                    };
-                    if tx.send(Ok(ack)).await.is_err() {
-                        // The client went away; what it sent is already handled.
-                        return Ok(resp);
+                None => return Err(reject(AgentError::EmptyMessage)),
+            };
+            let bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
+            if bytes >= BLOCKING_CHUNK_BYTES {
+                while pending.len() >= limit {
+                    if let Some(done) = pending.join_next().await {
+                        since_ack += settle(done).map_err(reject)?;
                     }
                 }
-                since_ack = 0;
+                let state = state.clone();
+                pending.spawn_blocking(move || add_chunks(&state, &chunks));
+            } else if !chunks.is_empty() {
+                since_ack += add_chunks(state, &chunks).map_err(reject)?;
+            }
+            let Some(e) = end else {
                 continue;
+            };
+            while let Some(done) = pending.join_next().await {
+                since_ack += settle(done).map_err(reject)?;
             }
-            None => return Err(reject(AgentError::EmptyMessage)),
-        };
-        let bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
-        if bytes >= BLOCKING_CHUNK_BYTES {
-            while pending.len() >= limit {
-                if let Some(done) = pending.join_next().await {
-                    since_ack += settle(done).map_err(reject)?;
-                }
+            let dropped = state.end_step(&e).map_err(reject)? == EndOutcome::Dropped;
+            resp.steps_dropped += u64::from(dropped);
+            resp.steps_ended += 1;
+            resp.chunks_accepted += since_ack;
+            acked.push(StepAck {
+                step: e.step,
+                dropped,
+                chunks_accepted: since_ack,
+                more: Vec::new(),
+            });
+            since_ack = 0;
+        }
+        // One answer per request message: a batch's later acks ride in the first one's `more`.
+        if let Some(tx) = acks
+            && !acked.is_empty()
+        {
+            let mut ack = acked.remove(0);
+            ack.more = acked;
+            if tx.send(Ok(ack)).await.is_err() {
+                // The client went away; what it sent is already handled.
+                return Ok(resp);
             }
-            let state = state.clone();
-            pending.spawn_blocking(move || add_chunks(&state, &chunks));
-        } else {
-            since_ack += add_chunks(state, &chunks).map_err(reject)?;
         }
     }
     while let Some(done) = pending.join_next().await {

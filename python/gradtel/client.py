@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -35,9 +36,11 @@ from gradtel.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
 log = logging.getLogger("gradtel")
 
 #: Minor revision of gradtel.v1 this client speaks (see proto/gradtel/v1/common.proto); the
-#: agent must speak at least minor 2 (PushSteps, ChunkBatch).
-PROTOCOL_MINOR = 2
+#: agent must speak at least minor 2 (PushSteps, ChunkBatch). With a minor-3 agent several
+#: steps share one MessageBatch and one StepAck.
+PROTOCOL_MINOR = 3
 _MIN_AGENT_MINOR = 2
+_GROUP_MINOR = 3
 
 _RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # The agent refuses messages above 64 MiB; 4 MiB chunks keep several in flight and are large
@@ -154,8 +157,11 @@ def _varint(n: int) -> bytes:
 # Wire tags, all length-delimited: PushRequest.chunk = 1, PushRequest.batch = 3,
 # GradientChunk.data = 5. ChunkBatch.chunks is field 1 too, so a PushRequest{chunk} encoding is
 # byte for byte one element of a ChunkBatch: a batch is those encodings concatenated.
+# PushRequest.messages = 4 holds a MessageBatch, whose field 1 is a whole PushRequest.
 _TAG_CHUNK = b"\x0a"
 _TAG_BATCH = b"\x1a"
+_TAG_MESSAGES = b"\x22"
+_TAG_REQUEST = b"\x0a"
 _TAG_DATA = b"\x2a"
 # Chunks below this size are packed into batches (copied once more); larger ones travel alone.
 _BATCH_ITEM_BYTES = 256 << 10
@@ -187,7 +193,8 @@ def _make_concat():
         out = new(None, len(head) + payload.nbytes)
         at = data(out)
         memmove(at, head, len(head))
-        memmove(at + len(head), payload.ctypes.data, payload.nbytes)
+        # __array_interface__ rather than .ctypes: the latter builds helper objects per call.
+        memmove(at + len(head), payload.__array_interface__["data"][0], payload.nbytes)
         return out
 
     return concat
@@ -198,19 +205,29 @@ _NOGIL_COPY_BYTES = 64 << 10
 _concat = _make_concat()
 
 
+@functools.lru_cache(maxsize=4096)
+def _chunk_fields(name: str, dtype: int, local: bool) -> bytes:
+    """GradientChunk fields that are the same at every step: tensor = 2, dtype = 4, local = 6."""
+    raw = name.encode()
+    return b"".join((b"\x12", _varint(len(raw)), raw, b"\x20", _varint(dtype),
+                     b"\x30\x01" if local else b""))
+
+
 def _encode_chunk(
     step: int, name: str, offset: int, dtype: int, local: bool, data: np.ndarray
 ) -> bytes:
-    """A serialised PushRequest{chunk}; ``data`` is the payload as a contiguous uint8 array. The
-    scalar fields go through the generated message; the payload is appended as field 5 by hand,
-    so the caller's buffer is copied exactly once (into the returned bytes) instead of three
-    times through protobuf."""
-    head = ingest_pb2.GradientChunk(
-        step=step, tensor=name, offset=offset, dtype=dtype, local=local
-    ).SerializeToString()
-    n = data.nbytes
-    inner = head + _TAG_DATA + _varint(n)
-    return _concat(_TAG_CHUNK + _varint(len(inner) + n) + inner, data)
+    """A serialised PushRequest{chunk}; ``data`` is the payload as a contiguous uint8 array.
+    Encoded by hand (step = 1, offset = 3, data = 5 last; protobuf takes fields in any order and
+    tests/test_client.py checks the bytes against the generated message), so the caller's buffer
+    is copied exactly once, into the returned bytes, and a push costs microseconds of Python."""
+    return _concat(_chunk_head(step, name, offset, dtype, local, data.nbytes), data)
+
+
+def _chunk_head(step: int, name: str, offset: int, dtype: int, local: bool, n: int) -> bytes:
+    """The bytes of a PushRequest{chunk} before its ``n`` payload bytes."""
+    inner = b"".join((b"\x08", _varint(step), _chunk_fields(name, dtype, local), b"\x18",
+                      _varint(offset), _TAG_DATA, _varint(n)))
+    return b"".join((_TAG_CHUNK, _varint(len(inner) + n), inner))
 
 
 def _encode_end(step: int, loss, lr, batch_size) -> bytes:
@@ -225,14 +242,21 @@ def _encode_end(step: int, loss, lr, batch_size) -> bytes:
 
 
 class _Item:
-    __slots__ = ("step", "end", "wire", "nbytes")
+    __slots__ = ("step", "end", "wire", "nbytes", "chunks", "fragment")
 
-    def __init__(self, step: int, end: bool, wire: bytes, nbytes: int = 0):
+    def __init__(
+        self, step: int, end: bool, wire: bytes, nbytes: int = 0, chunks: int = 1,
+        fragment: bool = False,
+    ):
         self.step = step
         self.end = end
+        # A serialised PushRequest, or with `fragment` (push_many) part of the body of a
+        # MessageBatch: its elements (field 1), one per chunk.
         self.wire = wire
+        self.fragment = fragment
         # Payload bytes reserved against queue_bytes (0 for an end marker).
         self.nbytes = nbytes
+        self.chunks = 0 if end else chunks
 
 
 _TRANSIENT = {
@@ -251,7 +275,9 @@ class Client:
     ``socket`` is the agent's Unix socket path (``gradtel-agent --socket``; default
     ``$GRADTEL_AGENT_SOCKET`` or ``gradtel-agent.sock``); ``target`` may name any gRPC target
     instead (e.g. ``127.0.0.1:4318`` for the agent's ``--tcp``). ``queue_bytes`` bounds the memory
-    the client holds for unsent gradients.
+    the client holds for unsent gradients. Ended steps wait up to ``send_interval_s`` so that
+    several short steps travel as one message with one answer (each gRPC message costs the
+    training process CPU time in grpcio's threads); a full ``chunk_bytes`` goes at once.
     """
 
     def __init__(
@@ -267,6 +293,7 @@ class Client:
         queue_bytes: int = 512 << 20,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         max_backoff_s: float = 2.0,
+        send_interval_s: float = 0.05,
     ):
         if not _RUN_ID.fullmatch(run_id) or run_id in (".", ".."):
             raise GradtelError(
@@ -289,6 +316,7 @@ class Client:
         self.queue_bytes = int(queue_bytes)
         self.chunk_bytes = int(chunk_bytes)
         self.max_backoff_s = max_backoff_s
+        self.send_interval_s = float(send_interval_s)
         self.stats = Stats()
 
         self._channel = grpc.insecure_channel(
@@ -319,6 +347,14 @@ class Client:
         self._cv = threading.Condition()
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_bytes = 0
+        # Queued step ends and large chunks. Small chunks wait for their step's end, so a step
+        # of small tensors goes out as one message and the sender thread wakes once per message
+        # instead of once per push.
+        self._ends = 0
+        self._big = 0
+        self._flushing = 0
+        self._last_send = 0.0
+        self._agent_minor = _MIN_AGENT_MINOR
         # Steps dropped whole, until their end_step: step → the Stats counter it is charged to.
         self._dropped: dict[int, str] = {}
         self._warned_too_big = False
@@ -383,6 +419,7 @@ class Client:
             )
         with self._cv:
             self._registered = self._layout is req
+            self._agent_minor = resp.protocol_minor
             self._cv.notify_all()
         return True
 
@@ -400,6 +437,54 @@ class Client:
         ``name`` at ``step``, starting at flattened coordinate ``offset``. ``local=True`` marks the
         rank's own gradient before the data-parallel all-reduce (the input of live SGN). Returns
         after one copy; False when the step has been dropped (see :class:`Stats`)."""
+        arr, kind = self._check(name, array, offset, dtype)
+        nbytes = arr.size * arr.dtype.itemsize
+        with self._cv:
+            if not self._admit_locked(step, nbytes):
+                return False
+        items = self._encode(step, name, offset, DTYPES[kind][0], local, arr)
+        return self._enqueue(step, items, nbytes)
+
+    def push_many(
+        self,
+        step: int,
+        parts: Iterable[tuple[str, object, int]],
+        *,
+        local: bool = False,
+    ) -> bool:
+        """Queue several tensors' values of ``step`` at once: ``parts`` holds ``(name, array,
+        offset)`` as for :meth:`push`. The small ones are copied straight into one message (one
+        allocation, one copy each), which costs much less Python time per tensor than a push
+        each; a model of many small tensors (a DDP bucket) should use it. Returns False when the
+        step has been dropped."""
+        checked = [(name, *self._check(name, a, offset, None), offset) for name, a, offset in parts]
+        small, ok = [], True
+        for name, arr, kind, offset in checked:
+            if self._agent_minor < _GROUP_MINOR or arr.nbytes >= _BATCH_ITEM_BYTES:
+                ok &= self.push(step, name, arr, local=local, offset=offset, dtype=kind)
+            else:
+                small.append((name, arr, DTYPES[kind][0], offset))
+        while small and ok:
+            # One MessageBatch body of at most chunk_bytes per item.
+            take, size = 0, 0
+            while take < len(small) and (take == 0 or size + small[take][1].nbytes
+                                         <= self.chunk_bytes):
+                size += small[take][1].nbytes
+                take += 1
+            group, small = small[:take], small[take:]
+            with self._cv:
+                if not self._admit_locked(step, size):
+                    return False
+            pieces = []
+            for name, arr, dtype, offset in group:
+                raw = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+                head = _chunk_head(step, name, offset, dtype, local, raw.nbytes)
+                pieces += (_TAG_REQUEST, _varint(len(head) + raw.nbytes), head, memoryview(raw))
+            item = _Item(step, False, b"".join(pieces), size, chunks=len(group), fragment=True)
+            ok = self._enqueue(step, [item], size)
+        return ok
+
+    def _check(self, name: str, array, offset: int, dtype: Optional[str]):
         arr = np.asarray(array)
         t = self._tensors.get(name)
         if t is None:
@@ -413,19 +498,24 @@ class Client:
                 f"tensor {name!r}: values [{offset}, {offset + arr.size}) are outside the "
                 f"owned range [{start}, {end})"
             )
-        nbytes = arr.size * arr.dtype.itemsize
-        with self._cv:
-            if self._closing:
-                raise GradtelError("push after close()")
-            if step in self._dropped:
-                self.stats.pushes_discarded += 1
-                return False
-            if self._queued_bytes + nbytes > self.queue_bytes:
-                self._drop_step_locked(step, nbytes)
-                return False
-            # Reserved before the copy so concurrent pushes cannot overshoot the bound.
-            self._queued_bytes += nbytes
-        items = self._encode(step, name, offset, DTYPES[kind][0], local, arr)
+        return arr, kind
+
+    def _admit_locked(self, step: int, nbytes: int) -> bool:
+        """Reserve ``nbytes`` of the queue for ``step`` before copying; False (and the push
+        counted as discarded) when the step is dropped or the queue is full."""
+        if self._closing:
+            raise GradtelError("push after close()")
+        if step in self._dropped:
+            self.stats.pushes_discarded += 1
+            return False
+        if self._queued_bytes + nbytes > self.queue_bytes:
+            self._drop_step_locked(step, nbytes)
+            return False
+        # Reserved before the copy so concurrent pushes cannot overshoot the bound.
+        self._queued_bytes += nbytes
+        return True
+
+    def _enqueue(self, step: int, items: list, nbytes: int) -> bool:
         with self._cv:
             if step in self._dropped:
                 # Dropped while we were copying: the withdrawal could not see these items.
@@ -433,7 +523,10 @@ class Client:
                 self.stats.pushes_discarded += 1
                 return False
             self._queue.extend(items)
-            self._cv.notify_all()
+            big = sum(1 for i in items if i.nbytes >= _BATCH_ITEM_BYTES)
+            self._big += big
+            if big or self._queued_bytes >= self.chunk_bytes:
+                self._cv.notify_all()
         return True
 
     def end_step(
@@ -457,18 +550,28 @@ class Client:
                 return False
             # The end marker is tiny and always admitted, so a step whose data fitted completes.
             self._queue.append(_Item(step, True, wire))
-            self._cv.notify_all()
+            self._ends += 1
+            # A sender already waiting out send_interval_s for an earlier end needs no wake-up
+            # (each one costs a GIL hand-over in the training process).
+            if (self._ends == 1 or self._agent_minor < _GROUP_MINOR
+                    or time.monotonic() >= self._last_send + self.send_interval_s):
+                self._cv.notify_all()
         return True
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until everything queued has been handed to the agent. False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
-            while self._queue or self._unacked:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cv.wait(left)
+            self._flushing += 1
+            self._cv.notify_all()
+            try:
+                while self._queue or self._unacked:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._cv.wait(left)
+            finally:
+                self._flushing -= 1
         return True
 
     def close(self, timeout: float = 10.0) -> Stats:
@@ -481,6 +584,7 @@ class Client:
             self.stats.steps_unsent_at_close += ends
             self._queue.clear()
             self._queued_bytes = 0
+            self._ends = self._big = 0
             self._cv.notify_all()
         self._sender.join(timeout=max(1.0, timeout))
         self._channel.close()
@@ -554,7 +658,7 @@ class Client:
         if req is None:
             return False
         try:
-            self._stub.Register(req, timeout=1.0, wait_for_ready=True)
+            resp = self._stub.Register(req, timeout=1.0, wait_for_ready=True)
         except grpc.RpcError as e:
             if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
                 log.error("gradtel: the agent refused the layout: %s", e.details())
@@ -562,41 +666,71 @@ class Client:
             return False
         with self._cv:
             self._registered = self._layout is req
+            self._agent_minor = resp.protocol_minor
         return True
 
+    def _wait_locked(self) -> Optional[float]:
+        """0 when the queue should go out now, else how long to wait (None: until notified)."""
+        if not self._queue:
+            return None
+        if (self._flushing or self._closing or self._big
+                or self._queued_bytes >= self.chunk_bytes):
+            return 0.0
+        if not self._ends:
+            return None
+        if self._agent_minor < _GROUP_MINOR:
+            return 0.0
+        return max(0.0, self._last_send + self.send_interval_s - time.monotonic())
+
     def _messages(self, stream_id: int) -> Iterator[bytes]:
-        """The request side of the stream: queued messages until close, small chunks of one step
-        packed into batches of up to ``chunk_bytes``."""
+        """The request side of the stream: queued messages until close. With a minor-3 agent
+        everything queued (up to ``chunk_bytes``) goes as one MessageBatch; with minor 2 small
+        chunks of one step are packed into ChunkBatches."""
         while True:
             with self._cv:
-                while not self._queue and not self._closing and stream_id == self._stream_id:
-                    self._cv.wait()
+                while not self._closing and stream_id == self._stream_id:
+                    wait = self._wait_locked()
+                    if wait == 0.0:
+                        break
+                    self._cv.wait(wait)
                 if not self._queue or stream_id != self._stream_id:
                     return
+                grouped = self._agent_minor >= _GROUP_MINOR
                 first = self._queue.popleft()
                 out = [first]
-                if not first.end and first.nbytes < _BATCH_ITEM_BYTES:
+                if first.nbytes < _BATCH_ITEM_BYTES:
                     size = first.nbytes
                     while self._queue:
                         nxt = self._queue[0]
-                        if (nxt.end or nxt.step != first.step or nxt.nbytes >= _BATCH_ITEM_BYTES
-                                or size + nxt.nbytes > self.chunk_bytes):
+                        if nxt.nbytes >= _BATCH_ITEM_BYTES or size + nxt.nbytes > self.chunk_bytes:
+                            break
+                        if not grouped and (first.end or nxt.end or nxt.step != first.step):
                             break
                         out.append(self._queue.popleft())
                         size += nxt.nbytes
                 for item in out:
                     self._queued_bytes -= item.nbytes
-                    self.stats.chunks_sent += 0 if item.end else 1
+                    self._big -= item.nbytes >= _BATCH_ITEM_BYTES
                     self.stats.bytes_sent += item.nbytes
-                if first.end:
-                    self._unacked.append(first.step)
-                    if self._partial == first.step:
-                        self._partial = None
-                else:
-                    self._partial = first.step
+                    if item.end:
+                        self._ends -= 1
+                        self._unacked.append(item.step)
+                        if self._partial == item.step:
+                            self._partial = None
+                    else:
+                        self.stats.chunks_sent += item.chunks
+                        self._partial = item.step
+                self._last_send = time.monotonic()
                 self._cv.notify_all()
-            if len(out) == 1:
+            if len(out) == 1 and not first.fragment:
                 yield first.wire
+            elif grouped:
+                body = b"".join(
+                    item.wire if item.fragment
+                    else b"".join((_TAG_REQUEST, _varint(len(item.wire)), item.wire))
+                    for item in out
+                )
+                yield b"".join((_TAG_MESSAGES, _varint(len(body)), body))
             else:
                 body = b"".join(item.wire for item in out)
                 yield b"".join((_TAG_BATCH, _varint(len(body)), body))
@@ -607,14 +741,15 @@ class Client:
             stream_id = self._stream_id
         call = self._push_steps(self._messages(stream_id), wait_for_ready=False)
         try:
-            for ack in call:
+            for first in call:
                 with self._cv:
-                    if self._unacked and self._unacked[0] == ack.step:
-                        self._unacked.popleft()
-                    if ack.dropped:
-                        self.stats.steps_dropped_agent += 1
-                    else:
-                        self.stats.steps_delivered += 1
+                    for ack in (first, *first.more):
+                        if self._unacked and self._unacked[0] == ack.step:
+                            self._unacked.popleft()
+                        if ack.dropped:
+                            self.stats.steps_dropped_agent += 1
+                        else:
+                            self.stats.steps_delivered += 1
                     self._cv.notify_all()
         except grpc.RpcError as e:
             code = e.code()
@@ -656,8 +791,10 @@ class Client:
                 kept.append(item)
             elif item.end:
                 ended = True
+                self._ends -= 1
             else:
                 self._queued_bytes -= item.nbytes
+                self._big -= item.nbytes >= _BATCH_ITEM_BYTES
         self._queue = kept
         if ended:
             setattr(self.stats, reason, getattr(self.stats, reason) + 1)

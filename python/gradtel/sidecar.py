@@ -108,13 +108,20 @@ class Agent(_Daemon):
     """``gradtel-agent --socket SOCKET --collector URL``, started and waited for."""
 
     def __init__(
-        self, socket: str, collector: str, extra: Sequence[str] = (), timeout: float = 30
+        self,
+        socket: str,
+        collector: str,
+        extra: Sequence[str] = (),
+        timeout: float = 30,
+        wrapper: Sequence[str] = (),
     ):
+        """``wrapper`` is prepended to the command line (e.g. ``["chrt", "--idle", "0"]``)."""
         self.socket = socket
         if os.path.exists(socket):
             os.unlink(socket)
         self.proc = subprocess.Popen(
-            [binary("gradtel-agent"), "--socket", socket, "--collector", collector, *extra],
+            [*wrapper, binary("gradtel-agent"), "--socket", socket, "--collector", collector,
+             *extra],
             stdout=subprocess.DEVNULL,
             env={**os.environ, "GRADTEL_LOG": os.environ.get("GRADTEL_LOG", "warn")},
         )

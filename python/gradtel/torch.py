@@ -97,7 +97,7 @@ class _DeviceCopier:
         self.thread = threading.Thread(target=self._run, name="gradtel-d2h", daemon=True)
         self.thread.start()
 
-    def _buffer(self, name: str, grad: torch.Tensor) -> torch.Tensor:
+    def _buffer(self, name, grad: torch.Tensor) -> torch.Tensor:
         with self.lock:
             bufs = self.free.setdefault(name, [])
             while bufs:
@@ -129,6 +129,14 @@ class _DeviceCopier:
             event.record()
         self.work.put(("push", step, name, buf, event, local, offset))
 
+    def submit_bucket(self, step: int, buf: torch.Tensor, layout: list) -> None:
+        key = ("bucket", buf.numel(), buf.dtype, tuple(layout))
+        host = self._buffer(key, buf)
+        host.copy_(buf.detach().reshape(-1), non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.work.put(("bucket", step, key, host, event, layout))
+
     def end_step(self, step: int, scalars: dict) -> None:
         # Ordered behind the step's pushes, so the end reaches the client after them.
         self.work.put(("end", step, scalars))
@@ -148,6 +156,14 @@ class _DeviceCopier:
                     finally:
                         with self.lock:
                             self.free.setdefault(name, []).append(buf)
+                elif job[0] == "bucket":
+                    _, step, key, buf, event, layout = job
+                    event.synchronize()
+                    try:
+                        _push_layout(self.client, step, _host_view(buf), layout)
+                    finally:
+                        with self.lock:
+                            self.free.setdefault(key, []).append(buf)
                 else:
                     _, step, scalars = job
                     self.client.end_step(step, **scalars)
@@ -155,6 +171,10 @@ class _DeviceCopier:
                 pass  # counted by the client (closed, or dropped)
             finally:
                 self.work.task_done()
+
+
+def _push_layout(client: Client, step: int, flat: np.ndarray, layout: list) -> None:
+    client.push_many(step, [(name, flat[off:off + n], 0) for name, off, n in layout], local=True)
 
 
 class Watcher:
@@ -186,6 +206,17 @@ class Watcher:
         else:
             # The client copies before it returns, so the view may be reused right after.
             self.client.push(self.step, name, _host_view(grad), local=local, offset=offset)
+
+    def _push_bucket(self, buf: torch.Tensor, layout: list) -> None:
+        """Local gradients laid out in a DDP bucket's flat buffer. On a GPU the buffer is copied
+        on the current stream: the all-reduce that follows overwrites it in place."""
+        if buf.is_cuda:
+            with self._lock:
+                if self._copier is None:
+                    self._copier = _DeviceCopier(self.client)
+            self._copier.submit_bucket(self.step, buf, layout)
+        else:
+            _push_layout(self.client, self.step, _host_view(buf), layout)
 
     def end_step(
         self,
@@ -267,6 +298,29 @@ class _DDPState:
         self.watcher = watcher
         self.names = names
         self.process_group = process_group
+        # Bucket parameters (their ids, in order) → [(name, offset in the bucket's flat buffer,
+        # numel)] for the watched ones, or None when a gradient is not a plain view of the
+        # buffer. DDP rebuilds its buckets after the first iteration, which gives new keys.
+        self.layouts: dict[tuple, Optional[list]] = {}
+
+    def layout(self, bucket) -> Optional[list]:
+        params = bucket.parameters()
+        key = tuple(map(id, params))
+        if key not in self.layouts:
+            buf = bucket.buffer()
+            base, size, layout = buf.data_ptr(), buf.element_size(), []
+            for p, g in zip(params, bucket.gradients()):
+                name = self.names.get(id(p))
+                if name is None:
+                    continue
+                off, rem = divmod(g.data_ptr() - base, size)
+                if (rem or g.dtype != buf.dtype or g.device != buf.device
+                        or not g.is_contiguous() or off < 0 or off + g.numel() > buf.numel()):
+                    layout = None
+                    break
+                layout.append((name, off, g.numel()))
+            self.layouts[key] = layout
+        return self.layouts[key]
 
 
 def _ddp_hook(state: _DDPState, bucket):
@@ -274,10 +328,17 @@ def _ddp_hook(state: _DDPState, bucket):
 
     w = state.watcher
     if w.active:
-        for p, g in zip(bucket.parameters(), bucket.gradients()):
-            name = state.names.get(id(p))
-            if name is not None:
-                w._push(name, g, local=True, side=False)
+        layout = state.layout(bucket)
+        if layout is not None:
+            # The bucket's flat buffer holds every local gradient: one view (or one
+            # device-to-host copy) for all of them instead of one per parameter.
+            if layout:
+                w._push_bucket(bucket.buffer(), layout)
+        else:
+            for p, g in zip(bucket.parameters(), bucket.gradients()):
+                name = state.names.get(id(p))
+                if name is not None:
+                    w._push(name, g, local=True, side=False)
     return allreduce_hook(state.process_group, bucket)
 
 

@@ -61,6 +61,44 @@ def test_pushed_values_are_what_the_lake_holds(collector, agent_factory):
     assert len(per_step) == 6 and len({frozenset(s) for s in per_step.values()}) == 1
 
 
+def test_push_many_puts_every_part_in_the_lake(collector, agent_factory):
+    agent = agent_factory(extra=["--track-count", "100000"])
+    rng = np.random.default_rng(2)
+    # Four small tensors, one half-sent in two parts, and one above the batching threshold.
+    layout = [Tensor("a", (300,)), Tensor("b", (7,)), Tensor("c", (40, 25)),
+              Tensor("h", (64,), dtype="f16"), Tensor("big", (100_000,))]
+    # chunk_bytes makes the small parts span several messages.
+    client = Client(RUN, socket=agent.socket, chunk_bytes=3000)
+    assert client.register(layout)
+    sent = {}
+    for step in range(5):
+        v = {t.name: rng.standard_t(4, size=t.shape).astype(
+            np.float16 if t.dtype == "f16" else np.float32) for t in layout}
+        sent[step] = v
+        c = v["c"].ravel()
+        assert client.push_many(step, [("a", v["a"], 0), ("b", v["b"], 0), ("c", c[:600], 0),
+                                       ("h", v["h"], 0), ("big", v["big"], 0),
+                                       ("c", c[600:], 600)], local=True)
+        assert client.end_step(step)
+    stats = client.close()
+    assert stats.steps_delivered == 5 and stats.steps_dropped == 0, stats
+    # Five small parts a step, and the large one as pushes of chunk_bytes.
+    assert stats.chunks_sent == 5 * (5 + -(-400_000 // 3000))
+    assert stats.bytes_sent == 5 * sum(x.nbytes for x in sent[0].values())
+    steps = stop_and_read(collector, [agent], RUN, "steps")
+    for step, tensors in sent.items():
+        for name, values in tensors.items():
+            (r,) = rows(steps, step=step, scope_kind="tensor", scope=name)
+            x = values.astype(np.float64).ravel()
+            assert r["count"] == x.size
+            assert r["mean"] == pytest.approx(x.mean(), rel=1e-9, abs=1e-12)
+            assert r["max_abs"] == np.abs(x).max()
+    coords = read_table(collector.out, RUN, "coords").to_pylist()
+    assert {c["tensor"] for c in coords} == set(sent[0])
+    for c in coords:
+        assert c["local"] and c["value"] == np.float32(sent[c["step"]][c["tensor"]].ravel()[c["index"]])
+
+
 def test_bf16_and_local_flag_and_sharded_offsets(collector, agent_factory):
     agent = agent_factory(extra=["--track-count", "1000"])
     client = Client(RUN, socket=agent.socket, shard=1, shard_count=2)
@@ -132,6 +170,10 @@ def test_agent_killed_mid_run_training_goes_on_and_drops_are_reported(
             agent.kill()
         if step == 40:
             agent = agent_factory("a.sock")
+        if step == 50:
+            # The client has found the new agent (how soon depends on its reconnect backoff):
+            # from here on every step must arrive.
+            assert client.flush(timeout=30)
         client.push(step, "w", g)
         client.end_step(step)
         time.sleep(0.02)
@@ -144,7 +186,7 @@ def test_agent_killed_mid_run_training_goes_on_and_drops_are_reported(
     delivered = {r["step"] for r in rows(steps, scope_kind="model")}
     # Steps before the kill and after the restart arrive; the agent's SIGKILL loses what it held.
     assert set(range(0, 20)) <= delivered
-    assert set(range(45, 60)) <= delivered
+    assert set(range(50, 60)) <= delivered
     # Nothing was in flight at the kill, so every step the agent acknowledged reached the lake.
     assert len(delivered) == stats.steps_delivered
 
@@ -205,3 +247,22 @@ def test_large_payloads_are_copied_exactly_outside_the_gil_path():
 
 
 DTYPES_F32 = gradtel.DTYPES["f32"][0]
+
+
+def test_hand_encoded_chunks_parse_as_the_generated_message():
+    from gradtel.client import _encode_chunk
+    from gradtel.v1 import ingest_pb2
+
+    payload = np.arange(1000, dtype=np.float32)
+    for step, name, offset, dtype, local, data in [
+        (0, "w", 0, 1, False, payload[:3]),
+        (2**40 + 7, "layer.0.ä", 123_456_789, 3, True, payload),
+        (5, "b" * 300, 2**33, 2, True, payload[:0]),
+        # Large enough for the GIL-free copy path.
+        (9, "big", 17, 1, False, np.ones(100_000, np.float32)),
+    ]:
+        raw = data.view(np.uint8).reshape(-1)
+        got = ingest_pb2.PushRequest.FromString(_encode_chunk(step, name, offset, dtype, local, raw))
+        want = ingest_pb2.PushRequest(chunk=ingest_pb2.GradientChunk(
+            step=step, tensor=name, offset=offset, dtype=dtype, local=local, data=raw.tobytes()))
+        assert got == want, (step, name)

@@ -38,11 +38,28 @@ struct Cli {
     /// On shutdown, how long to wait for the collector to acknowledge what is still in flight.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     drain: std::time::Duration,
+
+    /// Scheduling niceness of the agent (-20..=19; 19 = lowest priority). At the default the
+    /// agent only takes CPU time the training process leaves: on a saturated host it falls
+    /// behind and whole steps are dropped and counted, instead of the training slowing down.
+    /// Raising priority (a value below the current one) needs CAP_SYS_NICE.
+    #[arg(long, env = "GRADTEL_AGENT_NICE", default_value_t = 19,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    nice: i32,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Before the runtime exists: Linux keeps niceness per thread, and threads inherit it.
+    rustix::process::setpriority_process(None, cli.nice)
+        .map_err(|e| anyhow::anyhow!("cannot set niceness {}: {e}", cli.nice))?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     gradtel::init_logging(&cli.log);
     let agent = Agent::start(cli.config).await?;
     gradtel::wait_for_signal().await;

@@ -17,6 +17,8 @@ use crate::{LogHistogram, Moments, StatsError, TopK};
 
 /// Values summarised per block on the fast path.
 pub const BLOCK: usize = 256;
+// Positions within a block are kept as u8.
+const _: () = assert!(BLOCK <= 256);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GradSummary {
@@ -109,11 +111,13 @@ impl GradSummary {
 
     #[inline(always)]
     fn extend_f32_blocks(&mut self, xs: &[f32], counter: &mut LaneCounter) {
+        // Scratch for every block of the call: zeroing it per block costs as much as a pass.
+        let mut scratch = ([0f64; BLOCK], [0u32; BLOCK], [0u8; BLOCK]);
         for block in xs.chunks(BLOCK) {
             // Gradients are almost always all finite: such a block takes the fused f32 path,
             // which skips the per-value gather of `extend_values`.
             if block.iter().fold(true, |ok, x| ok & x.is_finite()) {
-                self.absorb_finite_f32(block, counter);
+                self.absorb_finite_f32(block, counter, &mut scratch);
             } else {
                 self.extend_values(block.iter().map(|&x| f64::from(x)));
             }
@@ -125,11 +129,15 @@ impl GradSummary {
     /// visited by blocks whose largest `|x|` beats its current k-th largest. Equal to
     /// [`Self::absorb_finite`] on the widened values (to rounding for the sums).
     #[inline(always)]
-    fn absorb_finite_f32(&mut self, xs: &[f32], counter: &mut LaneCounter) {
+    fn absorb_finite_f32(
+        &mut self,
+        xs: &[f32],
+        counter: &mut LaneCounter,
+        (wide, bits, candidates): &mut ([f64; BLOCK], [u32; BLOCK], [u8; BLOCK]),
+    ) {
         let n = xs.len();
         // Separate simple loops: each one vectorises. Signs and extremes work on the bit
         // patterns of |x|, which for finite values order like the values themselves.
-        let (mut wide, mut bits) = ([0f64; BLOCK], [0u32; BLOCK]);
         for (w, &x) in wide.iter_mut().zip(xs) {
             *w = f64::from(x);
         }
@@ -154,14 +162,36 @@ impl GradSummary {
         counter.record_abs_f32_bits(&self.abs_hist, bits, min_pos_less_1.wrapping_add(1), max);
         let max = f64::from(f32::from_bits(max));
         self.max_abs = self.max_abs.max(max);
-        let mut threshold = self.top_abs.threshold();
-        if threshold.is_none_or(|t| max > t) {
-            for &b in bits {
-                let a = f64::from(f32::from_bits(b));
-                if threshold.is_none_or(|t| a > t) {
-                    self.top_abs.push(a);
-                    threshold = self.top_abs.threshold();
-                }
+        // Until the top-k is full every value enters it.
+        let mut first = 0;
+        while first < n && self.top_abs.threshold().is_none() {
+            self.top_abs.push(f64::from(f32::from_bits(bits[first])));
+            first += 1;
+        }
+        let Some(mut threshold) = self.top_abs.threshold() else {
+            return;
+        };
+        if first == n || max <= threshold {
+            return;
+        }
+        // Candidates beat the threshold as it was on entry (it only rises): gathered branch-free
+        // by comparing bit patterns against the largest f32 at or below it, then checked exactly.
+        // (A threshold of 0, all zeros so far, admits exactly the positive values.)
+        let floor = if threshold > 0.0 {
+            f32_at_or_below(threshold).to_bits()
+        } else {
+            0
+        };
+        let mut found = 0;
+        for (j, &b) in bits.iter().enumerate().skip(first) {
+            candidates[found] = j as u8;
+            found += usize::from(b > floor);
+        }
+        for &j in &candidates[..found] {
+            let a = f64::from(f32::from_bits(bits[usize::from(j)]));
+            if a > threshold {
+                self.top_abs.push(a);
+                threshold = self.top_abs.threshold().unwrap_or(f64::NEG_INFINITY);
             }
         }
     }
@@ -272,6 +302,16 @@ impl GradSummary {
             return Err(StatsError::Malformed("top-k longer than its sample"));
         }
         Ok(())
+    }
+}
+
+/// The largest f32 `f` with `f ≤ t`, for `t > 0` (`t` may not be an f32: summaries merge f64).
+fn f32_at_or_below(t: f64) -> f32 {
+    let f = t as f32;
+    if f64::from(f) > t {
+        f32::from_bits(f.to_bits() - 1)
+    } else {
+        f
     }
 }
 
@@ -393,6 +433,47 @@ mod tests {
             assert!(close(fast.sum_sq, reference.sum_sq));
             fast.validate().unwrap();
         }
+    }
+
+    #[test]
+    fn f32_top_k_matches_the_value_path_after_zeros_and_f64_thresholds() {
+        // All-zero blocks first (threshold 0), then f64 values that are not f32 (a threshold
+        // between two f32s), then f32 values straddling it.
+        let t = 0.1f64 + 1e-12;
+        let f64s: Vec<f64> = (0..8).map(|i| t + f64::from(i) * 1e-13).collect();
+        let near: Vec<f32> = (0..3 * BLOCK)
+            .map(|i| {
+                (t as f32)
+                    * (1.0 + ((i % 7) as f32 - 3.0) * 1e-7)
+                    * if i % 2 == 0 { 1.0 } else { -1.0 }
+            })
+            .collect();
+        let mut fast = GradSummary::new(8, 7).unwrap();
+        let mut reference = GradSummary::new(8, 7).unwrap();
+        fast.extend_f32(&[0.0; 2 * BLOCK + 3]);
+        reference.extend_values(std::iter::repeat_n(0.0, 2 * BLOCK + 3));
+        assert_eq!(fast.top_abs.sorted_desc(), vec![0.0; 8]);
+        fast.extend_f32(&[0.0, 1e-30, 0.0, 2e-30]);
+        reference.extend_values(
+            [0.0, 1e-30, 0.0, 2e-30]
+                .iter()
+                .map(|&x| f64::from(x as f32)),
+        );
+        assert_eq!(fast.top_abs.sorted_desc(), reference.top_abs.sorted_desc());
+        fast.extend_f64(&f64s);
+        reference.extend_f64(&f64s);
+        fast.extend_f32(&near);
+        for &x in &near {
+            reference.push(f64::from(x));
+        }
+        assert_eq!(fast.top_abs.sorted_desc(), reference.top_abs.sorted_desc());
+        let from_f32 = fast
+            .top_abs
+            .sorted_desc()
+            .into_iter()
+            .filter(|&a| f64::from(a as f32) == a)
+            .count();
+        assert!(from_f32 > 0, "the f32 values beat the f64 threshold");
     }
 
     #[test]

@@ -52,20 +52,28 @@ class RegisterResponse(_message.Message):
     def __init__(self, protocol_minor: _Optional[int] = ..., top_k: _Optional[int] = ..., hist_precision_bits: _Optional[int] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("chunk", "end_step", "batch")
+    __slots__ = ("chunk", "end_step", "batch", "messages")
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     END_STEP_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     chunk: GradientChunk
     end_step: EndStep
     batch: ChunkBatch
-    def __init__(self, chunk: _Optional[_Union[GradientChunk, _Mapping]] = ..., end_step: _Optional[_Union[EndStep, _Mapping]] = ..., batch: _Optional[_Union[ChunkBatch, _Mapping]] = ...) -> None: ...
+    messages: MessageBatch
+    def __init__(self, chunk: _Optional[_Union[GradientChunk, _Mapping]] = ..., end_step: _Optional[_Union[EndStep, _Mapping]] = ..., batch: _Optional[_Union[ChunkBatch, _Mapping]] = ..., messages: _Optional[_Union[MessageBatch, _Mapping]] = ...) -> None: ...
 
 class ChunkBatch(_message.Message):
     __slots__ = ("chunks",)
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     chunks: _containers.RepeatedCompositeFieldContainer[GradientChunk]
     def __init__(self, chunks: _Optional[_Iterable[_Union[GradientChunk, _Mapping]]] = ...) -> None: ...
+
+class MessageBatch(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[PushRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[PushRequest, _Mapping]]] = ...) -> None: ...
 
 class GradientChunk(_message.Message):
     __slots__ = ("step", "tensor", "offset", "dtype", "data", "local")
@@ -96,14 +104,16 @@ class EndStep(_message.Message):
     def __init__(self, step: _Optional[int] = ..., loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class StepAck(_message.Message):
-    __slots__ = ("step", "dropped", "chunks_accepted")
+    __slots__ = ("step", "dropped", "chunks_accepted", "more")
     STEP_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     step: int
     dropped: bool
     chunks_accepted: int
-    def __init__(self, step: _Optional[int] = ..., dropped: _Optional[bool] = ..., chunks_accepted: _Optional[int] = ...) -> None: ...
+    more: _containers.RepeatedCompositeFieldContainer[StepAck]
+    def __init__(self, step: _Optional[int] = ..., dropped: _Optional[bool] = ..., chunks_accepted: _Optional[int] = ..., more: _Optional[_Iterable[_Union[StepAck, _Mapping]]] = ...) -> None: ...
 
 class PushResponse(_message.Message):
     __slots__ = ("chunks_accepted", "steps_ended", "steps_dropped")
