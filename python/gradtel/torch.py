@@ -83,10 +83,10 @@ def _strip(name: str) -> str:
 
 
 class _DeviceCopier:
-    """Device-to-host copies that never block the step: each gradient is copied asynchronously into
-    a pinned buffer, and a thread waits on the copy's event, then pushes. A buffer goes back to its
-    parameter's free list only after its push, so a copy never overwrites one still being read
-    (steady state: two buffers per parameter)."""
+    """Copies that never block the step on the client: each gradient (or DDP bucket) is copied
+    (device-to-host asynchronously into a pinned buffer, or host-to-host), and a thread waits on
+    the copy's event, then pushes. A buffer goes back to its free list only after its push, so a
+    copy never overwrites one still being read (steady state: two buffers per parameter)."""
 
     def __init__(self, client: Client):
         self.client = client
@@ -104,7 +104,7 @@ class _DeviceCopier:
                 buf = bufs.pop()
                 if buf.numel() == grad.numel() and buf.dtype == grad.dtype:
                     return buf
-        return torch.empty(grad.numel(), dtype=grad.dtype, pin_memory=True)
+        return torch.empty(grad.numel(), dtype=grad.dtype, pin_memory=grad.is_cuda)
 
     def submit(
         self, step: int, name: str, grad: torch.Tensor, local: bool, offset: int, side: bool
@@ -130,11 +130,15 @@ class _DeviceCopier:
         self.work.put(("push", step, name, buf, event, local, offset))
 
     def submit_bucket(self, step: int, buf: torch.Tensor, layout: list) -> None:
+        """One copy of a DDP bucket (device-to-host on the current stream, or host-to-host),
+        pushed from this thread: the training thread pays only the copy."""
         key = ("bucket", buf.numel(), buf.dtype, tuple(layout))
         host = self._buffer(key, buf)
-        host.copy_(buf.detach().reshape(-1), non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
+        host.copy_(buf.detach().reshape(-1), non_blocking=buf.is_cuda)
+        event = None
+        if buf.is_cuda:
+            event = torch.cuda.Event()
+            event.record()
         self.work.put(("bucket", step, key, host, event, layout))
 
     def end_step(self, step: int, scalars: dict) -> None:
@@ -158,7 +162,8 @@ class _DeviceCopier:
                             self.free.setdefault(name, []).append(buf)
                 elif job[0] == "bucket":
                     _, step, key, buf, event, layout = job
-                    event.synchronize()
+                    if event is not None:
+                        event.synchronize()
                     try:
                         _push_layout(self.client, step, _host_view(buf), layout)
                     finally:
@@ -209,7 +214,9 @@ class Watcher:
 
     def _push_bucket(self, buf: torch.Tensor, layout: list) -> None:
         """Local gradients laid out in a DDP bucket's flat buffer. On a GPU the buffer is copied
-        on the current stream: the all-reduce that follows overwrites it in place."""
+        on the current stream (the all-reduce that follows overwrites it in place) and pushed
+        by the copier's thread. On a CPU it is pushed at once: handing it to a thread measured
+        slower, the thread's Python work then contends for the GIL with the all-reduce launch."""
         if buf.is_cuda:
             with self._lock:
                 if self._copier is None:
