@@ -3,6 +3,9 @@
 //!     on the merged top-k takes the same time whether each summary covers 10³ or 10⁶ values.
 //!     Baseline in the same run: one pass over the 10⁶ values (what a non-streaming test pays).
 //!
+//! (3) The collector's live dimension-wise Clauset fit on a merged histogram (64 x_min
+//!     candidates, as `collector/src/live/dimwise.rs`), against one pass over the values.
+//!
 //! Run: `cargo bench -p gradtel-stats --bench estimators`. Results: bench/RESULTS.md.
 
 use std::hint::black_box;
@@ -13,7 +16,7 @@ use gradtel_stats::normality::{dagostino_k2, jarque_bera};
 use gradtel_stats::powerlaw::{FitOptions, Prepared, fit};
 use gradtel_stats::rng::SplitMix64;
 use gradtel_stats::tail::hill;
-use gradtel_stats::{Moments, TopK};
+use gradtel_stats::{LogHistogram, Moments, TopK, powerlaw_binned};
 
 fn main() {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -61,6 +64,29 @@ fn main() {
         let pass = t.elapsed().as_secs_f64();
         println!(
             "merge + K2 + JB + Hill(top-64), summaries of {n:>9} values: {:7.2} us; one pass over the values: {:9.2} us",
+            per * 1e6,
+            pass * 1e6
+        );
+    }
+
+    for n in [10_000usize, 1_000_000] {
+        let vals: Vec<f64> = (0..n).map(|_| rng.student_t(3).abs()).collect();
+        let mut h = LogHistogram::default();
+        for &v in &vals {
+            h.record(v);
+        }
+        let reps = 200;
+        let t = Instant::now();
+        for _ in 0..reps {
+            black_box(powerlaw_binned::fit_histogram(black_box(&h), 50, 64).ok());
+        }
+        let per = t.elapsed().as_secs_f64() / reps as f64;
+        let t = Instant::now();
+        black_box(Moments::from_slice(black_box(&vals)));
+        let pass = t.elapsed().as_secs_f64();
+        println!(
+            "binned Clauset fit (64 candidates), histogram of {n:>9} |t3| values ({} buckets): {:8.1} us; one pass over the values: {:9.1} us",
+            h.buckets().count(),
             per * 1e6,
             pass * 1e6
         );
