@@ -141,3 +141,41 @@ proptest! {
         prop_assert_eq!(&fast.top_abs, &slow.top_abs);
     }
 }
+
+proptest! {
+    /// The f32 fast path, fed in arbitrary pieces through one stream, equals pushing the same
+    /// values one at a time: exactly for counts, histogram, top-k and max; to rounding for the
+    /// sums. Bit patterns are arbitrary finite f32 (zeros, subnormals, 2^±127 included).
+    #[test]
+    fn f32_stream_in_pieces_equals_the_value_path(
+        (xs, cuts) in prop::collection::vec(any::<u32>(), 0..1500)
+            .prop_map(|bits| bits.into_iter()
+                .map(f32::from_bits)
+                .map(|x| if x.is_finite() { x } else { 0.0 })
+                .collect::<Vec<f32>>())
+            .prop_flat_map(|v| { let n = v.len(); (Just(v), splits(n)) })
+    ) {
+        let mut fast = GradSummary::new(16, 7).unwrap();
+        {
+            let mut stream = fast.f32_stream();
+            let mut start = 0;
+            for &c in cuts.iter().chain(std::iter::once(&xs.len())) {
+                stream.push(&xs[start..c]);
+                start = c;
+            }
+        }
+        let mut slow = GradSummary::new(16, 7).unwrap();
+        for &x in &xs {
+            slow.push(f64::from(x));
+        }
+        prop_assert_eq!(&fast.abs_hist, &slow.abs_hist);
+        prop_assert_eq!(fast.top_abs.sorted_desc(), slow.top_abs.sorted_desc());
+        prop_assert_eq!(
+            (fast.pos_count, fast.neg_count, fast.zero_count, fast.moments.n),
+            (slow.pos_count, slow.neg_count, slow.zero_count, slow.moments.n)
+        );
+        prop_assert_eq!(fast.max_abs, slow.max_abs);
+        let scale = slow.sum_sq;
+        prop_assert!(close(fast.sum_sq, slow.sum_sq, scale), "{} vs {}", fast.sum_sq, slow.sum_sq);
+    }
+}
