@@ -54,6 +54,27 @@ fn chunk(tensor: &str, data: Vec<u8>) -> Vec<PushRequest> {
     }]
 }
 
+/// Eight zero f32 values of `tensor` at `offset`.
+fn zero_chunk(step: u64, tensor: &str, offset: u64) -> GradientChunk {
+    GradientChunk {
+        step,
+        tensor: tensor.into(),
+        offset,
+        dtype: Dtype::F32 as i32,
+        data: vec![0; 32].into(),
+        local: false,
+    }
+}
+
+fn end_of(step: u64) -> PushRequest {
+    PushRequest {
+        msg: Some(push_request::Msg::EndStep(EndStep {
+            step,
+            ..Default::default()
+        })),
+    }
+}
+
 /// An agent whose collector never answers (ingest must not care), its socket, and a runtime.
 fn lone_agent(dir: &std::path::Path) -> (Daemon, std::path::PathBuf, tokio::runtime::Runtime) {
     let socket = dir.join("a.sock");
@@ -122,23 +143,11 @@ fn push_steps_acks_each_step_and_a_bad_chunk_in_a_batch_ends_the_stream() {
     rt.block_on(async {
         let mut c = IngestClient::connect_uds(&socket).await.unwrap();
         c.register("batch-run", 0, 1, 0, 1, &decls()).await.unwrap();
-        let part = |step: u64, tensor: &str, offset: u64| GradientChunk {
-            step,
-            tensor: tensor.into(),
-            offset,
-            dtype: Dtype::F32 as i32,
-            data: vec![0; 32].into(),
-            local: false,
-        };
+        let part = zero_chunk;
         let batch = |chunks| PushRequest {
             msg: Some(push_request::Msg::Batch(ChunkBatch { chunks })),
         };
-        let end = |step| PushRequest {
-            msg: Some(push_request::Msg::EndStep(EndStep {
-                step,
-                ..Default::default()
-            })),
-        };
+        let end = end_of;
         let (acks, status) = c
             .push_steps_raw(vec![
                 batch(vec![part(1, "fc.weight", 0), part(1, "fc.weight", 8)]),
@@ -175,21 +184,13 @@ fn a_message_batch_is_handled_in_order_and_answered_once_and_may_not_nest() {
             .await
             .unwrap();
         let part = |step: u64, offset: u64| PushRequest {
-            msg: Some(push_request::Msg::Chunk(GradientChunk {
+            msg: Some(push_request::Msg::Chunk(zero_chunk(
                 step,
-                tensor: "fc.weight".into(),
+                "fc.weight",
                 offset,
-                dtype: Dtype::F32 as i32,
-                data: vec![0; 32].into(),
-                local: false,
-            })),
+            ))),
         };
-        let end = |step| PushRequest {
-            msg: Some(push_request::Msg::EndStep(EndStep {
-                step,
-                ..Default::default()
-            })),
-        };
+        let end = end_of;
         let group = |requests| PushRequest {
             msg: Some(push_request::Msg::Messages(MessageBatch { requests })),
         };
