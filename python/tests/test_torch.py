@@ -131,3 +131,30 @@ def test_ddp_training_completes_when_an_agent_is_killed(tmp_path, collector, age
     assert s0["steps_ended"] == steps and s0["steps_dropped"] > 0, s0
     assert s0["steps_delivered"] + s0["steps_dropped"] == steps, s0
     assert s1["steps_delivered"] == steps, s1
+
+
+def test_bucket_copies_go_through_the_copier_thread(collector, agent_factory):
+    """The path GPU DDP buckets take (one copy of the flat buffer, pushed as slices by the
+    copier's thread), driven with a CPU tensor: the same code apart from the CUDA event."""
+    from gradtel.torch import _DeviceCopier
+
+    agent = agent_factory(extra=["--track-count", "100000"])
+    client = gradtel.Client("py-bucket", socket=agent.socket)
+    client.register([gradtel.Tensor("a", (3, 4)), gradtel.Tensor("b", (5,))])
+    copier = _DeviceCopier(client)
+    layout = [("a", 0, 12), ("b", 12, 5)]
+    sent = {}
+    for step in range(4):
+        flat = torch.randn(17)
+        sent[step] = flat.clone().numpy()
+        copier.submit_bucket(step, flat, layout)
+        flat.zero_()  # as the all-reduce overwrites the bucket: the copy must already be taken
+        copier.end_step(step, {})
+    copier.flush()
+    stats = client.close()
+    assert stats.steps_delivered == 4, stats
+    coords = stop_and_read(collector, [agent], "py-bucket", "coords").to_pylist()
+    assert len(coords) == 4 * 17
+    for c in coords:
+        offset = {"a": 0, "b": 12}[c["tensor"]]
+        assert c["local"] and c["value"] == sent[c["step"]][offset + c["index"]]
