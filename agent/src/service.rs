@@ -363,8 +363,9 @@ const ACKS_BUFFERED: usize = 256;
 /// Read one Push/PushSteps stream to its end. Large chunks (or batches) are summarised on the
 /// blocking pool — CPU work, ≈ 5 ns per value with the projection, that must not stall the
 /// runtime's I/O threads — up to `ingest_threads` at once while the next messages are read, so
-/// one stream uses several cores. Chunks of a step merge in any order (summaries and projections are sums); an EndStep
-/// waits for every chunk before it. With `acks`, each EndStep is answered at once.
+/// one stream uses several cores. Chunks of a step merge in any order (summaries and
+/// projections are sums); an EndStep waits for every chunk before it. With `acks`, each message
+/// that ends steps is answered at once (a `MessageBatch`'s ends in one StepAck).
 async fn ingest(
     state: &Arc<AgentState>,
     mut stream: Streaming<PushRequest>,

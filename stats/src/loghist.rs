@@ -148,12 +148,13 @@ impl LogHistogram {
         if other.counts.is_empty() {
             return Ok(());
         }
-        self.add_dense(other.offset, &other.counts);
+        self.add_dense(other.offset, other.counts.iter().copied());
         Ok(())
     }
 
-    /// Add `counts[j]` to bucket `offset + j`: grow once to cover the range, then add slice-wise.
-    fn add_dense(&mut self, offset: u64, counts: &[u64]) {
+    /// Add the `j`-th count to bucket `offset + j`: grow once to cover the range, then add
+    /// slice-wise.
+    fn add_dense(&mut self, offset: u64, counts: impl ExactSizeIterator<Item = u64>) {
         let Some(last) = counts.len().checked_sub(1) else {
             return;
         };
@@ -299,17 +300,12 @@ impl LaneCounter {
 
     /// Add the counts to `h` (same precision as recorded with) and start empty.
     pub fn drain_into(&mut self, h: &mut LogHistogram) {
-        let Some(last) = self.lanes.len().checked_sub(1) else {
-            return;
-        };
-        h.add_count(self.offset, 0);
-        h.add_count(self.offset + last as u64, 0);
-        let start = (self.offset - h.offset) as usize;
-        for (c, l) in h.counts[start..=start + last].iter_mut().zip(&self.lanes) {
-            let n = l.iter().map(|&c| u64::from(c)).sum::<u64>();
-            *c += n;
-            h.total += n;
-        }
+        h.add_dense(
+            self.offset,
+            self.lanes
+                .iter()
+                .map(|l| l.iter().map(|&c| u64::from(c)).sum()),
+        );
         self.lanes.clear();
         self.recorded = 0;
     }
