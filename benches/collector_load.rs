@@ -211,7 +211,7 @@ fn main() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_gradtel-collector"))
-        .args(["--listen", "127.0.0.1:0", "--roll-interval", "10ms"])
+        .args(["--listen", "127.0.0.1:0"])
         .args(["--metrics", "127.0.0.1:0"])
         .arg("--out")
         .arg(dir.path())

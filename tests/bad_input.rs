@@ -267,7 +267,8 @@ fn collector_rejects_bad_reports_on_an_open_stream() {
         assert_eq!(a.status, ack::Status::Rejected as i32);
         assert!(a.reason.contains("run id"), "{}", a.reason);
 
-        // Same stream, valid report: accepted once durable; a resend is a duplicate.
+        // Same stream, valid report: accepted once in the write-ahead log; a resend is a
+        // duplicate.
         tx.send(report("fine", 1)).await.unwrap();
         let a = next_ack(&mut acks).await;
         assert_eq!(a.status, ack::Status::Accepted as i32, "{a:?}");
@@ -277,7 +278,7 @@ fn collector_rejects_bad_reports_on_an_open_stream() {
     });
     assert!(collector.alive());
     assert!(!dir.path().join("escape").exists());
-    let rows = rows(&read_batches(&out));
+    let rows = rows(&wait_for_rows(&out, 1, Duration::from_secs(30)));
     assert_eq!(rows.len(), 1, "one model row, written once");
     assert_eq!(rows[0].run_id, "fine");
 }
@@ -369,6 +370,83 @@ fn collector_killed_mid_run_loses_nothing_acknowledged_or_queued() {
         "every step arrives (at least once)"
     );
     assert!(agent.alive() && collector.alive());
+}
+
+/// Reports of run "wal", one rank, steps `steps`, as an agent of epoch 3 sends them.
+fn wal_reports(steps: std::ops::Range<u64>) -> Vec<ShardReport> {
+    steps
+        .map(|step| ShardReport {
+            run_id: "wal".into(),
+            rank: 0,
+            world_size: 1,
+            shard: 0,
+            shard_count: 1,
+            seq: step + 1,
+            step,
+            agent_epoch: 3,
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Send `reports` on one stream and return the status of each one's ack, in seq order.
+async fn send_reports(url: &str, reports: Vec<ShardReport>) -> Vec<i32> {
+    let mut client = CollectClient::connect(url.to_string()).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(reports.len().max(1));
+    let mut acks = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let n = reports.len();
+    for r in reports {
+        tx.send(r).await.unwrap();
+    }
+    let mut got = std::collections::BTreeMap::new();
+    while got.len() < n {
+        let a = next_ack(&mut acks).await;
+        got.insert(a.seq, a.status);
+    }
+    got.into_values().collect()
+}
+
+#[test]
+fn acknowledged_reports_survive_a_collector_crash_in_the_write_ahead_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lake");
+    // No Parquet file can roll while this collector lives: every ack comes from the log.
+    let (collector, url) = start_collector(&out, "127.0.0.1:0", &["--roll-interval", "1h"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let accepted = rt.block_on(send_reports(&url, wal_reports(0..5)));
+    assert_eq!(accepted, vec![ack::Status::Accepted as i32; 5]);
+    assert!(
+        parquet_files(&out).is_empty(),
+        "acked before any Parquet file"
+    );
+    // SIGKILL: nothing is flushed.
+    drop(collector);
+
+    let (collector, url) = start_collector(&out, "127.0.0.1:0", &[]);
+    let batches = wait_for_rows(&out, 5, Duration::from_secs(30));
+    let steps: Vec<u64> = rows(&batches).iter().map(|r| r.step).collect();
+    assert_eq!(steps.len(), 5, "{steps:?}");
+    assert_eq!(
+        steps
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+        (0..5).collect()
+    );
+    // The replayed log also restored deduplication: the agent's resends are duplicates.
+    let again = rt.block_on(send_reports(&url, wal_reports(0..5)));
+    assert_eq!(again, vec![ack::Status::Duplicate as i32; 5]);
+    assert!(collector.terminate().success());
+    let left: Vec<_> = std::fs::read_dir(out.join("_wal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "published segments are deleted: {left:?}");
+    assert_eq!(rows(&read_batches(&out)).len(), 5, "nothing written twice");
 }
 
 /// Nice value of every thread of `pid` (field 19 of /proc/PID/task/TID/stat).

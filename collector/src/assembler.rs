@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::report::{AgentKey, Report};
+use crate::report::Report;
 
 /// Released steps remembered per run, to recognise late reports.
 const RELEASED_MEMORY: usize = 1 << 16;
@@ -24,9 +24,10 @@ pub struct Assembly {
     pub shard_count: u32,
     /// Distinct (rank, shard) parts, in (rank, shard) order.
     pub parts: Vec<Report>,
-    /// Every (agent, seq) this assembly acknowledges once durable, including repeats of a
-    /// (rank, shard) that were not merged (an agent restarted mid-step).
-    pub acks: Vec<(AgentKey, u64, Instant)>,
+    /// The write-ahead log segment of every report this assembly releases once its rows are
+    /// published, including repeats of a (rank, shard) that were not merged (an agent restarted
+    /// mid-step).
+    pub segments: Vec<u64>,
     pub late: bool,
 }
 
@@ -34,7 +35,7 @@ struct Pending {
     world_size: u32,
     shard_count: u32,
     parts: BTreeMap<(u32, u32), Report>,
-    acks: Vec<(AgentKey, u64, Instant)>,
+    segments: Vec<u64>,
     first_at: Instant,
 }
 
@@ -70,7 +71,7 @@ impl Assembler {
     pub fn add(&mut self, r: Report) -> Vec<Assembly> {
         let run = r.key.run_id.clone();
         let step = r.step;
-        let ack = (r.key.clone(), r.seq, r.received_at);
+        let segment = r.wal_segment;
         if self
             .released
             .get(&run)
@@ -82,7 +83,7 @@ impl Assembler {
                 world_size: r.world_size,
                 shard_count: r.shard_count,
                 parts: vec![r],
-                acks: vec![ack],
+                segments: vec![segment],
                 late: true,
             }];
         }
@@ -102,12 +103,12 @@ impl Assembler {
             world_size: r.world_size,
             shard_count: r.shard_count,
             parts: BTreeMap::new(),
-            acks: Vec::new(),
+            segments: Vec::new(),
             // The clock starts when the assembler sees the step, not when the report was read
             // off the wire: a backlog in the collector must not make ranks look late.
             first_at: Instant::now(),
         });
-        p.acks.push(ack);
+        p.segments.push(segment);
         p.parts.entry((r.key.rank, r.key.shard)).or_insert(r);
         if p.parts.len() as u64 >= u64::from(p.world_size) * u64::from(p.shard_count) {
             out.extend(self.release(&key));
@@ -152,7 +153,7 @@ impl Assembler {
             world_size: p.world_size,
             shard_count: p.shard_count,
             parts: p.parts.into_values().collect(),
-            acks: p.acks,
+            segments: p.segments,
             late: false,
         })
     }
@@ -211,6 +212,6 @@ mod tests {
         a.add(again);
         let done = a.add(report(1, 7, 1));
         assert_eq!(done[0].parts.len(), 2);
-        assert_eq!(done[0].acks.len(), 3);
+        assert_eq!(done[0].segments.len(), 3);
     }
 }

@@ -31,10 +31,16 @@ pub struct CollectorConfig {
     #[arg(long, default_value_t = 50_000)]
     pub roll_rows: usize,
 
-    /// ...or once its oldest row has waited this long. Reports are acknowledged only when their
-    /// file is published, so this bounds the acknowledgement latency agents see.
+    /// ...or once its oldest row has waited this long. Reports are acknowledged as soon as the
+    /// write-ahead log holds them, so this no longer bounds the latency agents see; it sets how
+    /// fresh the lake is and how large its files are.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     pub roll_interval: Duration,
+
+    /// Write-ahead log directory (default `<out>/_wal`, which Hive-style readers skip).
+    /// Reports are acknowledged once synced there and replayed from it after a crash.
+    #[arg(long, env = "GRADTEL_COLLECTOR_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
 
     /// Steps being assembled at once; beyond it the oldest is written as it stands.
     #[arg(long, default_value_t = 4096)]
@@ -69,9 +75,11 @@ pub struct LiveConfig {
     pub window: usize,
     /// Evaluate the windows every this many steps.
     pub window_every: u64,
-    /// Ranks (the lowest-numbered) whose SGN values enter a coordinate's window each step: the
-    /// window holds at most `window × sgn_ranks` values, bounding memory and test cost with
-    /// many ranks. The per-step `sgn` rows always use every rank.
+    /// Ranks (the lowest-numbered) whose SGN values enter a coordinate's window each step, and
+    /// whose projected gradient and SGN rows enter the covariance sketches: the window holds at
+    /// most `window × sgn_ranks` values and the sketches take at most `2 × sgn_ranks` rows per
+    /// step, bounding memory and cost with many ranks. The per-step `sgn` rows, and the mean
+    /// that SGN is measured from, always use every rank.
     pub sgn_ranks: usize,
     /// Fit the dimension-wise power law (Clauset, on the merged histogram) every this many
     /// steps; 0 never. Hill, Pickands, DEdH and K²/JB run every step.
@@ -218,6 +226,13 @@ impl CollectorConfig {
 }
 
 impl CollectorConfig {
+    /// Where the write-ahead log lives.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.wal_dir
+            .clone()
+            .unwrap_or_else(|| self.out.join("_wal"))
+    }
+
     /// Defaults writing under `out`, listening on `listen`, for embedding (tests, demo).
     pub fn new(listen: SocketAddr, out: PathBuf) -> Self {
         Self {
@@ -226,6 +241,7 @@ impl CollectorConfig {
             straggler_timeout: Duration::from_secs(5),
             roll_rows: 50_000,
             roll_interval: Duration::from_secs(2),
+            wal_dir: None,
             max_pending_steps: 4096,
             metrics: None,
             config: None,

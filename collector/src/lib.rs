@@ -2,17 +2,19 @@
 //! and shards, merges per tensor, layer and model, and writes Hive-partitioned Parquet.
 //!
 //! ```text
-//! agents ──Collect──▶ service (validate) ──▶ pipeline: dedup → assembler → sink ──▶ Parquet
-//!                        ▲                                                  │
-//!                        └──────────── acks once the file is durable ◀──────┘
+//! agents ──Collect──▶ service ──▶ durable: dedup → wal ──▶ pipeline: assembler → live → sink ──▶ Parquet
+//!   ▲                 (validate)          │      ▲                                      │
+//!   └──── acks once the log is synced ◀───┘      └──── published segments deleted ◀─────┘
 //! ```
 //!
-//! Components: [`config`], [`service`], [`report`], [`assembler`], [`live`] (online estimators
-//! and alerts), [`tables`], [`sink`], [`acks`], [`pipeline`], [`metrics`].
+//! Components: [`config`], [`service`], [`report`], [`durable`] and [`wal`], [`assembler`],
+//! [`live`] (online estimators and alerts), [`tables`], [`sink`], [`acks`], [`pipeline`],
+//! [`metrics`].
 
 pub mod acks;
 pub mod assembler;
 pub mod config;
+pub mod durable;
 pub mod live;
 pub mod metrics;
 pub mod pipeline;
@@ -20,6 +22,7 @@ pub mod report;
 pub mod service;
 pub mod sink;
 pub mod tables;
+pub mod wal;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,6 +50,8 @@ pub enum CollectorError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Wal(#[from] wal::WalError),
 }
 
 pub struct Collector {
@@ -101,10 +106,20 @@ impl Collector {
         );
         let tick =
             (config.roll_interval / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
-        let pipeline = tokio::spawn(
-            pipeline::Pipeline::new(&config, instance, router.clone(), metrics.clone())
+        let (wal, writer, recovered) =
+            wal::Wal::open(&config.wal_dir(), wal::DEFAULT_SEGMENT_BYTES)?;
+        let (published_tx, published_rx) = mpsc::unbounded_channel();
+        let (durable_tx, durable_rx) = mpsc::channel(4096);
+        tokio::spawn(
+            pipeline::Pipeline::new(&config, instance, metrics.clone(), published_tx)
                 .run(pipeline_rx, tick),
         );
+        let pipeline =
+            tokio::spawn(
+                durable::Durable::new(router.clone(), metrics.clone(), pipeline_tx, (wal, writer))
+                    .run(recovered, durable_rx, published_rx),
+            );
+        let pipeline_tx = durable_tx;
         let service = service::CollectService {
             pipeline: pipeline_tx.clone(),
             router,

@@ -59,6 +59,12 @@ pub struct CollectorMetrics {
     pub pending_steps: Gauge,
     pub flush: Latency,
     pub report_durable: Latency,
+    pub wal_commit: Latency,
+    pub wal_bytes: Counter,
+    pub wal_errors: Counter,
+    pub wal_replayed: Counter,
+    pub wal_corrupt: Counter,
+    pub wal_segments: Gauge,
     pub runs: Mutex<BTreeMap<Arc<str>, RunGauges>>,
 }
 
@@ -147,8 +153,38 @@ impl Render for CollectorMetrics {
         )
         .latency(
             "gradtel_collector_report_durable_seconds",
-            "Time from receiving a report to its data being durable.",
+            "Time from receiving a report to its data being durable (synced in the write-ahead log).",
             &self.report_durable,
+        )
+        .latency(
+            "gradtel_collector_wal_commit_seconds",
+            "Time to append and sync one group commit of the write-ahead log.",
+            &self.wal_commit,
+        )
+        .counter(
+            "gradtel_collector_wal_written_bytes_total",
+            "Bytes appended to the write-ahead log.",
+            self.wal_bytes.get(),
+        )
+        .counter(
+            "gradtel_collector_wal_errors_total",
+            "Failed write-ahead log commits (retried; their reports stay unacknowledged).",
+            self.wal_errors.get(),
+        )
+        .counter(
+            "gradtel_collector_wal_replayed_reports_total",
+            "Reports replayed from the write-ahead log at start.",
+            self.wal_replayed.get(),
+        )
+        .counter(
+            "gradtel_collector_wal_corrupt_total",
+            "Torn or unreadable write-ahead log records skipped at start.",
+            self.wal_corrupt.get(),
+        )
+        .gauge(
+            "gradtel_collector_wal_segments",
+            "Write-ahead log segments holding reports not yet in Parquet.",
+            self.wal_segments.get(),
         );
         if let Ok(runs) = self.runs.lock() {
             render_runs(&mut e, &runs);

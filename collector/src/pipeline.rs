@@ -1,24 +1,23 @@
-//! The collector's single owner of state: deduplication, step assembly and the Parquet sink.
+//! The collector's owner of estimation state: step assembly, the live estimators and the
+//! Parquet sink.
 //!
-//! Reports arrive from every agent stream on one channel; a tick releases straggling steps and
-//! rolls files. File writes run on the blocking pool while the pipeline goes on assembling (one
-//! write per run at a time); acks go out only after the files are durable.
+//! New reports arrive from the durability stage ([`crate::durable`]), already logged or being
+//! logged. A tick releases straggling steps and rolls files; file writes run on the blocking
+//! pool while the pipeline goes on assembling (one write per run at a time), and each
+//! published file's reports are reported back so their log segments can be deleted.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use gradtel_proto::v1::ack;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::CollectorConfig;
-use crate::acks::{AckRouter, Dedup, Seen, make_ack};
 use crate::assembler::{Assembler, Assembly};
 use crate::live::Live;
 use crate::metrics::CollectorMetrics;
-use crate::report::AgentKey;
 use crate::report::Report;
 use crate::sink::{self, Buffer, Sink};
 use crate::tables::{Tables, steps};
@@ -34,24 +33,24 @@ pub struct Pipeline {
     pub instance: String,
     pub assembler: Assembler,
     pub sink: Sink,
-    pub dedup: Dedup,
-    pub router: Arc<AckRouter>,
     pub metrics: Arc<CollectorMetrics>,
     pub live: Live,
     files: u64,
     /// Writes on the blocking pool, at most one per run.
     writes: JoinSet<Flushed>,
     in_flight: HashSet<Arc<str>>,
+    /// Log segments of published reports, back to the durability stage.
+    published: mpsc::UnboundedSender<Vec<u64>>,
 }
 
 /// What a write did: its result, the (bytes, rows) of each published file, and the rows not
 /// yet published (kept for a retry).
 type WriteOutcome = (Result<(), sink::SinkError>, Vec<(u64, usize)>, Tables);
 
-/// A finished write: the run, the acks it releases, and what happened.
+/// A finished write: the run, the log segments of its reports, and what happened.
 struct Flushed {
     run: Arc<str>,
-    acks: Vec<(AgentKey, u64, Instant)>,
+    segments: Vec<u64>,
     started: Instant,
     written: Result<WriteOutcome, tokio::task::JoinError>,
 }
@@ -64,24 +63,24 @@ fn unix_nanos() -> i64 {
 }
 
 impl Pipeline {
+    /// A pipeline that reports the log segments of published reports on `published`.
     pub fn new(
         config: &CollectorConfig,
         instance: String,
-        router: Arc<AckRouter>,
         metrics: Arc<CollectorMetrics>,
+        published: mpsc::UnboundedSender<Vec<u64>>,
     ) -> Self {
         Self {
             out: config.out.clone(),
             instance,
             assembler: Assembler::new(config.straggler_timeout, config.max_pending_steps),
             sink: Sink::new(config.roll_rows, config.roll_interval),
-            dedup: Dedup::default(),
-            router,
             live: Live::new(config.file.clone(), metrics.clone()),
             metrics,
             files: 0,
             writes: JoinSet::new(),
             in_flight: HashSet::new(),
+            published,
         }
     }
 
@@ -124,18 +123,8 @@ impl Pipeline {
     }
 
     fn on_report(&mut self, r: Report) {
-        match self.dedup.arrive(&r.key, r.seq) {
-            Seen::New => {
-                let done = self.assembler.add(r);
-                self.on_assemblies(done);
-            }
-            Seen::Durable => {
-                self.metrics.reports_duplicate.inc();
-                let a = make_ack(&r.key, r.seq, ack::Status::Duplicate, String::new());
-                self.router.send(&r.key, a, &self.metrics);
-            }
-            Seen::Pending => self.metrics.reports_duplicate.inc(),
-        }
+        let done = self.assembler.add(r);
+        self.on_assemblies(done);
     }
 
     fn on_assemblies(&mut self, done: Vec<Assembly>) {
@@ -156,7 +145,7 @@ impl Pipeline {
             }
             let mut tables = self.live.observe(&a, &mut rows, now);
             tables.steps = rows;
-            self.sink.append(a.run_id.clone(), tables, a.acks);
+            self.sink.append(a.run_id.clone(), tables, a.segments);
         }
     }
 
@@ -170,6 +159,7 @@ impl Pipeline {
             return;
         };
         if buf.rows.is_empty() {
+            let _ = self.published.send(buf.segments);
             return;
         }
         self.files += 1;
@@ -206,13 +196,13 @@ impl Pipeline {
             }
             (Ok(()), published, rows)
         };
-        let acks = buf.acks;
+        let segments = buf.segments;
         let started = Instant::now();
         self.writes.spawn(async move {
             let written = tokio::task::spawn_blocking(write).await;
             Flushed {
                 run,
-                acks,
+                segments,
                 started,
                 written,
             }
@@ -222,7 +212,7 @@ impl Pipeline {
     fn finish_flush(&mut self, f: Flushed) {
         let Flushed {
             run,
-            acks,
+            segments,
             started,
             written,
         } = f;
@@ -231,12 +221,9 @@ impl Pipeline {
             Ok(x) => x,
             Err(e) => {
                 // The blocking task panicked or was cancelled; the rows went with it. Their
-                // reports stay unacknowledged, so agents resend them.
+                // segments stay in the write-ahead log, so the next start replays them.
                 self.metrics.write_errors.inc();
-                tracing::error!(error = %e, run = %run, "parquet writer task failed");
-                for (key, seq, _) in &acks {
-                    self.dedup.forget(key, *seq);
-                }
+                tracing::error!(error = %e, run = %run, "parquet writer task failed; its reports stay in the write-ahead log");
                 return;
             }
         };
@@ -249,12 +236,7 @@ impl Pipeline {
             Ok(()) => {
                 self.metrics.flush.record(started.elapsed());
                 tracing::debug!(run = %run, files = published.len(), "parquet files published");
-                for (key, seq, received) in acks {
-                    self.dedup.made_durable(&key, seq);
-                    self.metrics.report_durable.record(received.elapsed());
-                    let a = make_ack(&key, seq, ack::Status::Accepted, String::new());
-                    self.router.send(&key, a, &self.metrics);
-                }
+                let _ = self.published.send(segments);
             }
             Err(e) => {
                 self.metrics.write_errors.inc();
@@ -263,7 +245,7 @@ impl Pipeline {
                     run,
                     Buffer {
                         rows,
-                        acks,
+                        segments,
                         ..Default::default()
                     },
                 );

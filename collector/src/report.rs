@@ -60,6 +60,11 @@ pub struct Report {
     pub tracked: Vec<TrackedPart>,
     pub projection: Option<ProjectionPart>,
     pub received_at: Instant,
+    /// The report as received (a `ShardReport` message), for the write-ahead log; taken out
+    /// when the report is logged.
+    pub wire: Vec<u8>,
+    /// The write-ahead log segment holding this report.
+    pub wal_segment: u64,
 }
 
 impl Report {
@@ -100,6 +105,8 @@ impl Report {
             tracked: Vec::new(),
             projection: None,
             received_at: Instant::now(),
+            wire: Vec::new(),
+            wal_segment: 0,
         }
     }
 }
@@ -239,6 +246,8 @@ pub fn decode(r: ShardReport) -> Result<Report, String> {
         tracked,
         projection,
         received_at: Instant::now(),
+        wire: Vec::new(),
+        wal_segment: 0,
     })
 }
 

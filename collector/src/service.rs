@@ -2,7 +2,7 @@
 //!
 //! Each report is validated and decoded here; a report that can never be accepted is answered
 //! at once with a REJECTED ack carrying the reason (the stream stays open). Valid reports go to
-//! the pipeline; their acks come back through the [`AckRouter`] once durable.
+//! the pipeline; their acks come back through the [`AckRouter`] once the write-ahead log holds them.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use gradtel_proto::v1::collect_server::Collect;
 use gradtel_proto::v1::{Ack, ShardReport, ack};
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -57,8 +58,12 @@ impl CollectService {
                 Ok(Some(raw)) => {
                     self.metrics.reports_received.inc();
                     let mut rejected = rejection(&raw);
+                    // Encoded again here, on the stream's task, so the pipeline only copies it
+                    // into the write-ahead log.
+                    let wire = raw.encode_to_vec();
                     match report::decode(raw) {
-                        Ok(rep) => {
+                        Ok(mut rep) => {
+                            rep.wire = wire;
                             if keys.insert(rep.key.clone()) {
                                 self.router.attach(rep.key.clone(), conn, tx.clone());
                             }

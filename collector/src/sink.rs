@@ -3,7 +3,7 @@
 //! A file is written as `.<name>.tmp` (hidden: Spark, DuckDB globs `*.parquet` and Hive readers
 //! skip it), synced, renamed to `part-<ms>-<instance>-<n>.parquet`, and the directory is synced,
 //! so a reader sees a whole file or none and a crash never leaves a half-written file visible.
-//! Only after that are the rows' reports acknowledged (DESIGN.md §3.6–3.7).
+//! Only after that are the rows' reports released from the write-ahead log (DESIGN.md §3.6–3.7).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -17,7 +17,6 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use crate::report::AgentKey;
 use crate::tables::Tables;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,11 +31,12 @@ pub enum SinkError {
     BadRunId(String),
 }
 
-/// Rows of one run waiting for their files, with the acks they release.
+/// Rows of one run waiting for their files, with the write-ahead log segment of every report
+/// they come from.
 #[derive(Debug, Default)]
 pub struct Buffer {
     pub rows: Tables,
-    pub acks: Vec<(AgentKey, u64, Instant)>,
+    pub segments: Vec<u64>,
     pub since: Option<Instant>,
 }
 
@@ -55,11 +55,11 @@ impl Sink {
         }
     }
 
-    pub fn append(&mut self, run: Arc<str>, rows: Tables, acks: Vec<(AgentKey, u64, Instant)>) {
+    pub fn append(&mut self, run: Arc<str>, rows: Tables, segments: Vec<u64>) {
         let b = self.buffers.entry(run).or_default();
         b.since.get_or_insert_with(Instant::now);
         b.rows.append(rows);
-        b.acks.extend(acks);
+        b.segments.extend(segments);
     }
 
     /// Runs whose buffer should be written now.
@@ -67,7 +67,7 @@ impl Sink {
         self.buffers
             .iter()
             .filter(|(_, b)| {
-                !b.acks.is_empty()
+                !(b.segments.is_empty() && b.rows.is_empty())
                     && (b.rows.len() >= self.roll_rows
                         || b.since
                             .is_some_and(|s| now.duration_since(s) >= self.roll_interval))
@@ -88,7 +88,7 @@ impl Sink {
     pub fn restore(&mut self, run: Arc<str>, mut failed: Buffer) {
         if let Some(newer) = self.buffers.remove(&run) {
             failed.rows.append(newer.rows);
-            failed.acks.extend(newer.acks);
+            failed.segments.extend(newer.segments);
         }
         self.buffers.insert(run, failed);
     }

@@ -27,7 +27,8 @@
 //! its full memory, so after decay the sketch approximates Σ γ^age (x − μ)(x − μ)ᵀ around the
 //! long-run mean μ; the difference is the rank-one term of the mean's drift.
 
-use faer::{Mat, Side};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, MatRef, Par, Side};
 
 use crate::StatsError;
 
@@ -49,6 +50,23 @@ pub struct FrequentDirections {
     weight: f64,
     mean: Vec<f64>,
     skipped: u64,
+}
+
+/// Products below this many multiply-adds run on the calling thread: handing a small sketch's
+/// product to the thread pool costs more than it saves, and keeps idle pool threads spinning
+/// beside a collector that sketches many small streams.
+const PARALLEL_MIN_FLOPS: usize = 1 << 24;
+
+/// `a · b`, in parallel only when large.
+fn product(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Mat<f64> {
+    let mut out = Mat::<f64>::zeros(a.nrows(), b.ncols());
+    let par = if a.nrows() * a.ncols() * b.ncols() >= PARALLEL_MIN_FLOPS {
+        faer::get_global_parallelism()
+    } else {
+        Par::Seq
+    };
+    matmul(out.as_mut(), Accum::Replace, a, b, 1.0, par);
+    out
 }
 
 /// Eigenvalues (descending) and eigenvectors (columns, same order) of a sketch's BᵀB.
@@ -174,7 +192,7 @@ impl FrequentDirections {
         let f = self.filled;
         let k = self.ortho.min(f);
         let m = self.buf.subcols(0, f);
-        let cross = m.transpose() * self.buf.subcols(k, f - k);
+        let cross = product(m.transpose(), self.buf.subcols(k, f - k));
         let g = Mat::<f64>::from_fn(f, f, |r, c| match (r < k, c < k) {
             (true, true) => {
                 if r == c {
@@ -208,7 +226,7 @@ impl FrequentDirections {
                 coef[(r, k)] = u[(r, i)] * c;
             }
         }
-        let shrunk = self.buf.subcols(0, f) * &coef;
+        let shrunk = product(self.buf.subcols(0, f), coef.as_ref());
         self.buf.subcols_mut(0, keep.len()).copy_from(&shrunk);
         self.filled = keep.len();
         self.ortho = keep.len();
@@ -295,7 +313,7 @@ impl FrequentDirections {
                 coef[(r, k)] = u[(r, i)] * c;
             }
         }
-        let vectors = self.buf.subcols(0, self.filled) * &coef;
+        let vectors = product(self.buf.subcols(0, self.filled), coef.as_ref());
         Ok(SketchSpectrum {
             values: order.iter().map(|&i| lam[i]).collect(),
             vectors,

@@ -69,7 +69,12 @@ pub fn start_collector_with_metrics(
     let mut child = Command::new(env!("CARGO_BIN_EXE_gradtel-collector"))
         .args(["--listen", listen, "--out"])
         .arg(out)
-        .args(["--roll-interval", "200ms"])
+        .args(
+            (!extra.contains(&"--roll-interval"))
+                .then_some(["--roll-interval", "200ms"])
+                .into_iter()
+                .flatten(),
+        )
         .args(
             (!extra.contains(&"--straggler-timeout"))
                 .then_some(["--straggler-timeout", "3s"])

@@ -240,8 +240,11 @@ impl Live {
         let ids: BTreeSet<spectra::Identity> = per_rank.values().map(|v| v.0).collect();
         if let (1, Some(&id)) = (ids.len(), ids.first()) {
             let rows: Vec<&Vec<f64>> = per_rank.values().map(|v| &v.1).collect();
+            // Ranks are exchangeable: the lowest `sgn_ranks` give the sketches the same
+            // covariance at a bounded cost per step however many ranks report.
+            let sketched = cfg.live.sgn_ranks;
             if local {
-                for row in &rows {
+                for row in rows.iter().take(sketched) {
                     st.sketches.insert(spectra::GRADIENT, id, row);
                 }
             } else if let Some(row) = rows.first() {
@@ -252,14 +255,16 @@ impl Live {
                     .map(|i| rows.iter().map(|r| r[i]).sum::<f64>() / rows.len() as f64)
                     .collect();
                 let mut norms = Vec::new();
-                for row in &rows {
+                for (i, row) in rows.iter().enumerate() {
                     let d: Vec<f64> = row
                         .iter()
                         .zip(&mean)
                         .map(|(x, m)| scale * (x - m))
                         .collect();
                     norms.push(d.iter().map(|v| v * v).sum::<f64>().sqrt());
-                    st.sketches.insert(spectra::SGN, id, &d);
+                    if i < sketched {
+                        st.sketches.insert(spectra::SGN, id, &d);
+                    }
                 }
                 let norm = norms.iter().sum::<f64>() / norms.len() as f64;
                 out.sgn.push(SgnRow {

@@ -323,7 +323,7 @@ mod tests {
                 part(0, &[("fc1.weight", &[1.0, -2.0]), ("fc1.bias", &[0.5])]),
                 part(2, &[("fc1.weight", &[3.0, 4.0]), ("fc1.bias", &[-0.5])]),
             ],
-            acks: vec![],
+            segments: vec![],
             late: false,
         };
         let (rows, errors) = build_rows(&a, 0);

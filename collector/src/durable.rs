@@ -1,0 +1,282 @@
+//! The durability stage, between the Collect streams and the pipeline: deduplication, the
+//! write-ahead log ([`crate::wal`]) and the acks.
+//!
+//! A new report is staged for the log and passed on to the pipeline at once. The log is synced
+//! on the blocking pool, one commit at a time, each taking every report staged meanwhile (group
+//! commit); a report is acknowledged when its commit is synced. This stage does no estimation,
+//! so an ack waits for a sync, never for the live estimators or a Parquet file. The pipeline
+//! reports back the log segments whose rows it has published, and finished segments are deleted.
+//!
+//! At start the records a previous process left are replayed: registered as durable (so an
+//! agent's resend is answered DUPLICATE) and passed to the pipeline before any new report.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gradtel_proto::v1::ack;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use crate::acks::{AckRouter, Dedup, Seen, make_ack};
+use crate::metrics::CollectorMetrics;
+use crate::pipeline::Inbound;
+use crate::report::{AgentKey, Report};
+use crate::wal::{Record, Recovered, Wal, WalError, Writer};
+
+/// Pause after a failed log commit before the next try.
+const COMMIT_RETRY: Duration = Duration::from_millis(100);
+
+pub struct Durable {
+    pub dedup: Dedup,
+    pub router: Arc<AckRouter>,
+    pub metrics: Arc<CollectorMetrics>,
+    pipeline: mpsc::Sender<Inbound>,
+    wal: Wal,
+    /// The log's file side; `None` while a commit holds it.
+    writer: Option<Writer>,
+    /// Records waiting for the next commit, and the acks they release.
+    staged: Vec<Record>,
+    staged_acks: Vec<(AgentKey, u64, Instant)>,
+    commit: JoinSet<Committed>,
+    /// Lowest segment of a record in the commit in flight.
+    committing_from: Option<u64>,
+    /// After a failed commit, none is tried before this.
+    commit_after: Option<Instant>,
+}
+
+/// A finished commit.
+struct Committed {
+    writer: Writer,
+    records: Vec<Record>,
+    acks: Vec<(AgentKey, u64, Instant)>,
+    started: Instant,
+    result: Result<u64, WalError>,
+}
+
+impl Durable {
+    pub fn new(
+        router: Arc<AckRouter>,
+        metrics: Arc<CollectorMetrics>,
+        pipeline: mpsc::Sender<Inbound>,
+        (wal, writer): (Wal, Writer),
+    ) -> Self {
+        Self {
+            dedup: Dedup::default(),
+            router,
+            metrics,
+            pipeline,
+            wal,
+            writer: Some(writer),
+            staged: Vec::new(),
+            staged_acks: Vec::new(),
+            commit: JoinSet::new(),
+            committing_from: None,
+            commit_after: None,
+        }
+    }
+
+    /// Replay `recovered`, then serve: reports from the streams on `rx`, published segments
+    /// from the pipeline on `published`.
+    pub async fn run(
+        mut self,
+        recovered: Recovered,
+        mut rx: mpsc::Receiver<Inbound>,
+        mut published: mpsc::UnboundedReceiver<Vec<u64>>,
+    ) {
+        self.replay(recovered).await;
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Inbound::Report(r)) => self.on_report(*r).await,
+                    Some(Inbound::Drain(done)) => {
+                        self.settle_commits().await;
+                        let (tx, rx) = oneshot::channel();
+                        if self.pipeline.send(Inbound::Drain(tx)).await.is_ok() {
+                            let _ = rx.await;
+                        }
+                        while let Ok(segments) = published.try_recv() {
+                            self.published(segments);
+                        }
+                        let _ = done.send(());
+                    }
+                    None => break,
+                },
+                Some(segments) = published.recv() => self.published(segments),
+                Some(done) = self.commit.join_next(), if !self.commit.is_empty() => {
+                    self.finish_commit(done);
+                }
+            }
+            self.start_commit();
+        }
+    }
+
+    /// Feed the reports a previous process logged: they are durable already (their acks were
+    /// sent, or the agent resends and is told DUPLICATE), so they are only passed on.
+    async fn replay(&mut self, recovered: Recovered) {
+        self.metrics.wal_corrupt.add(recovered.corrupt);
+        if recovered.corrupt > 0 {
+            tracing::warn!(
+                segments = recovered.corrupt,
+                "write-ahead log segments ended in a torn or corrupt record; the rest of each was skipped"
+            );
+        }
+        let n = recovered.records.len();
+        for rec in recovered.records {
+            let decoded =
+                <gradtel_proto::v1::ShardReport as prost::Message>::decode(rec.payload.as_slice())
+                    .map_err(|e| e.to_string())
+                    .and_then(crate::report::decode);
+            let mut r = match decoded {
+                Ok(r) => r,
+                Err(reason) => {
+                    self.metrics.wal_corrupt.inc();
+                    tracing::warn!(%reason, segment = rec.segment, "unreadable report in the write-ahead log skipped");
+                    continue;
+                }
+            };
+            self.metrics.wal_replayed.inc();
+            if self.dedup.arrive(&r.key, r.seq) != Seen::New {
+                continue;
+            }
+            self.dedup.made_durable(&r.key, r.seq);
+            self.wal.adopt(rec.segment);
+            r.wal_segment = rec.segment;
+            if self
+                .pipeline
+                .send(Inbound::Report(Box::new(r)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        self.retire();
+        if n > 0 {
+            tracing::info!(reports = n, "write-ahead log replayed");
+        }
+    }
+
+    async fn on_report(&mut self, mut r: Report) {
+        match self.dedup.arrive(&r.key, r.seq) {
+            Seen::New => {
+                let payload = std::mem::take(&mut r.wire);
+                let segment = self.wal.assign(payload.len());
+                r.wal_segment = segment;
+                self.staged.push(Record { segment, payload });
+                self.staged_acks.push((r.key.clone(), r.seq, r.received_at));
+                // Before waiting on the pipeline, so this report's sync is under way.
+                self.start_commit();
+                let _ = self.pipeline.send(Inbound::Report(Box::new(r))).await;
+            }
+            Seen::Durable => {
+                self.metrics.reports_duplicate.inc();
+                let a = make_ack(&r.key, r.seq, ack::Status::Duplicate, String::new());
+                self.router.send(&r.key, a, &self.metrics);
+            }
+            Seen::Pending => self.metrics.reports_duplicate.inc(),
+        }
+    }
+
+    /// The pipeline published the rows of one report of each of `segments`.
+    fn published(&mut self, segments: Vec<u64>) {
+        for s in segments {
+            self.wal.published(s);
+        }
+        self.retire();
+    }
+
+    /// Start syncing the staged records, unless a commit is in flight or backing off.
+    fn start_commit(&mut self) {
+        if self.staged.is_empty() || self.commit_after.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let Some(mut writer) = self.writer.take() else {
+            return;
+        };
+        let records = std::mem::take(&mut self.staged);
+        let acks = std::mem::take(&mut self.staged_acks);
+        self.committing_from = records.first().map(|r| r.segment);
+        let started = Instant::now();
+        self.commit.spawn_blocking(move || {
+            let result = writer.commit(&records);
+            Committed {
+                writer,
+                records,
+                acks,
+                started,
+                result,
+            }
+        });
+    }
+
+    fn finish_commit(&mut self, done: Result<Committed, tokio::task::JoinError>) {
+        self.committing_from = None;
+        let c = match done {
+            Ok(c) => c,
+            Err(e) => {
+                // Only a panic gets here, and it took the writer: nothing can be logged any
+                // more, so nothing more is acknowledged (agents keep and resend).
+                self.metrics.wal_errors.inc();
+                tracing::error!(error = %e, "write-ahead log task failed; acknowledgements stop");
+                return;
+            }
+        };
+        self.writer = Some(c.writer);
+        match c.result {
+            Ok(bytes) => {
+                self.commit_after = None;
+                self.metrics.wal_commit.record(c.started.elapsed());
+                self.metrics.wal_bytes.add(bytes);
+                for (key, seq, received) in c.acks {
+                    self.dedup.made_durable(&key, seq);
+                    self.metrics.report_durable.record(received.elapsed());
+                    let a = make_ack(&key, seq, ack::Status::Accepted, String::new());
+                    self.router.send(&key, a, &self.metrics);
+                }
+                self.retire();
+            }
+            Err(e) => {
+                self.metrics.wal_errors.inc();
+                tracing::error!(error = %e, "write-ahead log commit failed; will retry");
+                let mut records = c.records;
+                records.append(&mut self.staged);
+                self.staged = records;
+                let mut acks = c.acks;
+                acks.append(&mut self.staged_acks);
+                self.staged_acks = acks;
+                self.commit_after = Some(Instant::now() + COMMIT_RETRY);
+            }
+        }
+    }
+
+    /// Delete the log segments whose reports are all published.
+    fn retire(&mut self) {
+        let busy = self
+            .committing_from
+            .into_iter()
+            .chain(self.staged.first().map(|r| r.segment))
+            .min();
+        self.wal.retire(busy);
+        self.metrics
+            .wal_segments
+            .set(self.wal.live_segments() as i64);
+    }
+
+    /// Commit everything staged and wait for it.
+    async fn settle_commits(&mut self) {
+        loop {
+            if let Some(done) = self.commit.join_next().await {
+                self.finish_commit(done);
+                continue;
+            }
+            if self.staged.is_empty() || self.writer.is_none() {
+                return;
+            }
+            self.commit_after = None;
+            self.start_commit();
+            if self.commit.is_empty() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Write-ahead log of accepted reports (DESIGN.md §3.6: nothing acknowledged is lost).
+//!
+//! A report is acknowledged once its encoded bytes are synced here, not once its Parquet rows
+//! are published: the ack's latency is one group commit (all reports that arrived while the
+//! previous sync ran share the next one), and Parquet files can roll every few seconds instead
+//! of every few milliseconds. Each report is counted against the segment it went to; a segment
+//! is deleted once every report in it has its Parquet rows published. After a crash the
+//! segments left are replayed into the pipeline as already-durable reports, so what was
+//! acknowledged reaches Parquet.
+//!
+//! On disk: `<dir>/<segment:020>.wal`, a sequence of records `len: u32 LE, crc32: u32 LE,
+//! payload` where the payload is the report as a `gradtel.v1.ShardReport` message and the CRC
+//! (IEEE) covers the payload. A torn record at a segment's end (a crash mid-write) fails its
+//! length or CRC check: replay stops reading that segment there and counts it.
+//!
+//! Guarantee: a report whose ack was sent is in a synced segment or in a published Parquet file.
+//! Delivery stays at-least-once: a segment part of whose reports were already published when
+//! the collector crashed is replayed whole, so those rows can be written twice.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// A new segment is started once the current one holds this many bytes.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// Largest record accepted on replay (the collector's message limit).
+const MAX_RECORD: usize = crate::MAX_MESSAGE_BYTES;
+const HEADER: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("write-ahead log I/O on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
+    move |source| WalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.wal"))
+}
+
+/// One report's bytes, bound for a segment.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub segment: u64,
+    pub payload: Vec<u8>,
+}
+
+/// What replay found in the segments a previous process left.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub records: Vec<Record>,
+    /// Segments whose end was torn or corrupt (the rest of that segment is skipped).
+    pub corrupt: u64,
+}
+
+/// The file side of the log: appends records and syncs them. It is moved to the blocking pool
+/// for each commit and handed back.
+pub struct Writer {
+    dir: PathBuf,
+    open: Option<(u64, File, u64)>,
+}
+
+impl Writer {
+    /// Append `records` (in segment order) and sync every file they touched. On error the
+    /// segment being written is cut back to its last synced length, so a retry appends whole
+    /// records only.
+    pub fn commit(&mut self, records: &[Record]) -> Result<u64, WalError> {
+        let mut written = 0u64;
+        let mut i = 0;
+        while i < records.len() {
+            let seg = records[i].segment;
+            let end = records[i..]
+                .iter()
+                .position(|r| r.segment != seg)
+                .map_or(records.len(), |n| i + n);
+            let mut frame = Vec::with_capacity(
+                records[i..end]
+                    .iter()
+                    .map(|r| r.payload.len() + HEADER)
+                    .sum(),
+            );
+            for r in &records[i..end] {
+                frame.extend_from_slice(&(r.payload.len() as u32).to_le_bytes());
+                frame.extend_from_slice(&crc32fast::hash(&r.payload).to_le_bytes());
+                frame.extend_from_slice(&r.payload);
+            }
+            self.append(seg, &frame)?;
+            written += frame.len() as u64;
+            i = end;
+        }
+        Ok(written)
+    }
+
+    fn append(&mut self, seg: u64, frame: &[u8]) -> Result<(), WalError> {
+        if self.open.as_ref().is_none_or(|(id, _, _)| *id != seg) {
+            let path = segment_path(&self.dir, seg);
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            let len = file.metadata().map_err(io_err(&path))?.len();
+            // The new file's name must survive a crash too.
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(&self.dir))?;
+            self.open = Some((seg, file, len));
+        }
+        let path = segment_path(&self.dir, seg);
+        let Some((_, file, len)) = self.open.as_mut() else {
+            return Ok(());
+        };
+        let result = file.write_all(frame).and_then(|()| file.sync_data());
+        match result {
+            Ok(()) => {
+                *len += frame.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = file.set_len(*len);
+                Err(WalError::Io { path, source: e })
+            }
+        }
+    }
+}
+
+/// The pipeline's side of the log: which segment new records go to, and how many reports of
+/// each segment still wait for their Parquet rows.
+pub struct Wal {
+    dir: PathBuf,
+    segment_bytes: u64,
+    current: u64,
+    current_bytes: u64,
+    outstanding: BTreeMap<u64, u64>,
+}
+
+impl Wal {
+    /// Open (creating) `dir`, read what a previous process left, and start a fresh segment
+    /// after it.
+    pub fn open(dir: &Path, segment_bytes: u64) -> Result<(Wal, Writer, Recovered), WalError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut ids: Vec<u64> = std::fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".wal")?.parse().ok()
+            })
+            .collect();
+        ids.sort_unstable();
+        let mut recovered = Recovered::default();
+        for &id in &ids {
+            let path = segment_path(dir, id);
+            let mut bytes = Vec::new();
+            File::open(&path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(io_err(&path))?;
+            let (records, torn) = parse_segment(id, &bytes);
+            recovered.records.extend(records);
+            recovered.corrupt += u64::from(torn);
+        }
+        let wal = Wal {
+            dir: dir.to_path_buf(),
+            segment_bytes: segment_bytes.max(1),
+            current: ids.last().map_or(1, |l| l + 1),
+            current_bytes: 0,
+            // Every old segment is listed, so one left without a readable record is deleted
+            // by the first retire.
+            outstanding: ids.iter().map(|&id| (id, 0)).collect(),
+        };
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            open: None,
+        };
+        Ok((wal, writer, recovered))
+    }
+
+    /// The segment a new record of `len` bytes goes to; counts it as outstanding.
+    pub fn assign(&mut self, len: usize) -> u64 {
+        let frame = (len + HEADER) as u64;
+        if self.current_bytes > 0 && self.current_bytes + frame > self.segment_bytes {
+            self.current += 1;
+            self.current_bytes = 0;
+        }
+        self.current_bytes += frame;
+        *self.outstanding.entry(self.current).or_default() += 1;
+        self.current
+    }
+
+    /// Count a replayed record of an older segment as outstanding.
+    pub fn adopt(&mut self, segment: u64) {
+        *self.outstanding.entry(segment).or_default() += 1;
+    }
+
+    /// The rows of one report of `segment` are published.
+    pub fn published(&mut self, segment: u64) {
+        if let Some(n) = self.outstanding.get_mut(&segment) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Delete every segment none of whose reports wait any more and below `busy` (the lowest
+    /// segment a record is staged or being written for). With nothing busy the current
+    /// segment may go too, and new records start a new one. Returns the segments deleted.
+    pub fn retire(&mut self, busy: Option<u64>) -> Vec<u64> {
+        let done: Vec<u64> = self
+            .outstanding
+            .iter()
+            .filter(|&(&seg, &n)| n == 0 && busy.is_none_or(|b| seg < b))
+            .map(|(&seg, _)| seg)
+            .collect();
+        for &seg in &done {
+            self.outstanding.remove(&seg);
+            if seg == self.current {
+                self.current += 1;
+                self.current_bytes = 0;
+            }
+            let path = segment_path(&self.dir, seg);
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(error = %e, path = %path.display(), "cannot delete a finished WAL segment");
+            }
+        }
+        done
+    }
+
+    /// Segments still holding reports whose rows are not published.
+    pub fn live_segments(&self) -> usize {
+        self.outstanding.len()
+    }
+}
+
+/// The whole records of one segment, and whether its end was torn or corrupt.
+fn parse_segment(id: u64, bytes: &[u8]) -> (Vec<Record>, bool) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let Some(head) = bytes.get(at..at + HEADER) else {
+            return (out, true);
+        };
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
+            return (out, true);
+        };
+        if len > MAX_RECORD || crc32fast::hash(payload) != crc {
+            return (out, true);
+        }
+        out.push(Record {
+            segment: id,
+            payload: payload.to_vec(),
+        });
+        at += HEADER + len;
+    }
+    (out, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(wal: &mut Wal, payload: &[u8]) -> Record {
+        Record {
+            segment: wal.assign(payload.len()),
+            payload: payload.to_vec(),
+        }
+    }
+
+    #[test]
+    fn records_survive_a_reopen_and_finished_segments_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, mut w, rec0) = Wal::open(dir.path(), 100).unwrap();
+        assert!(rec0.records.is_empty());
+        let batch: Vec<Record> = (0..5u8).map(|i| rec(&mut wal, &[i; 40])).collect();
+        // 48-byte frames, 100-byte segments: two records per segment.
+        let segs: Vec<u64> = batch.iter().map(|r| r.segment).collect();
+        assert_eq!(segs, vec![1, 1, 2, 2, 3]);
+        w.commit(&batch).unwrap();
+        wal.published(1);
+        wal.published(1);
+        wal.published(2);
+        assert_eq!(wal.retire(Some(3)), vec![1]);
+        // A segment stays while records may still be staged or written for it.
+        wal.published(2);
+        wal.published(3);
+        assert_eq!(wal.retire(Some(3)), vec![2]);
+        drop((wal, w));
+
+        let (_, _, found) = Wal::open(dir.path(), 100).unwrap();
+        let payloads: Vec<u8> = found.records.iter().map(|r| r.payload[0]).collect();
+        assert_eq!(payloads, vec![4], "segment 3 was never retired");
+        assert_eq!(found.corrupt, 0);
+        let (mut wal, _, _) = Wal::open(dir.path(), 100).unwrap();
+        wal.adopt(3);
+        wal.published(3);
+        assert_eq!(wal.retire(None), vec![3]);
+        let (_, _, empty) = Wal::open(dir.path(), 100).unwrap();
+        assert!(empty.records.is_empty());
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_tail_is_cut_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, mut w, _) = Wal::open(dir.path(), 1 << 20).unwrap();
+        let batch: Vec<Record> = (0..3u8).map(|i| rec(&mut wal, &[i; 10])).collect();
+        w.commit(&batch).unwrap();
+        let path = segment_path(dir.path(), batch[0].segment);
+        let whole = std::fs::read(&path).unwrap();
+        // A crash mid-record: the last record lost 3 bytes.
+        std::fs::write(&path, &whole[..whole.len() - 3]).unwrap();
+        let (_, _, found) = Wal::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(found.records.len(), 2);
+        assert_eq!(found.corrupt, 1);
+        // A flipped payload bit fails the CRC.
+        let mut bad = whole.clone();
+        bad[HEADER + 2] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        let (_, _, found) = Wal::open(dir.path(), 1 << 20).unwrap();
+        assert!(found.records.is_empty());
+        assert_eq!(found.corrupt, 1);
+        // An absurd length fails without reading past the end.
+        let mut huge = whole;
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&path, &huge).unwrap();
+        let (_, _, found) = Wal::open(dir.path(), 1 << 20).unwrap();
+        assert!(found.records.is_empty());
+        assert_eq!(found.corrupt, 1);
+    }
+}
