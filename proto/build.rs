@@ -13,6 +13,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ],
         &["."],
     )?;
+    // The collector's side of Collect, generated a second time with a codec that keeps each
+    // report's bytes beside the decoded message (for its write-ahead log); same route, so the
+    // agents' generated client talks to it unchanged.
+    let logged = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("logged");
+    std::fs::create_dir_all(&logged)?;
+    tonic_build::manual::Builder::new()
+        .build_client(false)
+        .out_dir(&logged)
+        .compile(&[tonic_build::manual::Service::builder()
+            .name("Collect")
+            .package("gradtel.v1")
+            .method(
+                tonic_build::manual::Method::builder()
+                    .name("stream")
+                    .route_name("Stream")
+                    .input_type("crate::logged::LoggedReport")
+                    .output_type("crate::v1::Ack")
+                    .codec_path("crate::logged::LoggedCodec")
+                    .client_streaming()
+                    .server_streaming()
+                    .build(),
+            )
+            .build()]);
     println!("cargo:rerun-if-changed=gradtel");
     Ok(())
 }

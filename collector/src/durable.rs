@@ -123,7 +123,7 @@ impl Durable {
         let n = recovered.records.len();
         for rec in recovered.records {
             let decoded =
-                <gradtel_proto::v1::ShardReport as prost::Message>::decode(rec.payload.as_slice())
+                <gradtel_proto::v1::ShardReport as prost::Message>::decode(rec.payload.clone())
                     .map_err(|e| e.to_string())
                     .and_then(crate::report::decode);
             let mut r = match decoded {

@@ -30,7 +30,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use config::CollectorConfig;
-use gradtel_proto::v1::collect_server::CollectServer;
+use gradtel_proto::logged::collect_server::CollectServer;
 pub use metrics::CollectorMetrics;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -52,6 +52,8 @@ pub enum CollectorError {
     },
     #[error(transparent)]
     Wal(#[from] wal::WalError),
+    #[error("cannot start the pipeline thread: {0}")]
+    Runtime(std::io::Error),
 }
 
 pub struct Collector {
@@ -110,10 +112,17 @@ impl Collector {
             wal::Wal::open(&config.wal_dir(), wal::DEFAULT_SEGMENT_BYTES)?;
         let (published_tx, published_rx) = mpsc::unbounded_channel();
         let (durable_tx, durable_rx) = mpsc::channel(4096);
-        tokio::spawn(
-            pipeline::Pipeline::new(&config, instance, metrics.clone(), published_tx)
-                .run(pipeline_rx, tick),
-        );
+        let pipeline = pipeline::Pipeline::new(&config, instance, metrics.clone(), published_tx);
+        // The estimators hold their thread for milliseconds per step; on a thread of their own
+        // they never delay the streams or an ack behind them.
+        let estimators = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(CollectorError::Runtime)?;
+        std::thread::Builder::new()
+            .name("gradtel-pipeline".into())
+            .spawn(move || estimators.block_on(pipeline.run(pipeline_rx, tick)))
+            .map_err(CollectorError::Runtime)?;
         let pipeline =
             tokio::spawn(
                 durable::Durable::new(router.clone(), metrics.clone(), pipeline_tx, (wal, writer))

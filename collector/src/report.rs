@@ -62,7 +62,7 @@ pub struct Report {
     pub received_at: Instant,
     /// The report as received (a `ShardReport` message), for the write-ahead log; taken out
     /// when the report is logged.
-    pub wire: Vec<u8>,
+    pub wire: bytes::Bytes,
     /// The write-ahead log segment holding this report.
     pub wal_segment: u64,
 }
@@ -105,7 +105,7 @@ impl Report {
             tracked: Vec::new(),
             projection: None,
             received_at: Instant::now(),
-            wire: Vec::new(),
+            wire: bytes::Bytes::new(),
             wal_segment: 0,
         }
     }
@@ -246,7 +246,7 @@ pub fn decode(r: ShardReport) -> Result<Report, String> {
         tracked,
         projection,
         received_at: Instant::now(),
-        wire: Vec::new(),
+        wire: bytes::Bytes::new(),
         wal_segment: 0,
     })
 }

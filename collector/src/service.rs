@@ -8,9 +8,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use gradtel_proto::v1::collect_server::Collect;
+use gradtel_proto::logged::LoggedReport;
+use gradtel_proto::logged::collect_server::Collect;
 use gradtel_proto::v1::{Ack, ShardReport, ack};
-use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -49,18 +49,18 @@ fn rejection(r: &ShardReport) -> Ack {
 }
 
 impl CollectService {
-    async fn serve_stream(self, mut inbound: Streaming<ShardReport>, tx: AckSender) {
+    async fn serve_stream(self, mut inbound: Streaming<LoggedReport>, tx: AckSender) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         self.metrics.streams_active.add(1);
         let mut keys: HashSet<AgentKey> = HashSet::new();
         loop {
             match inbound.message().await {
-                Ok(Some(raw)) => {
+                Ok(Some(LoggedReport {
+                    report: raw,
+                    raw: wire,
+                })) => {
                     self.metrics.reports_received.inc();
                     let mut rejected = rejection(&raw);
-                    // Encoded again here, on the stream's task, so the pipeline only copies it
-                    // into the write-ahead log.
-                    let wire = raw.encode_to_vec();
                     match report::decode(raw) {
                         Ok(mut rep) => {
                             rep.wire = wire;
@@ -104,7 +104,7 @@ impl Collect for CollectService {
 
     async fn stream(
         &self,
-        request: Request<Streaming<ShardReport>>,
+        request: Request<Streaming<LoggedReport>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let (tx, rx) = mpsc::channel(ACK_BUFFER);
         tokio::spawn(self.clone().serve_stream(request.into_inner(), tx));

@@ -49,7 +49,7 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
 #[derive(Debug, Clone)]
 pub struct Record {
     pub segment: u64,
-    pub payload: Vec<u8>,
+    pub payload: bytes::Bytes,
 }
 
 /// What replay found in the segments a previous process left.
@@ -162,7 +162,7 @@ impl Wal {
             File::open(&path)
                 .and_then(|mut f| f.read_to_end(&mut bytes))
                 .map_err(io_err(&path))?;
-            let (records, torn) = parse_segment(id, &bytes);
+            let (records, torn) = parse_segment(id, &bytes::Bytes::from(bytes));
             recovered.records.extend(records);
             recovered.corrupt += u64::from(torn);
         }
@@ -239,7 +239,7 @@ impl Wal {
 }
 
 /// The whole records of one segment, and whether its end was torn or corrupt.
-fn parse_segment(id: u64, bytes: &[u8]) -> (Vec<Record>, bool) {
+fn parse_segment(id: u64, bytes: &bytes::Bytes) -> (Vec<Record>, bool) {
     let mut out = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
@@ -256,7 +256,7 @@ fn parse_segment(id: u64, bytes: &[u8]) -> (Vec<Record>, bool) {
         }
         out.push(Record {
             segment: id,
-            payload: payload.to_vec(),
+            payload: bytes.slice(at + HEADER..at + HEADER + len),
         });
         at += HEADER + len;
     }
@@ -270,7 +270,7 @@ mod tests {
     fn rec(wal: &mut Wal, payload: &[u8]) -> Record {
         Record {
             segment: wal.assign(payload.len()),
-            payload: payload.to_vec(),
+            payload: bytes::Bytes::copy_from_slice(payload),
         }
     }
 

@@ -1,10 +1,13 @@
 //! The gradtel.v1 wire protocol, generated from `proto/gradtel/v1/*.proto`.
 //!
 //! * [`v1::ingest_server`] / [`v1::ingest_client`]: training process → local agent.
-//! * [`v1::collect_server`] / [`v1::collect_client`]: agent → collector.
+//! * [`v1::collect_server`] / [`v1::collect_client`]: agent → collector;
+//!   [`logged::collect_server`]: the same service, keeping each report's bytes (the collector's).
 //!
 //! The `.proto` files are the documentation of every field; this crate adds only the minor
 //! revision constant and helpers that belong to the wire format itself.
+
+pub mod logged;
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {
