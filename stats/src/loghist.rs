@@ -191,6 +191,7 @@ impl LogHistogram {
         // Indices of finite positive values stay below the +Inf bucket.
         let limit = f64::INFINITY.to_bits() >> (52 - precision_bits);
         let mut prev: Option<u64> = None;
+        let mut total = 0u64;
         for (&i, &c) in indices.iter().zip(counts) {
             if prev.is_some_and(|p| i <= p) {
                 return Err(StatsError::Malformed("histogram indices not increasing"));
@@ -201,8 +202,20 @@ impl LogHistogram {
             if indices.len() > 1 && i - indices[0] > (1 << 24) {
                 return Err(StatsError::Malformed("histogram spans too many buckets"));
             }
+            total = total
+                .checked_add(c)
+                .ok_or(StatsError::Malformed("histogram counts overflow"))?;
             prev = Some(i);
-            h.add_count(i, c);
+        }
+        // Validated, increasing and within 2^24 of the first: one allocation, then a store
+        // per bucket (this runs for every tensor of every report the collector receives).
+        if let (Some(&first), Some(&last)) = (indices.first(), indices.last()) {
+            h.offset = first;
+            h.counts = vec![0; (last - first + 1) as usize];
+            for (&i, &c) in indices.iter().zip(counts) {
+                h.counts[(i - first) as usize] = c;
+            }
+            h.total = total;
         }
         Ok(h)
     }
@@ -376,6 +389,7 @@ mod tests {
         assert!(LogHistogram::from_sparse(7, &[5], &[0]).is_err());
         assert!(LogHistogram::from_sparse(0, &[], &[]).is_err());
         assert!(LogHistogram::from_sparse(7, &[u64::MAX], &[1]).is_err());
+        assert!(LogHistogram::from_sparse(7, &[5, 6], &[u64::MAX, 1]).is_err());
     }
 
     #[test]
