@@ -383,6 +383,29 @@ mod tests {
     }
 
     #[test]
+    fn lane_counter_matches_record_for_dense_and_spread_blocks() {
+        // One block dense in a few buckets, one of three values over 60 binades, drained
+        // together.
+        let dense: Vec<f32> = (0..4096).map(|i| 1.0 + (i % 97) as f32 * 1e-3).collect();
+        let spread = [1e-30f32, 0.0, 3e-12, 2e+8];
+        let mut h = LogHistogram::new(7).unwrap();
+        let mut c = LaneCounter::default();
+        for block in [&dense[..], &spread[..]] {
+            let bits: Vec<u32> = block.iter().map(|x| x.abs().to_bits()).collect();
+            let min_pos = bits.iter().copied().filter(|&b| b != 0).min().unwrap();
+            let max = bits.iter().copied().max().unwrap();
+            c.record_abs_f32_bits(&h, &bits, min_pos, max);
+        }
+        c.drain_into(&mut h);
+        let mut want = LogHistogram::new(7).unwrap();
+        for &x in dense.iter().chain(&spread) {
+            want.record(f64::from(x));
+        }
+        assert_eq!(h.buckets().collect::<Vec<_>>(), want.buckets().collect::<Vec<_>>());
+        assert_eq!(h.total(), 4099);
+    }
+
+    #[test]
     fn rejects_malformed_sparse_input() {
         assert!(LogHistogram::from_sparse(7, &[5, 3], &[1, 1]).is_err());
         assert!(LogHistogram::from_sparse(7, &[5], &[1, 1]).is_err());
