@@ -401,7 +401,10 @@ mod tests {
         for &x in dense.iter().chain(&spread) {
             want.record(f64::from(x));
         }
-        assert_eq!(h.buckets().collect::<Vec<_>>(), want.buckets().collect::<Vec<_>>());
+        assert_eq!(
+            h.buckets().collect::<Vec<_>>(),
+            want.buckets().collect::<Vec<_>>()
+        );
         assert_eq!(h.total(), 4099);
     }
 
