@@ -114,13 +114,6 @@ impl Dedup {
             }
         }
     }
-
-    /// Forget a pending seq whose data was not written (so a resend is accepted again).
-    pub fn forget(&mut self, key: &AgentKey, seq: u64) {
-        if let Some(s) = self.seqs.get_mut(key) {
-            s.pending.remove(&seq);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -60,18 +60,20 @@ pub struct Collector {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     metrics: Arc<CollectorMetrics>,
-    pipeline_tx: mpsc::Sender<Inbound>,
-    pipeline: JoinHandle<()>,
+    /// Reports and drain requests into the durability stage.
+    inbound: mpsc::Sender<Inbound>,
+    durable: JoinHandle<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     stop: watch::Sender<bool>,
 }
 
 use pipeline::Inbound;
 
-/// Ask the pipeline to write everything pending and wait until it has.
-async fn drain_pipeline(pipeline: &mpsc::Sender<Inbound>) {
+/// Ask the durability stage and the pipeline behind it to write everything pending and wait
+/// until they have.
+async fn drain(inbound: &mpsc::Sender<Inbound>) {
     let (tx, rx) = oneshot::channel();
-    if pipeline.send(Inbound::Drain(tx)).await.is_ok() {
+    if inbound.send(Inbound::Drain(tx)).await.is_ok() {
         let _ = rx.await;
     }
 }
@@ -111,7 +113,7 @@ impl Collector {
         let (wal, writer, recovered) =
             wal::Wal::open(&config.wal_dir(), wal::DEFAULT_SEGMENT_BYTES)?;
         let (published_tx, published_rx) = mpsc::unbounded_channel();
-        let (durable_tx, durable_rx) = mpsc::channel(4096);
+        let (inbound, durable_rx) = mpsc::channel(4096);
         let pipeline = pipeline::Pipeline::new(&config, instance, metrics.clone(), published_tx);
         // The estimators hold their thread for milliseconds per step; on a thread of their own
         // they never delay the streams or an ack behind them.
@@ -123,14 +125,13 @@ impl Collector {
             .name("gradtel-pipeline".into())
             .spawn(move || estimators.block_on(pipeline.run(pipeline_rx, tick)))
             .map_err(CollectorError::Runtime)?;
-        let pipeline =
+        let durable =
             tokio::spawn(
                 durable::Durable::new(router.clone(), metrics.clone(), pipeline_tx, (wal, writer))
                     .run(recovered, durable_rx, published_rx),
             );
-        let pipeline_tx = durable_tx;
         let service = service::CollectService {
-            pipeline: pipeline_tx.clone(),
+            inbound: inbound.clone(),
             router,
             metrics: metrics.clone(),
             next_conn: Arc::new(AtomicU64::new(1)),
@@ -164,8 +165,8 @@ impl Collector {
             addr,
             metrics_addr,
             metrics,
-            pipeline_tx,
-            pipeline,
+            inbound,
+            durable,
             server,
             stop,
         })
@@ -187,7 +188,7 @@ impl Collector {
 
     /// Write everything pending now (steps still waiting for ranks are written as they stand).
     pub async fn drain(&self) {
-        drain_pipeline(&self.pipeline_tx).await;
+        drain(&self.inbound).await;
     }
 
     /// Stop accepting streams, write everything pending, and stop. Open agent streams are given
@@ -198,9 +199,10 @@ impl Collector {
         if tokio::time::timeout(grace, &mut server).await.is_err() {
             server.abort();
         }
-        drain_pipeline(&self.pipeline_tx).await;
-        drop(self.pipeline_tx);
-        self.pipeline.abort();
+        drain(&self.inbound).await;
+        // The pipeline's thread ends when the durability stage, its only sender, is gone.
+        drop(self.inbound);
+        self.durable.abort();
         tracing::info!("collector stopped");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Each report is validated and decoded here; a report that can never be accepted is answered
 //! at once with a REJECTED ack carrying the reason (the stream stays open). Valid reports go to
-//! the pipeline; their acks come back through the [`AckRouter`] once the write-ahead log holds them.
+//! the durability stage; their acks come back through the [`AckRouter`] once the write-ahead
+//! log holds them.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -25,7 +26,8 @@ const ACK_BUFFER: usize = 1 << 16;
 
 #[derive(Clone)]
 pub struct CollectService {
-    pub pipeline: mpsc::Sender<Inbound>,
+    /// Into the durability stage ([`crate::durable`]).
+    pub inbound: mpsc::Sender<Inbound>,
     pub router: Arc<AckRouter>,
     pub metrics: Arc<CollectorMetrics>,
     pub next_conn: Arc<AtomicU64>,
@@ -68,7 +70,7 @@ impl CollectService {
                                 self.router.attach(rep.key.clone(), conn, tx.clone());
                             }
                             if self
-                                .pipeline
+                                .inbound
                                 .send(Inbound::Report(Box::new(rep)))
                                 .await
                                 .is_err()
