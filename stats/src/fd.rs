@@ -66,6 +66,7 @@ fn product(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Mat<f64> {
         Par::Seq
     };
     matmul(out.as_mut(), Accum::Replace, a, b, 1.0, par);
+    crate::simd_state::after_vector_kernels(par != Par::Seq);
     out
 }
 
@@ -204,7 +205,9 @@ impl FrequentDirections {
             (_, false) => cross[(r, c - k)],
             (false, true) => cross[(c, r - k)],
         });
-        let evd = g.self_adjoint_eigen(Side::Lower).map_err(evd_failed)?;
+        let evd = g.self_adjoint_eigen(Side::Lower);
+        crate::simd_state::after_vector_kernels(false);
+        let evd = evd.map_err(evd_failed)?;
         let s = evd.S().column_vector();
         let values = (0..self.filled).map(|i| s[i]).collect();
         Ok((values, evd.U().to_owned()))
@@ -351,9 +354,9 @@ pub fn exact_eigenvalues(rows: &[Vec<f64>], centred: bool) -> Result<Vec<f64>, S
     }
     let a = Mat::<f64>::from_fn(n, d, |i, j| rows[i][j] - mean[j]);
     let s = a.transpose() * &a;
-    let mut ev = s
-        .self_adjoint_eigenvalues(Side::Lower)
-        .map_err(evd_failed)?;
+    let ev = s.self_adjoint_eigenvalues(Side::Lower);
+    crate::simd_state::after_vector_kernels(true);
+    let mut ev = ev.map_err(evd_failed)?;
     ev.reverse();
     Ok(ev)
 }

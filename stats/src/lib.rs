@@ -14,6 +14,7 @@ pub mod powerlaw_binned;
 pub mod projection;
 pub mod rng;
 pub mod robust;
+pub mod simd_state;
 pub mod spectrum;
 pub mod summary;
 pub mod tail;

@@ -14,6 +14,8 @@
 //! Unlike DDSketch's default floor (1e-9) or HdrHistogram (integers), the range is the full
 //! f64 range, which gradients need (they go far below 1e-9).
 
+use std::sync::OnceLock;
+
 use crate::StatsError;
 
 /// Default mantissa bits: relative error ≤ 2^-8 ≈ 0.39 %.
@@ -77,6 +79,20 @@ impl LogHistogram {
             f64::from_bits(index << shift),
             f64::from_bits((index + 1) << shift),
         )
+    }
+
+    /// `ln` of the lower bound of bucket `index` (the upper bound of bucket `index − 1`). A
+    /// normal edge is `2^(e−1023) · (1 + k/2^p)`, so its log is `(e − 1023) ln 2` plus one of
+    /// 2^p mantissa logs, tabulated once per process: a fit over thousands of buckets then pays
+    /// no `ln` per edge. Subnormal edges (below 2.2e−308) take `ln` directly.
+    pub fn ln_lower_edge(&self, index: u64) -> f64 {
+        let p = self.precision_bits;
+        let exponent = index >> p;
+        if exponent == 0 {
+            return f64::from_bits(index << (52 - p)).ln();
+        }
+        let mantissa = (index & ((1 << p) - 1)) as usize;
+        (exponent as f64 - 1023.0) * std::f64::consts::LN_2 + ln_mantissas(p)[mantissa]
     }
 
     /// Record a positive finite value; other values are ignored (the caller counts them).
@@ -339,9 +355,39 @@ fn count_lanes(lanes: &mut [[u32; 4]], bits: &[u32], slot: impl Fn(u32) -> usize
     }
 }
 
+/// `ln(1 + k/2^p)` for `k < 2^p`, one table per precision, built on first use.
+pub(crate) fn ln_mantissas(p: u32) -> &'static [f64] {
+    static TABLES: [OnceLock<Box<[f64]>>; MAX_PRECISION_BITS as usize + 1] =
+        [const { OnceLock::new() }; MAX_PRECISION_BITS as usize + 1];
+    TABLES[p as usize].get_or_init(|| {
+        let scale = 0.5f64.powi(p as i32);
+        (0..1u64 << p).map(|k| (k as f64 * scale).ln_1p()).collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tabulated_edge_logs_match_ln() {
+        let mut rng = crate::rng::SplitMix64::new(3);
+        for p in [1, 7, 16] {
+            let h = LogHistogram::new(p).unwrap();
+            for _ in 0..10_000 {
+                // Magnitudes across the whole range, subnormals included.
+                let v = f64::from_bits(rng.next_u64() % f64::MAX.to_bits() + 1);
+                let i = h.index_of(v);
+                let exact = h.bucket_bounds(i).0.ln();
+                let got = h.ln_lower_edge(i);
+                assert!(
+                    got == exact
+                        || (got - exact).abs() <= 4.0 * f64::EPSILON * exact.abs().max(1.0),
+                    "p={p} i={i}: {got} vs {exact}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn quantiles_are_within_stated_relative_error() {

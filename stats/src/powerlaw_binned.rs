@@ -71,8 +71,12 @@ pub fn fit_histogram(
     if buckets.len() < 2 {
         return Err(StatsError::AllEqual);
     }
+    let indices: Vec<u64> = h.buckets().map(|(i, _)| i).collect();
     // Logs of the edges, so the fitted CDF costs one exp per edge instead of a pow.
-    let ln_edges: Vec<(f64, f64)> = buckets.iter().map(|b| (b.0.ln(), b.1.ln())).collect();
+    let ln_edges: Vec<(f64, f64)> = indices
+        .iter()
+        .map(|&i| (h.ln_lower_edge(i), h.ln_lower_edge(i + 1)))
+        .collect();
     // Suffix sums of counts and of c·ln(midpoint), so α̂ of a candidate is O(1).
     let b = buckets.len();
     let mut suffix_n = vec![0u64; b + 1];
@@ -92,7 +96,6 @@ pub fn fit_histogram(
     let last = (0..b - 1).take_while(|&k| suffix_n[k] >= min_tail).count();
     let stride = last.div_ceil(max_candidates.max(1)).max(1);
     // shared[j]: bucket j starts where bucket j − 1 ends.
-    let indices: Vec<u64> = h.buckets().map(|(i, _)| i).collect();
     let shared: Vec<bool> = (0..b)
         .map(|j| j > 0 && indices[j] == indices[j - 1] + 1)
         .collect();
