@@ -239,19 +239,33 @@ impl LogHistogram {
     /// The `q`-quantile (0 ≤ q ≤ 1) as the midpoint of the bucket holding the order statistic of
     /// rank `max(1, ⌈q·n⌉)`; `None` when empty or `q` is not in [0, 1].
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        if self.total == 0 || !(0.0..=1.0).contains(&q) {
-            return None;
-        }
-        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let [v] = self.quantiles([q]);
+        v
+    }
+
+    /// [`Self::quantile`] of each of `qs`, in one pass over the buckets.
+    pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<f64>; N] {
+        let mut out = [None; N];
+        let ranks = qs.map(|q| {
+            (self.total > 0 && (0.0..=1.0).contains(&q))
+                .then(|| ((q * self.total as f64).ceil() as u64).clamp(1, self.total))
+        });
+        let mut left = ranks.iter().flatten().count();
         let mut seen = 0u64;
-        for (i, c) in self.buckets() {
+        for (j, &c) in self.counts.iter().enumerate() {
+            if left == 0 {
+                break;
+            }
             seen += c;
-            if seen >= rank {
-                let (lo, hi) = self.bucket_bounds(i);
-                return Some(lo + (hi - lo) / 2.0);
+            for (o, r) in out.iter_mut().zip(&ranks) {
+                if o.is_none() && r.is_some_and(|r| seen >= r) {
+                    let (lo, hi) = self.bucket_bounds(self.offset + j as u64);
+                    *o = Some(lo + (hi - lo) / 2.0);
+                    left -= 1;
+                }
             }
         }
-        None
+        out
     }
 }
 
@@ -355,6 +369,25 @@ fn count_lanes(lanes: &mut [[u32; 4]], bits: &[u32], slot: impl Fn(u32) -> usize
     }
 }
 
+#[cfg(test)]
+impl LogHistogram {
+    /// The definition of [`Self::quantile`], bucket by bucket, as a reference.
+    fn quantile_by_scan(&self, q: f64) -> Option<f64> {
+        if self.total == 0 || !(0.0..=1.0).contains(&q) {
+            return None;
+        }
+        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let mut seen = 0u64;
+        self.buckets().find_map(|(i, c)| {
+            seen += c;
+            (seen >= rank).then(|| {
+                let (lo, hi) = self.bucket_bounds(i);
+                lo + (hi - lo) / 2.0
+            })
+        })
+    }
+}
+
 /// `ln(1 + k/2^p)` for `k < 2^p`, one table per precision, built on first use.
 pub(crate) fn ln_mantissas(p: u32) -> &'static [f64] {
     static TABLES: [OnceLock<Box<[f64]>>; MAX_PRECISION_BITS as usize + 1] =
@@ -368,6 +401,21 @@ pub(crate) fn ln_mantissas(p: u32) -> &'static [f64] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_pass_quantiles_equal_single_quantiles() {
+        let mut rng = crate::rng::SplitMix64::new(11);
+        let mut h = LogHistogram::default();
+        assert_eq!(h.quantiles([0.5, 0.9]), [None, None]);
+        for _ in 0..5_000 {
+            h.record(rng.student_t(3).abs());
+        }
+        // Unsorted, repeated, edge and out-of-range levels.
+        let qs = [0.99, 0.5, 0.0, 1.0, 0.5, -0.1, 1.5, 0.9];
+        let one_by_one = qs.map(|q| h.quantile_by_scan(q));
+        assert_eq!(h.quantiles(qs), one_by_one);
+        assert!(one_by_one[0].is_some() && one_by_one[5].is_none());
+    }
 
     #[test]
     fn tabulated_edge_logs_match_ln() {

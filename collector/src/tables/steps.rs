@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use arrow::array::{Float64Builder, ListBuilder, RecordBatch, UInt32Builder, UInt64Builder};
+use arrow::array::{
+    Float64Array, Float64Builder, ListBuilder, RecordBatch, UInt32Builder, UInt64Builder,
+};
 use arrow::error::ArrowError;
 use gradtel_stats::GradSummary;
 
@@ -76,6 +78,17 @@ impl Acc {
             summary: None,
         }
     }
+
+    /// Merge `s` into the scope's summary; false (and unchanged) when they do not merge.
+    fn absorb(&mut self, s: &GradSummary) -> bool {
+        match &mut self.summary {
+            Some(acc) => acc.merge(s).is_ok(),
+            None => {
+                self.summary = Some(s.clone());
+                true
+            }
+        }
+    }
 }
 
 /// Build the rows of one assembly. Returns the rows and how many parts could not be merged.
@@ -86,32 +99,38 @@ pub fn build_rows(a: &Assembly, assembled_at_ns: i64) -> (Vec<StepRow>, u64) {
     let mut model = Acc::new();
     // numel is per-rank (the size of the parameter), counted once per tensor.
     let mut numel_seen: BTreeSet<&str> = BTreeSet::new();
+    // Ranks and shards merge into their tensor; tensors into their layer and the model. (Each
+    // part merging into all three scopes did three times the merges for the same rows.)
     for part in &a.parts {
         for t in &part.tensors {
             let first = numel_seen.insert(&t.name);
-            for acc in [
-                by_tensor.entry(&t.name).or_insert_with(Acc::new),
-                by_layer.entry(layer_of(&t.name)).or_insert_with(Acc::new),
-                &mut model,
-            ] {
-                let merged = match &mut acc.summary {
-                    Some(s) => s.merge(&t.summary).is_ok(),
-                    None => {
-                        acc.summary = Some(t.summary.clone());
-                        true
-                    }
-                };
-                if !merged {
-                    merge_errors += 1;
-                    continue;
-                }
-                acc.tensors.insert(t.name.clone());
-                if first {
-                    acc.numel += t.numel;
-                }
-                acc.expected += t.elements_expected;
-                acc.received += t.elements_received;
+            let acc = by_tensor.entry(&t.name).or_insert_with(Acc::new);
+            if !acc.absorb(&t.summary) {
+                merge_errors += 1;
+                continue;
             }
+            acc.tensors.insert(t.name.clone());
+            if first {
+                acc.numel += t.numel;
+            }
+            acc.expected += t.elements_expected;
+            acc.received += t.elements_received;
+        }
+    }
+    for (name, t) in &by_tensor {
+        let Some(summary) = &t.summary else { continue };
+        for acc in [
+            by_layer.entry(layer_of(name)).or_insert_with(Acc::new),
+            &mut model,
+        ] {
+            if !acc.absorb(summary) {
+                merge_errors += 1;
+                continue;
+            }
+            acc.tensors.extend(t.tensors.iter().cloned());
+            acc.numel += t.numel;
+            acc.expected += t.expected;
+            acc.received += t.received;
         }
     }
 
@@ -276,8 +295,13 @@ pub fn to_batch(rows: &[StepRow]) -> Result<RecordBatch, ArrowError> {
         .u64("pos_count", |r| r.summary.pos_count)
         .u64("neg_count", |r| r.summary.neg_count)
         .u64("zero_count", |r| r.summary.zero_count);
-    for (name, q) in QUANTILES {
-        c = c.f64(name, move |r| r.summary.abs_hist.quantile(q));
+    let quantiles: Vec<_> = rows
+        .iter()
+        .map(|r| r.summary.abs_hist.quantiles(QUANTILES.map(|(_, q)| q)))
+        .collect();
+    for (k, (name, _)) in QUANTILES.iter().enumerate() {
+        let a: Float64Array = quantiles.iter().map(|qs| qs[k]).collect();
+        c = c.array(name, Arc::new(a));
     }
     c.u32("hist_precision_bits", |r| {
         r.summary.abs_hist.precision_bits()
