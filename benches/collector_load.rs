@@ -270,7 +270,8 @@ fn main() {
         let _ = sock.read_to_string(&mut text);
         for line in text.lines().filter(|l| {
             (l.starts_with("gradtel_collector_flush_seconds{")
-                || l.starts_with("gradtel_collector_report_durable_seconds{"))
+                || l.starts_with("gradtel_collector_report_durable_seconds{")
+                || l.starts_with("gradtel_collector_wal_commit_seconds{"))
                 && (l.contains("\"0.5\"") || l.contains("\"0.99\""))
         }) {
             println!("collector metrics (both phases): {line}");

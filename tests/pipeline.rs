@@ -406,3 +406,49 @@ fn large_chunks_are_summarised_exactly() {
     close(t.f("sum_sq").unwrap(), e.sum_sq, 1e-12, "sum_sq");
     assert_eq!(t.top_abs, e.top);
 }
+
+/// Niceness of each thread of `pid`, by thread name (`comm`, at most 15 bytes).
+fn thread_niceness(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("procfs") {
+        let dir = task.expect("task entry").path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        // Fields after the parenthesised name start at field 3 (state); nice is field 19.
+        let after = stat.rsplit_once(')').expect("stat has a name").1;
+        let nice = after.split_whitespace().nth(16).expect("nice field");
+        out.push((comm.trim().to_string(), nice.parse().expect("numeric nice")));
+    }
+    out
+}
+
+#[test]
+fn estimator_threads_yield_to_the_threads_that_take_in_and_acknowledge_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (collector, _url) = start_collector(dir.path(), "127.0.0.1:0", &["--estimators-nice", "7"]);
+    let threads = thread_niceness(collector.child.id());
+    let own = threads
+        .iter()
+        .find(|(name, _)| name.starts_with("gradtel-collect"))
+        .map(|t| t.1)
+        .expect("main thread");
+    let pipeline: Vec<i64> = threads
+        .iter()
+        .filter(|(name, _)| name == "gradtel-pipelin")
+        .map(|t| t.1)
+        .collect();
+    let workers: Vec<i64> = threads
+        .iter()
+        .filter(|(name, _)| name.starts_with("tokio-rt"))
+        .map(|t| t.1)
+        .collect();
+    assert_eq!(pipeline, vec![own + 7], "{threads:?}");
+    assert!(
+        !workers.is_empty() && workers.iter().all(|&n| n == own),
+        "{threads:?}"
+    );
+}

@@ -42,6 +42,12 @@ pub struct CollectorConfig {
     #[arg(long, env = "GRADTEL_COLLECTOR_WAL_DIR")]
     pub wal_dir: Option<PathBuf>,
 
+    /// Niceness added to the estimator threads (live estimators and Parquet writes), so that
+    /// taking in reports and acknowledging them goes first when CPU is short; 0 leaves them as
+    /// the rest of the process.
+    #[arg(long, env = "GRADTEL_COLLECTOR_ESTIMATORS_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub estimators_nice: i32,
+
     /// Steps being assembled at once; beyond it the oldest is written as it stands.
     #[arg(long, default_value_t = 4096)]
     pub max_pending_steps: usize,
@@ -242,6 +248,7 @@ impl CollectorConfig {
             roll_rows: 50_000,
             roll_interval: Duration::from_secs(2),
             wal_dir: None,
+            estimators_nice: 10,
             max_pending_steps: 4096,
             metrics: None,
             config: None,

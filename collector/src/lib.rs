@@ -117,13 +117,18 @@ impl Collector {
         let pipeline = pipeline::Pipeline::new(&config, instance, metrics.clone(), published_tx);
         // The estimators hold their thread for milliseconds per step; on a thread of their own
         // they never delay the streams or an ack behind them.
+        let nice = config.estimators_nice;
         let estimators = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_start(move || lower_priority(nice))
             .build()
             .map_err(CollectorError::Runtime)?;
         std::thread::Builder::new()
             .name("gradtel-pipeline".into())
-            .spawn(move || estimators.block_on(pipeline.run(pipeline_rx, tick)))
+            .spawn(move || {
+                lower_priority(nice);
+                estimators.block_on(pipeline.run(pipeline_rx, tick))
+            })
             .map_err(CollectorError::Runtime)?;
         let durable =
             tokio::spawn(
@@ -204,5 +209,19 @@ impl Collector {
         drop(self.inbound);
         self.durable.abort();
         tracing::info!("collector stopped");
+    }
+}
+
+/// Raise the calling thread's nice value by `by` (Linux keeps one per thread). The estimators
+/// and their Parquet writes run behind the streams and acknowledgements: in a burst of reports
+/// the CPU goes to taking them in and logging them, and the estimators catch up after it.
+fn lower_priority(by: i32) {
+    if by <= 0 {
+        return;
+    }
+    let tid = rustix::thread::gettid();
+    let now = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), (now + by).min(19)) {
+        tracing::warn!(error = %e, "could not lower the estimator threads' priority");
     }
 }

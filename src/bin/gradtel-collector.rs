@@ -11,8 +11,9 @@ readable by DuckDB, pandas/pyarrow, Spark).
 
 A step is written when every rank and shard has reported, or when --straggler-timeout has passed
 since its first report (missing ranks are recorded in the row). Files are written under a hidden
-temporary name and renamed into place; a report is acknowledged to its agent only once its file
-is durable, so agents resend anything lost in a crash.";
+temporary name and renamed into place. A report is acknowledged to its agent once it is synced
+to the collector's write-ahead log (<out>/_wal), which is replayed after a crash; agents resend
+anything not acknowledged.";
 
 const EXAMPLES: &str = "\
 Examples:
