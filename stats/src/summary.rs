@@ -315,6 +315,9 @@ fn f32_at_or_below(t: f64) -> f32 {
     }
 }
 
+/// Pieces shorter than this skip the histogram's count lanes (see [`F32Stream::push`]).
+const LANES_MIN_VALUES: usize = 4096;
+
 /// A [`GradSummary`] being fed f32 pieces; see [`GradSummary::f32_stream`].
 pub struct F32Stream<'a> {
     summary: &'a mut GradSummary,
@@ -324,6 +327,13 @@ pub struct F32Stream<'a> {
 impl F32Stream<'_> {
     /// Add `xs` to the summary.
     pub fn push(&mut self, xs: &[f32]) {
+        if xs.len() < LANES_MIN_VALUES {
+            // The lanes cost a pass over the bucket span (often thousands of buckets, as
+            // gradients span many octaves) to clear and to drain: more than a short piece's
+            // values take on the plain path, which counts straight into the histogram.
+            self.summary.extend_values(xs.iter().map(|&x| f64::from(x)));
+            return;
+        }
         for part in xs.chunks(LaneCounter::CAPACITY as usize) {
             if self.counter.recorded() + part.len() as u64 > LaneCounter::CAPACITY {
                 self.counter.drain_into(&mut self.summary.abs_hist);
