@@ -402,10 +402,10 @@ mod tests {
 
     #[test]
     fn f32_blocks_with_and_without_non_finite_values_match_the_value_path() {
-        // 3 blocks and a tail over ~70 binades, with zeros of both signs and f32 subnormals
-        // (whose f64 buckets the integer fast path cannot compute) in the first block only,
-        // and a NaN and an Inf in the second block only.
-        let mut xs: Vec<f32> = (0..3 * BLOCK + 17)
+        // 17 blocks and a tail (long enough for the count lanes) over ~70 binades, with zeros
+        // of both signs and f32 subnormals (whose f64 buckets the integer fast path cannot
+        // compute) in the first block only, and a NaN and an Inf in the second block only.
+        let mut xs: Vec<f32> = (0..17 * BLOCK + 17)
             .map(|i| ((i as f32) * 0.37).sin() * 2f32.powi((i % 70) as i32 - 40))
             .collect();
         xs[3] = 0.0;
@@ -415,6 +415,7 @@ mod tests {
         xs[2 * BLOCK + 3] = 0.0;
         xs[BLOCK + 5] = f32::NAN;
         xs[BLOCK + 9] = f32::NEG_INFINITY;
+        assert!(xs.len() >= LANES_MIN_VALUES);
         for p in [1, 7, 16] {
             let mut fast = GradSummary::new(8, p).unwrap();
             fast.extend_f32(&xs);
@@ -451,7 +452,7 @@ mod tests {
         // between two f32s), then f32 values straddling it.
         let t = 0.1f64 + 1e-12;
         let f64s: Vec<f64> = (0..8).map(|i| t + f64::from(i) * 1e-13).collect();
-        let near: Vec<f32> = (0..3 * BLOCK)
+        let near: Vec<f32> = (0..17 * BLOCK)
             .map(|i| {
                 (t as f32)
                     * (1.0 + ((i % 7) as f32 - 3.0) * 1e-7)
@@ -460,8 +461,9 @@ mod tests {
             .collect();
         let mut fast = GradSummary::new(8, 7).unwrap();
         let mut reference = GradSummary::new(8, 7).unwrap();
-        fast.extend_f32(&[0.0; 2 * BLOCK + 3]);
-        reference.extend_values(std::iter::repeat_n(0.0, 2 * BLOCK + 3));
+        // Long pieces go through the count lanes; the short one below does not.
+        fast.extend_f32(&[0.0; 17 * BLOCK + 3]);
+        reference.extend_values(std::iter::repeat_n(0.0, 17 * BLOCK + 3));
         assert_eq!(fast.top_abs.sorted_desc(), vec![0.0; 8]);
         fast.extend_f32(&[0.0, 1e-30, 0.0, 2e-30]);
         reference.extend_values(
