@@ -120,6 +120,7 @@ impl Collector {
         let nice = config.estimators_nice;
         let estimators = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .thread_name("gradtel-estimators")
             .on_thread_start(move || lower_priority(nice))
             .build()
             .map_err(CollectorError::Runtime)?;
