@@ -53,14 +53,8 @@ pub fn fit_histogram(
     min_tail: u64,
     max_candidates: usize,
 ) -> Result<BinnedFit, StatsError> {
-    let buckets: Vec<(f64, f64, u64)> = h
-        .buckets()
-        .map(|(i, c)| {
-            let (lo, hi) = h.bucket_bounds(i);
-            (lo, hi, c)
-        })
-        .collect();
-    let n: u64 = buckets.iter().map(|b| b.2).sum();
+    let (indices, counts): (Vec<u64>, Vec<u64>) = h.buckets().unzip();
+    let n: u64 = counts.iter().sum();
     let min_tail = min_tail.max(2);
     if n < min_tail {
         return Err(StatsError::TooFewValues {
@@ -68,28 +62,27 @@ pub fn fit_histogram(
             got: n as usize,
         });
     }
-    if buckets.len() < 2 {
+    if indices.len() < 2 {
         return Err(StatsError::AllEqual);
     }
-    let indices: Vec<u64> = h.buckets().map(|(i, _)| i).collect();
     // Logs of the edges, so the fitted CDF costs one exp per edge instead of a pow.
     let ln_edges: Vec<(f64, f64)> = indices
         .iter()
         .map(|&i| (h.ln_lower_edge(i), h.ln_lower_edge(i + 1)))
         .collect();
     // Suffix sums of counts and of c·ln(midpoint), so α̂ of a candidate is O(1).
-    let b = buckets.len();
+    let b = indices.len();
     let mut suffix_n = vec![0u64; b + 1];
     let mut suffix_log = vec![0.0f64; b + 1];
     for i in (0..b).rev() {
-        let ((ln_lo, ln_hi), c) = (ln_edges[i], buckets[i].2);
+        let ((ln_lo, ln_hi), c) = (ln_edges[i], counts[i]);
         suffix_n[i] = suffix_n[i + 1] + c;
         suffix_log[i] = suffix_log[i + 1] + c as f64 * 0.5 * (ln_lo + ln_hi);
     }
     // Counts below each bucket (prefix sums), for the empirical CDF at any edge in O(1).
     let mut below_at = vec![0u64; b + 1];
     for i in 0..b {
-        below_at[i + 1] = below_at[i] + buckets[i].2;
+        below_at[i + 1] = below_at[i] + counts[i];
     }
     // Candidates: every bucket whose tail holds ≥ min_tail values (the last bucket alone
     // cannot be fitted), thinned to at most `max_candidates` spread evenly over them.
@@ -159,7 +152,7 @@ pub fn fit_histogram(
             let s_lo = (below_at[j] - below_at[k]) as f64 * inv_m;
             let s_hi = (below_at[j + 1] - below_at[k]) as f64 * inv_m;
             d = d.max((s_lo - p_lo).abs()).max((s_hi - p_hi).abs());
-            slack = slack.max(buckets[j].2 as f64 * inv_m).max(p_hi - p_lo);
+            slack = slack.max(counts[j] as f64 * inv_m).max(p_hi - p_lo);
             if d >= bound {
                 pruned = true;
                 break;
@@ -172,7 +165,7 @@ pub fn fit_histogram(
         best = Some(BinnedFit {
             n,
             n_tail: m,
-            xmin: buckets[k].0,
+            xmin: h.bucket_bounds(indices[k]).0,
             alpha,
             ks_d: d,
             d_slack: slack,
