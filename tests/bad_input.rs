@@ -50,6 +50,7 @@ fn chunk(tensor: &str, data: Vec<u8>) -> Vec<PushRequest> {
             dtype: Dtype::F32 as i32,
             data: data.into(),
             local: false,
+            shared: None,
         })),
     }]
 }
@@ -63,6 +64,7 @@ fn zero_chunk(step: u64, tensor: &str, offset: u64) -> GradientChunk {
         dtype: Dtype::F32 as i32,
         data: vec![0; 32].into(),
         local: false,
+        shared: None,
     }
 }
 

@@ -51,6 +51,7 @@ fn main() {
                 dtype: Dtype::F32 as i32,
                 data: bytes[(a * 4) as usize..(b * 4) as usize].to_vec().into(),
                 local: true,
+                shared: None,
             }
         })
         .collect();

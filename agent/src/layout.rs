@@ -166,6 +166,7 @@ mod tests {
                 owned_end: 0,
                 track_count: None,
             }],
+            shared_memory: None,
         }
     }
 

@@ -5,6 +5,7 @@
 //! ```
 //!
 //! * [`service`]: the Ingest gRPC service; decodes raw f32/f16/bf16 chunks into summaries.
+//! * [`shared`]: the client's optional shared memory region for payloads.
 //! * [`steps`]: per-step, per-tensor accumulation until EndStep.
 //! * [`shipper`]: the at-least-once Collect stream with resend after reconnect.
 //! * [`config`], [`metrics`]: flags and self-measurement.
@@ -13,6 +14,7 @@ pub mod config;
 pub mod layout;
 pub mod metrics;
 pub mod service;
+pub mod shared;
 pub mod shipper;
 pub mod steps;
 
@@ -74,6 +76,19 @@ pub enum AgentError {
     EmptyMessage,
     #[error("a batch of messages contains a batch of messages")]
     NestedBatch,
+    #[error("chunk of tensor {0:?} names a shared memory slice, but no region is registered")]
+    NoSharedRegion(String),
+    #[error("chunk of tensor {0:?} carries both inline data and a shared memory slice")]
+    DataAndShared(String),
+    #[error(
+        "shared slice [{offset}, {offset}+{bytes}) of tensor {tensor:?} is outside the {size}-byte region"
+    )]
+    SharedOutOfRange {
+        tensor: String,
+        offset: u64,
+        bytes: u64,
+        size: u64,
+    },
     #[error(transparent)]
     Payload(#[from] gradtel_codec::CodecError),
     #[error(transparent)]
@@ -100,6 +115,9 @@ impl From<AgentError> for tonic::Status {
             | MixedLocal { .. }
             | EmptyMessage
             | NestedBatch
+            | NoSharedRegion(_)
+            | DataAndShared(_)
+            | SharedOutOfRange { .. }
             | Payload(_) => tonic::Status::invalid_argument(msg),
             NotRegistered => tonic::Status::failed_precondition(msg),
             UnknownTensor(_) => tonic::Status::not_found(msg),

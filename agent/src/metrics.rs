@@ -7,6 +7,8 @@ pub struct AgentMetrics {
     pub chunks_received: Counter,
     pub chunks_rejected: Counter,
     pub bytes_received: Counter,
+    pub shared_bytes_received: Counter,
+    pub shared_regions_refused: Counter,
     pub values_received: Counter,
     pub steps_ended: Counter,
     pub steps_dropped_queue_full: Counter,
@@ -36,6 +38,8 @@ impl Render for AgentMetrics {
         e.counter("gradtel_agent_chunks_received_total", "Gradient chunks accepted on the Ingest socket.", self.chunks_received.get())
             .counter("gradtel_agent_chunks_rejected_total", "Ingest messages refused with a gRPC error (bad bytes, unknown tensor, ...).", self.chunks_rejected.get())
             .counter("gradtel_agent_received_bytes_total", "Payload bytes of accepted chunks.", self.bytes_received.get())
+            .counter("gradtel_agent_shared_received_bytes_total", "Payload bytes of accepted chunks read from the client's shared memory region (also in received_bytes_total).", self.shared_bytes_received.get())
+            .counter("gradtel_agent_shared_regions_refused_total", "Shared memory regions a Register asked for and the agent could not map (payloads then come inline).", self.shared_regions_refused.get())
             .counter("gradtel_agent_values_received_total", "Gradient values summarised.", self.values_received.get())
             .counter("gradtel_agent_steps_ended_total", "Steps closed by EndStep.", self.steps_ended.get())
             .counter("gradtel_agent_steps_dropped_queue_full_total", "Finished steps dropped because the shipping queue was full (collector slow or absent).", self.steps_dropped_queue_full.get())

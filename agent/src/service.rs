@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::config::SketchKind;
 use crate::layout::Layout;
 use crate::metrics::AgentMetrics;
+use crate::shared::{SharedError, SharedRegion};
 use crate::steps::{ChunkPart, OpenSteps};
 use crate::{AgentConfig, AgentError};
 
@@ -41,6 +42,23 @@ pub enum EndOutcome {
     Dropped,
 }
 
+/// The layout in force, its generation, and the shared memory region registered with it.
+#[derive(Clone)]
+struct Registered {
+    generation: u64,
+    layout: Arc<Layout>,
+    shared: Option<Arc<SharedRegion>>,
+}
+
+/// What became of the shared memory region a Register asked for.
+#[derive(Debug)]
+pub enum SharedStatus {
+    NotRequested,
+    Mapped,
+    /// The layout is registered all the same; the client sends payloads inline.
+    Refused(SharedError),
+}
+
 /// State shared by the Ingest service and the shipper.
 pub struct AgentState {
     pub config: AgentConfig,
@@ -49,7 +67,7 @@ pub struct AgentState {
     pub epoch: u64,
     /// The shared-seed projection of every step's gradient, if configured.
     projection: Option<(ProjectionKind, Box<dyn Projection + Send + Sync>)>,
-    layout: Mutex<Option<(u64, Arc<Layout>)>>,
+    layout: Mutex<Option<Registered>>,
     open: Mutex<OpenSteps>,
     next_seq: AtomicU64,
     generation: AtomicU64,
@@ -88,12 +106,23 @@ impl AgentState {
         }
     }
 
-    pub fn register(&self, req: &RegisterRequest) -> Result<(), AgentError> {
+    pub fn register(&self, req: &RegisterRequest) -> Result<SharedStatus, AgentError> {
         let layout = Arc::new(Layout::from_request(
             req,
             self.config.track_seed,
             self.config.track_count,
         )?);
+        let (shared, status) = match &req.shared_memory {
+            None => (None, SharedStatus::NotRequested),
+            Some(m) => match SharedRegion::open(&m.path, m.bytes) {
+                Ok(r) => (Some(Arc::new(r)), SharedStatus::Mapped),
+                Err(e) => {
+                    self.metrics.shared_regions_refused.inc();
+                    tracing::warn!(error = %e, "shared memory refused: payloads come inline");
+                    (None, SharedStatus::Refused(e))
+                }
+            },
+        };
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let mut slot = self.layout.lock().map_err(|_| AgentError::Poisoned)?;
         let abandoned = self
@@ -104,13 +133,18 @@ impl AgentState {
         self.metrics.steps_abandoned.add(abandoned as u64);
         tracing::info!(
             run = %layout.run_id, rank = layout.rank, world = layout.world_size,
-            shard = layout.shard, tensors = layout.tensors.len(), "layout registered"
+            shard = layout.shard, tensors = layout.tensors.len(),
+            shared_bytes = shared.as_ref().map_or(0, |r| r.len()), "layout registered"
         );
-        *slot = Some((generation, layout));
-        Ok(())
+        *slot = Some(Registered {
+            generation,
+            layout,
+            shared,
+        });
+        Ok(status)
     }
 
-    fn current_layout(&self) -> Result<(u64, Arc<Layout>), AgentError> {
+    fn current_layout(&self) -> Result<Registered, AgentError> {
         self.layout
             .lock()
             .map_err(|_| AgentError::Poisoned)?
@@ -120,7 +154,11 @@ impl AgentState {
 
     pub fn add_chunk(&self, c: &GradientChunk) -> Result<(), AgentError> {
         let started = Instant::now();
-        let (generation, layout) = self.current_layout()?;
+        let Registered {
+            generation,
+            layout,
+            shared,
+        } = self.current_layout()?;
         let idx = layout
             .index_of(&c.tensor)
             .ok_or_else(|| AgentError::UnknownTensor(c.tensor.clone()))?;
@@ -133,7 +171,24 @@ impl AgentState {
                 got: payload::dtype_name(dtype),
             });
         }
-        let n = payload::element_count(dtype, &c.data)? as u64;
+        let data: &[u8] = match (&c.shared, &shared) {
+            (None, _) => &c.data,
+            (Some(_), _) if !c.data.is_empty() => {
+                return Err(AgentError::DataAndShared(spec.name.clone()));
+            }
+            (Some(_), None) => return Err(AgentError::NoSharedRegion(spec.name.clone())),
+            (Some(s), Some(region)) => {
+                region
+                    .slice(s.offset, s.bytes)
+                    .ok_or_else(|| AgentError::SharedOutOfRange {
+                        tensor: spec.name.clone(),
+                        offset: s.offset,
+                        bytes: s.bytes,
+                        size: region.len(),
+                    })?
+            }
+        };
+        let n = payload::element_count(dtype, data)? as u64;
         let end = c.offset.checked_add(n);
         if c.offset < spec.owned_start || end.is_none_or(|e| e > spec.owned_end) {
             return Err(AgentError::OutOfRange {
@@ -154,7 +209,7 @@ impl AgentState {
         let mut at = c.offset;
         let mut next_tracked = spec.tracked.partition_point(|&j| j < c.offset);
         let mut stream = summary.f32_stream();
-        for block in c.data.chunks(DECODE_BLOCK * size) {
+        for block in data.chunks(DECODE_BLOCK * size) {
             payload::decode_f32(dtype, block, &mut values)?;
             stream.push(&values);
             let end = at + values.len() as u64;
@@ -198,14 +253,17 @@ impl AgentState {
             );
         }
         self.metrics.chunks_received.inc();
-        self.metrics.bytes_received.add(c.data.len() as u64);
+        self.metrics.bytes_received.add(data.len() as u64);
+        if c.shared.is_some() {
+            self.metrics.shared_bytes_received.add(data.len() as u64);
+        }
         self.metrics.values_received.add(n);
         self.metrics.chunk_summarize.record(started.elapsed());
         Ok(())
     }
 
     pub fn end_step(&self, e: &EndStep) -> Result<EndOutcome, AgentError> {
-        let (_, layout) = self.current_layout()?;
+        let layout = self.current_layout()?.layout;
         let acc = self
             .open
             .lock()
@@ -319,7 +377,7 @@ impl Ingest for IngestService {
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
         let req = request.into_inner();
-        self.state.register(&req).map_err(|e| {
+        let shared = self.state.register(&req).map_err(|e| {
             self.state.metrics.chunks_rejected.inc();
             tracing::warn!(error = %e, "register refused");
             Status::from(e)
@@ -328,6 +386,11 @@ impl Ingest for IngestService {
             protocol_minor: gradtel_proto::PROTOCOL_MINOR,
             top_k: self.state.config.top_k as u32,
             hist_precision_bits: self.state.config.hist_precision,
+            shared_memory: matches!(shared, SharedStatus::Mapped),
+            shared_memory_error: match shared {
+                SharedStatus::Refused(e) => e.to_string(),
+                _ => String::new(),
+            },
         }))
     }
 
@@ -396,8 +459,8 @@ async fn ingest(
                 }
                 None => return Err(reject(AgentError::EmptyMessage)),
             };
-            let bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
-            if bytes >= BLOCKING_CHUNK_BYTES {
+            let bytes: u64 = chunks.iter().map(payload_bytes).sum();
+            if bytes >= BLOCKING_CHUNK_BYTES as u64 {
                 while pending.len() >= limit {
                     if let Some(done) = pending.join_next().await {
                         since_ack += settle(done).map_err(reject)?;
@@ -443,6 +506,11 @@ async fn ingest(
     }
     resp.chunks_accepted += since_ack;
     Ok(resp)
+}
+
+/// Payload bytes of a chunk, inline or in shared memory (as the client declares them).
+fn payload_bytes(c: &GradientChunk) -> u64 {
+    c.data.len() as u64 + c.shared.as_ref().map_or(0, |s| s.bytes)
 }
 
 fn add_chunks(state: &AgentState, chunks: &[GradientChunk]) -> Result<u64, AgentError> {

@@ -138,25 +138,15 @@ impl IngestClient {
         shard_count: u32,
         tensors: &[TensorDecl],
     ) -> Result<RegisterResponse, ClientError> {
-        let req = RegisterRequest {
-            protocol_minor: gradtel_proto::PROTOCOL_MINOR,
-            run_id: run_id.into(),
-            rank,
-            world_size,
-            shard,
-            shard_count,
-            tensors: tensors
-                .iter()
-                .map(|t| TensorLayout {
-                    name: t.name.clone(),
-                    shape: t.shape.clone(),
-                    dtype: t.dtype as i32,
-                    owned_start: t.owned.map_or(0, |o| o.0),
-                    owned_end: t.owned.map_or(0, |o| o.1),
-                    track_count: t.track_count,
-                })
-                .collect(),
-        };
+        let req = layout_request(run_id, rank, world_size, shard, shard_count, tensors);
+        self.register_raw(req).await
+    }
+
+    /// Register a request the caller built (e.g. one naming a shared memory region).
+    pub async fn register_raw(
+        &mut self,
+        req: RegisterRequest,
+    ) -> Result<RegisterResponse, ClientError> {
         Ok(self.raw.register(req).await?.into_inner())
     }
 
@@ -210,6 +200,7 @@ impl IngestClient {
                         dtype: t.dtype as i32,
                         data: t.bytes.slice(at..end),
                         local,
+                        shared: None,
                     })),
                 });
                 at = end;
@@ -227,5 +218,36 @@ impl IngestClient {
             })),
         });
         self.push_raw(msgs).await
+    }
+}
+
+/// The RegisterRequest for a layout (no shared memory region).
+pub fn layout_request(
+    run_id: &str,
+    rank: u32,
+    world_size: u32,
+    shard: u32,
+    shard_count: u32,
+    tensors: &[TensorDecl],
+) -> RegisterRequest {
+    RegisterRequest {
+        protocol_minor: gradtel_proto::PROTOCOL_MINOR,
+        run_id: run_id.into(),
+        rank,
+        world_size,
+        shard,
+        shard_count,
+        tensors: tensors
+            .iter()
+            .map(|t| TensorLayout {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                dtype: t.dtype as i32,
+                owned_start: t.owned.map_or(0, |o| o.0),
+                owned_end: t.owned.map_or(0, |o| o.1),
+                track_count: t.track_count,
+            })
+            .collect(),
+        shared_memory: None,
     }
 }

@@ -15,7 +15,7 @@ pub mod v1 {
 }
 
 /// Minor revision of gradtel.v1 this build speaks. Bump it when a field is added.
-pub const PROTOCOL_MINOR: u32 = 3;
+pub const PROTOCOL_MINOR: u32 = 4;
 
 impl v1::Dtype {
     /// Bytes per element on the wire; `None` for `DTYPE_UNSPECIFIED`.

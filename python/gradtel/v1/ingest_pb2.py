@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from gradtel.v1 import common_pb2 as gradtel_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17gradtel/v1/ingest.proto\x12\ngradtel.v1\x1a\x17gradtel/v1/common.proto\"\xaa\x01\n\x0fRegisterRequest\x12\x16\n\x0eprotocol_minor\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12\x12\n\nworld_size\x18\x04 \x01(\r\x12\r\n\x05shard\x18\x05 \x01(\r\x12\x13\n\x0bshard_count\x18\x06 \x01(\r\x12)\n\x07tensors\x18\x07 \x03(\x0b\x32\x18.gradtel.v1.TensorLayout\"\x9f\x01\n\x0cTensorLayout\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12 \n\x05\x64type\x18\x03 \x01(\x0e\x32\x11.gradtel.v1.Dtype\x12\x13\n\x0bowned_start\x18\x04 \x01(\x04\x12\x11\n\towned_end\x18\x05 \x01(\x04\x12\x18\n\x0btrack_count\x18\x06 \x01(\x04H\x00\x88\x01\x01\x42\x0e\n\x0c_track_count\"V\n\x10RegisterResponse\x12\x16\n\x0eprotocol_minor\x18\x01 \x01(\r\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x1b\n\x13hist_precision_bits\x18\x03 \x01(\r\"\xc0\x01\n\x0bPushRequest\x12*\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x19.gradtel.v1.GradientChunkH\x00\x12\'\n\x08\x65nd_step\x18\x02 \x01(\x0b\x32\x13.gradtel.v1.EndStepH\x00\x12\'\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x16.gradtel.v1.ChunkBatchH\x00\x12,\n\x08messages\x18\x04 \x01(\x0b\x32\x18.gradtel.v1.MessageBatchH\x00\x42\x05\n\x03msg\"7\n\nChunkBatch\x12)\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x19.gradtel.v1.GradientChunk\"9\n\x0cMessageBatch\x12)\n\x08requests\x18\x01 \x03(\x0b\x32\x17.gradtel.v1.PushRequest\"|\n\rGradientChunk\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x0e\n\x06tensor\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12 \n\x05\x64type\x18\x04 \x01(\x0e\x32\x11.gradtel.v1.Dtype\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\r\n\x05local\x18\x06 \x01(\x08\"\x89\x01\n\x07\x45ndStep\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x11\n\x04loss\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rlearning_rate\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\nbatch_size\x18\x04 \x01(\x04H\x02\x88\x01\x01\x42\x07\n\x05_lossB\x10\n\x0e_learning_rateB\r\n\x0b_batch_size\"d\n\x07StepAck\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x08\x12\x17\n\x0f\x63hunks_accepted\x18\x03 \x01(\x04\x12!\n\x04more\x18\x04 \x03(\x0b\x32\x13.gradtel.v1.StepAck\"S\n\x0cPushResponse\x12\x17\n\x0f\x63hunks_accepted\x18\x01 \x01(\x04\x12\x13\n\x0bsteps_ended\x18\x02 \x01(\x04\x12\x15\n\rsteps_dropped\x18\x03 \x01(\x04\x32\xcb\x01\n\x06Ingest\x12\x45\n\x08Register\x12\x1b.gradtel.v1.RegisterRequest\x1a\x1c.gradtel.v1.RegisterResponse\x12;\n\x04Push\x12\x17.gradtel.v1.PushRequest\x1a\x18.gradtel.v1.PushResponse(\x01\x12=\n\tPushSteps\x12\x17.gradtel.v1.PushRequest\x1a\x13.gradtel.v1.StepAck(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17gradtel/v1/ingest.proto\x12\ngradtel.v1\x1a\x17gradtel/v1/common.proto\"\xdb\x01\n\x0fRegisterRequest\x12\x16\n\x0eprotocol_minor\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12\x12\n\nworld_size\x18\x04 \x01(\r\x12\r\n\x05shard\x18\x05 \x01(\r\x12\x13\n\x0bshard_count\x18\x06 \x01(\r\x12)\n\x07tensors\x18\x07 \x03(\x0b\x32\x18.gradtel.v1.TensorLayout\x12/\n\rshared_memory\x18\x08 \x01(\x0b\x32\x18.gradtel.v1.SharedMemory\"\x9f\x01\n\x0cTensorLayout\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12 \n\x05\x64type\x18\x03 \x01(\x0e\x32\x11.gradtel.v1.Dtype\x12\x13\n\x0bowned_start\x18\x04 \x01(\x04\x12\x11\n\towned_end\x18\x05 \x01(\x04\x12\x18\n\x0btrack_count\x18\x06 \x01(\x04H\x00\x88\x01\x01\x42\x0e\n\x0c_track_count\"+\n\x0cSharedMemory\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\",\n\x0bSharedSlice\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"\x8a\x01\n\x10RegisterResponse\x12\x16\n\x0eprotocol_minor\x18\x01 \x01(\r\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x1b\n\x13hist_precision_bits\x18\x03 \x01(\r\x12\x15\n\rshared_memory\x18\x04 \x01(\x08\x12\x1b\n\x13shared_memory_error\x18\x05 \x01(\t\"\xc0\x01\n\x0bPushRequest\x12*\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x19.gradtel.v1.GradientChunkH\x00\x12\'\n\x08\x65nd_step\x18\x02 \x01(\x0b\x32\x13.gradtel.v1.EndStepH\x00\x12\'\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x16.gradtel.v1.ChunkBatchH\x00\x12,\n\x08messages\x18\x04 \x01(\x0b\x32\x18.gradtel.v1.MessageBatchH\x00\x42\x05\n\x03msg\"7\n\nChunkBatch\x12)\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x19.gradtel.v1.GradientChunk\"9\n\x0cMessageBatch\x12)\n\x08requests\x18\x01 \x03(\x0b\x32\x17.gradtel.v1.PushRequest\"\xa5\x01\n\rGradientChunk\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x0e\n\x06tensor\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12 \n\x05\x64type\x18\x04 \x01(\x0e\x32\x11.gradtel.v1.Dtype\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\r\n\x05local\x18\x06 \x01(\x08\x12\'\n\x06shared\x18\x07 \x01(\x0b\x32\x17.gradtel.v1.SharedSlice\"\x89\x01\n\x07\x45ndStep\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x11\n\x04loss\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rlearning_rate\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\nbatch_size\x18\x04 \x01(\x04H\x02\x88\x01\x01\x42\x07\n\x05_lossB\x10\n\x0e_learning_rateB\r\n\x0b_batch_size\"d\n\x07StepAck\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x08\x12\x17\n\x0f\x63hunks_accepted\x18\x03 \x01(\x04\x12!\n\x04more\x18\x04 \x03(\x0b\x32\x13.gradtel.v1.StepAck\"S\n\x0cPushResponse\x12\x17\n\x0f\x63hunks_accepted\x18\x01 \x01(\x04\x12\x13\n\x0bsteps_ended\x18\x02 \x01(\x04\x12\x15\n\rsteps_dropped\x18\x03 \x01(\x04\x32\xcb\x01\n\x06Ingest\x12\x45\n\x08Register\x12\x1b.gradtel.v1.RegisterRequest\x1a\x1c.gradtel.v1.RegisterResponse\x12;\n\x04Push\x12\x17.gradtel.v1.PushRequest\x1a\x18.gradtel.v1.PushResponse(\x01\x12=\n\tPushSteps\x12\x17.gradtel.v1.PushRequest\x1a\x13.gradtel.v1.StepAck(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,25 +33,29 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gradtel.v1.ingest_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REGISTERREQUEST']._serialized_start=65
-  _globals['_REGISTERREQUEST']._serialized_end=235
-  _globals['_TENSORLAYOUT']._serialized_start=238
-  _globals['_TENSORLAYOUT']._serialized_end=397
-  _globals['_REGISTERRESPONSE']._serialized_start=399
-  _globals['_REGISTERRESPONSE']._serialized_end=485
-  _globals['_PUSHREQUEST']._serialized_start=488
-  _globals['_PUSHREQUEST']._serialized_end=680
-  _globals['_CHUNKBATCH']._serialized_start=682
-  _globals['_CHUNKBATCH']._serialized_end=737
-  _globals['_MESSAGEBATCH']._serialized_start=739
-  _globals['_MESSAGEBATCH']._serialized_end=796
-  _globals['_GRADIENTCHUNK']._serialized_start=798
-  _globals['_GRADIENTCHUNK']._serialized_end=922
-  _globals['_ENDSTEP']._serialized_start=925
-  _globals['_ENDSTEP']._serialized_end=1062
-  _globals['_STEPACK']._serialized_start=1064
-  _globals['_STEPACK']._serialized_end=1164
-  _globals['_PUSHRESPONSE']._serialized_start=1166
-  _globals['_PUSHRESPONSE']._serialized_end=1249
-  _globals['_INGEST']._serialized_start=1252
-  _globals['_INGEST']._serialized_end=1455
+  _globals['_REGISTERREQUEST']._serialized_end=284
+  _globals['_TENSORLAYOUT']._serialized_start=287
+  _globals['_TENSORLAYOUT']._serialized_end=446
+  _globals['_SHAREDMEMORY']._serialized_start=448
+  _globals['_SHAREDMEMORY']._serialized_end=491
+  _globals['_SHAREDSLICE']._serialized_start=493
+  _globals['_SHAREDSLICE']._serialized_end=537
+  _globals['_REGISTERRESPONSE']._serialized_start=540
+  _globals['_REGISTERRESPONSE']._serialized_end=678
+  _globals['_PUSHREQUEST']._serialized_start=681
+  _globals['_PUSHREQUEST']._serialized_end=873
+  _globals['_CHUNKBATCH']._serialized_start=875
+  _globals['_CHUNKBATCH']._serialized_end=930
+  _globals['_MESSAGEBATCH']._serialized_start=932
+  _globals['_MESSAGEBATCH']._serialized_end=989
+  _globals['_GRADIENTCHUNK']._serialized_start=992
+  _globals['_GRADIENTCHUNK']._serialized_end=1157
+  _globals['_ENDSTEP']._serialized_start=1160
+  _globals['_ENDSTEP']._serialized_end=1297
+  _globals['_STEPACK']._serialized_start=1299
+  _globals['_STEPACK']._serialized_end=1399
+  _globals['_PUSHRESPONSE']._serialized_start=1401
+  _globals['_PUSHRESPONSE']._serialized_end=1484
+  _globals['_INGEST']._serialized_start=1487
+  _globals['_INGEST']._serialized_end=1690
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("protocol_minor", "run_id", "rank", "world_size", "shard", "shard_count", "tensors")
+    __slots__ = ("protocol_minor", "run_id", "rank", "world_size", "shard", "shard_count", "tensors", "shared_memory")
     PROTOCOL_MINOR_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class RegisterRequest(_message.Message):
     SHARD_FIELD_NUMBER: _ClassVar[int]
     SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     protocol_minor: int
     run_id: str
     rank: int
@@ -23,7 +24,8 @@ class RegisterRequest(_message.Message):
     shard: int
     shard_count: int
     tensors: _containers.RepeatedCompositeFieldContainer[TensorLayout]
-    def __init__(self, protocol_minor: _Optional[int] = ..., run_id: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., shard: _Optional[int] = ..., shard_count: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorLayout, _Mapping]]] = ...) -> None: ...
+    shared_memory: SharedMemory
+    def __init__(self, protocol_minor: _Optional[int] = ..., run_id: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., shard: _Optional[int] = ..., shard_count: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorLayout, _Mapping]]] = ..., shared_memory: _Optional[_Union[SharedMemory, _Mapping]] = ...) -> None: ...
 
 class TensorLayout(_message.Message):
     __slots__ = ("name", "shape", "dtype", "owned_start", "owned_end", "track_count")
@@ -41,15 +43,35 @@ class TensorLayout(_message.Message):
     track_count: int
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[_common_pb2.Dtype, str]] = ..., owned_start: _Optional[int] = ..., owned_end: _Optional[int] = ..., track_count: _Optional[int] = ...) -> None: ...
 
+class SharedMemory(_message.Message):
+    __slots__ = ("path", "bytes")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    bytes: int
+    def __init__(self, path: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class SharedSlice(_message.Message):
+    __slots__ = ("offset", "bytes")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    bytes: int
+    def __init__(self, offset: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
+
 class RegisterResponse(_message.Message):
-    __slots__ = ("protocol_minor", "top_k", "hist_precision_bits")
+    __slots__ = ("protocol_minor", "top_k", "hist_precision_bits", "shared_memory", "shared_memory_error")
     PROTOCOL_MINOR_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     HIST_PRECISION_BITS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_ERROR_FIELD_NUMBER: _ClassVar[int]
     protocol_minor: int
     top_k: int
     hist_precision_bits: int
-    def __init__(self, protocol_minor: _Optional[int] = ..., top_k: _Optional[int] = ..., hist_precision_bits: _Optional[int] = ...) -> None: ...
+    shared_memory: bool
+    shared_memory_error: str
+    def __init__(self, protocol_minor: _Optional[int] = ..., top_k: _Optional[int] = ..., hist_precision_bits: _Optional[int] = ..., shared_memory: _Optional[bool] = ..., shared_memory_error: _Optional[str] = ...) -> None: ...
 
 class PushRequest(_message.Message):
     __slots__ = ("chunk", "end_step", "batch", "messages")
@@ -76,20 +98,22 @@ class MessageBatch(_message.Message):
     def __init__(self, requests: _Optional[_Iterable[_Union[PushRequest, _Mapping]]] = ...) -> None: ...
 
 class GradientChunk(_message.Message):
-    __slots__ = ("step", "tensor", "offset", "dtype", "data", "local")
+    __slots__ = ("step", "tensor", "offset", "dtype", "data", "local", "shared")
     STEP_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     LOCAL_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
     step: int
     tensor: str
     offset: int
     dtype: _common_pb2.Dtype
     data: bytes
     local: bool
-    def __init__(self, step: _Optional[int] = ..., tensor: _Optional[str] = ..., offset: _Optional[int] = ..., dtype: _Optional[_Union[_common_pb2.Dtype, str]] = ..., data: _Optional[bytes] = ..., local: _Optional[bool] = ...) -> None: ...
+    shared: SharedSlice
+    def __init__(self, step: _Optional[int] = ..., tensor: _Optional[str] = ..., offset: _Optional[int] = ..., dtype: _Optional[_Union[_common_pb2.Dtype, str]] = ..., data: _Optional[bytes] = ..., local: _Optional[bool] = ..., shared: _Optional[_Union[SharedSlice, _Mapping]] = ...) -> None: ...
 
 class EndStep(_message.Message):
     __slots__ = ("step", "loss", "learning_rate", "batch_size")
