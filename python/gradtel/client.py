@@ -7,6 +7,13 @@ thread streams to the agent on one long-lived ``PushSteps`` stream (the agent ac
 step on it), packing small tensors into batches so a step costs a few messages, not one per
 tensor.
 
+Payloads of 16 kB and more normally skip the gRPC stream: the client copies them into a shared
+memory region (a sealed memfd, Linux) that the agent maps read-only, and sends only where they lie
+(gradtel.v1 minor 4). That leaves one copy of each gradient in the training process, made with the
+GIL released, instead of the copies grpcio makes while holding it. A region is freed as soon as the
+agent acknowledges the step. When the agent cannot map the region (another host or PID namespace,
+an older agent) payloads travel inline, as before.
+
 Loss is never silent. A step is dropped whole, and counted in :class:`Stats`, when
   * the queue has no room for one of its pushes (``steps_dropped_queue_full``) — its queued pushes
     are withdrawn, later pushes and its end are discarded, so no half step is ever reported;
@@ -22,6 +29,7 @@ import collections
 import dataclasses
 import functools
 import logging
+import mmap
 import os
 import re
 import threading
@@ -38,9 +46,10 @@ log = logging.getLogger("gradtel")
 #: Minor revision of gradtel.v1 this client speaks (see proto/gradtel/v1/common.proto); the
 #: agent must speak at least minor 2 (PushSteps, ChunkBatch). With a minor-3 agent several
 #: steps share one MessageBatch and one StepAck.
-PROTOCOL_MINOR = 3
+PROTOCOL_MINOR = 4
 _MIN_AGENT_MINOR = 2
 _GROUP_MINOR = 3
+_SHARED_MINOR = 4
 
 _RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # The agent refuses messages above 64 MiB; 4 MiB chunks keep several in flight and are large
@@ -122,6 +131,7 @@ class Stats:
     pushes_discarded: int = 0
     chunks_sent: int = 0
     bytes_sent: int = 0
+    bytes_shared: int = 0
     reconnects: int = 0
     refusals: int = 0
 
@@ -140,7 +150,8 @@ class Stats:
             f"{self.steps_dropped} dropped (client queue full {self.steps_dropped_queue_full}, "
             f"agent queue full {self.steps_dropped_agent}, lost in transport "
             f"{self.steps_lost_transport}, unsent at close {self.steps_unsent_at_close}); "
-            f"{self.bytes_sent / 1e6:.1f} MB in {self.chunks_sent} chunks, "
+            f"{self.bytes_sent / 1e6:.1f} MB in {self.chunks_sent} chunks "
+            f"({self.bytes_shared / 1e6:.1f} MB through shared memory), "
             f"{self.reconnects} reconnects"
         )
 
@@ -230,6 +241,103 @@ def _chunk_head(step: int, name: str, offset: int, dtype: int, local: bool, n: i
     return b"".join((_TAG_CHUNK, _varint(len(inner) + n), inner))
 
 
+def _shared_chunk(
+    step: int, name: str, offset: int, dtype: int, local: bool, at: int, n: int
+) -> bytes:
+    """A serialised GradientChunk whose ``n`` payload bytes lie at ``at`` in the shared region
+    (GradientChunk.shared = 7: SharedSlice{offset = 1, bytes = 2})."""
+    shared = b"".join((b"\x08", _varint(at), b"\x10", _varint(n)))
+    return b"".join((b"\x08", _varint(step), _chunk_fields(name, dtype, local), b"\x18",
+                     _varint(offset), b"\x3a", _varint(len(shared)), shared))
+
+
+#: Pushes at least this large go through the shared region when there is one; below it the
+#: inline path's single copy costs no more.
+SHARED_MIN_BYTES = 16 << 10
+_SHARED_ALIGN = 64
+
+
+class _Slot:
+    """One allocation in a :class:`_SharedRing`: bytes ``[start, end)``."""
+
+    __slots__ = ("start", "end", "free")
+
+    def __init__(self, start: int, end: int):
+        self.start, self.end, self.free = start, end, False
+
+
+class _SharedRing:
+    """A sealed memfd shared with the agent, allocated as a ring: slots are taken at the head and
+    come back, once freed, from the tail, in allocation order. The agent opens it as
+    ``/proc/<pid>/fd/<fd>``; the seals (shrink and grow) keep its size fixed, which the agent
+    checks so that reading its mapping can never fault. Callers hold the client's lock."""
+
+    def __init__(self, size: int):
+        import fcntl
+
+        self.size = int(size)
+        self.fd = os.memfd_create("gradtel-payloads", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(self.fd, self.size)
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+            self._map = mmap.mmap(self.fd, self.size)
+        except OSError:
+            os.close(self.fd)
+            raise
+        self.view = np.frombuffer(self._map, dtype=np.uint8)
+        self.path = f"/proc/{os.getpid()}/fd/{self.fd}"
+        self._slots: collections.deque[_Slot] = collections.deque()
+        self._head = 0
+
+    @classmethod
+    def create(cls, size: int) -> Optional["_SharedRing"]:
+        if size <= 0 or not hasattr(os, "memfd_create"):
+            return None
+        try:
+            return cls(size)
+        except (OSError, ImportError, AttributeError) as e:
+            log.info("gradtel: no shared memory region (%s); payloads go inline", e)
+            return None
+
+    def alloc(self, n: int) -> Optional[_Slot]:
+        """A slot of ``n`` bytes (n > 0), or None when the ring has no room for it now."""
+        self._reclaim()
+        if not self._slots:
+            self._head = 0
+            start = 0 if n <= self.size else None
+        else:
+            tail = self._slots[0].start
+            if self._head > tail:  # live bytes [tail, head): room after head, then before tail
+                start = (self._head if self._head + n <= self.size
+                         else 0 if n <= tail else None)
+            else:  # wrapped: live bytes [tail, size) and [0, head)
+                start = self._head if self._head + n <= tail else None
+        if start is None:
+            return None
+        slot = _Slot(start, start + n)
+        # The next slot starts aligned (or at the end, from where the next one wraps).
+        self._head = min(self.size, -(-(start + n) // _SHARED_ALIGN) * _SHARED_ALIGN)
+        self._slots.append(slot)
+        return slot
+
+    def _reclaim(self) -> None:
+        while self._slots and self._slots[0].free:
+            self._slots.popleft()
+
+    def live_bytes(self) -> int:
+        self._reclaim()
+        return sum(s.end - s.start for s in self._slots if not s.free)
+
+    def close(self) -> None:
+        self.view = None
+        try:
+            self._map.close()
+        except BufferError:
+            # A caller still holds a view of it; the mapping goes when that does.
+            pass
+        os.close(self.fd)
+
+
 def _encode_end(step: int, loss, lr, batch_size) -> bytes:
     end = ingest_pb2.EndStep(step=step)
     if loss is not None:
@@ -242,11 +350,11 @@ def _encode_end(step: int, loss, lr, batch_size) -> bytes:
 
 
 class _Item:
-    __slots__ = ("step", "end", "wire", "nbytes", "chunks", "fragment")
+    __slots__ = ("step", "end", "wire", "nbytes", "chunks", "fragment", "slot", "payload", "big")
 
     def __init__(
         self, step: int, end: bool, wire: bytes, nbytes: int = 0, chunks: int = 1,
-        fragment: bool = False,
+        fragment: bool = False, slot: Optional[_Slot] = None, payload: Optional[int] = None,
     ):
         self.step = step
         self.end = end
@@ -254,9 +362,15 @@ class _Item:
         # MessageBatch: its elements (field 1), one per chunk.
         self.wire = wire
         self.fragment = fragment
-        # Payload bytes reserved against queue_bytes (0 for an end marker).
+        # Bytes reserved against queue_bytes (0 for an end marker): the wire bytes.
         self.nbytes = nbytes
         self.chunks = 0 if end else chunks
+        # The shared region's slot holding this item's payload, if it went there.
+        self.slot = slot
+        self.payload = nbytes if payload is None else payload
+        # Large payloads are sent at once rather than with the step's end, so the agent
+        # summarises them while the step goes on.
+        self.big = self.payload >= _BATCH_ITEM_BYTES
 
 
 _TRANSIENT = {
@@ -278,6 +392,8 @@ class Client:
     the client holds for unsent gradients. Ended steps wait up to ``send_interval_s`` so that
     several short steps travel as one message with one answer (each gRPC message costs the
     training process CPU time in grpcio's threads); a full ``chunk_bytes`` goes at once.
+    ``shared_memory_bytes`` sizes the region shared with the agent for payloads (default:
+    ``queue_bytes``; 0 sends everything inline); it bounds the payloads in flight through it.
     """
 
     def __init__(
@@ -294,6 +410,7 @@ class Client:
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         max_backoff_s: float = 2.0,
         send_interval_s: float = 0.05,
+        shared_memory_bytes: Optional[int] = None,
     ):
         if not _RUN_ID.fullmatch(run_id) or run_id in (".", ".."):
             raise GradtelError(
@@ -318,6 +435,13 @@ class Client:
         self.max_backoff_s = max_backoff_s
         self.send_interval_s = float(send_interval_s)
         self.stats = Stats()
+        # Created at the first register(); used while the agent has mapped it.
+        self._shared_bytes = self.queue_bytes if shared_memory_bytes is None else int(
+            shared_memory_bytes)
+        self._ring: Optional[_SharedRing] = None
+        self._ring_mapped: Optional[bool] = None  # unknown until the agent answers
+        # Slots of chunks sent on the current stream, by step, freed by the step's ack.
+        self._sent_slots: dict[int, list[_Slot]] = {}
 
         self._channel = grpc.insecure_channel(
             target,
@@ -400,6 +524,11 @@ class Client:
             if t.track_count is not None:
                 tl.track_count = int(t.track_count)
         with self._cv:
+            if self._ring is None and self._shared_bytes > 0:
+                self._ring = _SharedRing.create(self._shared_bytes)
+            if self._ring is not None:
+                req.shared_memory.path = self._ring.path
+                req.shared_memory.bytes = self._ring.size
             self._layout = req
             self._tensors = {t.name: t for t in tensors}
             self._registered = False
@@ -420,8 +549,17 @@ class Client:
         with self._cv:
             self._registered = self._layout is req
             self._agent_minor = resp.protocol_minor
+            self._note_shared_locked(req, resp)
             self._cv.notify_all()
         return True
+
+    def _note_shared_locked(self, req, resp) -> None:
+        """Use the shared region from now on if the agent mapped it."""
+        mapped = req.HasField("shared_memory") and resp.shared_memory
+        if req.HasField("shared_memory") and not mapped and self._ring_mapped is not False:
+            log.info("gradtel: the agent did not map the shared region (%s); payloads go inline",
+                     resp.shared_memory_error or f"agent minor {resp.protocol_minor}")
+        self._ring_mapped = bool(mapped)
 
     def push(
         self,
@@ -439,11 +577,61 @@ class Client:
         after one copy; False when the step has been dropped (see :class:`Stats`)."""
         arr, kind = self._check(name, array, offset, dtype)
         nbytes = arr.size * arr.dtype.itemsize
+        if nbytes >= SHARED_MIN_BYTES and self._ring_mapped:
+            shared = self._push_shared(step, [(name, arr, DTYPES[kind][0], offset)], local)
+            if shared is not None:
+                return shared
         with self._cv:
             if not self._admit_locked(step, nbytes):
                 return False
         items = self._encode(step, name, offset, DTYPES[kind][0], local, arr)
         return self._enqueue(step, items, nbytes)
+
+    def _push_shared(self, step: int, parts: list, local: bool) -> Optional[bool]:
+        """Copy ``parts`` — ``(name, array, wire dtype, offset)`` — into one slot of the shared
+        region and queue their chunks (each at most ``chunk_bytes``) as fragments of one message.
+        None when the region is not in use after all (the caller sends inline)."""
+        flats = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for _, a, _, _ in parts]
+        total = sum(f.nbytes for f in flats)
+        with self._cv:
+            if not self._ring_mapped or self._ring is None:
+                return None
+            if self._closing:
+                raise GradtelError("push after close()")
+            if step in self._dropped:
+                self.stats.pushes_discarded += 1
+                return False
+            slot = self._ring.alloc(total)
+            if slot is None:
+                self._drop_step_locked(step, total)
+                return False
+            view = self._ring.view
+        # The one copy of the payload, outside the lock; numpy releases the GIL for it.
+        at = slot.start
+        pieces, chunks = [], 0
+        for (name, arr, dtype, offset), flat in zip(parts, flats):
+            np.copyto(view[at : at + flat.nbytes], flat)
+            size = arr.dtype.itemsize
+            per = max(size, self.chunk_bytes - self.chunk_bytes % size)
+            done = 0
+            while True:
+                n = min(per, flat.nbytes - done)
+                wire = _shared_chunk(step, name, offset + done // size, dtype, local, at + done, n)
+                request = b"".join((_TAG_CHUNK, _varint(len(wire)), wire))
+                pieces += (_TAG_REQUEST, _varint(len(request)), request)
+                chunks += 1
+                done += n
+                if done >= flat.nbytes:
+                    break
+            at += flat.nbytes
+        wire = b"".join(pieces)
+        item = _Item(step, False, wire, len(wire), chunks=chunks, fragment=True, slot=slot,
+                     payload=total)
+        with self._cv:
+            if not self._admit_locked(step, len(wire)):
+                slot.free = True
+                return False
+        return self._enqueue(step, [item], len(wire))
 
     def push_many(
         self,
@@ -458,6 +646,12 @@ class Client:
         each; a model of many small tensors (a DDP bucket) should use it. Returns False when the
         step has been dropped."""
         checked = [(name, *self._check(name, a, offset, None), offset) for name, a, offset in parts]
+        if self._ring_mapped and sum(arr.nbytes for _, arr, _, _ in checked) >= SHARED_MIN_BYTES:
+            shared = self._push_shared(
+                step, [(name, arr, DTYPES[kind][0], offset) for name, arr, kind, offset in checked],
+                local)
+            if shared is not None:
+                return shared
         small, ok = [], True
         for name, arr, kind, offset in checked:
             if self._agent_minor < _GROUP_MINOR or arr.nbytes >= _BATCH_ITEM_BYTES:
@@ -523,7 +717,7 @@ class Client:
                 self.stats.pushes_discarded += 1
                 return False
             self._queue.extend(items)
-            big = sum(1 for i in items if i.nbytes >= _BATCH_ITEM_BYTES)
+            big = sum(1 for i in items if i.big)
             self._big += big
             if big or self._queued_bytes >= self.chunk_bytes:
                 self._cv.notify_all()
@@ -588,6 +782,10 @@ class Client:
             self._cv.notify_all()
         self._sender.join(timeout=max(1.0, timeout))
         self._channel.close()
+        with self._cv:
+            ring, self._ring, self._ring_mapped = self._ring, None, False
+        if ring is not None:
+            ring.close()
         if self.stats.steps_dropped:
             log.warning("gradtel: %s", self.stats.summary())
         return self.stats
@@ -667,6 +865,7 @@ class Client:
         with self._cv:
             self._registered = self._layout is req
             self._agent_minor = resp.protocol_minor
+            self._note_shared_locked(req, resp)
         return True
 
     def _wait_locked(self) -> Optional[float]:
@@ -710,8 +909,11 @@ class Client:
                         size += nxt.nbytes
                 for item in out:
                     self._queued_bytes -= item.nbytes
-                    self._big -= item.nbytes >= _BATCH_ITEM_BYTES
-                    self.stats.bytes_sent += item.nbytes
+                    self._big -= item.big
+                    self.stats.bytes_sent += item.payload
+                    if item.slot is not None:
+                        self.stats.bytes_shared += item.payload
+                        self._sent_slots.setdefault(item.step, []).append(item.slot)
                     if item.end:
                         self._ends -= 1
                         self._unacked.append(item.step)
@@ -746,6 +948,8 @@ class Client:
                     for ack in (first, *first.more):
                         if self._unacked and self._unacked[0] == ack.step:
                             self._unacked.popleft()
+                        # The agent has read every chunk of an acknowledged step.
+                        self._free_sent_locked(ack.step)
                         if ack.dropped:
                             self.stats.steps_dropped_agent += 1
                         else:
@@ -755,6 +959,7 @@ class Client:
             code = e.code()
             with self._cv:
                 self._stream_id += 1
+                self._free_sent_locked(None)
                 lost = len(self._unacked)
                 self._unacked.clear()
                 self.stats.steps_lost_transport += lost
@@ -776,10 +981,20 @@ class Client:
         with self._cv:
             # The stream ends only at close(): whatever was not acked is unknown.
             self._stream_id += 1
+            self._free_sent_locked(None)
             self.stats.steps_lost_transport += len(self._unacked)
             self._unacked.clear()
             self._partial = None
             self._cv.notify_all()
+
+    def _free_sent_locked(self, step: Optional[int]) -> None:
+        """Give back the shared slots of ``step``'s sent chunks (of every step: None). After a
+        failed stream nothing more of them will be read for a report: the agent stops reading
+        a refused stream, and a step whose end was not acked is never reported."""
+        done = list(self._sent_slots) if step is None else [step]
+        for s in done:
+            for slot in self._sent_slots.pop(s, ()):
+                slot.free = True
 
     def _withdraw_locked(self, step: int, reason: str) -> None:
         """Discard ``step``'s queued chunks and charge the step to the Stats counter ``reason``:
@@ -794,7 +1009,9 @@ class Client:
                 self._ends -= 1
             else:
                 self._queued_bytes -= item.nbytes
-                self._big -= item.nbytes >= _BATCH_ITEM_BYTES
+                self._big -= item.big
+                if item.slot is not None:
+                    item.slot.free = True
         self._queue = kept
         if ended:
             setattr(self.stats, reason, getattr(self.stats, reason) + 1)

@@ -9,6 +9,7 @@ import pytest
 import gradtel
 import gradtel.v1.ingest_pb2
 from gradtel import Client, GradtelError, Tensor
+from gradtel.client import _SharedRing
 from conftest import read_table, stop_and_read
 
 RUN = "py-client"
@@ -19,12 +20,13 @@ def rows(table, **eq):
     return [r for r in d if all(r[k] == v for k, v in eq.items())]
 
 
-def test_pushed_values_are_what_the_lake_holds(collector, agent_factory):
+@pytest.mark.parametrize("shared", [None, 0], ids=["shared-memory", "inline"])
+def test_pushed_values_are_what_the_lake_holds(collector, agent_factory, shared):
     agent = agent_factory(extra=["--track-count", "5000"])
     rng = np.random.default_rng(1)
     layout = [Tensor("enc.weight", (64, 80)), Tensor("enc.bias", (80,), dtype="f16")]
     # A small chunk size so a tensor travels as many chunks.
-    client = Client(RUN, socket=agent.socket, chunk_bytes=4000)
+    client = Client(RUN, socket=agent.socket, chunk_bytes=4000, shared_memory_bytes=shared)
     assert client.register(layout)
     sent = {}
     for step in range(6):
@@ -37,6 +39,8 @@ def test_pushed_values_are_what_the_lake_holds(collector, agent_factory):
     stats = client.close()
     assert stats.steps_delivered == 6 and stats.steps_dropped == 0, stats
     assert stats.bytes_sent == 6 * (64 * 80 * 4 + 80 * 2)
+    # The 20 kB weight goes through the shared region (when there is one), the bias inline.
+    assert stats.bytes_shared == (6 * 64 * 80 * 4 if shared is None else 0)
 
     steps = stop_and_read(collector, [agent], RUN, "steps")
     for step, tensors in sent.items():
@@ -85,6 +89,7 @@ def test_push_many_puts_every_part_in_the_lake(collector, agent_factory):
     # Five small parts a step, and the large one as pushes of chunk_bytes.
     assert stats.chunks_sent == 5 * (5 + -(-400_000 // 3000))
     assert stats.bytes_sent == 5 * sum(x.nbytes for x in sent[0].values())
+    assert stats.bytes_shared == stats.bytes_sent, "a step's parts share one slot"
     steps = stop_and_read(collector, [agent], RUN, "steps")
     for step, tensors in sent.items():
         for name, values in tensors.items():
@@ -97,6 +102,70 @@ def test_push_many_puts_every_part_in_the_lake(collector, agent_factory):
     assert {c["tensor"] for c in coords} == set(sent[0])
     for c in coords:
         assert c["local"] and c["value"] == np.float32(sent[c["step"]][c["tensor"]].ravel()[c["index"]])
+
+
+def test_shared_ring_allocates_in_order_wraps_and_refuses_when_full():
+    ring = _SharedRing(1000)
+    try:
+        # Slots are 64-byte aligned.
+        a, b = ring.alloc(100), ring.alloc(300)
+        assert (a.start, a.end, b.start, b.end) == (0, 100, 128, 428)
+        c = ring.alloc(500)
+        assert c.start == 448
+        assert ring.alloc(100) is None, "52 bytes left at the end, none before the tail"
+        # Freeing out of order gives nothing back until the tail slot is free.
+        b.free = True
+        assert ring.alloc(100) is None
+        a.free = True
+        d = ring.alloc(300)
+        assert (d.start, d.end) == (0, 300), "wrapped to the front, before the tail (448)"
+        assert ring.alloc(200) is None, "between 320 and the tail at 448 there are 128 bytes"
+        e = ring.alloc(128)
+        assert e.start == 320
+        assert ring.live_bytes() == 500 + 300 + 128
+        c.free = d.free = e.free = True
+        # Empty again: allocation restarts at the front; larger than the ring never fits.
+        assert ring.alloc(1000).start == 0
+        assert ring.alloc(1) is None
+        assert _SharedRing(64).alloc(65) is None
+        # The region is a sealed memfd the agent can open by path.
+        import fcntl
+        import os
+        seals = fcntl.fcntl(ring.fd, fcntl.F_GET_SEALS)
+        assert seals & fcntl.F_SEAL_SHRINK and seals & fcntl.F_SEAL_GROW
+        assert os.path.exists(ring.path) and os.stat(ring.path).st_size == 1000
+    finally:
+        ring.close()
+
+
+def test_a_small_shared_region_under_a_burst_never_mixes_up_steps(collector, agent_factory):
+    """Slots are reused only after the agent has read them: with room for about three steps
+    and 60 steps pushed as fast as possible, every delivered step's row matches its own values,
+    and every step is accounted for."""
+    agent = agent_factory()
+    n = 50_000
+    client = Client(RUN, socket=agent.socket, shared_memory_bytes=3 * n * 4 + 256)
+    assert client.register([Tensor("w", (n,))])
+    rng = np.random.default_rng(5)
+    sent = {}
+    for step in range(60):
+        sent[step] = rng.standard_t(3, size=n).astype(np.float32) * (step + 1)
+        client.push(step, "w", sent[step])
+        client.end_step(step)
+    assert client.flush(timeout=30)
+    stats = client.close()
+    assert stats.steps_ended == 60
+    assert stats.steps_delivered + stats.steps_dropped == 60, stats
+    assert stats.steps_dropped == stats.steps_dropped_queue_full, stats
+    assert stats.bytes_shared == stats.bytes_sent == stats.steps_delivered * n * 4, stats
+    steps = stop_and_read(collector, [agent], RUN, "steps")
+    delivered = rows(steps, scope_kind="tensor")
+    assert len(delivered) == stats.steps_delivered
+    for r in delivered:
+        x = sent[r["step"]].astype(np.float64)
+        assert r["max_abs"] == np.abs(x).max()
+        assert r["mean"] == pytest.approx(x.mean(), rel=1e-9, abs=1e-12)
+        assert r["sum_sq"] == pytest.approx((x * x).sum(), rel=1e-12)
 
 
 def test_bf16_and_local_flag_and_sharded_offsets(collector, agent_factory):
