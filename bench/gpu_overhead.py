@@ -4,11 +4,17 @@ loop without gradtel, in alternating blocks in one process. Needs a CUDA GPU, to
 gradtel binaries (``GRADTEL_BIN_DIR``). Results: bench/RESULTS.md.
 
     GRADTEL_BIN_DIR=target/release python3 bench/gpu_overhead.py [--batch 64] [--blocks 3]
+
+It first measures the floor of any tool that reads every gradient on the host: copying the step's
+gradients device-to-host, as one tensor and parameter by parameter, into pinned and pageable
+memory. ``--variant`` takes the watch apart: ``hooks`` runs the hooks but copies nothing,
+``copy`` copies every gradient to the host but pushes nothing, ``full`` is the real thing.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import pathlib
 import statistics
 import sys
@@ -40,6 +46,36 @@ def steps(model, opt, x, y, n: int, watcher=None) -> list[float]:
     return times
 
 
+def d2h_floor(model) -> None:
+    """Time device-to-host copies of the model's gradient bytes (after a backward)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    nbytes = flat.numel() * flat.element_size()
+
+    def timed(fn) -> float:
+        fn()
+        torch.cuda.synchronize()
+        best = float("inf")
+        for _ in range(5):
+            t = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t)
+        return best
+
+    pinned = torch.empty_like(flat, device="cpu").pin_memory()
+    pageable = torch.empty_like(flat, device="cpu")
+    per_param = [torch.empty_like(g, device="cpu").pin_memory() for g in grads]
+    for what, fn in [
+        ("one tensor → pinned", lambda: pinned.copy_(flat, non_blocking=True)),
+        ("one tensor → pageable", lambda: pageable.copy_(flat)),
+        (f"{len(grads)} parameters → pinned",
+         lambda: [b.copy_(g, non_blocking=True) for b, g in zip(per_param, grads)]),
+    ]:
+        t = timed(fn)
+        print(f"  D2H {nbytes / 1e6:.0f} MB, {what}: {t * 1e3:.2f} ms ({nbytes / t / 1e9:.1f} GB/s)")
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=64)
@@ -47,6 +83,11 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=30, help="timed steps per block")
     p.add_argument("--every", type=int, nargs="*", default=[1, 10],
                    help="report every N-th step (one measurement per value)")
+    p.add_argument("--transport", nargs="*", default=["shared", "inline"],
+                   choices=["shared", "inline"],
+                   help="payloads through the shared memory region, or inline in the stream")
+    p.add_argument("--variant", nargs="*", default=["full"], choices=["full", "copy", "hooks"],
+                   help="what the watch does: everything, host copies only, or hooks only")
     args = p.parse_args()
     dev = torch.device("cuda")
     torch.manual_seed(0)
@@ -55,19 +96,29 @@ def main() -> int:
     x = torch.randn(args.batch, 3, 224, 224, device=dev)
     y = torch.randint(0, 1000, (args.batch,), device=dev)
     steps(model, opt, x, y, 10)  # warm-up (cuDNN autotuning, allocator)
+    d2h_floor(model)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{torch.cuda.get_device_name()}: ResNet-50, batch {args.batch}, {n_params / 1e6:.1f}M "
           f"parameters ({n_params * 4 / 1e6:.0f} MB of gradients per step), "
           f"{args.blocks} alternating blocks of {args.steps} steps; mean step time")
     with tempfile.TemporaryDirectory() as d, Collector(d + "/lake") as col, \
             Agent(d + "/a.sock", col.url):
-        client = gradtel.Client("gpu-overhead", socket=d + "/a.sock", queue_bytes=1 << 30)
         next_step = 0
-        for every in args.every:
+        for variant, transport, every in itertools.product(args.variant, args.transport,
+                                                           args.every):
+            client = gradtel.Client(f"gpu-overhead-{transport}-{every}", socket=d + "/a.sock",
+                                    queue_bytes=1 << 30,
+                                    shared_memory_bytes=None if transport == "shared" else 0)
             base, watched = [], []
             for _ in range(args.blocks):
                 base += steps(model, opt, x, y, args.steps)
                 w = watch(model, client, every=every)
+                if variant == "copy":
+                    # Copies land on the host and stop there.
+                    client.push = client.push_many = lambda *a, **k: True
+                    client.end_step = lambda *a, **k: True
+                elif variant == "hooks":
+                    w._push = lambda *a, **k: None
                 w.step = next_step  # step numbers go on across blocks
                 steps(model, opt, x, y, 3, w)  # pinned buffers allocated here
                 watched += steps(model, opt, x, y, args.steps, w)
@@ -79,10 +130,9 @@ def main() -> int:
                     w._copier.flush()
             client.flush(timeout=120)
             b, m = statistics.mean(base), statistics.mean(watched)
-            print(f"  every={every}: without gradtel {b * 1e3:.2f} ms, with watch (all parameters) "
-                  f"{m * 1e3:.2f} ms: overhead {(m / b - 1) * 100:+.2f} %")
-        stats = client.close()
-    print(f"  client: {stats.summary()}")
+            print(f"  {variant} {transport} every={every}: without gradtel {b * 1e3:.2f} ms, with watch "
+                  f"(all parameters) {m * 1e3:.2f} ms: overhead {(m / b - 1) * 100:+.2f} %")
+            print(f"    client: {client.close().summary()}")
     return 0
 
 

@@ -15,6 +15,7 @@ The DDP part needs PyTorch in ``--ddp-python`` (default: this interpreter).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import pathlib
@@ -35,12 +36,14 @@ import gradtel  # noqa: E402
 from gradtel.sidecar import Agent, Collector  # noqa: E402
 
 
-def ingest(tmp: pathlib.Path, values: int, steps: int, threads: int | None) -> dict:
+def ingest(tmp: pathlib.Path, values: int, steps: int, threads: int | None,
+           shared: bool) -> dict:
     with Collector(str(tmp / "lake-ingest")) as col:
         extra = [] if threads is None else ["--ingest-threads", str(threads)]
         with Agent(str(tmp / "ingest.sock"), col.url, extra=extra):
             client = gradtel.Client("bench-ingest", socket=str(tmp / "ingest.sock"),
-                                    queue_bytes=(steps + 1) * values * 4)
+                                    queue_bytes=(steps + 1) * values * 4,
+                                    shared_memory_bytes=None if shared else 0)
             client.register([gradtel.Tensor("w", (values,))])
             g = np.random.default_rng(0).standard_t(3, size=values).astype(np.float32)
             # Warm-up: connection, first allocations.
@@ -55,6 +58,7 @@ def ingest(tmp: pathlib.Path, values: int, steps: int, threads: int | None) -> d
             seconds = time.perf_counter() - t0
             stats = client.close()
             assert stats.steps_dropped == 0, stats
+            assert (stats.bytes_shared > 0) == shared, stats
     copies = []
     for _ in range(steps):
         t = time.perf_counter()
@@ -80,7 +84,8 @@ def ddp_run(python: str, tmp: pathlib.Path, tag: str, extra: list[str], steps: i
     procs = []
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "PYTHONPATH": str(REPO / "python")}
+               "MASTER_PORT": str(port), "PYTHONPATH": os.pathsep.join(
+                   filter(None, (str(REPO / "python"), os.environ.get("PYTHONPATH"))))}
         procs.append(subprocess.Popen(
             [python, str(REPO / "examples" / "ddp_digits.py"), "--steps", str(steps),
              "--stats", str(tmp / f"{tag}-{{rank}}.json"), *extra],
@@ -145,6 +150,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--threads", type=int, nargs="*", default=[None],
                    help="agent --ingest-threads values to try (default: the agent's default)")
+    p.add_argument("--transport", nargs="*", default=["shared", "inline"],
+                   choices=["shared", "inline"],
+                   help="payloads through the shared memory region, or inline in the stream")
     p.add_argument("--skip-ddp", action="store_true")
     p.add_argument("--ddp-python", default=sys.executable)
     p.add_argument("--pairs", type=int, default=3)
@@ -157,9 +165,9 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = pathlib.Path(d)
-        for threads in args.threads:
-            r = ingest(tmp, args.values, args.steps, threads)
-            print(f"ingest (agent --ingest-threads {threads or 'default'}): "
+        for threads, transport in itertools.product(args.threads, args.transport):
+            r = ingest(tmp, args.values, args.steps, threads, transport == "shared")
+            print(f"ingest {transport} (agent --ingest-threads {threads or 'default'}): "
                   f"{r['bytes'] / 1e9:.2f} GB in {r['seconds']:.2f} s = {r['gb_per_s']:.2f} GB/s; "
                   f"numpy copy of the same buffer {r['copy_gb_per_s']:.1f} GB/s; "
                   f"ratio {r['gb_per_s'] / r['copy_gb_per_s']:.3f}")

@@ -350,11 +350,11 @@ def _encode_end(step: int, loss, lr, batch_size) -> bytes:
 
 
 class _Item:
-    __slots__ = ("step", "end", "wire", "nbytes", "chunks", "fragment", "slot", "payload", "big")
+    __slots__ = ("step", "end", "wire", "nbytes", "chunks", "fragment", "slots", "payload", "big")
 
     def __init__(
         self, step: int, end: bool, wire: bytes, nbytes: int = 0, chunks: int = 1,
-        fragment: bool = False, slot: Optional[_Slot] = None, payload: Optional[int] = None,
+        fragment: bool = False, slots: tuple = (), payload: Optional[int] = None,
     ):
         self.step = step
         self.end = end
@@ -365,8 +365,8 @@ class _Item:
         # Bytes reserved against queue_bytes (0 for an end marker): the wire bytes.
         self.nbytes = nbytes
         self.chunks = 0 if end else chunks
-        # The shared region's slot holding this item's payload, if it went there.
-        self.slot = slot
+        # The shared region's slots holding this item's payload, if it went there.
+        self.slots = slots
         self.payload = nbytes if payload is None else payload
         # Large payloads are sent at once rather than with the step's end, so the agent
         # summarises them while the step goes on.
@@ -442,6 +442,7 @@ class Client:
         self._ring_mapped: Optional[bool] = None  # unknown until the agent answers
         # Slots of chunks sent on the current stream, by step, freed by the step's ack.
         self._sent_slots: dict[int, list[_Slot]] = {}
+        self._close_callbacks: list = []
 
         self._channel = grpc.insecure_channel(
             target,
@@ -608,30 +609,119 @@ class Client:
             view = self._ring.view
         # The one copy of the payload, outside the lock; numpy releases the GIL for it.
         at = slot.start
-        pieces, chunks = [], 0
+        placed = []
         for (name, arr, dtype, offset), flat in zip(parts, flats):
             np.copyto(view[at : at + flat.nbytes], flat)
-            size = arr.dtype.itemsize
+            placed.append((name, dtype, arr.dtype.itemsize, offset, at, flat.nbytes))
+            at += flat.nbytes
+        return self._enqueue_shared(step, placed, local, (slot,), total)
+
+    def _enqueue_shared(
+        self, step: int, placed: list, local: bool, slots: tuple, total: int
+    ) -> bool:
+        """Queue chunks (each at most ``chunk_bytes``) of payloads already in the shared region,
+        ``placed`` as ``(name, wire dtype, element size, offset, region offset, bytes)``, as
+        fragments of one message holding ``slots``."""
+        pieces, chunks = [], 0
+        for name, dtype, size, offset, at, nbytes in placed:
             per = max(size, self.chunk_bytes - self.chunk_bytes % size)
             done = 0
             while True:
-                n = min(per, flat.nbytes - done)
+                n = min(per, nbytes - done)
                 wire = _shared_chunk(step, name, offset + done // size, dtype, local, at + done, n)
                 request = b"".join((_TAG_CHUNK, _varint(len(wire)), wire))
                 pieces += (_TAG_REQUEST, _varint(len(request)), request)
                 chunks += 1
                 done += n
-                if done >= flat.nbytes:
+                if done >= nbytes:
                     break
-            at += flat.nbytes
         wire = b"".join(pieces)
-        item = _Item(step, False, wire, len(wire), chunks=chunks, fragment=True, slot=slot,
+        item = _Item(step, False, wire, len(wire), chunks=chunks, fragment=True, slots=slots,
                      payload=total)
         with self._cv:
             if not self._admit_locked(step, len(wire)):
-                slot.free = True
+                for slot in slots:
+                    slot.free = True
                 return False
         return self._enqueue(step, [item], len(wire))
+
+    # ------------------------------------------- payloads the caller writes (GPU DMA target)
+
+    @property
+    def shared_memory_active(self) -> bool:
+        """Whether payloads go through the shared region (the agent mapped it)."""
+        return bool(self._ring_mapped) and self._ring is not None
+
+    def shared_region(self) -> Optional[tuple[int, int]]:
+        """``(address, bytes)`` of the shared region in this process, while it exists: a GPU
+        client registers it with CUDA (``cudaHostRegister``) so that device-to-host copies land
+        in it directly. Call :meth:`on_close` to undo that before the region is unmapped."""
+        ring = self._ring
+        if ring is None or ring.view is None:
+            return None
+        return ring.view.__array_interface__["data"][0], ring.size
+
+    def on_close(self, fn) -> None:
+        """Call ``fn()`` in :meth:`close` before the shared region is unmapped."""
+        with self._cv:
+            self._close_callbacks.append(fn)
+
+    def reserve(self, step: int, nbytes: int) -> Optional[tuple[_Slot, np.ndarray]]:
+        """Room for ``nbytes`` of ``step``'s payload in the shared region, for the caller to fill
+        (e.g. by an asynchronous device-to-host copy) and then hand to :meth:`push_reserved`:
+        ``(slot, uint8 view)``. None when the step is dropped, or is dropped now because the
+        region is full — counted as a full queue, like :meth:`push`. Requires
+        :attr:`shared_memory_active`."""
+        with self._cv:
+            if self._closing:
+                raise GradtelError("push after close()")
+            if not self.shared_memory_active:
+                raise GradtelError("no shared memory region in use")
+            if step in self._dropped:
+                self.stats.pushes_discarded += 1
+                return None
+            slot = self._ring.alloc(max(1, int(nbytes)))
+            if slot is None:
+                self._drop_step_locked(step, nbytes)
+                return None
+            return slot, self._ring.view[slot.start : slot.end]
+
+    def push_reserved(self, step: int, parts: Iterable[tuple], *, local: bool = False) -> bool:
+        """Queue payloads the caller wrote into reserved slots: ``parts`` holds ``(name, slot,
+        offset, dtype)`` per tensor (``offset`` the first flattened coordinate, ``dtype`` the
+        wire dtype name; the slot's size gives the count). Every slot is released by this call:
+        queued, or freed when the step is dropped."""
+        parts = list(parts)
+        slots = tuple(slot for _, slot, _, _ in parts)
+        try:
+            placed = []
+            for name, slot, offset, dtype in parts:
+                t = self._tensors.get(name)
+                if t is None:
+                    raise GradtelError(f"tensor {name!r} is not in the registered layout")
+                if dtype != t.dtype:
+                    raise GradtelError(f"tensor {name!r} is registered as {t.dtype}, got {dtype}")
+                wire_dtype, size = DTYPES[dtype]
+                nbytes = slot.end - slot.start
+                start, end = t.owned_range()
+                if nbytes % size or offset < start or offset + nbytes // size > end:
+                    raise GradtelError(
+                        f"tensor {name!r}: {nbytes} bytes at coordinate {offset} do not fit the "
+                        f"owned range [{start}, {end}) of {dtype} values")
+                placed.append((name, wire_dtype, size, offset, slot.start, nbytes))
+        except GradtelError:
+            with self._cv:
+                for slot in slots:
+                    slot.free = True
+            raise
+        with self._cv:
+            if step in self._dropped:
+                self.stats.pushes_discarded += 1
+                for slot in slots:
+                    slot.free = True
+                return False
+        return self._enqueue_shared(step, placed, local, slots,
+                                    sum(p[-1] for p in placed))
 
     def push_many(
         self,
@@ -784,6 +874,12 @@ class Client:
         self._channel.close()
         with self._cv:
             ring, self._ring, self._ring_mapped = self._ring, None, False
+            callbacks, self._close_callbacks = self._close_callbacks, []
+        for fn in callbacks:
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 — a failing callback must not stop close
+                log.warning("gradtel: close callback failed: %s", e)
         if ring is not None:
             ring.close()
         if self.stats.steps_dropped:
@@ -911,9 +1007,9 @@ class Client:
                     self._queued_bytes -= item.nbytes
                     self._big -= item.big
                     self.stats.bytes_sent += item.payload
-                    if item.slot is not None:
+                    if item.slots:
                         self.stats.bytes_shared += item.payload
-                        self._sent_slots.setdefault(item.step, []).append(item.slot)
+                        self._sent_slots.setdefault(item.step, []).extend(item.slots)
                     if item.end:
                         self._ends -= 1
                         self._unacked.append(item.step)
@@ -1010,8 +1106,8 @@ class Client:
             else:
                 self._queued_bytes -= item.nbytes
                 self._big -= item.big
-                if item.slot is not None:
-                    item.slot.free = True
+                for slot in item.slots:
+                    slot.free = True
         self._queue = kept
         if ended:
             setattr(self.stats, reason, getattr(self.stats, reason) + 1)

@@ -61,8 +61,14 @@ class _Daemon:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self.alive():
+    def __exit__(self, exc_type, *exc) -> None:
+        if not self.alive():
+            return
+        if exc_type is not None:
+            # The block failed: that error is the one to see, not a slow shutdown's (a client
+            # left open keeps the agent's graceful shutdown waiting).
+            self.kill()
+        else:
             self.stop()
 
 

@@ -17,19 +17,24 @@ batch_size=...)`` the training loop calls once per optimiser step (after ``optim
   offset of that part in the flattened parameter.
 
 Overhead model: on CPU each pushed gradient costs one memcpy on the training thread (into the
-client's queue); the gRPC send and all summarising happen off the step, in the client's sender
-thread and the agent process. On GPU the copy is an asynchronous device-to-host copy into a pinned
-buffer — on a side stream for ``watch``/``watch_fsdp`` (it overlaps the next kernels), on the
+client's shared region or queue); the gRPC send and all summarising happen off the step, in the
+client's sender thread and the agent process. On GPU the copy is an asynchronous device-to-host
+copy — on a side stream for ``watch``/``watch_fsdp`` (it overlaps the next kernels), on the
 current stream for DDP (the all-reduce overwrites the bucket in place) — and a separate thread
-waits for it and pushes: the step never synchronises with it. Its costs are PCIe traffic, pinned
-host memory (twice the watched gradients' size) and the client's copy into its queue on the
-pushing thread, which holds the GIL. Parameters can be filtered (``params=``) and steps thinned (``every=``).
+waits for it and pushes: the step never synchronises with it. When the client has a shared
+region with the agent (the default on Linux), ``watch``/``watch_fsdp`` register it with CUDA
+(``cudaHostRegister``) and copy each gradient straight into its slot there: the host CPU never
+touches the bytes, and the thread waits once per step, not once per parameter. Otherwise the copy
+goes to a pinned buffer per parameter (twice the watched gradients' size) and is copied again
+into the client's queue. What remains on the step: the hooks' Python (tens of µs per parameter)
+and the PCIe traffic. Parameters can be filtered (``params=``) and steps thinned (``every=``).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import weakref
 from typing import Callable, Iterable, Optional, Union
 
 import numpy as np
@@ -93,6 +98,12 @@ class _DeviceCopier:
         self.free: dict[str, list[torch.Tensor]] = {}
         self.lock = threading.Lock()
         self.stream = None
+        # The client's shared region as registered with CUDA: None until tried, then False
+        # (not usable: copies go to pinned buffers) or its (address, size).
+        self.region: Union[None, bool, tuple[int, int]] = None
+        # Per step: gradients being copied into reserved slots, and which streams copy them.
+        self.pending: dict[int, list] = {}
+        self.pending_streams: dict[int, set] = {}
         self.work: "queue.Queue" = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="gradtel-d2h", daemon=True)
         self.thread.start()
@@ -113,8 +124,11 @@ class _DeviceCopier:
         kept alive for it with ``record_stream``). Without it the copy is ordered on the current
         stream — needed where the next operation overwrites the gradient in place (DDP's
         all-reduce of the bucket)."""
-        buf = self._buffer(name, grad)
         src = grad.detach().reshape(-1)
+        if grad.is_cuda and self._region_usable():
+            self._submit_reserved(step, name, src, local, offset, side)
+            return
+        buf = self._buffer(name, grad)
         event = torch.cuda.Event()
         if side:
             if self.stream is None:
@@ -129,6 +143,39 @@ class _DeviceCopier:
             event.record()
         self.work.put(("push", step, name, buf, event, local, offset))
 
+    def _region_usable(self) -> bool:
+        """Whether D2H copies can land in the client's shared region: it is in use and
+        registered with CUDA (done once; a failure falls back to pinned buffers for good)."""
+        if self.region is None and self.client.shared_memory_active:
+            self.region = _cuda_registered(self.client)
+        return bool(self.region) and self.client.shared_memory_active
+
+    def _submit_reserved(
+        self, step: int, name: str, src: torch.Tensor, local: bool, offset: int, side: bool
+    ) -> None:
+        try:
+            got = self.client.reserve(step, src.numel() * src.element_size())
+        except GradtelError:
+            return  # the client was closed: the step cannot be reported (and never blocks)
+        if got is None:
+            return  # the step is dropped (counted by the client)
+        slot, view = got
+        dst = torch.from_numpy(view).view(src.dtype)
+        if side:
+            if self.stream is None:
+                self.stream = torch.cuda.Stream(device=src.device)
+            self.stream.wait_stream(torch.cuda.current_stream(src.device))
+            with torch.cuda.stream(self.stream):
+                dst.copy_(src, non_blocking=True)
+                src.record_stream(self.stream)
+            stream = self.stream
+        else:
+            dst.copy_(src, non_blocking=True)
+            stream = torch.cuda.current_stream(src.device)
+        with self.lock:
+            self.pending.setdefault(step, []).append((name, slot, offset, _wire_dtype(src), local))
+            self.pending_streams.setdefault(step, set()).add(stream)
+
     def submit_bucket(self, step: int, buf: torch.Tensor, layout: list) -> None:
         """One copy of a DDP bucket (device-to-host on the current stream, or host-to-host),
         pushed from this thread: the training thread pays only the copy."""
@@ -142,6 +189,17 @@ class _DeviceCopier:
         self.work.put(("bucket", step, key, host, event, layout))
 
     def end_step(self, step: int, scalars: dict) -> None:
+        with self.lock:
+            parts = self.pending.pop(step, None)
+            streams = self.pending_streams.pop(step, ())
+        if parts:
+            # One event per stream that copied: the thread waits once for the whole step.
+            events = []
+            for stream in streams:
+                event = torch.cuda.Event()
+                event.record(stream)
+                events.append(event)
+            self.work.put(("reserved", step, parts, events))
         # Ordered behind the step's pushes, so the end reaches the client after them.
         self.work.put(("end", step, scalars))
 
@@ -169,6 +227,13 @@ class _DeviceCopier:
                     finally:
                         with self.lock:
                             self.free.setdefault(key, []).append(buf)
+                elif job[0] == "reserved":
+                    _, step, parts, events = job
+                    for event in events:
+                        event.synchronize()
+                    for local in {p[4] for p in parts}:
+                        self.client.push_reserved(
+                            step, [p[:4] for p in parts if p[4] == local], local=local)
                 else:
                     _, step, scalars = job
                     self.client.end_step(step, **scalars)
@@ -176,6 +241,38 @@ class _DeviceCopier:
                 pass  # counted by the client (closed, or dropped)
             finally:
                 self.work.task_done()
+
+
+# Clients whose shared region this process registered with CUDA (or failed to): a region is
+# registered once, whatever the number of watchers — a second cudaHostRegister of the same memory
+# fails, and its error would surface in the next kernel launch of the training loop.
+_REGISTERED: "weakref.WeakKeyDictionary[Client, Union[bool, tuple[int, int]]]" = (
+    weakref.WeakKeyDictionary())
+_REGISTER_LOCK = threading.Lock()
+
+
+def _cuda_registered(client: Client) -> Union[bool, tuple[int, int]]:
+    """The client's shared region, registered with CUDA as page-locked memory (so device-to-host
+    copies into it are asynchronous DMA), or False where that cannot be done."""
+    with _REGISTER_LOCK:
+        if client in _REGISTERED:
+            return _REGISTERED[client]
+        region = client.shared_region()
+        result: Union[bool, tuple[int, int]] = False
+        if region is not None:
+            try:
+                cudart = torch.cuda.cudart()
+                rc = cudart.cudaHostRegister(region[0], region[1], 0)
+                if int(getattr(rc, "value", rc)) == 0:
+                    result = region
+                    client.on_close(lambda: cudart.cudaHostUnregister(region[0]))
+                else:
+                    # Clear the failed call's error before torch's next launch check sees it.
+                    getattr(cudart, "cudaGetLastError", lambda: None)()
+            except (AttributeError, RuntimeError, TypeError, ValueError):
+                pass
+        _REGISTERED[client] = result
+        return result
 
 
 def _push_layout(client: Client, step: int, flat: np.ndarray, layout: list) -> None:

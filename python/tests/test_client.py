@@ -168,6 +168,43 @@ def test_a_small_shared_region_under_a_burst_never_mixes_up_steps(collector, age
         assert r["sum_sq"] == pytest.approx((x * x).sum(), rel=1e-12)
 
 
+def test_reserved_slots_filled_by_the_caller_reach_the_lake(collector, agent_factory):
+    """The GPU path's API: reserve room in the shared region, write it (there: a DMA copy),
+    push the slots. Misuse frees the slots and raises; a dropped step frees them too."""
+    agent = agent_factory(extra=["--track-count", "100000"])
+    client = Client(RUN, socket=agent.socket, shared_memory_bytes=1 << 20)
+    assert client.register([Tensor("w", (3000,)), Tensor("h", (500,), dtype="f16")])
+    assert client.shared_memory_active
+    addr, size = client.shared_region()
+    assert addr and size == 1 << 20
+    rng = np.random.default_rng(3)
+    sent = {}
+    for step in range(3):
+        w = rng.normal(size=3000).astype(np.float32)
+        h = rng.normal(size=500).astype(np.float16)
+        sent[step] = {"w": w, "h": h}
+        (sw, vw), (sh, vh) = client.reserve(step, w.nbytes), client.reserve(step, h.nbytes)
+        vw.view(np.float32)[:] = w
+        vh.view(np.float16)[:] = h
+        assert client.push_reserved(step, [("w", sw, 0, "f32"), ("h", sh, 0, "f16")])
+        assert client.end_step(step)
+    slot, _ = client.reserve(9, 16)
+    with pytest.raises(GradtelError, match="registered as f32"):
+        client.push_reserved(9, [("w", slot, 0, "f16")])
+    assert slot.free
+    slot, _ = client.reserve(9, 16)
+    with pytest.raises(GradtelError, match="owned range"):
+        client.push_reserved(9, [("w", slot, 2999, "f32")])
+    assert slot.free
+    assert client.flush(timeout=30)
+    stats = client.close()
+    assert stats.steps_delivered == 3 and stats.bytes_shared == 3 * (3000 * 4 + 500 * 2), stats
+    coords = stop_and_read(collector, [agent], RUN, "coords").to_pylist()
+    assert len(coords) == 3 * 3500
+    for c in coords:
+        assert c["value"] == np.float32(sent[c["step"]][c["tensor"]][c["index"]])
+
+
 def test_bf16_and_local_flag_and_sharded_offsets(collector, agent_factory):
     agent = agent_factory(extra=["--track-count", "1000"])
     client = Client(RUN, socket=agent.socket, shard=1, shard_count=2)

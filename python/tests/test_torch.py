@@ -74,6 +74,47 @@ def test_watch_single_process_reports_the_grads(collector, agent_factory):
         assert c["value"] == grads[c["step"]][c["tensor"]][c["index"]]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_watch_on_a_gpu_copies_gradients_straight_into_the_shared_region(collector, agent_factory):
+    """On a GPU, watch registers the client's shared region with CUDA and copies every gradient
+    into its slot there; what the lake holds is exactly each step's .grad."""
+    agent = agent_factory(extra=["--track-count", "100000"])
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    model = torch.nn.Sequential(torch.nn.Linear(64, 300), torch.nn.Tanh(),
+                                torch.nn.Linear(300, 10)).to(dev)
+    client = gradtel.Client("py-gpu", socket=agent.socket)
+    w = watch(model, client)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    grads = {}
+    for step in range(5):
+        if step == 3:
+            # A second watcher of the same client (as when a loop re-wraps the model) shares
+            # the one CUDA registration of the region.
+            for h in w._handles:
+                h.remove()
+            w._copier.flush()
+            first = w._copier.region
+            w = watch(model, client)
+            w.step = step
+        opt.zero_grad()
+        model(torch.randn(32, 64, device=dev)).pow(2).mean().backward()
+        grads[step] = {n: p.grad.detach().cpu().numpy().ravel()
+                       for n, p in model.named_parameters()}
+        opt.step()
+        w.end_step(loss=0.0)
+    assert w._copier is not None and w._copier.region, "the region was registered with CUDA"
+    assert w._copier.region == first
+    stats = w.close()
+    assert stats.steps_delivered == 5, stats
+    assert stats.bytes_shared == stats.bytes_sent == 5 * sum(
+        g.nbytes for g in grads[0].values()), stats
+    coords = stop_and_read(collector, [agent], "py-gpu", "coords").to_pylist()
+    assert len(coords) == 5 * sum(g.size for g in grads[0].values())
+    for c in coords:
+        assert c["value"] == grads[c["step"]][c["tensor"]][c["index"]]
+
+
 def test_ddp_reports_each_ranks_local_gradient_and_leaves_training_unchanged(
     tmp_path, collector, agent_factory
 ):
