@@ -102,9 +102,9 @@ impl AlertState {
                     z,
                     Some(cfg.norm_z),
                     format!(
-                        "gradient norm {norm:.4e} at step {} is {:.1} robust SDs above the median of the last {} steps",
+                        "gradient norm {norm:.4e} at step {} is {} robust SDs above the median of the last {} steps",
                         f.step,
-                        z.unwrap_or(0.0),
+                        sds(z.unwrap_or(0.0)),
                         history.len()
                     ),
                 ));
@@ -223,6 +223,16 @@ impl AlertState {
     }
 }
 
+/// A z-score for a message: a constant history (zero MAD, see `robust_z`) makes it astronomically
+/// large, which reads better as a power of ten than as 300 digits.
+fn sds(z: f64) -> String {
+    if z.abs() < 1e6 {
+        format!("{z:.1}")
+    } else {
+        format!("{z:.1e}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +276,23 @@ mod tests {
             kinds,
             vec![("norm_spike", 40), ("nonfinite", 60), ("straggler", 80)]
         );
+    }
+
+    #[test]
+    fn a_departure_from_a_constant_norm_is_flagged_with_a_readable_message() {
+        let cfg = AlertConfig::default();
+        let run: Arc<str> = "r".into();
+        let mut s = AlertState::default();
+        let mut raised = Vec::new();
+        for step in 0..40u64 {
+            let norm = if step < 30 { 0.0 } else { 4.4e-3 };
+            let (a, _) = s.step(&cfg, &facts(&run, step, norm, 0, &[]));
+            raised.extend(a);
+        }
+        assert_eq!(raised.len(), 1);
+        assert_eq!((raised[0].kind, raised[0].step), ("norm_spike", 30));
+        assert!(raised[0].message.len() < 120, "{}", raised[0].message);
+        assert!(raised[0].message.contains("e30"), "{}", raised[0].message);
     }
 
     #[test]
