@@ -104,6 +104,8 @@ class _DeviceCopier:
         # Per step: gradients being copied into reserved slots, and which streams copy them.
         self.pending: dict[int, list] = {}
         self.pending_streams: dict[int, set] = {}
+        # Whether a backward pass already has the end-of-backward join queued.
+        self.join_queued = False
         self.work: "queue.Queue" = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="gradtel-d2h", daemon=True)
         self.thread.start()
@@ -120,28 +122,55 @@ class _DeviceCopier:
     def submit(
         self, step: int, name: str, grad: torch.Tensor, local: bool, offset: int, side: bool
     ) -> None:
-        """``side``: copy on a side stream, concurrently with the next kernels (the gradient is
-        kept alive for it with ``record_stream``). Without it the copy is ordered on the current
-        stream — needed where the next operation overwrites the gradient in place (DDP's
-        all-reduce of the bucket)."""
+        """``side``: copy on a side stream, concurrently with the rest of backward (the gradient
+        is kept alive for it with ``record_stream``, and the training stream waits for the copies
+        at the end of backward, so an in-place change after it — ``clip_grad_norm_``,
+        ``zero_grad(set_to_none=False)`` — cannot race them). Without it the copy is ordered on
+        the current stream — needed where the next operation overwrites the gradient in place
+        (DDP's all-reduce of the bucket)."""
         src = grad.detach().reshape(-1)
         if grad.is_cuda and self._region_usable():
             self._submit_reserved(step, name, src, local, offset, side)
             return
         buf = self._buffer(name, grad)
         event = torch.cuda.Event()
-        if side:
-            if self.stream is None:
-                self.stream = torch.cuda.Stream(device=grad.device)
-            self.stream.wait_stream(torch.cuda.current_stream(grad.device))
-            with torch.cuda.stream(self.stream):
-                buf.copy_(src, non_blocking=True)
-                src.record_stream(self.stream)
-                event.record(self.stream)
-        else:
-            buf.copy_(src, non_blocking=True)
-            event.record()
+        event.record(self._copy(buf, src, side))
         self.work.put(("push", step, name, buf, event, local, offset))
+
+    def _copy(self, dst: torch.Tensor, src: torch.Tensor, side: bool):
+        """Start the asynchronous copy of ``src`` (on a GPU) into host memory ``dst``; the
+        stream it runs on."""
+        if not side:
+            dst.copy_(src, non_blocking=True)
+            return torch.cuda.current_stream(src.device)
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(device=src.device)
+        current = torch.cuda.current_stream(src.device)
+        self.stream.wait_stream(current)
+        with torch.cuda.stream(self.stream):
+            dst.copy_(src, non_blocking=True)
+            src.record_stream(self.stream)
+        self._join_after_backward(current)
+        return self.stream
+
+    def _join_after_backward(self, current) -> None:
+        """Make ``current`` (the training stream) wait for the side stream's copies: once, at the
+        end of the backward pass this copy was made in — a GPU-side wait, the host does not
+        block, and by then most copies are done — or at once outside a backward pass."""
+        with self.lock:
+            if self.join_queued:
+                return
+            self.join_queued = True
+
+        def join() -> None:
+            with self.lock:
+                self.join_queued = False
+            current.wait_stream(self.stream)
+
+        try:
+            torch.autograd.Variable._execution_engine.queue_callback(join)
+        except (AttributeError, RuntimeError):
+            join()
 
     def _region_usable(self) -> bool:
         """Whether D2H copies can land in the client's shared region: it is in use and
@@ -160,18 +189,7 @@ class _DeviceCopier:
         if got is None:
             return  # the step is dropped (counted by the client)
         slot, view = got
-        dst = torch.from_numpy(view).view(src.dtype)
-        if side:
-            if self.stream is None:
-                self.stream = torch.cuda.Stream(device=src.device)
-            self.stream.wait_stream(torch.cuda.current_stream(src.device))
-            with torch.cuda.stream(self.stream):
-                dst.copy_(src, non_blocking=True)
-                src.record_stream(self.stream)
-            stream = self.stream
-        else:
-            dst.copy_(src, non_blocking=True)
-            stream = torch.cuda.current_stream(src.device)
+        stream = self._copy(torch.from_numpy(view).view(src.dtype), src, side)
         with self.lock:
             self.pending.setdefault(step, []).append((name, slot, offset, _wire_dtype(src), local))
             self.pending_streams.setdefault(step, set()).add(stream)
@@ -190,6 +208,8 @@ class _DeviceCopier:
 
     def end_step(self, step: int, scalars: dict) -> None:
         with self.lock:
+            # A backward that failed before its end never ran the join; the next one queues anew.
+            self.join_queued = False
             parts = self.pending.pop(step, None)
             streams = self.pending_streams.pop(step, ())
         if parts:

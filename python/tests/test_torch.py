@@ -97,10 +97,14 @@ def test_watch_on_a_gpu_copies_gradients_straight_into_the_shared_region(collect
             first = w._copier.region
             w = watch(model, client)
             w.step = step
-        opt.zero_grad()
+        opt.zero_grad(set_to_none=False)
         model(torch.randn(32, 64, device=dev)).pow(2).mean().backward()
-        grads[step] = {n: p.grad.detach().cpu().numpy().ravel()
-                       for n, p in model.named_parameters()}
+        kept = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+        # Changed in place right after backward (as clip_grad_norm_ does): the report must
+        # hold the gradient as backward left it, not a copy racing this.
+        for p in model.parameters():
+            p.grad.mul_(-3.0)
+        grads[step] = {n: g.cpu().numpy().ravel() for n, g in kept.items()}
         opt.step()
         w.end_step(loss=0.0)
     assert w._copier is not None and w._copier.region, "the region was registered with CUDA"
