@@ -128,6 +128,18 @@ def test_shared_ring_allocates_in_order_wraps_and_refuses_when_full():
         assert ring.alloc(1000).start == 0
         assert ring.alloc(1) is None
         assert _SharedRing(64).alloc(65) is None
+        # The head goes back to the front early once the front holds twice the bytes in flight
+        # and an eighth of the ring, so a steady stream reuses a small, resident part of it.
+        big = _SharedRing(8000)
+        slots = [big.alloc(100) for _ in range(20)]
+        assert [s.start for s in slots[:3]] == [0, 128, 256] and slots[-1].start == 2432
+        for s in slots[:12]:
+            s.free = True
+        assert big.alloc(100).start == 2560, "front 1536 < 2 × 1152 in flight: keep going"
+        for s in slots[12:18]:
+            s.free = True
+        assert big.alloc(100).start == 0, "front 2304 ≥ 2 × 384 in flight and ≥ 1000"
+        big.close()
         # The region is a sealed memfd the agent can open by path.
         import fcntl
         import os
