@@ -39,7 +39,7 @@ def steps(model, opt, x, y, n: int, watcher=None) -> list[float]:
         loss.backward()
         opt.step()
         if watcher is not None:
-            watcher.end_step(loss=None)
+            watcher.end_step(loss=loss)  # a CUDA tensor: read off the step, on the copier thread
         # A training loop synchronises once per step when it reads the loss; so does this one.
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)

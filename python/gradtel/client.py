@@ -248,16 +248,6 @@ def _chunk_head(step: int, name: str, offset: int, dtype: int, local: bool, n: i
     return b"".join((_TAG_CHUNK, _varint(len(inner) + n), inner))
 
 
-def _shared_chunk(
-    step: int, name: str, offset: int, dtype: int, local: bool, at: int, n: int
-) -> bytes:
-    """A serialised GradientChunk whose ``n`` payload bytes lie at ``at`` in the shared region
-    (GradientChunk.shared = 7: SharedSlice{offset = 1, bytes = 2})."""
-    shared = b"".join((b"\x08", _varint(at), b"\x10", _varint(n)))
-    return b"".join((b"\x08", _varint(step), _chunk_fields(name, dtype, local), b"\x18",
-                     _varint(offset), b"\x3a", _varint(len(shared)), shared))
-
-
 #: Pushes at least this large go through the shared region when there is one; below it the
 #: inline path's single copy costs no more.
 SHARED_MIN_BYTES = 16 << 10
@@ -651,16 +641,26 @@ class Client:
     ) -> bool:
         """Queue chunks (each at most ``chunk_bytes``) of payloads already in the shared region,
         ``placed`` as ``(name, wire dtype, element size, offset, region offset, bytes)``, as
-        fragments of one message holding ``slots``."""
+        fragments of one message holding ``slots``. Encoded by hand as in :func:`_encode_chunk`
+        (a DDP bucket's push is on the step's critical path): each element is
+        MessageBatch.requests{PushRequest.chunk{GradientChunk with `shared`}}."""
         pieces, chunks = [], 0
+        head = b"\x08" + _varint(step)
+        one = _ONE_BYTE_VARINTS
         for name, dtype, size, offset, at, nbytes in placed:
+            fields = _chunk_fields(name, dtype, local)
             per = max(size, self.chunk_bytes - self.chunk_bytes % size)
             done = 0
             while True:
                 n = min(per, nbytes - done)
-                wire = _shared_chunk(step, name, offset + done // size, dtype, local, at + done, n)
-                request = b"".join((_TAG_CHUNK, _varint(len(wire)), wire))
-                pieces += (_TAG_REQUEST, _varint(len(request)), request)
+                shared = b"".join((b"\x08", _varint(at + done), b"\x10", _varint(n)))
+                wire = b"".join((head, fields, b"\x18", _varint(offset + done // size), b"\x3a",
+                                 one[len(shared)], shared))
+                if len(wire) < 0x7E:  # both lengths fit one byte
+                    pieces += (_TAG_REQUEST, one[len(wire) + 2], _TAG_CHUNK, one[len(wire)], wire)
+                else:
+                    request = b"".join((_TAG_CHUNK, _varint(len(wire)), wire))
+                    pieces += (_TAG_REQUEST, _varint(len(request)), request)
                 chunks += 1
                 done += n
                 if done >= nbytes:

@@ -256,6 +256,8 @@ class _DeviceCopier:
                             step, [p[:4] for p in parts if p[4] == local], local=local)
                 else:
                     _, step, scalars = job
+                    if isinstance(scalars.get("loss"), _PendingScalar):
+                        scalars = {**scalars, "loss": scalars["loss"].value()}
                     self.client.end_step(step, **scalars)
             except GradtelError:
                 pass  # counted by the client (closed, or dropped)
@@ -351,11 +353,13 @@ class Watcher:
         """Close the current step (call once per optimiser step) and move to the next."""
         if self.active:
             self._before_end()
-            scalars = {"loss": _scalar(loss), "lr": lr, "batch_size": batch_size}
             if self._copier is not None:
-                self._copier.end_step(self.step, scalars)
+                # A loss on the GPU is read by the copier's thread: `.item()` here would make
+                # the training thread wait for the GPU every step.
+                self._copier.end_step(self.step, {"loss": _deferred_scalar(loss), "lr": lr,
+                                                  "batch_size": batch_size})
             else:
-                self.client.end_step(self.step, **scalars)
+                self.client.end_step(self.step, loss=_scalar(loss), lr=lr, batch_size=batch_size)
         self.step += 1
 
     def _before_end(self) -> None:
@@ -377,6 +381,29 @@ def _scalar(x):
     if isinstance(x, torch.Tensor):
         return float(x.detach().item())
     return float(x)
+
+
+class _PendingScalar:
+    """A GPU scalar on its way to the host: an asynchronous copy into pinned memory and the
+    event that marks its end; :meth:`value` (on the copier's thread) waits for that event."""
+
+    __slots__ = ("host", "event")
+
+    def __init__(self, x: torch.Tensor):
+        self.host = torch.empty((), dtype=x.dtype, pin_memory=True)
+        self.host.copy_(x.detach().reshape(()), non_blocking=True)
+        self.event = torch.cuda.Event()
+        self.event.record()
+
+    def value(self) -> float:
+        self.event.synchronize()
+        return float(self.host.item())
+
+
+def _deferred_scalar(x):
+    if isinstance(x, torch.Tensor) and x.is_cuda:
+        return _PendingScalar(x)
+    return _scalar(x)
 
 
 def _layout(named: list[tuple[str, torch.nn.Parameter]], track_count: Optional[int]) -> list[Tensor]:

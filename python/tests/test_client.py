@@ -367,6 +367,31 @@ def test_large_payloads_are_copied_exactly_outside_the_gil_path():
 DTYPES_F32 = gradtel.DTYPES["f32"][0]
 
 
+def test_hand_encoded_shared_chunks_parse_as_the_generated_message():
+    from gradtel.client import _Slot
+    from gradtel.v1 import ingest_pb2
+
+    c = Client(RUN, socket="/nonexistent.sock", chunk_bytes=4000)
+    c._tensors = {"w": Tensor("w", (10_000,)), "layer.0.ä" + "b" * 200: Tensor("x", (10,))}
+    long_name = "layer.0.ä" + "b" * 200
+    for step, local, placed in [
+        (0, False, [("w", 1, 4, 0, 0, 64)]),
+        # A part longer than chunk_bytes is split; a long name needs two-byte lengths.
+        (2**40 + 7, True, [("w", 1, 4, 17, 2**33, 10_000), (long_name, 2, 2, 3, 5, 14)]),
+    ]:
+        c._queue.clear()
+        assert c._enqueue_shared(step, placed, local, (_Slot(0, 1),), 0)
+        batch = ingest_pb2.MessageBatch.FromString(c._queue[-1].wire)
+        want = []
+        for name, dtype, size, offset, at, nbytes in placed:
+            for done in range(0, nbytes, 4000):
+                n = min(4000, nbytes - done)
+                want.append(ingest_pb2.PushRequest(chunk=ingest_pb2.GradientChunk(
+                    step=step, tensor=name, offset=offset + done // size, dtype=dtype,
+                    local=local, shared=ingest_pb2.SharedSlice(offset=at + done, bytes=n))))
+        assert list(batch.requests) == want
+
+
 def test_hand_encoded_chunks_parse_as_the_generated_message():
     from gradtel.client import _encode_chunk
     from gradtel.v1 import ingest_pb2

@@ -86,7 +86,7 @@ def test_watch_on_a_gpu_copies_gradients_straight_into_the_shared_region(collect
     client = gradtel.Client("py-gpu", socket=agent.socket)
     w = watch(model, client)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    grads = {}
+    grads, losses = {}, {}
     for step in range(5):
         if step == 3:
             # A second watcher of the same client (as when a loop re-wraps the model) shares
@@ -98,7 +98,9 @@ def test_watch_on_a_gpu_copies_gradients_straight_into_the_shared_region(collect
             w = watch(model, client)
             w.step = step
         opt.zero_grad(set_to_none=False)
-        model(torch.randn(32, 64, device=dev)).pow(2).mean().backward()
+        loss = model(torch.randn(32, 64, device=dev)).pow(2).mean()
+        loss.backward()
+        losses[step] = loss.item()
         kept = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
         # Changed in place right after backward (as clip_grad_norm_ does): the report must
         # hold the gradient as backward left it, not a copy racing this.
@@ -106,7 +108,8 @@ def test_watch_on_a_gpu_copies_gradients_straight_into_the_shared_region(collect
             p.grad.mul_(-3.0)
         grads[step] = {n: g.cpu().numpy().ravel() for n, g in kept.items()}
         opt.step()
-        w.end_step(loss=0.0)
+        # A CUDA loss is read on the copier's thread, never with .item() in the step.
+        w.end_step(loss=loss)
     assert w._copier is not None and w._copier.region, "the region was registered with CUDA"
     assert w._copier.region == first
     stats = w.close()
@@ -115,6 +118,8 @@ def test_watch_on_a_gpu_copies_gradients_straight_into_the_shared_region(collect
         g.nbytes for g in grads[0].values()), stats
     coords = stop_and_read(collector, [agent], "py-gpu", "coords").to_pylist()
     assert len(coords) == 5 * sum(g.size for g in grads[0].values())
+    steps = read_table(collector.out, "py-gpu", "steps").to_pylist()
+    assert {r["step"]: r["loss"] for r in steps if r["scope_kind"] == "model"} == losses
     for c in coords:
         assert c["value"] == grads[c["step"]][c["tensor"]][c["index"]]
 
