@@ -4,6 +4,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     // `bytes` payloads of gradient chunks stay reference-counted slices of the receive buffer.
     config.bytes([".gradtel.v1.GradientChunk.data"]);
+    // Histograms decode through a hand-written type that sizes its packed fields once
+    // (src/hist.rs).
+    config.extern_path(".gradtel.v1.LogHistogram", "crate::hist::LogHistogram");
     tonic_prost_build::configure().compile_with_config(
         config,
         &[

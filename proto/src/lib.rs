@@ -7,11 +7,13 @@
 //! The `.proto` files are the documentation of every field; this crate adds only the minor
 //! revision constant and helpers that belong to the wire format itself.
 
+pub mod hist;
 pub mod logged;
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {
     tonic::include_proto!("gradtel.v1");
+    pub use crate::hist::LogHistogram;
 }
 
 /// Minor revision of gradtel.v1 this build speaks. Bump it when a field is added.
