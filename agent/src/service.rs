@@ -204,21 +204,21 @@ impl AgentState {
         // a time so the decoded values stay in cache for all three.
         let mut projection = self.projection.as_ref().map(|(_, p)| vec![0.0; p.dim()]);
         let mut tracked = Vec::new();
-        let mut values = Vec::with_capacity(DECODE_BLOCK);
+        let mut scratch = Vec::with_capacity(DECODE_BLOCK);
         let size = dtype.element_size().unwrap_or(4);
         let mut at = c.offset;
         let mut next_tracked = spec.tracked.partition_point(|&j| j < c.offset);
         let mut stream = summary.f32_stream();
         for block in data.chunks(DECODE_BLOCK * size) {
-            payload::decode_f32(dtype, block, &mut values)?;
-            stream.push(&values);
+            let values = payload::f32_values(dtype, block, &mut scratch)?;
+            stream.push(values);
             let end = at + values.len() as u64;
             while let Some(&j) = spec.tracked.get(next_tracked).filter(|&&j| j < end) {
                 tracked.push((j, values[(j - at) as usize]));
                 next_tracked += 1;
             }
             if let (Some(out), Some((_, p))) = (projection.as_mut(), self.projection.as_ref()) {
-                p.project_range(spec.base + at, &values, out);
+                p.project_range(spec.base + at, values, out);
             }
             at = end;
         }

@@ -85,6 +85,25 @@ pub fn decode_f32(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) -> Result<usiz
     Ok(n)
 }
 
+/// The values of a payload as f32: the payload itself, reinterpreted, when it is f32 on a
+/// little-endian machine and 4-byte aligned (shared-memory slots always are); otherwise decoded
+/// into `scratch` as [`decode_f32`] does. The agent decodes a block at a time, and the copy this
+/// saves was ~5 % of its work.
+pub fn f32_values<'a>(
+    dtype: Dtype,
+    bytes: &'a [u8],
+    scratch: &'a mut Vec<f32>,
+) -> Result<&'a [f32], CodecError> {
+    if dtype == Dtype::F32
+        && cfg!(target_endian = "little")
+        && let Ok(values) = bytemuck::try_cast_slice::<u8, f32>(bytes)
+    {
+        return Ok(values);
+    }
+    decode_f32(dtype, bytes, scratch)?;
+    Ok(scratch)
+}
+
 /// Encode f32 values as a little-endian payload.
 pub fn encode_f32(values: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * 4);
@@ -126,6 +145,31 @@ mod tests {
         assert_eq!(f16s.zero_count, 1);
         let expected_f16 = f64::from(half::f16::from_f32(-3.0e-3));
         assert!(f16s.top_abs.sorted_desc().contains(&expected_f16.abs()));
+    }
+
+    #[test]
+    fn f32_values_reads_aligned_f32_in_place_and_decodes_the_rest() {
+        let xs = [1.5f32, -0.0, f32::MAX, 3.25e-40, f32::NAN, -7.0];
+        // A buffer with a 4-aligned start and a 1-byte-offset (unaligned) copy of the bytes.
+        let words: Vec<u32> = xs.iter().map(|x| x.to_bits().to_le()).collect();
+        let aligned: &[u8] = bytemuck::cast_slice(&words);
+        let mut shifted = vec![0u8; aligned.len() + 1];
+        shifted[1..].copy_from_slice(aligned);
+        let unaligned = &shifted[1..];
+        let mut scratch = Vec::new();
+        let a = f32_values(Dtype::F32, aligned, &mut scratch).unwrap();
+        assert_eq!(a.as_ptr().cast::<u8>(), aligned.as_ptr(), "no copy");
+        let a: Vec<u32> = a.iter().map(|x| x.to_bits()).collect();
+        let b: Vec<u32> = f32_values(Dtype::F32, unaligned, &mut scratch)
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect();
+        let want: Vec<u32> = xs.iter().map(|x| x.to_bits()).collect();
+        assert_eq!((a, b), (want.clone(), want));
+        assert!(f32_values(Dtype::F32, &aligned[..5], &mut scratch).is_err());
+        let h = f32_values(Dtype::F16, &[0x00, 0x3c], &mut scratch).unwrap();
+        assert_eq!(h, &[1.0]);
     }
 
     #[test]

@@ -58,31 +58,43 @@ impl Moments {
         }
         let n = xs.len() as f64;
         let mean = sum / n;
-        // One pass for Σd, Σd², Σd³, Σd⁴ (d = x − mean), four lanes each so the additions
-        // pipeline. The computed mean is off by rounding; corr = Σd/n corrects it (corrected
-        // two-pass, Chan, Golub & LeVeque 1983), with the matching −n·corr² term in M2.
-        // Eight lanes per power in separate arrays: two AVX2 vectors each, no shuffles.
+        // Σd, Σd², Σd³, Σd⁴ (d = x − mean), eight lanes each so the additions pipeline. The
+        // computed mean is off by rounding; corr = Σd/n corrects it (corrected two-pass, Chan,
+        // Golub & LeVeque 1983), with the matching −n·corr² term in M2. The deviations go to a
+        // scratch block first and each power is then summed in its own loop: one loop for all
+        // four kept 32 accumulators live and compiled to scalar code with spills; these compile
+        // to two AVX2 vectors per power. Lane i takes the values at i mod 8 and the last
+        // `len % 8` values go to lane 0, as before: the sums are the same bit for bit.
         const L: usize = 8;
         let (mut a1, mut a2, mut a3, mut a4) = ([0.0f64; L], [0.0f64; L], [0.0f64; L], [0.0f64; L]);
-        let chunks = xs.chunks_exact(L);
-        let rest = chunks.remainder();
-        for c in chunks {
-            for lane in 0..L {
-                let d = c[lane] - mean;
-                let d2 = d * d;
-                a1[lane] += d;
-                a2[lane] += d2;
-                a3[lane] += d2 * d;
-                a4[lane] += d2 * d2;
+        let mut d = [0.0f64; 256];
+        let pieces = xs.chunks(d.len());
+        let last = pieces.len() - 1;
+        for (k, piece) in pieces.enumerate() {
+            let d = &mut d[..piece.len()];
+            for (o, &x) in d.iter_mut().zip(piece) {
+                *o = x - mean;
             }
-        }
-        for &x in rest {
-            let d = x - mean;
-            let d2 = d * d;
-            a1[0] += d;
-            a2[0] += d2;
-            a3[0] += d2 * d;
-            a4[0] += d2 * d2;
+            let whole = &d[..d.len() / L * L];
+            add_lanes(&mut a1, whole, |d| d);
+            add_lanes(&mut a2, whole, |d| d * d);
+            add_lanes(&mut a3, whole, |d| d * d * d);
+            add_lanes(&mut a4, whole, |d| {
+                let d2 = d * d;
+                d2 * d2
+            });
+            let rest = &d[whole.len()..];
+            debug_assert!(
+                rest.is_empty() || k == last,
+                "only the last piece has a remainder"
+            );
+            for &d in rest {
+                let d2 = d * d;
+                a1[0] += d;
+                a2[0] += d2;
+                a3[0] += d2 * d;
+                a4[0] += d2 * d2;
+            }
         }
         let fold = |l: [f64; L]| ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
         let [s1, s2, s3, s4] = [a1, a2, a3, a4].map(fold);
@@ -175,6 +187,16 @@ impl Moments {
     }
 }
 
+/// Add f(x) of the values at i mod 8 into `acc[i]`; `xs.len()` is a multiple of 8.
+#[inline(always)]
+fn add_lanes(acc: &mut [f64; 8], xs: &[f64], f: impl Fn(f64) -> f64) {
+    for c in xs.chunks_exact(8) {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f(x);
+        }
+    }
+}
+
 /// Σ f(x) with four independent accumulators, so the additions pipeline (and vectorise)
 /// instead of waiting on one another.
 #[inline(always)]
@@ -197,6 +219,57 @@ pub(crate) fn lanes_sum(xs: &[f64], f: impl Fn(f64) -> f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The single-loop form `from_block_with_sum` had before its passes were split: the
+    /// split must give the same bits.
+    fn one_loop(xs: &[f64], sum: f64) -> (f64, f64, f64, f64) {
+        let n = xs.len() as f64;
+        let mean = sum / n;
+        let (mut a1, mut a2, mut a3, mut a4) = ([0.0f64; 8], [0.0f64; 8], [0.0f64; 8], [0.0f64; 8]);
+        let chunks = xs.chunks_exact(8);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for lane in 0..8 {
+                let d = c[lane] - mean;
+                let d2 = d * d;
+                a1[lane] += d;
+                a2[lane] += d2;
+                a3[lane] += d2 * d;
+                a4[lane] += d2 * d2;
+            }
+        }
+        for &x in rest {
+            let d = x - mean;
+            let d2 = d * d;
+            a1[0] += d;
+            a2[0] += d2;
+            a3[0] += d2 * d;
+            a4[0] += d2 * d2;
+        }
+        let fold = |l: [f64; 8]| ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+        let [s1, s2, s3, s4] = [a1, a2, a3, a4].map(fold);
+        let corr = s1 / n;
+        (mean + corr, s2 - n * corr * corr, s3, s4)
+    }
+
+    #[test]
+    fn split_passes_give_the_single_loops_bits() {
+        let mut r = crate::rng::SplitMix64::new(11);
+        for len in [1usize, 7, 8, 9, 255, 256, 257, 1000, 4099] {
+            let xs: Vec<f64> = (0..len)
+                .map(|_| (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 3.0 - 1.0)
+                .map(|u| u.powi(3) * 1e-3)
+                .collect();
+            let sum = lanes_sum(&xs, |x| x);
+            let m = Moments::from_block_with_sum(&xs, sum);
+            let (mean, m2, m3, m4) = one_loop(&xs, sum);
+            assert_eq!(
+                [m.mean, m.m2, m.m3, m.m4].map(f64::to_bits),
+                [mean, m2, m3, m4].map(f64::to_bits),
+                "len {len}"
+            );
+        }
+    }
 
     fn two_pass(xs: &[f64]) -> (f64, f64, f64, f64) {
         let n = xs.len() as f64;
