@@ -15,7 +15,7 @@
 //!   proto). A client that breaks that promise can only make its own values torn; every byte
 //!   pattern is a valid `u8`, and the agent never writes the region.
 
-use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::ptr::NonNull;
 
@@ -68,10 +68,16 @@ impl SharedRegion {
             return Err(SharedError::BadSize(bytes));
         }
         let len = usize::try_from(bytes).map_err(|_| SharedError::BadSize(bytes))?;
-        let file = File::open(Path::new(path)).map_err(|source| SharedError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+        // Non-blocking: the path comes from the client, and opening a FIFO for reading would
+        // otherwise wait for a writer forever (such a file is refused below: it has no seals).
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(Path::new(path))
+            .map_err(|source| SharedError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
         let not_sealed = |detail: String| SharedError::NotSealed {
             path: path.to_owned(),
             detail,
@@ -165,6 +171,7 @@ impl Drop for SharedRegion {
 mod tests {
     use super::*;
     use rustix::fs::MemfdFlags;
+    use std::fs::File;
     use std::io::Write;
     use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -230,5 +237,18 @@ mod tests {
         ));
         let e = SharedRegion::open("/nonexistent/gradtel", 100).expect_err("missing");
         assert!(matches!(e, SharedError::Open { .. }), "{e}");
+        // A FIFO would block a plain open until a writer came: refused at once instead.
+        let dir = tempfile::tempdir().expect("dir");
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
+        let e = SharedRegion::open(&fifo.display().to_string(), 100).expect_err("fifo");
+        assert!(matches!(e, SharedError::NotSealed { .. }), "{e}");
     }
 }
