@@ -51,7 +51,6 @@ pub enum SharedError {
 pub struct SharedRegion {
     ptr: NonNull<u8>,
     len: usize,
-    path: String,
 }
 
 // SAFETY: the region is a read-only mapping owned by this value (unmapped only in Drop, which
@@ -124,11 +123,7 @@ impl SharedRegion {
             path: path.to_owned(),
             source: std::io::Error::other("mmap returned null"),
         })?;
-        Ok(Self {
-            ptr,
-            len,
-            path: path.to_owned(),
-        })
+        Ok(Self { ptr, len })
     }
 
     pub fn len(&self) -> u64 {
@@ -137,10 +132,6 @@ impl SharedRegion {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-
-    pub fn path(&self) -> &str {
-        &self.path
     }
 
     /// The bytes `[offset, offset + bytes)`, or None when that is not inside the region.

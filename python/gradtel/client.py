@@ -49,7 +49,6 @@ log = logging.getLogger("gradtel")
 PROTOCOL_MINOR = 4
 _MIN_AGENT_MINOR = 2
 _GROUP_MINOR = 3
-_SHARED_MINOR = 4
 
 _RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # The agent refuses messages above 64 MiB; 4 MiB chunks keep several in flight and are large
@@ -612,16 +611,10 @@ class Client:
         flats = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for _, a, _, _ in parts]
         total = sum(f.nbytes for f in flats)
         with self._cv:
-            if not self._ring_mapped or self._ring is None:
+            if not self.shared_memory_active:
                 return None
-            if self._closing:
-                raise GradtelError("push after close()")
-            if step in self._dropped:
-                self.stats.pushes_discarded += 1
-                return False
-            slot = self._ring.alloc(total)
+            slot = self._alloc_locked(step, total)
             if slot is None:
-                self._drop_step_locked(step, total)
                 return False
             view, raw = self._ring.view, self._ring.bytes
         # The one copy of the payload, outside the lock; numpy releases the GIL for a large one.
@@ -703,18 +696,25 @@ class Client:
         region is full — counted as a full queue, like :meth:`push`. Requires
         :attr:`shared_memory_active`."""
         with self._cv:
-            if self._closing:
-                raise GradtelError("push after close()")
             if not self.shared_memory_active:
                 raise GradtelError("no shared memory region in use")
-            if step in self._dropped:
-                self.stats.pushes_discarded += 1
-                return None
-            slot = self._ring.alloc(max(1, int(nbytes)))
+            slot = self._alloc_locked(step, max(1, int(nbytes)))
             if slot is None:
-                self._drop_step_locked(step, nbytes)
                 return None
             return slot, self._ring.view[slot.start : slot.end]
+
+    def _alloc_locked(self, step: int, nbytes: int) -> Optional[_Slot]:
+        """A slot of the shared region for ``step``; None (the push counted as discarded) when
+        the step is dropped, or is dropped now because the region is full."""
+        if self._closing:
+            raise GradtelError("push after close()")
+        if step in self._dropped:
+            self.stats.pushes_discarded += 1
+            return None
+        slot = self._ring.alloc(nbytes)
+        if slot is None:
+            self._drop_step_locked(step, nbytes)
+        return slot
 
     def push_reserved(self, step: int, parts: Iterable[tuple], *, local: bool = False) -> bool:
         """Queue payloads the caller wrote into reserved slots: ``parts`` holds ``(name, slot,
