@@ -13,7 +13,7 @@ use crate::CodecError;
 pub const MAX_TOP_K: u32 = 1 << 16;
 
 pub fn to_wire(s: &GradSummary) -> v1::Summary {
-    let (index, count): (Vec<u64>, Vec<u64>) = s.abs_hist.buckets().unzip();
+    let (index, count) = s.abs_hist.sparse();
     v1::Summary {
         count: s.moments.n,
         mean: s.moments.mean,

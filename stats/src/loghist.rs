@@ -192,6 +192,33 @@ impl LogHistogram {
             .map(move |(i, c)| (self.offset + i as u64, *c))
     }
 
+    /// [`Self::buckets`] as parallel vectors appended to `index` and `count`. Branch-free: the
+    /// empty buckets between a gradient's occupied ones follow no pattern a branch predictor
+    /// could learn, and this runs for every summary the agent sends and every row the
+    /// collector writes.
+    pub fn sparse_into(&self, index: &mut Vec<u64>, count: &mut Vec<u64>) {
+        let (i0, c0, n) = (index.len(), count.len(), self.counts.len());
+        index.resize(i0 + n, 0);
+        count.resize(c0 + n, 0);
+        let (is, cs) = (&mut index[i0..], &mut count[c0..]);
+        let mut k = 0;
+        for (j, &c) in self.counts.iter().enumerate() {
+            // k ≤ j < n: every write is in range; a slot is kept only when its count is not 0.
+            is[k] = self.offset + j as u64;
+            cs[k] = c;
+            k += usize::from(c != 0);
+        }
+        index.truncate(i0 + k);
+        count.truncate(c0 + k);
+    }
+
+    /// [`Self::sparse_into`] into new vectors.
+    pub fn sparse(&self) -> (Vec<u64>, Vec<u64>) {
+        let (mut index, mut count) = (Vec::new(), Vec::new());
+        self.sparse_into(&mut index, &mut count);
+        (index, count)
+    }
+
     /// Rebuild from sparse (index, count) pairs, as carried on the wire.
     pub fn from_sparse(
         precision_bits: u32,
@@ -250,18 +277,30 @@ impl LogHistogram {
             (self.total > 0 && (0.0..=1.0).contains(&q))
                 .then(|| ((q * self.total as f64).ceil() as u64).clamp(1, self.total))
         });
-        let mut left = ranks.iter().flatten().count();
+        // Visit the wanted ranks in increasing order, so each bucket costs one comparison
+        // whatever N is (this runs on every `steps` row the collector writes).
+        let mut order: [usize; N] = std::array::from_fn(|i| i);
+        order.sort_unstable_by_key(|&i| ranks[i]);
+        let mut next = order.iter().position(|&i| ranks[i].is_some()).unwrap_or(N);
+        // Blocks of buckets that cannot reach the next rank are summed, not walked: histograms
+        // span thousands of mostly empty buckets.
+        const BLOCK: usize = 16;
         let mut seen = 0u64;
-        for (j, &c) in self.counts.iter().enumerate() {
-            if left == 0 {
+        for (b, block) in self.counts.chunks(BLOCK).enumerate() {
+            let Some(want) = order.get(next).and_then(|&i| ranks[i]) else {
                 break;
+            };
+            let sum: u64 = block.iter().sum();
+            if seen + sum < want {
+                seen += sum;
+                continue;
             }
-            seen += c;
-            for (o, r) in out.iter_mut().zip(&ranks) {
-                if o.is_none() && r.is_some_and(|r| seen >= r) {
-                    let (lo, hi) = self.bucket_bounds(self.offset + j as u64);
-                    *o = Some(lo + (hi - lo) / 2.0);
-                    left -= 1;
+            for (j, &c) in block.iter().enumerate() {
+                seen += c;
+                while next < N && ranks[order[next]].is_some_and(|r| seen >= r) {
+                    let (lo, hi) = self.bucket_bounds(self.offset + (b * BLOCK + j) as u64);
+                    out[order[next]] = Some(lo + (hi - lo) / 2.0);
+                    next += 1;
                 }
             }
         }
@@ -403,6 +442,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sparse_vectors_are_the_non_empty_buckets() {
+        let mut rng = crate::rng::SplitMix64::new(5);
+        let mut h = LogHistogram::default();
+        assert_eq!(h.sparse(), (vec![], vec![]));
+        for _ in 0..3_000 {
+            h.record(rng.student_t(2).abs() * 1e-3);
+        }
+        let (index, count): (Vec<u64>, Vec<u64>) = h.buckets().unzip();
+        assert!(h.counts.contains(&0) && index.len() > 100);
+        assert_eq!(h.sparse(), (index.clone(), count.clone()));
+        // Appends after what the vectors already hold.
+        let (mut i2, mut c2) = (vec![7], vec![9]);
+        h.sparse_into(&mut i2, &mut c2);
+        assert_eq!((i2[0], c2[0]), (7, 9));
+        assert_eq!((&i2[1..], &c2[1..]), (&index[..], &count[..]));
+    }
+
+    #[test]
     fn one_pass_quantiles_equal_single_quantiles() {
         let mut rng = crate::rng::SplitMix64::new(11);
         let mut h = LogHistogram::default();
@@ -415,6 +472,12 @@ mod tests {
         let one_by_one = qs.map(|q| h.quantile_by_scan(q));
         assert_eq!(h.quantiles(qs), one_by_one);
         assert!(one_by_one[0].is_some() && one_by_one[5].is_none());
+        // Levels in the first and last blocks of a wide histogram.
+        for _ in 0..200 {
+            h.record(rng.normal().abs() * 1e-12);
+        }
+        let qs = [0.001, 0.01, 0.25, 0.75, 0.999, 0.9999];
+        assert_eq!(h.quantiles(qs), qs.map(|q| h.quantile_by_scan(q)));
     }
 
     #[test]

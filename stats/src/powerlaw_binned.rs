@@ -53,7 +53,7 @@ pub fn fit_histogram(
     min_tail: u64,
     max_candidates: usize,
 ) -> Result<BinnedFit, StatsError> {
-    let (indices, counts): (Vec<u64>, Vec<u64>) = h.buckets().unzip();
+    let (indices, counts) = h.sparse();
     let n: u64 = counts.iter().sum();
     let min_tail = min_tail.max(2);
     if n < min_tail {

@@ -249,13 +249,15 @@ pub fn to_batch(rows: &[StepRow]) -> Result<RecordBatch, ArrowError> {
     let mut hist_index = ListBuilder::new(UInt64Builder::new());
     let mut hist_count = ListBuilder::new(UInt64Builder::new());
     let mut top = ListBuilder::new(Float64Builder::new());
+    let (mut index, mut count) = (Vec::new(), Vec::new());
     for r in rows {
         missing.values().append_slice(&r.missing_ranks);
         missing.append(true);
-        for (i, c) in r.summary.abs_hist.buckets() {
-            hist_index.values().append_value(i);
-            hist_count.values().append_value(c);
-        }
+        index.clear();
+        count.clear();
+        r.summary.abs_hist.sparse_into(&mut index, &mut count);
+        hist_index.values().append_slice(&index);
+        hist_count.values().append_slice(&count);
         hist_index.append(true);
         hist_count.append(true);
         top.values().append_slice(&r.summary.top_abs.sorted_desc());
