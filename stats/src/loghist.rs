@@ -23,8 +23,9 @@ pub const DEFAULT_PRECISION_BITS: u32 = 7;
 /// Largest supported precision (bucket count grows as 2^p per binade).
 pub const MAX_PRECISION_BITS: u32 = 16;
 
-/// Log-bucketed histogram; counts are stored densely between the smallest and largest index seen.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Log-bucketed histogram; counts are stored densely over a range that holds every index seen
+/// (it may have empty buckets at its ends: see [`LogHistogram::cover`]).
+#[derive(Debug, Clone)]
 pub struct LogHistogram {
     precision_bits: u32,
     /// Index of `counts[0]`.
@@ -32,6 +33,25 @@ pub struct LogHistogram {
     counts: Vec<u64>,
     total: u64,
 }
+
+/// Two histograms are equal when they count the same values: empty buckets at the ends of the
+/// stored range do not matter.
+impl PartialEq for LogHistogram {
+    fn eq(&self, other: &Self) -> bool {
+        fn occupied(h: &LogHistogram) -> (u64, &[u64]) {
+            let Some(first) = h.counts.iter().position(|&c| c > 0) else {
+                return (0, &[]);
+            };
+            let last = h.counts.iter().rposition(|&c| c > 0).unwrap_or(first);
+            (h.offset + first as u64, &h.counts[first..=last])
+        }
+        self.precision_bits == other.precision_bits
+            && self.total == other.total
+            && occupied(self) == occupied(other)
+    }
+}
+
+impl Eq for LogHistogram {}
 
 impl Default for LogHistogram {
     fn default() -> Self {
@@ -126,8 +146,7 @@ impl LogHistogram {
                 continue;
             }
             // Make [lo, hi] addressable, then count without range checks per value.
-            self.add_count(lo, 0);
-            self.add_count(hi, 0);
+            self.cover(lo, hi);
             let offset = self.offset;
             let counts = &mut self.counts[(lo - offset) as usize..=(hi - offset) as usize];
             for &i in &idx[..n] {
@@ -153,6 +172,39 @@ impl LogHistogram {
         self.total += count;
     }
 
+    /// Make buckets `lo..=hi` addressable with at most one allocation and one copy (growing at
+    /// the front and then the back, as two `add_count`s would, copied the counts twice; merges
+    /// of tensors with different ranges into a layer or the model did that for every tensor).
+    pub fn cover(&mut self, lo: u64, hi: u64) {
+        debug_assert!(lo <= hi);
+        if self.counts.is_empty() {
+            self.offset = lo;
+            self.counts = vec![0; (hi - lo + 1) as usize];
+            return;
+        }
+        let end = self.offset + self.counts.len() as u64 - 1;
+        if lo >= self.offset && hi <= end {
+            return;
+        }
+        if lo >= self.offset {
+            self.counts.resize((hi - self.offset + 1) as usize, 0);
+            return;
+        }
+        let (new_lo, new_hi) = (lo, hi.max(end));
+        let mut counts = vec![0; (new_hi - new_lo + 1) as usize];
+        let at = (self.offset - new_lo) as usize;
+        counts[at..at + self.counts.len()].copy_from_slice(&self.counts);
+        self.counts = counts;
+        self.offset = new_lo;
+    }
+
+    /// The addressable bucket range `(first, last)` (what [`Self::cover`] last made
+    /// addressable; it may hold empty buckets at its ends), `None` when empty.
+    pub fn span(&self) -> Option<(u64, u64)> {
+        let n = self.counts.len() as u64;
+        (n > 0).then(|| (self.offset, self.offset + n - 1))
+    }
+
     /// Add every count of `other` (same precision required).
     pub fn merge(&mut self, other: &LogHistogram) -> Result<(), StatsError> {
         if other.precision_bits != self.precision_bits {
@@ -174,8 +226,7 @@ impl LogHistogram {
         let Some(last) = counts.len().checked_sub(1) else {
             return;
         };
-        self.add_count(offset, 0);
-        self.add_count(offset + last as u64, 0);
+        self.cover(offset, offset + last as u64);
         let start = (offset - self.offset) as usize;
         for (a, b) in self.counts[start..=start + last].iter_mut().zip(counts) {
             *a += b;
@@ -440,6 +491,37 @@ pub(crate) fn ln_mantissas(p: u32) -> &'static [f64] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cover_grows_in_place_of_counts_and_keeps_them() {
+        let mut h = LogHistogram::default();
+        assert_eq!(h.span(), None);
+        h.cover(100, 102);
+        assert_eq!((h.span(), h.total()), (Some((100, 102)), 0));
+        h.add_count(101, 5);
+        for (lo, hi) in [(90, 95), (100, 101), (99, 120), (50, 200), (60, 70)] {
+            h.cover(lo, hi);
+            let (a, b) = h.span().unwrap();
+            assert!(a <= lo && b >= hi);
+            assert_eq!(h.buckets().collect::<Vec<_>>(), vec![(101, 5)]);
+        }
+        assert_eq!(h.span(), Some((50, 200)));
+        // Merging into a covered histogram is the plain merge.
+        let mut other = LogHistogram::default();
+        other.add_count(55, 2);
+        other.add_count(199, 3);
+        h.merge(&other).unwrap();
+        assert_eq!(h.buckets().collect::<Vec<_>>(), vec![(55, 2), (101, 5), (199, 3)]);
+        assert_eq!(h.total(), 10);
+        // Equality ignores the empty ends of the range.
+        let mut narrow = LogHistogram::default();
+        for (i, c) in [(55, 2), (101, 5), (199, 3)] {
+            narrow.add_count(i, c);
+        }
+        assert_eq!(h, narrow);
+        narrow.add_count(56, 1);
+        assert_ne!(h, narrow);
+    }
 
     #[test]
     fn sparse_vectors_are_the_non_empty_buckets() {

@@ -79,12 +79,17 @@ impl Acc {
         }
     }
 
-    /// Merge `s` into the scope's summary; false (and unchanged) when they do not merge.
-    fn absorb(&mut self, s: &GradSummary) -> bool {
+    /// Merge `s` into the scope's summary; false (and unchanged) when they do not merge. `span`
+    /// is the histogram range all the scope's parts will need, made addressable once.
+    fn absorb(&mut self, s: &GradSummary, span: Option<(u64, u64)>) -> bool {
         match &mut self.summary {
             Some(acc) => acc.merge(s).is_ok(),
             None => {
-                self.summary = Some(s.clone());
+                let mut first = s.clone();
+                if let Some((lo, hi)) = span {
+                    first.abs_hist.cover(lo, hi);
+                }
+                self.summary = Some(first);
                 true
             }
         }
@@ -105,7 +110,7 @@ pub fn build_rows(a: &Assembly, assembled_at_ns: i64) -> (Vec<StepRow>, u64) {
         for t in &part.tensors {
             let first = numel_seen.insert(&t.name);
             let acc = by_tensor.entry(&t.name).or_insert_with(Acc::new);
-            if !acc.absorb(&t.summary) {
+            if !acc.absorb(&t.summary, None) {
                 merge_errors += 1;
                 continue;
             }
@@ -117,13 +122,31 @@ pub fn build_rows(a: &Assembly, assembled_at_ns: i64) -> (Vec<StepRow>, u64) {
             acc.received += t.elements_received;
         }
     }
+    // The histogram range of each layer and of the model, so that merging their tensors never
+    // regrows (and copies) the dense counts.
+    let union = |a: Option<(u64, u64)>, b: Option<(u64, u64)>| match (a, b) {
+        (Some((a0, a1)), Some((b0, b1))) => Some((a0.min(b0), a1.max(b1))),
+        (a, b) => a.or(b),
+    };
+    let mut layer_span: BTreeMap<&str, Option<(u64, u64)>> = BTreeMap::new();
+    let mut model_span = None;
+    for (name, t) in &by_tensor {
+        let span = t.summary.as_ref().and_then(|s| s.abs_hist.span());
+        let l = layer_span.entry(layer_of(name)).or_default();
+        *l = union(*l, span);
+        model_span = union(model_span, span);
+    }
     for (name, t) in &by_tensor {
         let Some(summary) = &t.summary else { continue };
-        for acc in [
-            by_layer.entry(layer_of(name)).or_insert_with(Acc::new),
-            &mut model,
+        let layer = layer_of(name);
+        for (acc, span) in [
+            (
+                by_layer.entry(layer).or_insert_with(Acc::new),
+                layer_span.get(layer).copied().flatten(),
+            ),
+            (&mut model, model_span),
         ] {
-            if !acc.absorb(summary) {
+            if !acc.absorb(summary, span) {
                 merge_errors += 1;
                 continue;
             }
