@@ -511,7 +511,10 @@ mod tests {
         other.add_count(55, 2);
         other.add_count(199, 3);
         h.merge(&other).unwrap();
-        assert_eq!(h.buckets().collect::<Vec<_>>(), vec![(55, 2), (101, 5), (199, 3)]);
+        assert_eq!(
+            h.buckets().collect::<Vec<_>>(),
+            vec![(55, 2), (101, 5), (199, 3)]
+        );
         assert_eq!(h.total(), 10);
         // Equality ignores the empty ends of the range.
         let mut narrow = LogHistogram::default();

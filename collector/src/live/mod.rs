@@ -29,6 +29,7 @@ use gradtel_stats::{Moments, normality};
 use crate::assembler::Assembly;
 use crate::config::FileConfig;
 use crate::metrics::{CollectorMetrics, RunGauges};
+use crate::report::TrackedPart;
 use crate::tables::Tables;
 use crate::tables::coords::CoordRow;
 use crate::tables::sgn::SgnRow;
@@ -52,9 +53,6 @@ pub struct Live {
     runs: HashMap<Arc<str>, RunLive>,
     clock: u64,
 }
-
-/// A tracked coordinate's values at one step, one per rank (in rank order).
-type CoordValues = BTreeMap<(Arc<str>, u64), Vec<(u32, f32)>>;
 
 impl Live {
     pub fn new(cfg: FileConfig, metrics: Arc<CollectorMetrics>) -> Self {
@@ -102,11 +100,20 @@ impl Live {
     pub fn observe(&mut self, a: &Assembly, steps: &mut [StepRow], now_ns: i64) -> Tables {
         let mut out = Tables::default();
         let run = a.run_id.clone();
-        // Tracked values, by coordinate, one entry per rank.
-        let mut coords: CoordValues = BTreeMap::new();
+        // Tracked values by tensor: the parts (rank, shard) that carried the tensor.
+        let mut tracked: BTreeMap<&str, Vec<(u32, &TrackedPart)>> = BTreeMap::new();
         for p in &a.parts {
             for t in &p.tracked {
-                let name: Arc<str> = t.name.as_str().into();
+                tracked
+                    .entry(t.name.as_str())
+                    .or_default()
+                    .push((p.key.rank, t));
+            }
+        }
+        let names: BTreeMap<&str, Arc<str>> = tracked.keys().map(|&n| (n, Arc::from(n))).collect();
+        for p in &a.parts {
+            for t in &p.tracked {
+                let name = &names[t.name.as_str()];
                 for (&j, &v) in t.index.iter().zip(&t.value) {
                     out.coords.push(CoordRow {
                         run_id: run.clone(),
@@ -118,10 +125,6 @@ impl Live {
                         local: p.local,
                         late: a.late,
                     });
-                    coords
-                        .entry((name.clone(), j))
-                        .or_default()
-                        .push((p.key.rank, v));
                 }
             }
         }
@@ -145,41 +148,66 @@ impl Live {
             1.0
         };
 
-        // Minibatch gradient and SGN on tracked coordinates.
+        // Minibatch gradient and SGN on tracked coordinates, tensor by tensor, coordinates in
+        // increasing order. Every rank tracks the same coordinates (a shared seeded sample), so
+        // a tensor's parts normally carry identical index lists and are read column by column;
+        // other layouts (FSDP shards owning different coordinates) are grouped by coordinate.
         let mut minibatch: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
         let mut sgn_by_tensor: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-        for ((tensor, j), vals) in &coords {
-            if vals.iter().any(|(_, v)| !v.is_finite()) {
-                continue;
-            }
-            let g: f64 = if local {
-                if vals.len() < r {
-                    continue;
+        let (mut vals, mut d): (Vec<(u32, f32)>, Vec<f64>) = (Vec::new(), Vec::new());
+        for (&tensor, parts) in &tracked {
+            let name = &names[tensor];
+            let (mut iteration, mut sgn) = (st.iteration.tensor(name), st.sgn.tensor(name));
+            let (mut mb, mut sgn_values) = (Vec::new(), Vec::new());
+            let mut visit = |j: u64, vals: &[(u32, f32)]| {
+                if vals.iter().any(|(_, v)| !v.is_finite()) {
+                    return;
                 }
-                vals.iter().map(|(_, v)| f64::from(*v)).sum::<f64>() / vals.len() as f64
-            } else {
-                f64::from(vals[0].1)
+                let g: f64 = if local {
+                    if vals.len() < r {
+                        return;
+                    }
+                    vals.iter().map(|(_, v)| f64::from(*v)).sum::<f64>() / vals.len() as f64
+                } else {
+                    f64::from(vals[0].1)
+                };
+                mb.push(g);
+                iteration.push(j, &[g], cfg.live.window, cfg.live.max_tracked);
+                if sgn_ready {
+                    d.clear();
+                    d.extend(vals.iter().map(|(_, v)| scale * (f64::from(*v) - g)));
+                    sgn_values.extend_from_slice(&d);
+                    let kept = r.min(cfg.live.sgn_ranks);
+                    sgn.push(j, &d[..kept], cfg.live.window * kept, cfg.live.max_tracked);
+                }
             };
-            minibatch.entry(tensor).or_default().push(g);
-            st.iteration.push(
-                (tensor.clone(), *j),
-                &[g],
-                cfg.live.window,
-                cfg.live.max_tracked,
-            );
-            if sgn_ready {
-                let d: Vec<f64> = vals
+            let first = &parts[0].1.index;
+            let aligned = first.windows(2).all(|w| w[0] < w[1])
+                && parts
                     .iter()
-                    .map(|(_, v)| scale * (f64::from(*v) - g))
-                    .collect();
-                sgn_by_tensor.entry(tensor).or_default().extend(&d);
-                let kept = r.min(cfg.live.sgn_ranks);
-                st.sgn.push(
-                    (tensor.clone(), *j),
-                    &d[..kept],
-                    cfg.live.window * kept,
-                    cfg.live.max_tracked,
-                );
+                    .all(|(_, t)| t.index == *first && t.value.len() == first.len());
+            if aligned {
+                for (k, &j) in first.iter().enumerate() {
+                    vals.clear();
+                    vals.extend(parts.iter().map(|(rank, t)| (*rank, t.value[k])));
+                    visit(j, &vals);
+                }
+            } else {
+                let mut by_coord: BTreeMap<u64, Vec<(u32, f32)>> = BTreeMap::new();
+                for (rank, t) in parts {
+                    for (&j, &v) in t.index.iter().zip(&t.value) {
+                        by_coord.entry(j).or_default().push((*rank, v));
+                    }
+                }
+                for (&j, v) in &by_coord {
+                    visit(j, v);
+                }
+            }
+            if !mb.is_empty() {
+                minibatch.insert(tensor, mb);
+            }
+            if !sgn_values.is_empty() {
+                sgn_by_tensor.insert(tensor, sgn_values);
             }
         }
 
@@ -428,4 +456,83 @@ fn sgn_row(
         (Err(e), _) | (_, Err(e)) => row.error = Some(e.to_string()),
     }
     row
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Report;
+    use gradtel_stats::rng::SplitMix64;
+
+    /// Steps of a 3-rank run whose ranks track coordinates 0, 3, 6, … of two tensors, with
+    /// `split` each rank's tracked values of a tensor come as two pieces (as FSDP shards would
+    /// send them), which takes the by-coordinate path instead of the column-wise one.
+    fn run(split: bool) -> (Tables, usize, usize) {
+        let mut cfg = FileConfig::default();
+        cfg.live.window_every = 40;
+        let mut live = Live::new(cfg, Arc::new(CollectorMetrics::default()));
+        let mut rng = SplitMix64::new(9);
+        let mut all = Tables::default();
+        for step in 0..80 {
+            let parts: Vec<Report> = (0..3)
+                .map(|rank| {
+                    let mut p =
+                        Report::for_test(rank, 3, step, &[("a.w", &[1.0]), ("b.w", &[2.0])]);
+                    for name in ["a.w", "b.w"] {
+                        let index: Vec<u64> = (0..24).map(|i| 3 * i).collect();
+                        let value: Vec<f32> =
+                            index.iter().map(|_| (0.1 + rng.normal()) as f32).collect();
+                        let cut = if split { 10 } else { 24 };
+                        p.tracked.push(TrackedPart {
+                            name: name.into(),
+                            index: index[..cut].to_vec(),
+                            value: value[..cut].to_vec(),
+                        });
+                        if split {
+                            p.tracked.push(TrackedPart {
+                                name: name.into(),
+                                index: index[cut..].to_vec(),
+                                value: value[cut..].to_vec(),
+                            });
+                        }
+                    }
+                    p
+                })
+                .collect();
+            let a = Assembly {
+                run_id: "r".into(),
+                step,
+                world_size: 3,
+                shard_count: 1,
+                parts,
+                segments: vec![],
+                late: false,
+            };
+            let (mut rows, _) = crate::tables::steps::build_rows(&a, 0);
+            all.append(live.observe(&a, &mut rows, 0));
+        }
+        let st = &live.runs["r"];
+        (all, st.iteration.len(), st.sgn.len())
+    }
+
+    #[test]
+    fn column_wise_and_by_coordinate_paths_agree() {
+        let (aligned, it, sgn) = run(false);
+        let (pieces, it2, sgn2) = run(true);
+        assert_eq!((it, sgn), (48, 48));
+        assert_eq!((it2, sgn2), (48, 48));
+        assert!(aligned.sgn.iter().any(|r| r.scope == "b.w"));
+        assert_eq!(aligned.sgn, pieces.sgn);
+        assert_eq!(aligned.tails, pieces.tails);
+        // The windows were evaluated (iteration-wise and SGN rows per tensor and the model).
+        for object in ["iteration", "sgn"] {
+            assert!(
+                aligned
+                    .tails
+                    .iter()
+                    .any(|r| r.object == object && r.scope == "a.w")
+            );
+        }
+        assert_eq!(aligned.coords.len(), 80 * 3 * 48);
+    }
 }

@@ -18,6 +18,7 @@
 //! (`window × min(R, sgn_ranks)` for SGN), for at most `max_tracked` coordinates per run; coordinates beyond it
 //! are counted in `refused` and not tracked.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
@@ -33,7 +34,10 @@ pub const MIN_VALUES: usize = 20;
 
 #[derive(Debug, Default)]
 pub struct Windows {
-    series: BTreeMap<(Arc<str>, u64), VecDeque<f64>>,
+    /// Tensor → coordinate → window. Two levels, so a step's coordinates of one tensor find
+    /// their windows by integer keys after one lookup of the name.
+    series: BTreeMap<Arc<str>, BTreeMap<u64, VecDeque<f64>>>,
+    tracked: usize,
     pub refused: u64,
 }
 
@@ -58,26 +62,62 @@ pub struct Summary {
     pub gaussian_rejected: Option<f64>,
 }
 
-impl Windows {
-    /// Append `values` to coordinate `key`'s window, keeping the last `cap`.
-    pub fn push(&mut self, key: (Arc<str>, u64), values: &[f64], cap: usize, max_tracked: usize) {
-        if !self.series.contains_key(&key) && self.series.len() >= max_tracked {
-            self.refused += 1;
-            return;
-        }
-        let s = self.series.entry(key).or_default();
+/// The windows of one tensor's coordinates (see [`Windows::tensor`]).
+pub struct TensorWindows<'a> {
+    series: &'a mut BTreeMap<u64, VecDeque<f64>>,
+    tracked: &'a mut usize,
+    refused: &'a mut u64,
+}
+
+impl TensorWindows<'_> {
+    /// Append the finite `values` to coordinate `index`'s window, keeping the last `cap`. A
+    /// new coordinate beyond the run's `max_tracked` is refused (counted).
+    pub fn push(&mut self, index: u64, values: &[f64], cap: usize, max_tracked: usize) {
+        let s = match self.series.entry(index) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                if *self.tracked >= max_tracked {
+                    *self.refused += 1;
+                    return;
+                }
+                *self.tracked += 1;
+                e.insert(VecDeque::new())
+            }
+        };
         s.extend(values.iter().copied().filter(|v| v.is_finite()));
         while s.len() > cap {
             s.pop_front();
         }
     }
+}
+
+impl Windows {
+    /// The windows of `tensor`'s coordinates.
+    pub fn tensor(&mut self, tensor: &Arc<str>) -> TensorWindows<'_> {
+        if !self.series.contains_key(tensor.as_ref()) {
+            self.series.insert(tensor.clone(), BTreeMap::new());
+        }
+        TensorWindows {
+            series: self
+                .series
+                .get_mut(tensor.as_ref())
+                .expect("inserted above"),
+            tracked: &mut self.tracked,
+            refused: &mut self.refused,
+        }
+    }
+
+    /// Append `values` to coordinate `key`'s window, keeping the last `cap`.
+    pub fn push(&mut self, key: (Arc<str>, u64), values: &[f64], cap: usize, max_tracked: usize) {
+        self.tensor(&key.0).push(key.1, values, cap, max_tracked);
+    }
 
     pub fn len(&self) -> usize {
-        self.series.len()
+        self.tracked
     }
 
     pub fn is_empty(&self) -> bool {
-        self.series.is_empty()
+        self.tracked == 0
     }
 
     /// Test every window; rows per tensor and for the model.
@@ -89,12 +129,14 @@ impl Windows {
     ) -> (Vec<TailRow>, Summary) {
         let mut by_tensor: BTreeMap<&str, Vec<Verdict>> = BTreeMap::new();
         let mut samples = 0u64;
-        for ((tensor, _), values) in &self.series {
-            samples = samples.max(values.len() as u64);
-            by_tensor
-                .entry(tensor)
-                .or_default()
-                .push(test(&values.iter().copied().collect::<Vec<_>>()));
+        let mut buf = Vec::new();
+        for (tensor, coords) in &self.series {
+            for values in coords.values() {
+                samples = samples.max(values.len() as u64);
+                buf.clear();
+                buf.extend(values.iter().copied());
+                by_tensor.entry(tensor).or_default().push(test(&buf));
+            }
         }
         let mut rows = Vec::new();
         let all: Vec<Verdict> = by_tensor.values().flatten().copied().collect();
@@ -248,6 +290,6 @@ mod tests {
         w.push(("t".into(), 1), &[1.0], 4, 1);
         assert_eq!(w.len(), 1);
         assert_eq!(w.refused, 1);
-        assert_eq!(w.series[&("t".into(), 0)].len(), 4);
+        assert_eq!(w.series["t"][&0].len(), 4);
     }
 }
