@@ -111,6 +111,13 @@ impl Live {
             }
         }
         let names: BTreeMap<&str, Arc<str>> = tracked.keys().map(|&n| (n, Arc::from(n))).collect();
+        out.coords.reserve(
+            a.parts
+                .iter()
+                .flat_map(|p| &p.tracked)
+                .map(|t| t.index.len())
+                .sum(),
+        );
         for p in &a.parts {
             for t in &p.tracked {
                 let name = &names[t.name.as_str()];
