@@ -108,7 +108,8 @@ impl Windows {
     }
 
     /// Append `values` to coordinate `key`'s window, keeping the last `cap`.
-    pub fn push(&mut self, key: (Arc<str>, u64), values: &[f64], cap: usize, max_tracked: usize) {
+    #[cfg(test)]
+    fn push(&mut self, key: (Arc<str>, u64), values: &[f64], cap: usize, max_tracked: usize) {
         self.tensor(&key.0).push(key.1, values, cap, max_tracked);
     }
 
