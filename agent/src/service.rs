@@ -85,7 +85,7 @@ impl AgentState {
             match (m, config.sketch_kind) {
                 (0, _) => None,
                 (m, SketchKind::CountSketch) => Some((
-                    ProjectionKind::CountSketch,
+                    ProjectionKind::RotatedCountSketch,
                     Box::new(CountSketch::new(m, config.sketch_seed)),
                 )),
                 (m, SketchKind::Gaussian) => Some((

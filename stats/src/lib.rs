@@ -6,6 +6,7 @@
 
 pub mod bootstrap;
 pub mod fd;
+pub mod isa;
 pub mod loghist;
 pub mod moments;
 pub mod normality;

@@ -17,6 +17,9 @@
 use std::sync::OnceLock;
 
 use crate::StatsError;
+use crate::summary::BLOCK;
+
+const LANES: usize = 4;
 
 /// Default mantissa bits: relative error ≤ 2^-8 ≈ 0.39 %.
 pub const DEFAULT_PRECISION_BITS: u32 = 7;
@@ -368,7 +371,7 @@ impl LogHistogram {
 #[derive(Debug, Default)]
 pub struct LaneCounter {
     offset: u64,
-    lanes: Vec<[u32; 4]>,
+    lanes: Vec<[u32; LANES]>,
     recorded: u64,
 }
 
@@ -376,22 +379,29 @@ impl LaneCounter {
     /// Most values one counter takes between drains: no lane count can overflow `u32`.
     pub const CAPACITY: u64 = u32::MAX as u64;
 
-    /// Count the non-zero values among `abs_bits` (bit patterns of `|x|` for finite f32 `x`)
-    /// in `h`'s buckets. `min_pos` and `max` are the smallest non-zero and the largest pattern
-    /// of the block. The caller drains before [`Self::CAPACITY`] values have been recorded.
+    /// Count `|x|` of the non-zero values among `xs` (finite f32) in `h`'s buckets. `min_pos`
+    /// and `max` are the smallest non-zero and the largest bit pattern of `|x|` over the block
+    /// (at most [`BLOCK`] values; `slots` is scratch). The caller drains before
+    /// [`Self::CAPACITY`] values have been recorded.
+    ///
+    /// A vectorised pass computes every value's slot in the flattened lanes (bucket × 4 + lane);
+    /// the increments are then a plain loop of loads and adds. Zeros are clamped to `min_pos`
+    /// and counted with the rest, then taken off that slot again: no test per value.
     #[inline(always)]
-    pub fn record_abs_f32_bits(
+    pub fn record_abs_f32(
         &mut self,
         h: &LogHistogram,
-        abs_bits: &[u32],
+        xs: &[f32],
         min_pos: u32,
         max: u32,
+        slots: &mut [u32; BLOCK],
     ) {
         if max == 0 {
             return;
         }
-        debug_assert!(self.recorded + abs_bits.len() as u64 <= Self::CAPACITY);
-        self.recorded += abs_bits.len() as u64;
+        debug_assert!(xs.len() <= BLOCK);
+        debug_assert!(self.recorded + xs.len() as u64 <= Self::CAPACITY);
+        self.recorded += xs.len() as u64;
         let p = h.precision_bits;
         let index = |b: u32| f64::from(f32::from_bits(b)).to_bits() >> (52 - p);
         // Bit patterns of non-negative floats order like the values, and f32 -> f64 is exact,
@@ -399,17 +409,31 @@ impl LaneCounter {
         let (lo, hi) = (index(min_pos), index(max));
         self.cover(lo, hi);
         let start = (lo - self.offset) as usize;
-        let lanes = &mut self.lanes[start..=start + (hi - lo) as usize];
+        let lanes = self.lanes[start..=start + (hi - lo) as usize].as_flattened_mut();
+        let slots = &mut slots[..xs.len()];
+        let abs = |x: f32| (x.to_bits() & 0x7fff_ffff).max(min_pos);
         if p <= 23 && min_pos >= f32::MIN_POSITIVE.to_bits() {
             // Normal f32: the f64 bucket is the f32 pattern's top bits plus the exponent
             // rebias (1023 − 127) << p, so the slot is plain integer arithmetic.
             let (shift, lo32) = (23 - p, min_pos >> (23 - p));
-            count_lanes(lanes, abs_bits, |b| {
-                ((b.max(min_pos) >> shift) - lo32) as usize
-            });
+            for (j, (s, &x)) in slots.iter_mut().zip(xs).enumerate() {
+                *s = ((abs(x) >> shift) - lo32) * LANES as u32 + (j as u32 % LANES as u32);
+            }
         } else {
-            count_lanes(lanes, abs_bits, |b| (index(b.max(min_pos)) - lo) as usize);
+            for (j, (s, &x)) in slots.iter_mut().zip(xs).enumerate() {
+                *s = (index(abs(x)) - lo) as u32 * LANES as u32 + (j as u32 % LANES as u32);
+            }
         }
+        let mut zeros = 0u32;
+        for &s in slots.iter() {
+            lanes[s as usize] = lanes[s as usize].wrapping_add(1);
+        }
+        for &x in xs {
+            zeros += u32::from(x.to_bits() & 0x7fff_ffff == 0);
+        }
+        // Lanes may wrap here: a slot's lanes add up (mod 2^32) to its count, which is below
+        // 2^32 (see `drain_into`).
+        lanes[0] = lanes[0].wrapping_sub(zeros);
     }
 
     fn cover(&mut self, lo: u64, hi: u64) {
@@ -417,12 +441,13 @@ impl LaneCounter {
             self.offset = lo;
         } else if lo < self.offset {
             let grow = (self.offset - lo) as usize;
-            self.lanes.splice(0..0, std::iter::repeat_n([0; 4], grow));
+            self.lanes
+                .splice(0..0, std::iter::repeat_n([0; LANES], grow));
             self.offset = lo;
         }
         let len = (hi - self.offset + 1) as usize;
         if len > self.lanes.len() {
-            self.lanes.resize(len, [0; 4]);
+            self.lanes.resize(len, [0; LANES]);
         }
     }
 
@@ -437,25 +462,10 @@ impl LaneCounter {
             self.offset,
             self.lanes
                 .iter()
-                .map(|l| l.iter().map(|&c| u64::from(c)).sum()),
+                .map(|l| u64::from(l.iter().fold(0u32, |a, &c| a.wrapping_add(c)))),
         );
         self.lanes.clear();
         self.recorded = 0;
-    }
-}
-
-/// Zeros go to slot 0 with weight 0, which keeps the loop free of branches.
-#[inline(always)]
-fn count_lanes(lanes: &mut [[u32; 4]], bits: &[u32], slot: impl Fn(u32) -> usize) {
-    let chunks = bits.chunks_exact(4);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (lane, &b) in c.iter().enumerate() {
-            lanes[slot(b)][lane] += u32::from(b != 0);
-        }
-    }
-    for &b in rest {
-        lanes[slot(b)][0] += u32::from(b != 0);
     }
 }
 
@@ -626,28 +636,30 @@ mod tests {
 
     #[test]
     fn lane_counter_matches_record_for_dense_and_spread_blocks() {
-        // One block dense in a few buckets, one of three values over 60 binades, drained
-        // together.
+        // Blocks dense in a few buckets, and one of three values over 60 binades with zeros of
+        // both signs and a negative value, drained together.
         let dense: Vec<f32> = (0..4096).map(|i| 1.0 + (i % 97) as f32 * 1e-3).collect();
-        let spread = [1e-30f32, 0.0, 3e-12, 2e+8];
+        let spread = [1e-30f32, 0.0, -3e-12, 2e+8, -0.0];
         let mut h = LogHistogram::new(7).unwrap();
         let mut c = LaneCounter::default();
-        for block in [&dense[..], &spread[..]] {
-            let bits: Vec<u32> = block.iter().map(|x| x.abs().to_bits()).collect();
-            let min_pos = bits.iter().copied().filter(|&b| b != 0).min().unwrap();
-            let max = bits.iter().copied().max().unwrap();
-            c.record_abs_f32_bits(&h, &bits, min_pos, max);
+        let mut slots = [0; BLOCK];
+        for block in dense.chunks(BLOCK).chain([&spread[..]]) {
+            let bits = block.iter().map(|x| x.abs().to_bits());
+            let min_pos = bits.clone().filter(|&b| b != 0).min().unwrap();
+            let max = bits.max().unwrap();
+            c.record_abs_f32(&h, block, min_pos, max, &mut slots);
         }
         c.drain_into(&mut h);
         let mut want = LogHistogram::new(7).unwrap();
         for &x in dense.iter().chain(&spread) {
-            want.record(f64::from(x));
+            want.record(f64::from(x.abs()));
         }
         assert_eq!(
             h.buckets().collect::<Vec<_>>(),
             want.buckets().collect::<Vec<_>>()
         );
         assert_eq!(h.total(), 4099);
+        assert_eq!(c.recorded(), 0, "drained");
     }
 
     #[test]

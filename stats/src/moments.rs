@@ -12,9 +12,13 @@
 //!   - `M4 = M4_A + M4_B + δ⁴ n_A n_B (n_A² − n_A n_B + n_B²) / n³
 //!          + 6δ² (n_A² M2_B + n_B² M2_A) / n² + 4δ (n_A M3_B − n_B M3_A) / n`
 //!
+//! * Blocks of f32 values ([`Moments::from_f32_block`], the agent's path): power sums of the
+//!   deviations from a shift near the mean, converted exactly to central sums; the shift keeps
+//!   them clear of the cancellation that raw power sums suffer.
+//!
 //! Guarantee: merging is exact in real arithmetic, so `merge(summary(A), summary(B))` equals
 //! `summary(A ++ B)`; in floating point the two agree to a few ulps of the moment's scale
-//! (both are backward-stable; neither forms raw power sums).
+//! (both are backward-stable; no path forms unshifted power sums).
 
 /// Count, mean and central moment sums of a sample.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -109,6 +113,56 @@ impl Moments {
         }
     }
 
+    /// Summarise a block of at most [`F32_BLOCK`] f32 values from power sums about `shift`,
+    /// and return `Σ x²` with it. With `e = Σ(x − c)/n` (c the shift) the central sums follow
+    /// exactly: `M2 = S2 − n e²`, `M3 = S3 − 3e S2 + 2n e³`,
+    /// `M4 = S4 − 4e S3 + 6e² S2 − 3n e⁴`. Rounding grows with `e²/variance`, so callers shift
+    /// by an estimate of the mean (the running mean, or a value of the block): gradients'
+    /// blocks then have `|e|` well below the spread, and the result agrees with the two-pass
+    /// [`Self::from_block`] to a few ulps.
+    ///
+    /// The widened values and deviations go to aligned scratch blocks, zero-padded to the full
+    /// block (zeros add nothing to any sum), and each sum is then its own fixed-length loop
+    /// over 16 lanes (lane i takes the values at i mod 16), the lanes added pairwise at the
+    /// end: such loops compile to whole vectors with enough independent additions to fill the
+    /// pipeline, where one loop for all five sums compiles to scalar code.
+    #[inline(always)]
+    pub fn from_f32_block(xs: &[f32], shift: f64, scratch: &mut F32BlockScratch) -> (Self, f64) {
+        assert!(
+            xs.len() <= F32_BLOCK,
+            "blocks hold at most {F32_BLOCK} values"
+        );
+        if xs.is_empty() {
+            return (Self::new(), 0.0);
+        }
+        let (wide, dev) = (&mut scratch.wide.0, &mut scratch.dev.0);
+        for ((w, d), &x) in wide.iter_mut().zip(dev.iter_mut()).zip(xs) {
+            *w = f64::from(x);
+            *d = *w - shift;
+        }
+        wide[xs.len()..].fill(0.0);
+        dev[xs.len()..].fill(0.0);
+        let sq = lanes16_sum(wide, |x| x * x);
+        let s1 = lanes16_sum(dev, |d| d);
+        let s2 = lanes16_sum(dev, |d| d * d);
+        let s3 = lanes16_sum(dev, |d| d * d * d);
+        let s4 = lanes16_sum(dev, |d| {
+            let d2 = d * d;
+            d2 * d2
+        });
+        let n = xs.len() as f64;
+        let e = s1 / n;
+        let e2 = e * e;
+        let moments = Self {
+            n: xs.len() as u64,
+            mean: shift + e,
+            m2: (s2 - n * e2).max(0.0),
+            m3: s3 - 3.0 * e * s2 + 2.0 * n * e2 * e,
+            m4: (s4 - 4.0 * e * s3 + 6.0 * e2 * s2 - 3.0 * n * e2 * e2).max(0.0),
+        };
+        (moments, sq)
+    }
+
     /// Add one value (Terriberry's update).
     #[inline]
     pub fn push(&mut self, x: f64) {
@@ -184,6 +238,58 @@ impl Moments {
             let n = self.n as f64;
             n * self.m4 / (self.m2 * self.m2) - 3.0
         })
+    }
+}
+
+/// Values per block of [`Moments::from_f32_block`].
+pub const F32_BLOCK: usize = 256;
+
+/// Scratch of [`Moments::from_f32_block`], kept by the caller across blocks (clearing it per
+/// block would cost as much as the sums). Aligned so that every vector store is whole.
+#[derive(Debug, Clone)]
+pub struct F32BlockScratch {
+    wide: Aligned,
+    dev: Aligned,
+}
+
+#[derive(Debug, Clone)]
+#[repr(C, align(64))]
+struct Aligned([f64; F32_BLOCK]);
+
+impl Default for F32BlockScratch {
+    fn default() -> Self {
+        Self {
+            wide: Aligned([0.0; F32_BLOCK]),
+            dev: Aligned([0.0; F32_BLOCK]),
+        }
+    }
+}
+
+/// Σ f(x) over a full block in 16 lanes (lane i takes the values at i mod 16), the lanes then
+/// added pairwise.
+#[inline(always)]
+fn lanes16_sum(xs: &[f64; F32_BLOCK], f: impl Fn(f64) -> f64) -> f64 {
+    const L: usize = 16;
+    let mut acc = [0.0f64; L];
+    add_lanes16(&mut acc, xs, f);
+    let mut width = L;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            acc[i] += acc[i + width];
+        }
+    }
+    acc[0]
+}
+
+/// The loop of [`lanes16_sum`]: kept apart with the lanes behind a reference, which LLVM
+/// vectorises whole (inlined into one function with the fold, it packs them two by two).
+#[inline(always)]
+fn add_lanes16(acc: &mut [f64; 16], xs: &[f64; F32_BLOCK], f: impl Fn(f64) -> f64) {
+    for c in xs.chunks_exact(16) {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f(x);
+        }
     }
 }
 

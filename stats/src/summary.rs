@@ -13,10 +13,11 @@
 //! moments and `Σ x²`. NaN/Inf never enter the moments, so one bad value cannot poison them.
 
 use crate::loghist::LaneCounter;
+use crate::moments::F32BlockScratch;
 use crate::{LogHistogram, Moments, StatsError, TopK};
 
 /// Values summarised per block on the fast path.
-pub const BLOCK: usize = 256;
+pub const BLOCK: usize = crate::moments::F32_BLOCK;
 // Positions within a block are kept as u8.
 const _: () = assert!(BLOCK <= 256);
 
@@ -112,60 +113,75 @@ impl GradSummary {
     #[inline(always)]
     fn extend_f32_blocks(&mut self, xs: &[f32], counter: &mut LaneCounter) {
         // Scratch for every block of the call: zeroing it per block costs as much as a pass.
-        let mut scratch = ([0f64; BLOCK], [0u32; BLOCK], [0u8; BLOCK]);
+        let mut scratch = BlockScratch {
+            moments: F32BlockScratch::default(),
+            slots: [0; BLOCK],
+            candidates: [0; BLOCK],
+        };
         for block in xs.chunks(BLOCK) {
+            // One pass over the bit patterns of |x|, which for finite values order like the
+            // values: extremes, signs, and whether the block is all finite (patterns of NaN
+            // and ±Inf are the largest).
+            let (mut max, mut min_pos_less_1, mut nonzero, mut neg) = (0u32, u32::MAX, 0u32, 0u32);
+            for &x in block {
+                let b = x.to_bits() & 0x7fff_ffff;
+                max = max.max(b);
+                // Zero wraps to u32::MAX, so the minimum is over the non-zero patterns.
+                min_pos_less_1 = min_pos_less_1.min(b.wrapping_sub(1));
+                nonzero += u32::from(b != 0);
+                neg += (x.to_bits() >> 31) & u32::from(b != 0);
+            }
             // Gradients are almost always all finite: such a block takes the fused f32 path,
             // which skips the per-value gather of `extend_values`.
-            if block.iter().fold(true, |ok, x| ok & x.is_finite()) {
-                self.absorb_finite_f32(block, counter, &mut scratch);
+            if max < f32::INFINITY.to_bits() {
+                let extremes = Extremes {
+                    max,
+                    min_pos: min_pos_less_1.wrapping_add(1),
+                    nonzero,
+                    neg,
+                };
+                self.absorb_finite_f32(block, extremes, counter, &mut scratch);
             } else {
                 self.extend_values(block.iter().map(|&x| f64::from(x)));
             }
         }
     }
 
-    /// Add a block (at most [`BLOCK`]) of finite f32 values. One widening pass gathers signs
-    /// and the extremes of `|x|`; the histogram counts in interleaved lanes; the top-k is only
-    /// visited by blocks whose largest `|x|` beats its current k-th largest. Equal to
-    /// [`Self::absorb_finite`] on the widened values (to rounding for the sums).
+    /// Add a block (at most [`BLOCK`]) of finite f32 values whose `|x|` bit patterns have the
+    /// given extremes. The moments come from one pass of shifted power sums, the histogram
+    /// counts in interleaved lanes, and the top-k is only visited by blocks whose largest `|x|`
+    /// beats its current k-th largest. Equal to [`Self::absorb_finite`] on the widened values
+    /// (to rounding for the sums).
     #[inline(always)]
     fn absorb_finite_f32(
         &mut self,
         xs: &[f32],
+        e: Extremes,
         counter: &mut LaneCounter,
-        (wide, bits, candidates): &mut ([f64; BLOCK], [u32; BLOCK], [u8; BLOCK]),
+        scratch: &mut BlockScratch,
     ) {
         let n = xs.len();
-        // Separate simple loops: each one vectorises. Signs and extremes work on the bit
-        // patterns of |x|, which for finite values order like the values themselves.
-        for (w, &x) in wide.iter_mut().zip(xs) {
-            *w = f64::from(x);
-        }
-        for (b, &x) in bits.iter_mut().zip(xs) {
-            *b = x.to_bits() & 0x7fff_ffff;
-        }
-        let (wide, bits) = (&wide[..n], &bits[..n]);
-        let (mut max, mut min_pos_less_1, mut nonzero, mut neg) = (0u32, u32::MAX, 0u32, 0u32);
-        for (&b, &x) in bits.iter().zip(xs) {
-            max = max.max(b);
-            // Zero wraps to u32::MAX, so the minimum is over the non-zero patterns.
-            min_pos_less_1 = min_pos_less_1.min(b.wrapping_sub(1));
-            nonzero += u32::from(b != 0);
-            neg += (x.to_bits() >> 31) & u32::from(b != 0);
-        }
-        self.pos_count += u64::from(nonzero - neg);
-        self.neg_count += u64::from(neg);
-        self.zero_count += (n as u32 - nonzero) as u64;
-        self.sum_sq += crate::moments::lanes_sum(wide, |x| x * x);
-        let sum = crate::moments::lanes_sum(wide, |x| x);
-        self.moments.merge(&Moments::from_block_with_sum(wide, sum));
-        counter.record_abs_f32_bits(&self.abs_hist, bits, min_pos_less_1.wrapping_add(1), max);
-        let max = f64::from(f32::from_bits(max));
+        self.pos_count += u64::from(e.nonzero - e.neg);
+        self.neg_count += u64::from(e.neg);
+        self.zero_count += u64::from(n as u32 - e.nonzero);
+        // Shift by the running mean (the first value for the first block): the block's mean
+        // is then close to the shift and the power sums lose nothing to cancellation.
+        let shift = if self.moments.n > 0 {
+            self.moments.mean
+        } else {
+            f64::from(xs[0])
+        };
+        let (moments, sum_sq) = Moments::from_f32_block(xs, shift, &mut scratch.moments);
+        self.sum_sq += sum_sq;
+        self.moments.merge(&moments);
+        counter.record_abs_f32(&self.abs_hist, xs, e.min_pos, e.max, &mut scratch.slots);
+        let max = f64::from(f32::from_bits(e.max));
         self.max_abs = self.max_abs.max(max);
+        let abs = |j: usize| f64::from(f32::from_bits(xs[j].to_bits() & 0x7fff_ffff));
         // Until the top-k is full every value enters it.
         let mut first = 0;
         while first < n && self.top_abs.threshold().is_none() {
-            self.top_abs.push(f64::from(f32::from_bits(bits[first])));
+            self.top_abs.push(abs(first));
             first += 1;
         }
         let Some(mut threshold) = self.top_abs.threshold() else {
@@ -182,13 +198,13 @@ impl GradSummary {
         } else {
             0
         };
-        let mut found = 0;
-        for (j, &b) in bits.iter().enumerate().skip(first) {
+        let (candidates, mut found) = (&mut scratch.candidates, 0);
+        for (j, &x) in xs.iter().enumerate().skip(first) {
             candidates[found] = j as u8;
-            found += usize::from(b > floor);
+            found += usize::from(x.to_bits() & 0x7fff_ffff > floor);
         }
         for &j in &candidates[..found] {
-            let a = f64::from(f32::from_bits(bits[usize::from(j)]));
+            let a = abs(usize::from(j));
             if a > threshold {
                 self.top_abs.push(a);
                 threshold = self.top_abs.threshold().unwrap_or(f64::NEG_INFINITY);
@@ -305,6 +321,26 @@ impl GradSummary {
     }
 }
 
+/// Scratch of the f32 block path, kept across the blocks of a call.
+struct BlockScratch {
+    moments: F32BlockScratch,
+    /// Histogram slot of each value.
+    slots: [u32; BLOCK],
+    /// Positions of top-k candidates.
+    candidates: [u8; BLOCK],
+}
+
+/// Extremes and sign counts of a block of finite f32 values, from the bit patterns of `|x|`.
+#[derive(Debug, Clone, Copy)]
+struct Extremes {
+    /// Largest pattern, and smallest non-zero pattern (`u32::MAX` when all are zero).
+    max: u32,
+    min_pos: u32,
+    /// Values that are not ±0, and those among them that are negative.
+    nonzero: u32,
+    neg: u32,
+}
+
 /// The largest f32 `f` with `f ≤ t`, for `t > 0` (`t` may not be an f32: summaries merge f64).
 fn f32_at_or_below(t: f64) -> f32 {
     let f = t as f32;
@@ -338,14 +374,13 @@ impl F32Stream<'_> {
             if self.counter.recorded() + part.len() as u64 > LaneCounter::CAPACITY {
                 self.counter.drain_into(&mut self.summary.abs_hist);
             }
-            // The loops are plain Rust; `dispatch` compiles them once more with AVX2 and FMA
-            // enabled and runs that copy where the CPU has them. The arithmetic is the same in
-            // both copies (Rust never contracts into FMA), so the results are too.
-            pulp::Arch::new().dispatch(ExtendF32 {
-                summary: self.summary,
-                counter: &mut self.counter,
-                xs: part,
-            });
+            // The loops are plain Rust; `dispatch` runs a copy compiled for the CPU's widest
+            // vectors, with the same arithmetic (see `isa`).
+            let (summary, counter) = (&mut *self.summary, &mut self.counter);
+            crate::isa::dispatch(
+                #[inline(always)]
+                || summary.extend_f32_blocks(part, counter),
+            );
         }
     }
 }
@@ -353,23 +388,6 @@ impl F32Stream<'_> {
 impl Drop for F32Stream<'_> {
     fn drop(&mut self) {
         self.counter.drain_into(&mut self.summary.abs_hist);
-    }
-}
-
-/// One piece of an [`F32Stream`] as a `pulp` operation: everything it calls is inlined into
-/// the feature-specific copies `dispatch` instantiates.
-struct ExtendF32<'a> {
-    summary: &'a mut GradSummary,
-    counter: &'a mut LaneCounter,
-    xs: &'a [f32],
-}
-
-impl pulp::WithSimd for ExtendF32<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        self.summary.extend_f32_blocks(self.xs, self.counter);
     }
 }
 
