@@ -14,7 +14,6 @@ use gradtel_agent::{AgentConfig, AgentMetrics};
 use gradtel_proto::v1::{Dtype, EndStep, GradientChunk, RegisterRequest, TensorLayout};
 
 const N: u64 = 10_000_000;
-const CHUNK: u64 = 1 << 20;
 
 fn best(reps: usize, mut f: impl FnMut()) -> f64 {
     let mut best = Duration::MAX;
@@ -28,6 +27,12 @@ fn best(reps: usize, mut f: impl FnMut()) -> f64 {
 
 fn main() {
     let threads: usize = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // 1 MiB chunks by default (the Python client's per-parameter chunks average 0.6 MB): 39
+    // chunks, so 16 threads all get work.
+    let chunk: u64 = std::env::var("GRADTEL_BENCH_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 18);
     // Heavy-tailed values spanning many binades, like real gradients.
     let mut s = 0x2545_F491_4F6C_DD1Du64;
     let bytes: Vec<u8> = (0..N)
@@ -40,10 +45,10 @@ fn main() {
             ((u - 0.5) * 1e-3 / v.powf(0.8)).to_le_bytes()
         })
         .collect();
-    let chunks: Vec<GradientChunk> = (0..N.div_ceil(CHUNK))
+    let chunks: Vec<GradientChunk> = (0..N.div_ceil(chunk))
         .map(|i| {
-            let a = i * CHUNK;
-            let b = (a + CHUNK).min(N);
+            let a = i * chunk;
+            let b = (a + chunk).min(N);
             GradientChunk {
                 step: 0,
                 tensor: "w".into(),
@@ -122,8 +127,15 @@ fn main() {
             while rx.try_recv().is_ok() {}
         })
     };
-    println!("10M f32 coordinates (40 MB), 1 MiB-element chunks, threads available: {threads}");
-    for nt in [1, threads] {
+    println!(
+        "10M f32 coordinates (40 MB), chunks of {chunk} values, threads available: {threads}, \
+         kernels: {}",
+        gradtel_stats::isa::name()
+    );
+    // 1 thread, the agent's default of 4 ingest threads per stream, and every core.
+    let mut counts = vec![1, 4.min(threads), threads];
+    counts.dedup();
+    for nt in counts {
         let (t_read, t_agent) = (read(nt), agent(nt));
         println!(
             "{nt} thread(s): read {:.2} ms ({:.1} GB/s), agent step {:.1} ms ({:.2} ns/value, {:.2} GB/s) → agent/read bandwidth = {:.3}",

@@ -10,6 +10,10 @@
 //! the kernels fix their summation order with explicit lane arrays, so results are the same
 //! bits on every CPU (tests run whichever copy the test machine picks and compare with plain
 //! scalar references).
+//!
+//! `GRADTEL_SIMD=avx2` or `GRADTEL_SIMD=baseline` in the environment caps the level (read
+//! once per process), for CPUs that slow their other cores' clocks under AVX-512 or to compare
+//! the copies; any other value, or none, means the best available.
 
 use std::sync::OnceLock;
 
@@ -25,26 +29,73 @@ enum Level {
 fn level() -> Level {
     static LEVEL: OnceLock<Level> = OnceLock::new();
     *LEVEL.get_or_init(|| {
+        let cap = std::env::var("GRADTEL_SIMD").unwrap_or_default();
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
             let v3 = has!("avx2") && has!("fma") && has!("bmi1") && has!("bmi2") && has!("lzcnt");
-            if v3 && has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
-                return Level::V4;
-            }
-            if v3 {
-                return Level::V3;
-            }
+            let v4 = has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl");
+            choose(&cap, v3, v3 && v4)
         }
-        Level::Baseline
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = cap;
+            Level::Baseline
+        }
     })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// A level forced on this thread, so tests can run every copy in one process.
+    static FORCED: std::cell::Cell<Option<Level>> = const { std::cell::Cell::new(None) };
+}
+
+/// Run `f` once per level this CPU supports (with [`dispatch`] forced to it on this thread),
+/// and return the results in order.
+#[cfg(test)]
+pub(crate) fn at_each_level<R>(mut f: impl FnMut() -> R) -> Vec<R> {
+    let mut levels = vec![Level::Baseline];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if matches!(level(), Level::V3 | Level::V4) {
+            levels.push(Level::V3);
+        }
+        if level() == Level::V4 {
+            levels.push(Level::V4);
+        }
+    }
+    let out = levels
+        .into_iter()
+        .map(|l| {
+            FORCED.set(Some(l));
+            f()
+        })
+        .collect();
+    FORCED.set(None);
+    out
+}
+
+/// The level for a `GRADTEL_SIMD` value and what the CPU has.
+#[cfg(target_arch = "x86_64")]
+fn choose(cap: &str, v3: bool, v4: bool) -> Level {
+    match cap {
+        "baseline" => Level::Baseline,
+        _ if v4 && cap != "avx2" => Level::V4,
+        _ if v3 => Level::V3,
+        _ => Level::Baseline,
+    }
 }
 
 /// Run `f`, compiled for the best instruction set this CPU supports. `f` should be a closure
 /// whose work is `#[inline(always)]` code, so that it is compiled into the feature-enabled copy.
 #[inline]
 pub fn dispatch<R>(f: impl FnOnce() -> R) -> R {
-    match level() {
+    #[cfg(test)]
+    let level = FORCED.get().unwrap_or_else(level);
+    #[cfg(not(test))]
+    let level = level();
+    match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `level` returned V4 only after detecting every feature `v4` enables.
         Level::V4 => unsafe { v4(f) },
@@ -80,6 +131,18 @@ fn v3<R>(f: impl FnOnce() -> R) -> R {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_environment_caps_the_level_and_never_raises_it() {
+        use super::{Level, choose};
+        assert_eq!(choose("", true, true), Level::V4);
+        assert_eq!(choose("avx2", true, true), Level::V3);
+        assert_eq!(choose("baseline", true, true), Level::Baseline);
+        assert_eq!(choose("avx512", true, false), Level::V3);
+        assert_eq!(choose("", false, false), Level::Baseline);
+        assert_eq!(choose("avx2", false, false), Level::Baseline);
+    }
+
     #[test]
     fn dispatch_runs_the_closure_once_and_returns_its_value() {
         let mut calls = 0;

@@ -507,6 +507,31 @@ mod tests {
     }
 
     #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        use crate::projection::{CountSketch, Projection};
+        // Heavy-tailed values over many binades, a partial last block, and an odd offset.
+        let mut rng = crate::rng::SplitMix64::new(3);
+        let xs: Vec<f32> = (0..20_000 + 77)
+            .map(|_| (rng.normal() / rng.uniform().max(1e-9).powf(0.7)) as f32)
+            .collect();
+        let runs = crate::isa::at_each_level(|| {
+            let mut s = GradSummary::new(16, 7).unwrap();
+            s.extend_f32(&xs);
+            let mut out = vec![0.0; 256];
+            CountSketch::new(256, 9).project_range(12_345, &xs, &mut out);
+            let m = s.moments;
+            let bits = [m.mean, m.m2, m.m3, m.m4, s.sum_sq].map(f64::to_bits);
+            (s, bits, out.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+        });
+        assert!(!runs.is_empty());
+        for (s, bits, out) in &runs[1..] {
+            assert_eq!(s, &runs[0].0);
+            assert_eq!(bits, &runs[0].1, "moments");
+            assert_eq!(out, &runs[0].2, "projection");
+        }
+    }
+
+    #[test]
     fn validate_catches_inconsistency() {
         let mut s = GradSummary::new(3, 7).unwrap();
         s.extend_f64(&[1.0, 2.0]);
