@@ -271,7 +271,9 @@ impl Default for F32BlockScratch {
 fn lanes16_sum(xs: &[f64; F32_BLOCK], f: impl Fn(f64) -> f64) -> f64 {
     const L: usize = 16;
     let mut acc = [0.0f64; L];
-    add_lanes16(&mut acc, xs, f);
+    // With the lanes behind a reference LLVM vectorises the loop whole; summed in the same
+    // function as the fold, it packs them two by two.
+    add_lanes(&mut acc, xs, f);
     let mut width = L;
     while width > 1 {
         width /= 2;
@@ -282,21 +284,10 @@ fn lanes16_sum(xs: &[f64; F32_BLOCK], f: impl Fn(f64) -> f64) -> f64 {
     acc[0]
 }
 
-/// The loop of [`lanes16_sum`]: kept apart with the lanes behind a reference, which LLVM
-/// vectorises whole (inlined into one function with the fold, it packs them two by two).
+/// Add f(x) of the values at i mod L into `acc[i]`; `xs.len()` is a multiple of L.
 #[inline(always)]
-fn add_lanes16(acc: &mut [f64; 16], xs: &[f64; F32_BLOCK], f: impl Fn(f64) -> f64) {
-    for c in xs.chunks_exact(16) {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a += f(x);
-        }
-    }
-}
-
-/// Add f(x) of the values at i mod 8 into `acc[i]`; `xs.len()` is a multiple of 8.
-#[inline(always)]
-fn add_lanes(acc: &mut [f64; 8], xs: &[f64], f: impl Fn(f64) -> f64) {
-    for c in xs.chunks_exact(8) {
+fn add_lanes<const L: usize>(acc: &mut [f64; L], xs: &[f64], f: impl Fn(f64) -> f64) {
+    for c in xs.chunks_exact(L) {
         for (a, &x) in acc.iter_mut().zip(c) {
             *a += f(x);
         }
