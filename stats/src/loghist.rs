@@ -19,6 +19,7 @@ use std::sync::OnceLock;
 use crate::StatsError;
 use crate::summary::BLOCK;
 
+/// Count lanes per bucket of a [`LaneCounter`].
 const LANES: usize = 4;
 
 /// Default mantissa bits: relative error ≤ 2^-8 ≈ 0.39 %.
@@ -381,7 +382,8 @@ impl LaneCounter {
 
     /// Count `|x|` of the non-zero values among `xs` (finite f32) in `h`'s buckets. `min_pos`
     /// and `max` are the smallest non-zero and the largest bit pattern of `|x|` over the block
-    /// (at most [`BLOCK`] values; `slots` is scratch). The caller drains before
+    /// (at most [`BLOCK`] values), and `zeros` the number of ±0 among them (the caller's
+    /// extremes pass has all three); `slots` is scratch. The caller drains before
     /// [`Self::CAPACITY`] values have been recorded.
     ///
     /// A vectorised pass computes every value's slot in the flattened lanes (bucket × 4 + lane);
@@ -394,6 +396,7 @@ impl LaneCounter {
         xs: &[f32],
         min_pos: u32,
         max: u32,
+        zeros: u32,
         slots: &mut [u32; BLOCK],
     ) {
         if max == 0 {
@@ -424,12 +427,8 @@ impl LaneCounter {
                 *s = (index(abs(x)) - lo) as u32 * LANES as u32 + (j as u32 % LANES as u32);
             }
         }
-        let mut zeros = 0u32;
         for &s in slots.iter() {
             lanes[s as usize] = lanes[s as usize].wrapping_add(1);
-        }
-        for &x in xs {
-            zeros += u32::from(x.to_bits() & 0x7fff_ffff == 0);
         }
         // Lanes may wrap here: a slot's lanes add up (mod 2^32) to its count, which is below
         // 2^32 (see `drain_into`).
@@ -646,8 +645,9 @@ mod tests {
         for block in dense.chunks(BLOCK).chain([&spread[..]]) {
             let bits = block.iter().map(|x| x.abs().to_bits());
             let min_pos = bits.clone().filter(|&b| b != 0).min().unwrap();
+            let zeros = bits.clone().filter(|&b| b == 0).count() as u32;
             let max = bits.max().unwrap();
-            c.record_abs_f32(&h, block, min_pos, max, &mut slots);
+            c.record_abs_f32(&h, block, min_pos, max, zeros, &mut slots);
         }
         c.drain_into(&mut h);
         let mut want = LogHistogram::new(7).unwrap();

@@ -174,7 +174,15 @@ impl GradSummary {
         let (moments, sum_sq) = Moments::from_f32_block(xs, shift, &mut scratch.moments);
         self.sum_sq += sum_sq;
         self.moments.merge(&moments);
-        counter.record_abs_f32(&self.abs_hist, xs, e.min_pos, e.max, &mut scratch.slots);
+        let zeros = n as u32 - e.nonzero;
+        counter.record_abs_f32(
+            &self.abs_hist,
+            xs,
+            e.min_pos,
+            e.max,
+            zeros,
+            &mut scratch.slots,
+        );
         let max = f64::from(f32::from_bits(e.max));
         self.max_abs = self.max_abs.max(max);
         let abs = |j: usize| f64::from(f32::from_bits(xs[j].to_bits() & 0x7fff_ffff));
