@@ -16,7 +16,7 @@ use gradtel_proto::v1::{
     push_request,
 };
 use gradtel_stats::GradSummary;
-use gradtel_stats::projection::{CountSketch, GaussianProjection, Projection};
+use gradtel_stats::projection::{CountSketch, GaussianProjection, Projection, ProjectionScratch};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
@@ -203,6 +203,7 @@ impl AgentState {
         // One decode feeds the summary, the tracked coordinates and the projection, a block at
         // a time so the decoded values stay in cache for all three.
         let mut projection = self.projection.as_ref().map(|(_, p)| vec![0.0; p.dim()]);
+        let mut sums = ProjectionScratch::default();
         let mut tracked = Vec::new();
         let mut scratch = Vec::with_capacity(DECODE_BLOCK);
         let size = dtype.element_size().unwrap_or(4);
@@ -218,9 +219,12 @@ impl AgentState {
                 next_tracked += 1;
             }
             if let (Some(out), Some((_, p))) = (projection.as_mut(), self.projection.as_ref()) {
-                p.project_range(spec.base + at, values, out);
+                p.accumulate(spec.base + at, values, out, &mut sums);
             }
             at = end;
+        }
+        if let (Some(out), Some((_, p))) = (projection.as_mut(), self.projection.as_ref()) {
+            p.flush(out, &mut sums);
         }
         drop(stream);
         let chunk = ChunkPart {

@@ -18,17 +18,20 @@
 //!
 //!   Why blocks: with one multiply-hash per coordinate the sketch cost 1.5–2.5 ns per value,
 //!   as much as the whole summary; within a block the rows are contiguous, so projecting is a
-//!   vectorised signed add into two slices of the output, at ≈ 0.3 ns per value
-//!   (`cargo bench -p gradtel-stats --bench sketch`).
+//!   vectorised signed add into a slice of row sums (`cargo bench -p gradtel-stats --bench
+//!   sketch`). The row sums are f32 over at most 17 values a row before they are added to the
+//!   f64 output (`F32_ROW_RUN`), in four sets that consecutive blocks alternate between
+//!   (`ACC_SETS`): each rotation makes a block's loads straddle the previous block's stores.
 //! * **Gaussian** (Johnson–Lindenstrauss): entries i.i.d. N(0, 1/m), column j drawn from a
 //!   generator seeded by (seed, j). `E[‖Gx‖²] = ‖x‖²`.
 //!
 //! Sharding: projecting coordinates `[a, b)` of x (with their true offsets) and adding the results
 //! over a partition of `[0, d)` gives the projection of x, because the projection is linear and
 //! each column depends only on (seed, j). For CountSketch the partial results are signed sums of
-//! the inputs, so the total is identical to the whole-vector projection whenever the f64
-//! additions are exact (e.g. f32 inputs whose magnitudes in one bucket span fewer than 2²⁹), and
-//! otherwise equal up to f64 rounding of the additions; Gaussian sums agree to f64 rounding.
+//! the inputs, so the total is identical to the whole-vector projection whenever the additions
+//! are exact (f32 inputs whose sums in one row need at most 24 significant bits), and otherwise
+//! equal up to the f32 rounding of ≤ 17-term row sums (relative 17 · 2⁻²⁴ of the row's Σ|x|,
+//! far below the sketch's own error of order 1/√m); Gaussian sums agree to f64 rounding.
 //! Cost: CountSketch O(b − a) (a hash per 64 coordinates and one per block), Gaussian
 //! O(m (b − a)).
 
@@ -47,8 +50,38 @@ fn hash(seed: u64, j: u64) -> u64 {
 pub trait Projection {
     /// Output dimension m.
     fn dim(&self) -> usize;
-    /// Add the projection of `values` (coordinates `offset .. offset + len`) into `out` (length m).
-    fn project_range(&self, offset: u64, values: &[f32], out: &mut [f64]);
+
+    /// Add the projection of `values` (coordinates `offset .. offset + len`) into `out`
+    /// (length m), possibly keeping partial sums in `scratch` until [`Self::flush`]. Feeding a
+    /// range in pieces through one scratch costs less than [`Self::project_range`] per piece.
+    fn accumulate(
+        &self,
+        offset: u64,
+        values: &[f32],
+        out: &mut [f64],
+        scratch: &mut ProjectionScratch,
+    );
+
+    /// Add the partial sums held in `scratch` into `out`, leaving it empty.
+    fn flush(&self, out: &mut [f64], scratch: &mut ProjectionScratch) {
+        let _ = (out, scratch);
+    }
+
+    /// Add the projection of `values` (coordinates `offset .. offset + len`) into `out`.
+    fn project_range(&self, offset: u64, values: &[f32], out: &mut [f64]) {
+        let mut scratch = ProjectionScratch::default();
+        self.accumulate(offset, values, out, &mut scratch);
+        self.flush(out, &mut scratch);
+    }
+}
+
+/// Partial sums a projection keeps between [`Projection::accumulate`] calls on one output.
+#[derive(Debug, Default)]
+pub struct ProjectionScratch {
+    /// CountSketch: [`ACC_SETS`] sets of m + 64 f32 row sums.
+    acc: Vec<f32>,
+    /// Values added into `acc` since its last flush.
+    pending: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -104,47 +137,145 @@ fn add_signed(out: &mut [f64], values: &[f32], signs: u64) {
     }
 }
 
+/// [`add_signed`] into f32 accumulators: sixteen lanes a vector and no widening, with the sign
+/// word split in 32-bit halves so the per-lane shifts stay 32-bit.
+#[inline(always)]
+fn add_signed_f32(out: &mut [f32], values: &[f32], signs: u64) {
+    for (k, (out, values)) in out.chunks_mut(32).zip(values.chunks(32)).enumerate() {
+        let half = (signs >> (32 * k)) as u32;
+        for (i, (o, &x)) in out.iter_mut().zip(values).enumerate() {
+            *o += f32::from_bits(x.to_bits() ^ (((half >> i) & 1) << 31));
+        }
+    }
+}
+
+/// Values per row summed in f32 before they are added to the f64 output: bounds the f32
+/// rounding at ≈ 17 · 2⁻²⁴ of the row's Σ|x| (a piece of 16 m values meets at most 17 blocks,
+/// each contributing one value per row).
+const F32_ROW_RUN: usize = 16;
+
+/// Consecutive blocks add into different accumulator sets (block b into set b mod 4). A block
+/// rotated differently from the one before loads rows straddling that block's stores, which
+/// are still in the store buffer: store-to-load forwarding fails and the load waits for them.
+/// Four sets leave the stores time to retire.
+const ACC_SETS: usize = 4;
+
+impl CountSketch {
+    /// Visit `values` (coordinates `offset ..`) as runs of up to 64 positions that share a
+    /// block and a sign word: `f(block, row, run, signs)` with the run's first row and its sign
+    /// bits. Rows run on past m − 1 where the block's rotation wraps: position `row + i` of
+    /// the run stands for row `(row + i) mod m`, and `row + run.len() ≤ m + 64`.
+    #[inline(always)]
+    fn for_each_run(
+        &self,
+        offset: u64,
+        values: &[f32],
+        mut f: impl FnMut(u64, usize, &[f32], u64),
+    ) {
+        let m = self.m as u64;
+        // One division per call; the block and position then advance by additions.
+        let (mut b, mut t) = (offset / m, offset % m);
+        let mut r = self.rotation(b);
+        let mut rest = values;
+        while !rest.is_empty() {
+            let len = (64 - t % 64).min(m - t).min(rest.len() as u64) as usize;
+            let (run, tail) = rest.split_at(len);
+            let signs = self.sign_word(b, t / 64) >> (t % 64);
+            let row = t + r;
+            f(
+                b,
+                (if row >= m { row - m } else { row }) as usize,
+                run,
+                signs,
+            );
+            t += len as u64;
+            if t == m && !tail.is_empty() {
+                (b, t) = (b + 1, 0);
+                r = self.rotation(b);
+            }
+            rest = tail;
+        }
+    }
+}
+
+impl CountSketch {
+    /// Fold the f32 row sums into `out` and zero them.
+    fn flush_f32(&self, out: &mut [f64], scratch: &mut ProjectionScratch) {
+        for set in scratch.acc.chunks_mut(self.m + 64) {
+            let (rows, past) = set.split_at_mut(self.m);
+            for (o, a) in out.iter_mut().zip(rows) {
+                *o += f64::from(std::mem::take(a));
+            }
+            for (o, a) in out.iter_mut().zip(past) {
+                *o += f64::from(std::mem::take(a));
+            }
+        }
+        scratch.pending = 0;
+    }
+}
+
 impl Projection for CountSketch {
     fn dim(&self) -> usize {
         self.m
     }
 
-    fn project_range(&self, offset: u64, values: &[f32], out: &mut [f64]) {
+    /// Values are summed per row in f32, in [`ACC_SETS`] sets of m + 64 rows (runs that wrap
+    /// past row m − 1 go on into the extra rows), which are added to `out` in f64 after every
+    /// [`F32_ROW_RUN`] · [`ACC_SETS`] · m values and at [`Projection::flush`]: widening each
+    /// value to f64 cost half the projection. A first call shorter than 2 m values, with
+    /// nothing pending, adds straight into `out` in f64 instead (clearing and folding the sets
+    /// would cost more than it). Sums of f32 values that need at most 24 significant bits are
+    /// exact either way.
+    fn accumulate(
+        &self,
+        offset: u64,
+        values: &[f32],
+        out: &mut [f64],
+        scratch: &mut ProjectionScratch,
+    ) {
         assert_eq!(out.len(), self.m, "output must have the sketch dimension");
+        let m = self.m;
+        let stride = m + 64;
         crate::isa::dispatch(
             #[inline(always)]
             || {
-                let m = self.m as u64;
-                let (mut j, mut rest) = (offset, values);
-                let mut rotation = None;
-                // Runs of up to 64 positions that share a sign word and a block; a run's rows
-                // are contiguous except where the block's rotation wraps.
+                if scratch.pending == 0 && values.len() < 2 * m {
+                    self.for_each_run(offset, values, |_, row, run, signs| {
+                        let wrap = (m - row).min(run.len());
+                        add_signed(&mut out[row..row + wrap], &run[..wrap], signs);
+                        add_signed(&mut out[..run.len() - wrap], &run[wrap..], signs >> wrap);
+                    });
+                    return;
+                }
+                if scratch.acc.len() != ACC_SETS * stride {
+                    scratch.acc = vec![0.0; ACC_SETS * stride];
+                    scratch.pending = 0;
+                }
+                let piece = F32_ROW_RUN * ACC_SETS * m;
+                let (mut offset, mut rest) = (offset, values);
                 while !rest.is_empty() {
-                    let (b, t) = (j / m, j % m);
-                    let r = match rotation {
-                        Some((cached, r)) if cached == b => r,
-                        _ => {
-                            let r = self.rotation(b);
-                            rotation = Some((b, r));
-                            r
-                        }
-                    };
-                    let len = (64 - t % 64).min(m - t).min(rest.len() as u64) as usize;
-                    let (run, tail) = rest.split_at(len);
-                    let signs = self.sign_word(b, t / 64) >> (t % 64);
-                    let row = (t + r) % m;
-                    let before_wrap = ((m - row) as usize).min(len);
-                    let (a, c) = run.split_at(before_wrap);
-                    let row = row as usize;
-                    add_signed(&mut out[row..row + a.len()], a, signs);
-                    if !c.is_empty() {
-                        add_signed(&mut out[..c.len()], c, signs >> before_wrap);
+                    let take = (piece - scratch.pending).min(rest.len());
+                    let (now, later) = rest.split_at(take);
+                    let acc = &mut scratch.acc;
+                    self.for_each_run(offset, now, |b, row, run, signs| {
+                        let at = (b % ACC_SETS as u64) as usize * stride + row;
+                        add_signed_f32(&mut acc[at..at + run.len()], run, signs);
+                    });
+                    scratch.pending += take;
+                    if scratch.pending == piece {
+                        self.flush_f32(out, scratch);
                     }
-                    j += len as u64;
-                    rest = tail;
+                    (offset, rest) = (offset + take as u64, later);
                 }
             },
         );
+    }
+
+    fn flush(&self, out: &mut [f64], scratch: &mut ProjectionScratch) {
+        assert_eq!(out.len(), self.m, "output must have the sketch dimension");
+        if scratch.pending > 0 {
+            self.flush_f32(out, scratch);
+        }
     }
 }
 
@@ -165,7 +296,7 @@ impl Projection for GaussianProjection {
         self.m
     }
 
-    fn project_range(&self, offset: u64, values: &[f32], out: &mut [f64]) {
+    fn accumulate(&self, offset: u64, values: &[f32], out: &mut [f64], _: &mut ProjectionScratch) {
         assert_eq!(out.len(), self.m, "output must have the sketch dimension");
         let scale = 1.0 / (self.m as f64).sqrt();
         for (i, &v) in values.iter().enumerate() {
@@ -196,7 +327,11 @@ mod tests {
                 (1 << 40, 2000),
                 (999, 3),
             ] {
-                let values: Vec<f32> = (0..len).map(|_| rng.normal() as f32).collect();
+                // Multiples of 1/8 below 2¹⁰ in magnitude: every row sum is exact in f32 and
+                // f64, so both paths must match the definition bit for bit.
+                let values: Vec<f32> = (0..len)
+                    .map(|_| (rng.normal() * 64.0).round() as f32 / 8.0)
+                    .collect();
                 let mut fast = vec![0.0; m];
                 p.project_range(offset, &values, &mut fast);
                 let mut reference = vec![0.0; m];
@@ -205,6 +340,18 @@ mod tests {
                     reference[row] += sign * f64::from(v);
                 }
                 assert_eq!(fast, reference, "m = {m}, offset = {offset}, len = {len}");
+                // The same range fed in pieces through one scratch, as the agent does: short
+                // first pieces take the f64 path, later ones join the pending f32 sums, and
+                // pieces cross the flush points.
+                for piece in [1usize, 7, 100, 1000] {
+                    let (mut pieces, mut scratch) = (vec![0.0; m], ProjectionScratch::default());
+                    for (k, part) in values.chunks(piece).enumerate() {
+                        let at = offset + (k * piece) as u64;
+                        p.accumulate(at, part, &mut pieces, &mut scratch);
+                    }
+                    p.flush(&mut pieces, &mut scratch);
+                    assert_eq!(pieces, reference, "m = {m}, len = {len}, pieces of {piece}");
+                }
             }
         }
     }

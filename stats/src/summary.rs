@@ -116,7 +116,6 @@ impl GradSummary {
         let mut scratch = BlockScratch {
             moments: F32BlockScratch::default(),
             slots: [0; BLOCK],
-            candidates: [0; BLOCK],
         };
         for block in xs.chunks(BLOCK) {
             // One pass over the bit patterns of |x|, which for finite values order like the
@@ -206,16 +205,25 @@ impl GradSummary {
         } else {
             0
         };
-        let (candidates, mut found) = (&mut scratch.candidates, 0);
-        for (j, &x) in xs.iter().enumerate().skip(first) {
-            candidates[found] = j as u8;
-            found += usize::from(x.to_bits() & 0x7fff_ffff > floor);
-        }
-        for &j in &candidates[..found] {
-            let a = abs(usize::from(j));
-            if a > threshold {
-                self.top_abs.push(a);
-                threshold = self.top_abs.threshold().unwrap_or(f64::NEG_INFINITY);
+        // One bit per value above the floor, 64 values a word: the comparisons vectorise and
+        // only the few set bits are visited.
+        for (w, word) in xs.chunks(64).enumerate() {
+            let mut above = 0u64;
+            for (i, &x) in word.iter().enumerate() {
+                above |= u64::from(x.to_bits() & 0x7fff_ffff > floor) << i;
+            }
+            // Values before `first` are in the top-k already.
+            let base = w * 64;
+            if first > base {
+                above &= u64::MAX.checked_shl((first - base) as u32).unwrap_or(0);
+            }
+            while above != 0 {
+                let a = abs(base + above.trailing_zeros() as usize);
+                above &= above - 1;
+                if a > threshold {
+                    self.top_abs.push(a);
+                    threshold = self.top_abs.threshold().unwrap_or(f64::NEG_INFINITY);
+                }
             }
         }
     }
@@ -334,8 +342,6 @@ struct BlockScratch {
     moments: F32BlockScratch,
     /// Histogram slot of each value.
     slots: [u32; BLOCK],
-    /// Positions of top-k candidates.
-    candidates: [u8; BLOCK],
 }
 
 /// Extremes and sign counts of a block of finite f32 values, from the bit patterns of `|x|`.
