@@ -232,10 +232,14 @@ impl LogHistogram {
         };
         self.cover(offset, offset + last as u64);
         let start = (offset - self.offset) as usize;
+        // The total in a local: added to `self.total` inside the loop, it made every iteration
+        // wait for the previous one's store (and kept the loop scalar).
+        let mut added = 0u64;
         for (a, b) in self.counts[start..=start + last].iter_mut().zip(counts) {
             *a += b;
-            self.total += b;
+            added += b;
         }
+        self.total += added;
     }
 
     /// Non-empty buckets as (index, count), index increasing.

@@ -438,7 +438,7 @@ fn sgn_row(
     d: &[f64],
     batch: Option<f64>,
 ) -> SgnRow {
-    let m = Moments::from_slice(d);
+    let m = Moments::from_block(d);
     let rms =
         (!d.is_empty()).then(|| (d.iter().map(|v| v * v).sum::<f64>() / d.len() as f64).sqrt());
     let mut row = SgnRow {

@@ -199,7 +199,7 @@ fn test(values: &[f64]) -> Verdict {
         let k = tail::default_k(abs.len(), abs.len());
         v.hill = tail::hill(&abs, k).ok().and_then(|t| t.alpha);
     }
-    let m = Moments::from_slice(values);
+    let m = Moments::from_block(values);
     v.k2 = normality::dagostino_k2(&m).ok().map(|t| t.p_value < 0.05);
     v.jb = normality::jarque_bera(&m).ok().map(|t| t.p_value < 0.05);
     v
