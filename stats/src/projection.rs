@@ -20,8 +20,7 @@
 //!   as much as the whole summary; within a block the rows are contiguous, so projecting is a
 //!   vectorised signed add into a slice of row sums (`cargo bench -p gradtel-stats --bench
 //!   sketch`). The row sums are f32 over at most 17 values a row before they are added to the
-//!   f64 output (`F32_ROW_RUN`), in four sets that consecutive blocks alternate between
-//!   (`ACC_SETS`): each rotation makes a block's loads straddle the previous block's stores.
+//!   f64 output (`F32_ROW_RUN`).
 //! * **Gaussian** (Johnson–Lindenstrauss): entries i.i.d. N(0, 1/m), column j drawn from a
 //!   generator seeded by (seed, j). `E[‖Gx‖²] = ‖x‖²`.
 //!
@@ -78,7 +77,7 @@ pub trait Projection {
 /// Partial sums a projection keeps between [`Projection::accumulate`] calls on one output.
 #[derive(Debug, Default)]
 pub struct ProjectionScratch {
-    /// CountSketch: [`ACC_SETS`] sets of m + 64 f32 row sums.
+    /// CountSketch: m + 64 f32 row sums.
     acc: Vec<f32>,
     /// Values added into `acc` since its last flush.
     pending: usize,
@@ -154,24 +153,13 @@ fn add_signed_f32(out: &mut [f32], values: &[f32], signs: u64) {
 /// each contributing one value per row).
 const F32_ROW_RUN: usize = 16;
 
-/// Consecutive blocks add into different accumulator sets (block b into set b mod 4). A block
-/// rotated differently from the one before loads rows straddling that block's stores, which
-/// are still in the store buffer: store-to-load forwarding fails and the load waits for them.
-/// Four sets leave the stores time to retire.
-const ACC_SETS: usize = 4;
-
 impl CountSketch {
     /// Visit `values` (coordinates `offset ..`) as runs of up to 64 positions that share a
-    /// block and a sign word: `f(block, row, run, signs)` with the run's first row and its sign
+    /// block and a sign word: `f(row, run, signs)` with the run's first row and its sign
     /// bits. Rows run on past m − 1 where the block's rotation wraps: position `row + i` of
     /// the run stands for row `(row + i) mod m`, and `row + run.len() ≤ m + 64`.
     #[inline(always)]
-    fn for_each_run(
-        &self,
-        offset: u64,
-        values: &[f32],
-        mut f: impl FnMut(u64, usize, &[f32], u64),
-    ) {
+    fn for_each_run(&self, offset: u64, values: &[f32], mut f: impl FnMut(usize, &[f32], u64)) {
         let m = self.m as u64;
         // One division per call; the block and position then advance by additions.
         let (mut b, mut t) = (offset / m, offset % m);
@@ -182,12 +170,7 @@ impl CountSketch {
             let (run, tail) = rest.split_at(len);
             let signs = self.sign_word(b, t / 64) >> (t % 64);
             let row = t + r;
-            f(
-                b,
-                (if row >= m { row - m } else { row }) as usize,
-                run,
-                signs,
-            );
+            f((if row >= m { row - m } else { row }) as usize, run, signs);
             t += len as u64;
             if t == m && !tail.is_empty() {
                 (b, t) = (b + 1, 0);
@@ -201,14 +184,12 @@ impl CountSketch {
 impl CountSketch {
     /// Fold the f32 row sums into `out` and zero them.
     fn flush_f32(&self, out: &mut [f64], scratch: &mut ProjectionScratch) {
-        for set in scratch.acc.chunks_mut(self.m + 64) {
-            let (rows, past) = set.split_at_mut(self.m);
-            for (o, a) in out.iter_mut().zip(rows) {
-                *o += f64::from(std::mem::take(a));
-            }
-            for (o, a) in out.iter_mut().zip(past) {
-                *o += f64::from(std::mem::take(a));
-            }
+        let (rows, past) = scratch.acc.split_at_mut(self.m);
+        for (o, a) in out.iter_mut().zip(rows) {
+            *o += f64::from(std::mem::take(a));
+        }
+        for (o, a) in out.iter_mut().zip(past) {
+            *o += f64::from(std::mem::take(a));
         }
         scratch.pending = 0;
     }
@@ -219,9 +200,9 @@ impl Projection for CountSketch {
         self.m
     }
 
-    /// Values are summed per row in f32, in [`ACC_SETS`] sets of m + 64 rows (runs that wrap
-    /// past row m − 1 go on into the extra rows), which are added to `out` in f64 after every
-    /// [`F32_ROW_RUN`] · [`ACC_SETS`] · m values and at [`Projection::flush`]: widening each
+    /// Values are summed per row in f32, over m + 64 rows (runs that wrap past row m − 1 go on
+    /// into the extra rows), which are added to `out` in f64 after every [`F32_ROW_RUN`] · m
+    /// values and at [`Projection::flush`]: widening each
     /// value to f64 cost half the projection. A first call shorter than 2 m values, with
     /// nothing pending, adds straight into `out` in f64 instead (clearing and folding the sets
     /// would cost more than it). Sums of f32 values that need at most 24 significant bits are
@@ -240,26 +221,25 @@ impl Projection for CountSketch {
             #[inline(always)]
             || {
                 if scratch.pending == 0 && values.len() < 2 * m {
-                    self.for_each_run(offset, values, |_, row, run, signs| {
+                    self.for_each_run(offset, values, |row, run, signs| {
                         let wrap = (m - row).min(run.len());
                         add_signed(&mut out[row..row + wrap], &run[..wrap], signs);
                         add_signed(&mut out[..run.len() - wrap], &run[wrap..], signs >> wrap);
                     });
                     return;
                 }
-                if scratch.acc.len() != ACC_SETS * stride {
-                    scratch.acc = vec![0.0; ACC_SETS * stride];
+                if scratch.acc.len() != stride {
+                    scratch.acc = vec![0.0; stride];
                     scratch.pending = 0;
                 }
-                let piece = F32_ROW_RUN * ACC_SETS * m;
+                let piece = F32_ROW_RUN * m;
                 let (mut offset, mut rest) = (offset, values);
                 while !rest.is_empty() {
                     let take = (piece - scratch.pending).min(rest.len());
                     let (now, later) = rest.split_at(take);
                     let acc = &mut scratch.acc;
-                    self.for_each_run(offset, now, |b, row, run, signs| {
-                        let at = (b % ACC_SETS as u64) as usize * stride + row;
-                        add_signed_f32(&mut acc[at..at + run.len()], run, signs);
+                    self.for_each_run(offset, now, |row, run, signs| {
+                        add_signed_f32(&mut acc[row..row + run.len()], run, signs);
                     });
                     scratch.pending += take;
                     if scratch.pending == piece {
