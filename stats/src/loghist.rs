@@ -437,8 +437,9 @@ impl LaneCounter {
             // SAFETY: `abs` clamps every pattern into [min_pos, max], whose buckets are the
             // `hi − lo + 1` rows of `lanes`, and the lane is below LANES; so the slot is below
             // `lanes.len()`. A bounds check here cost a compare and branch per increment, in
-            // the agent's hottest loop. Tested by `lane_counter_matches_record_for_dense_and_spread_blocks`
-            // and `record_abs_f32_keeps_wrong_extremes_in_bounds`.
+            // the agent's hottest loop. Tested by
+            // `lane_counter_matches_record_for_dense_and_spread_blocks` and
+            // `record_abs_f32_keeps_wrong_extremes_in_bounds`.
             let c = unsafe { lanes.get_unchecked_mut(s as usize) };
             *c = c.wrapping_add(1);
         }

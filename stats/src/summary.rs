@@ -18,8 +18,6 @@ use crate::{LogHistogram, Moments, StatsError, TopK};
 
 /// Values summarised per block on the fast path.
 pub const BLOCK: usize = crate::moments::F32_BLOCK;
-// Positions within a block are kept as u8.
-const _: () = assert!(BLOCK <= 256);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GradSummary {
