@@ -202,11 +202,10 @@ impl Projection for CountSketch {
 
     /// Values are summed per row in f32, over m + 64 rows (runs that wrap past row m − 1 go on
     /// into the extra rows), which are added to `out` in f64 after every [`F32_ROW_RUN`] · m
-    /// values and at [`Projection::flush`]: widening each
-    /// value to f64 cost half the projection. A first call shorter than 2 m values, with
-    /// nothing pending, adds straight into `out` in f64 instead (clearing and folding the sets
-    /// would cost more than it). Sums of f32 values that need at most 24 significant bits are
-    /// exact either way.
+    /// values and at [`Projection::flush`]: widening each value to f64 cost half the
+    /// projection. A first call shorter than 2 m values, with nothing pending, adds straight
+    /// into `out` in f64 instead (clearing and folding the row sums would cost more than it).
+    /// Sums of f32 values that need at most 24 significant bits are exact either way.
     fn accumulate(
         &self,
         offset: u64,
