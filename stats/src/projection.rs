@@ -223,7 +223,9 @@ impl Projection for CountSketch {
                     self.for_each_run(offset, values, |row, run, signs| {
                         let wrap = (m - row).min(run.len());
                         add_signed(&mut out[row..row + wrap], &run[..wrap], signs);
-                        add_signed(&mut out[..run.len() - wrap], &run[wrap..], signs >> wrap);
+                        // A run that does not wrap leaves nothing here, and a 64-bit shift.
+                        let rest = signs.checked_shr(wrap as u32).unwrap_or(0);
+                        add_signed(&mut out[..run.len() - wrap], &run[wrap..], rest);
                     });
                     return;
                 }
