@@ -179,9 +179,7 @@ impl CountSketch {
             rest = tail;
         }
     }
-}
 
-impl CountSketch {
     /// Fold the f32 row sums into `out` and zero them.
     fn flush_f32(&self, out: &mut [f64], scratch: &mut ProjectionScratch) {
         let (rows, past) = scratch.acc.split_at_mut(self.m);
