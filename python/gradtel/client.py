@@ -266,6 +266,44 @@ class _Slot:
         self.start, self.end, self.free = start, end, False
 
 
+def _copy_into(view: np.ndarray, raw: memoryview, at: int, flat: np.ndarray) -> None:
+    """Copy the bytes ``flat`` into the shared region at ``at``: through numpy (which releases
+    the GIL) when large, else through the memoryview (see ``_SHARED_NOGIL_COPY_BYTES``)."""
+    if flat.nbytes >= _SHARED_NOGIL_COPY_BYTES:
+        np.copyto(view[at : at + flat.nbytes], flat)
+    else:
+        raw[at : at + flat.nbytes] = flat.data
+
+
+class Staged:
+    """Tensors copied into the shared region by :meth:`Client.stage_many`, not queued yet."""
+
+    __slots__ = ("_client", "_step", "_flat", "_slot", "_parts", "_lo", "_local")
+
+    def __init__(self, client, step, flat, slot, parts, lo, local):
+        self._client, self._step, self._flat, self._slot = client, step, flat, slot
+        self._parts, self._lo, self._local = parts, lo, local
+
+    def push(self) -> bool:
+        """Check and queue the staged tensors (once). False when the step was dropped — also
+        when the region had no room at staging, counted then as a full queue."""
+        slot, self._slot = self._slot, None
+        if slot is None:
+            return False
+        client, flat, size = self._client, self._flat, self._flat.dtype.itemsize
+        placed = []
+        try:
+            for name, at, n in self._parts:
+                start = self._lo + at
+                _, kind = client._check(name, flat[start : start + n], 0, None)
+                placed.append((name, DTYPES[kind][0], size, 0, slot.start + at * size, n * size))
+        except GradtelError:
+            with client._cv:
+                slot.free = True
+            raise
+        return client._queue_placed(self._step, placed, self._local, (slot,))
+
+
 class _SharedRing:
     """A sealed memfd shared with the agent, allocated as a ring: slots are taken at the head and
     come back, once freed, from the tail, in allocation order; the head returns to the front
@@ -621,10 +659,7 @@ class Client:
         at = slot.start
         placed = []
         for (name, arr, dtype, offset), flat in zip(parts, flats):
-            if flat.nbytes >= _SHARED_NOGIL_COPY_BYTES:
-                np.copyto(view[at : at + flat.nbytes], flat)
-            else:
-                raw[at : at + flat.nbytes] = flat.data
+            _copy_into(view, raw, at, flat)
             placed.append((name, dtype, arr.dtype.itemsize, offset, at, flat.nbytes))
             at += flat.nbytes
         return self._enqueue_shared(step, placed, local, (slot,), total)
@@ -744,6 +779,11 @@ class Client:
                 for slot in slots:
                     slot.free = True
             raise
+        return self._queue_placed(step, placed, local, slots)
+
+    def _queue_placed(self, step: int, placed: list, local: bool, slots: tuple) -> bool:
+        """Queue payloads already in ``slots`` of the shared region (see
+        :meth:`_enqueue_shared`), or free the slots when the step was dropped meanwhile."""
         with self._cv:
             if step in self._dropped:
                 self.stats.pushes_discarded += 1
@@ -752,6 +792,33 @@ class Client:
                 return False
         return self._enqueue_shared(step, placed, local, slots,
                                     sum(p[-1] for p in placed))
+
+    def stage_many(
+        self, step: int, array, parts: list[tuple[str, int, int]], *, local: bool = False
+    ) -> Optional["Staged"]:
+        """The first half of :meth:`push_many` for tensors laid out in one flat array (a DDP
+        bucket's buffer): copy the span that ``parts`` — ``(name, first element in array,
+        count)``, each a whole tensor from coordinate 0 — cover into the shared region now, and
+        return a :class:`Staged` whose ``push()`` checks and queues them later. A DDP hook
+        calls ``push()`` after launching the all-reduce that overwrites ``array``, so that
+        only the copy lies on the step's critical path and the rest overlaps the all-reduce.
+        None when the span would go inline (no shared region, or under ``SHARED_MIN_BYTES``):
+        use :meth:`push_many` then."""
+        flat = np.asarray(array).reshape(-1)
+        lo = min(at for _, at, _ in parts)
+        hi = max(at + n for _, at, n in parts)
+        span = flat[lo:hi].view(np.uint8)
+        if not self._ring_mapped or span.nbytes < SHARED_MIN_BYTES:
+            return None
+        with self._cv:
+            if not self.shared_memory_active:
+                return None
+            slot = self._alloc_locked(step, span.nbytes)
+            view, raw = self._ring.view, self._ring.bytes
+        if slot is not None:
+            _copy_into(view, raw, slot.start, span)
+        return Staged(self, step, flat, slot, [(name, at - lo, n) for name, at, n in parts],
+                      lo, local)
 
     def push_many(
         self,

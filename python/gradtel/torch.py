@@ -40,7 +40,7 @@ from typing import Callable, Iterable, Optional, Union
 import numpy as np
 import torch
 
-from gradtel.client import Client, GradtelError, Tensor
+from gradtel.client import Client, GradtelError, Staged, Tensor
 
 ParamFilter = Union[None, Callable[[str, torch.nn.Parameter], bool], Iterable[str]]
 
@@ -331,18 +331,25 @@ class Watcher:
             # The client copies before it returns, so the view may be reused right after.
             self.client.push(self.step, name, _host_view(grad), local=local, offset=offset)
 
-    def _push_bucket(self, buf: torch.Tensor, layout: list) -> None:
-        """Local gradients laid out in a DDP bucket's flat buffer. On a GPU the buffer is copied
-        on the current stream (the all-reduce that follows overwrites it in place) and pushed
-        by the copier's thread. On a CPU it is pushed at once: handing it to a thread measured
-        slower, the thread's Python work then contends for the GIL with the all-reduce launch."""
+    def _push_bucket(self, buf: torch.Tensor, layout: list) -> Optional[Staged]:
+        """Local gradients laid out in a DDP bucket's flat buffer, which the all-reduce that
+        follows overwrites in place. On a GPU the buffer is copied on the current stream and
+        pushed by the copier's thread. On a CPU it is copied into the shared region now and
+        the returned :class:`Staged` is pushed by the caller once the all-reduce is launched
+        (its Python then overlaps the all-reduce); without a shared region it is pushed at
+        once. Handing a CPU bucket to a thread measured slower: the thread's Python work then
+        contends for the GIL with the all-reduce launch."""
         if buf.is_cuda:
             with self._lock:
                 if self._copier is None:
                     self._copier = _DeviceCopier(self.client)
             self._copier.submit_bucket(self.step, buf, layout)
-        else:
-            _push_layout(self.client, self.step, _host_view(buf), layout)
+            return None
+        flat = _host_view(buf)
+        staged = self.client.stage_many(self.step, flat, layout, local=True)
+        if staged is None:
+            _push_layout(self.client, self.step, flat, layout)
+        return staged
 
     def end_step(
         self,
@@ -478,19 +485,26 @@ def _ddp_hook(state: _DDPState, bucket):
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
     w = state.watcher
+    staged = None
     if w.active:
         layout = state.layout(bucket)
         if layout is not None:
             # The bucket's flat buffer holds every local gradient: one view (or one
             # device-to-host copy) for all of them instead of one per parameter.
             if layout:
-                w._push_bucket(bucket.buffer(), layout)
+                staged = w._push_bucket(bucket.buffer(), layout)
         else:
             for p, g in zip(bucket.parameters(), bucket.gradients()):
                 name = state.names.get(id(p))
                 if name is not None:
                     w._push(name, g, local=True, side=False)
-    return allreduce_hook(state.process_group, bucket)
+    try:
+        return allreduce_hook(state.process_group, bucket)
+    finally:
+        if staged is not None:
+            # The local gradients are in the shared region already; queueing them while the
+            # all-reduce runs takes this Python off the step's critical path.
+            staged.push()
 
 
 def watch_ddp(

@@ -217,6 +217,42 @@ def test_reserved_slots_filled_by_the_caller_reach_the_lake(collector, agent_fac
         assert c["value"] == np.float32(sent[c["step"]][c["tensor"]][c["index"]])
 
 
+def test_staged_bucket_is_what_was_there_at_staging(collector, agent_factory):
+    """The DDP hook's CPU path: tensors laid out in one flat buffer are copied into the shared
+    region at staging and queued later; what the lake holds is the buffer as it was when
+    staged, not as it is after (the all-reduce overwrites it in place in between)."""
+    agent = agent_factory(extra=["--track-count", "100000"])
+    client = Client(RUN, socket=agent.socket, shared_memory_bytes=1 << 20)
+    assert client.register([Tensor("a", (3000,)), Tensor("b", (40, 50))])
+    rng = np.random.default_rng(5)
+    layout = [("b", 3000, 2000), ("a", 0, 3000)]  # out of order, as DDP buckets are
+    sent = {}
+    for step in range(3):
+        bucket = rng.normal(size=5000).astype(np.float32)
+        sent[step] = bucket.copy()
+        staged = client.stage_many(step, bucket, layout, local=True)
+        assert staged is not None
+        bucket *= 0.5  # what an all-reduce would do to it meanwhile
+        assert staged.push()
+        assert not staged.push(), "a handle queues once"
+        assert client.end_step(step)
+    # Too small for the shared region: the caller pushes inline instead.
+    assert client.stage_many(3, np.zeros(8, np.float32), [("a", 0, 8)]) is None
+    # A bad layout is found at push(), and the slot comes back.
+    staged = client.stage_many(4, np.zeros(5000, np.float32), [("a", 0, 5000)])
+    slot = staged._slot
+    with pytest.raises(GradtelError, match="owned range"):
+        staged.push()
+    assert slot.free
+    stats = client.close()
+    assert stats.steps_delivered == 3 and stats.bytes_shared == 3 * 5000 * 4, stats
+    coords = stop_and_read(collector, [agent], RUN, "coords").to_pylist()
+    assert len(coords) == 3 * 5000
+    for c in coords:
+        at = {"a": 0, "b": 3000}[c["tensor"]]
+        assert c["value"] == sent[c["step"]][at + c["index"]] and c["local"]
+
+
 def test_bf16_and_local_flag_and_sharded_offsets(collector, agent_factory):
     agent = agent_factory(extra=["--track-count", "1000"])
     client = Client(RUN, socket=agent.socket, shard=1, shard_count=2)
