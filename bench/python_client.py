@@ -100,8 +100,27 @@ def ddp_run(python: str, tmp: pathlib.Path, tag: str, extra: list[str], steps: i
     return statistics.median(times), dropped
 
 
+def toggled_run(python: str, tmp: pathlib.Path, tag: str, extra: list[str], steps: int,
+                block: int) -> tuple[float, float, int]:
+    """One watched 2-rank run that reports only in every other block of ``block`` steps:
+    median step times of the unwatched and the watched steps, and steps dropped. Both kinds
+    share the processes and the minute, so the machine's drift between runs cancels; what
+    the hooks cost while paused (a Python call per bucket, +0.2 % measured) is not counted."""
+    ddp_run(python, tmp, tag, [*extra, "--toggle", str(block)], steps)
+    off, on, dropped = [], [], 0
+    for rank in range(2):
+        r = json.loads((tmp / f"{tag}-{rank}.json").read_text())
+        for i, (t, w) in enumerate(zip(r["step_times"], r["watched"])):
+            # Skip the warm-up and each block's first steps, where the other kind's work
+            # (the sidecars finishing the previous block's steps) may still run.
+            if i >= 20 and i % block >= 3:
+                (on if w else off).append(t)
+        dropped += (r["client"] or {}).get("steps_dropped", 0)
+    return statistics.median(off), statistics.median(on), dropped
+
+
 def overhead(python: str, tmp: pathlib.Path, pairs: int, steps: int, idle: bool,
-             pause_collector: bool = False) -> dict:
+             pause_collector: bool = False, toggle: int = 0) -> dict:
     # In a deployment the collector runs on another machine. Here it shares the cores with the
     # training ranks, so (by default) it runs under SCHED_IDLE: it only gets cycles the ranks and
     # their agents leave, and its own CPU time is reported apart.
@@ -115,10 +134,14 @@ def overhead(python: str, tmp: pathlib.Path, pairs: int, steps: int, idle: bool,
                 os.kill(col.proc.pid, signal.SIGSTOP)
             cpu0 = [cpu_seconds(p.proc.pid) for p in (col, *agents)]
             for i in range(pairs):
-                base.append(ddp_run(python, tmp, f"base{i}", ["--no-gradtel"], steps)[0])
-                t, d = ddp_run(python, tmp, f"watch{i}", [
-                    "--run-id", f"bench-ddp-{i}", "--socket", str(tmp / "a-{rank}.sock"),
-                    *os.environ.get("GRADTEL_BENCH_WATCH_ARGS", "").split()], steps)
+                watch = ["--run-id", f"bench-ddp-{i}", "--socket", str(tmp / "a-{rank}.sock"),
+                         *os.environ.get("GRADTEL_BENCH_WATCH_ARGS", "").split()]
+                if toggle:
+                    b, t, d = toggled_run(python, tmp, f"toggle{i}", watch, steps, toggle)
+                    base.append(b)
+                else:
+                    base.append(ddp_run(python, tmp, f"base{i}", ["--no-gradtel"], steps)[0])
+                    t, d = ddp_run(python, tmp, f"watch{i}", watch, steps)
                 watched.append(t)
                 dropped += d
             cpu1 = [cpu_seconds(p.proc.pid) for p in (col, *agents)]
@@ -128,14 +151,16 @@ def overhead(python: str, tmp: pathlib.Path, pairs: int, steps: int, idle: bool,
             for a in agents:
                 a.stop()
     b, w = statistics.median(base), statistics.median(watched)
-    per_step = [(c1 - c0) / (pairs * steps) * 1e3 for c0, c1 in zip(cpu0, cpu1)]
+    # Toggled runs report every other block: half their steps.
+    per_step = [(c1 - c0) / (pairs * steps / (2 if toggle else 1)) * 1e3
+                for c0, c1 in zip(cpu0, cpu1)]
     # This VM's speed drifts between runs by more than the effect: the ratio within each
     # adjacent pair cancels the drift, and its median is the headline.
     ratio = statistics.median(y / x for x, y in zip(base, watched))
     return {"base_ms": b * 1e3, "watched_ms": w * 1e3, "overhead": ratio - 1,
             "pairs": [(x * 1e3, y * 1e3) for x, y in zip(base, watched)],
             "collector_cpu_ms": per_step[0], "agent_cpu_ms": per_step[1:],
-            "dropped": dropped, "reported": 2 * pairs * steps}
+            "dropped": dropped, "reported": 2 * pairs * steps // (2 if toggle else 1)}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -159,6 +184,10 @@ def main() -> int:
     p.add_argument("--ddp-steps", type=int, default=300)
     p.add_argument("--collector-normal-priority", action="store_true",
                    help="run the collector at normal priority beside the ranks")
+    p.add_argument("--toggle", type=int, default=0, metavar="N",
+                   help="measure within each watched run instead of against runs without "
+                        "gradtel: report only in every other block of N steps and compare "
+                        "the watched steps with the unwatched ones")
     p.add_argument("--pause-collector", action="store_true",
                    help="stop the collector (SIGSTOP) during the runs, as if it ran on another "
                         "host: agents keep their reports queued (and drop, counted, when full)")
@@ -174,11 +203,13 @@ def main() -> int:
         if not args.skip_ddp:
             o = overhead(args.ddp_python, tmp, args.pairs, args.ddp_steps,
                          idle=not args.collector_normal_priority,
-                         pause_collector=args.pause_collector)
-            print(f"DDP step time (median of {args.pairs} alternating pairs, 2 ranks, "
-                  f"{args.ddp_steps} steps): without gradtel {o['base_ms']:.3f} ms, with "
-                  f"{o['watched_ms']:.3f} ms; overhead (median of the pairs' ratios) "
-                  f"{o['overhead'] * 100:+.2f} %")
+                         pause_collector=args.pause_collector, toggle=args.toggle)
+            how = (f"{args.pairs} runs, each alternating blocks of {args.toggle} steps "
+                   "unwatched and watched" if args.toggle
+                   else f"{args.pairs} alternating pairs of runs without and with gradtel")
+            print(f"DDP step time (median of {how}, 2 ranks, {args.ddp_steps} steps): "
+                  f"without {o['base_ms']:.3f} ms, with {o['watched_ms']:.3f} ms; overhead "
+                  f"(median of the pairs' ratios) {o['overhead'] * 100:+.2f} %")
             print("  pairs (ms):", ", ".join(f"{a:.3f}/{b:.3f}" for a, b in o["pairs"]))
             print(f"  CPU per watched step: collector {o['collector_cpu_ms']:.2f} ms, agents "
                   + ", ".join(f"{x:.2f} ms" for x in o["agent_cpu_ms"]))

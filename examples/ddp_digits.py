@@ -85,6 +85,9 @@ def main(argv=None) -> int:
     p.add_argument("--record-local", help="(verification) save this rank's local gradients, "
                    "taken by independent tensor hooks, to this .npz ({rank} is replaced)")
     p.add_argument("--step-sleep", type=float, default=0.0, help="seconds to idle per step")
+    p.add_argument("--toggle", type=int, default=0, metavar="N",
+                   help="(benchmark) report only in every other block of N steps; --stats "
+                        "marks which steps were watched")
     args = p.parse_args(argv)
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -117,8 +120,11 @@ def main(argv=None) -> int:
 
     x_all, y_all = load_digits()
     opt = torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=0.9)
-    step_times = []
+    step_times, watched = [], []
     for step, idx in enumerate(batches(len(y_all), args.batch, rank, world, args.seed, args.steps)):
+        if watcher is not None and args.toggle:
+            watcher.paused = (step // args.toggle) % 2 == 1
+        watched.append(watcher is not None and watcher.active)
         t0 = time.perf_counter()
         x, y = torch.from_numpy(x_all[idx]), torch.from_numpy(y_all[idx])
         opt.zero_grad(set_to_none=True)
@@ -141,7 +147,7 @@ def main(argv=None) -> int:
     if args.stats:
         with open(args.stats.format(rank=rank), "w") as f:
             json.dump(
-                {"rank": rank, "step_times": step_times,
+                {"rank": rank, "step_times": step_times, "watched": watched,
                  "client": None if stats is None else {**stats.__dict__,
                                                         "steps_dropped": stats.steps_dropped}},
                 f,
@@ -152,7 +158,21 @@ def main(argv=None) -> int:
     if args.save_model and rank == 0:
         np.savez(args.save_model, **{k: v.detach().numpy() for k, v in model.state_dict().items()})
     dist.destroy_process_group()
+    if watcher is not None and _torch_before(2, 8):
+        # Before torch 2.8 the gloo process group, destroyed with the DDP model when this
+        # function returns, joins its worker threads while holding the GIL; a worker still
+        # finishing a Python future callback (the all-reduce of every Python communication
+        # hook has one) then waits for the GIL forever (torch issue 56297) — seen in about
+        # one run in twenty on a 2-core machine. Everything is written: leave without it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
+
+
+def _torch_before(major: int, minor: int) -> bool:
+    version = torch.__version__.split("+")[0].split(".")
+    return tuple(int(v) for v in version[:2] if v.isdigit()) < (major, minor)
 
 
 if __name__ == "__main__":

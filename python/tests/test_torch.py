@@ -57,7 +57,8 @@ def test_watch_single_process_reports_the_grads(collector, agent_factory):
     w = watch(model, client, every=2, params=lambda n, p: n.startswith("0."))
     grads = {}
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    for step in range(6):
+    for step in range(8):
+        w.paused = step in (2, 3)  # step 2 would be reported: paused, it is not
         opt.zero_grad()
         model(torch.randn(8, 20)).pow(2).mean().backward()
         grads[step] = {n: p.grad.detach().clone().numpy().ravel()
@@ -67,7 +68,7 @@ def test_watch_single_process_reports_the_grads(collector, agent_factory):
     stats = w.close()
     assert stats.steps_ended == 3 and stats.steps_delivered == 3, stats
     coords = stop_and_read(collector, [agent], "py-watch", "coords").to_pylist()
-    assert {c["step"] for c in coords} == {0, 2, 4}
+    assert {c["step"] for c in coords} == {0, 4, 6}
     assert {c["tensor"] for c in coords} == {"0.weight", "0.bias"}
     assert len(coords) == 3 * (20 * 30 + 30), "every coordinate is tracked at this budget"
     for c in coords:
