@@ -79,7 +79,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ddp_run(python: str, tmp: pathlib.Path, tag: str, extra: list[str], steps: int) -> float:
+def ddp_ranks(python: str, tmp: pathlib.Path, tag: str, extra: list[str],
+              steps: int) -> list[dict]:
+    """Run the 2-rank DDP example to the end; each rank's `--stats` record."""
     port = free_port()
     procs = []
     for rank in range(2):
@@ -92,12 +94,20 @@ def ddp_run(python: str, tmp: pathlib.Path, tag: str, extra: list[str], steps: i
             env=env, stdout=subprocess.DEVNULL))
     for p in procs:
         assert p.wait() == 0
-    times, dropped = [], 0
-    for rank in range(2):
-        r = json.loads((tmp / f"{tag}-{rank}.json").read_text())
-        times.extend(r["step_times"][20:])  # skip warm-up (bucket rebuild, first allocations)
-        dropped += (r["client"] or {}).get("steps_dropped", 0)
-    return statistics.median(times), dropped
+    return [json.loads((tmp / f"{tag}-{rank}.json").read_text()) for rank in range(2)]
+
+
+def dropped_steps(records: list[dict]) -> int:
+    return sum((r["client"] or {}).get("steps_dropped", 0) for r in records)
+
+
+def ddp_run(python: str, tmp: pathlib.Path, tag: str, extra: list[str],
+            steps: int) -> tuple[float, int]:
+    """Median step time over both ranks (warm-up skipped: bucket rebuild, first
+    allocations), and steps dropped."""
+    records = ddp_ranks(python, tmp, tag, extra, steps)
+    times = [t for r in records for t in r["step_times"][20:]]
+    return statistics.median(times), dropped_steps(records)
 
 
 def toggled_run(python: str, tmp: pathlib.Path, tag: str, extra: list[str], steps: int,
@@ -106,17 +116,15 @@ def toggled_run(python: str, tmp: pathlib.Path, tag: str, extra: list[str], step
     median step times of the unwatched and the watched steps, and steps dropped. Both kinds
     share the processes and the minute, so the machine's drift between runs cancels; what
     the hooks cost while paused (a Python call per bucket, +0.2 % measured) is not counted."""
-    ddp_run(python, tmp, tag, [*extra, "--toggle", str(block)], steps)
-    off, on, dropped = [], [], 0
-    for rank in range(2):
-        r = json.loads((tmp / f"{tag}-{rank}.json").read_text())
+    records = ddp_ranks(python, tmp, tag, [*extra, "--toggle", str(block)], steps)
+    off, on = [], []
+    for r in records:
         for i, (t, w) in enumerate(zip(r["step_times"], r["watched"])):
             # Skip the warm-up and each block's first steps, where the other kind's work
             # (the sidecars finishing the previous block's steps) may still run.
             if i >= 20 and i % block >= 3:
                 (on if w else off).append(t)
-        dropped += (r["client"] or {}).get("steps_dropped", 0)
-    return statistics.median(off), statistics.median(on), dropped
+    return statistics.median(off), statistics.median(on), dropped_steps(records)
 
 
 def overhead(python: str, tmp: pathlib.Path, pairs: int, steps: int, idle: bool,
