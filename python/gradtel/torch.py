@@ -336,7 +336,9 @@ class Watcher:
             # The client copies before it returns, so the view may be reused right after.
             self.client.push(self.step, name, _host_view(grad), local=local, offset=offset)
 
-    def _push_bucket(self, buf: torch.Tensor, layout: list) -> Optional[Staged]:
+    def _push_bucket(
+        self, buf: torch.Tensor, layout: tuple, views: Optional[dict] = None
+    ) -> Optional[Staged]:
         """Local gradients laid out in a DDP bucket's flat buffer, which the all-reduce that
         follows overwrites in place. On a GPU the buffer is copied on the current stream and
         pushed by the copier's thread. On a CPU it is copied into the shared region now and
@@ -350,7 +352,16 @@ class Watcher:
                     self._copier = _DeviceCopier(self.client)
             self._copier.submit_bucket(self.step, buf, layout)
             return None
-        flat = _host_view(buf)
+        if views is None:
+            flat = _host_view(buf)
+        else:
+            # The same buffer comes back every step: its numpy view is made once. A view keeps
+            # its buffer alive, so an address found here is never a newer buffer's; the views
+            # go when DDP rebuilds its buckets (a new layout, see _DDPState.layout).
+            key = (buf.data_ptr(), buf.numel(), buf.dtype)
+            flat = views.get(key)
+            if flat is None:
+                flat = views[key] = _host_view(buf)
         staged = self.client.stage_many(self.step, flat, layout, local=True)
         if staged is None:
             _push_layout(self.client, self.step, flat, layout)
@@ -464,9 +475,16 @@ class _DDPState:
         # Bucket parameters (their ids, in order) → [(name, offset in the bucket's flat buffer,
         # numel)] for the watched ones, or None when a gradient is not a plain view of the
         # buffer. DDP rebuilds its buckets after the first iteration, which gives new keys.
-        self.layouts: dict[tuple, Optional[list]] = {}
+        # Tuples, so that the client's per-layout plan (Client.stage_many) stays valid.
+        self.layouts: dict[tuple, Optional[tuple]] = {}
+        # Numpy views of bucket buffers, by (address, numel, dtype) — see Watcher._push_bucket.
+        self.views: dict[tuple, np.ndarray] = {}
+        # Imported once: an import statement in the hook is a lookup per bucket and step.
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-    def layout(self, bucket) -> Optional[list]:
+        self.allreduce_hook = allreduce_hook
+
+    def layout(self, bucket) -> Optional[tuple]:
         params = bucket.parameters()
         key = tuple(map(id, params))
         if key not in self.layouts:
@@ -482,13 +500,15 @@ class _DDPState:
                     layout = None
                     break
                 layout.append((name, off, g.numel()))
-            self.layouts[key] = layout
+            self.layouts[key] = None if layout is None else tuple(layout)
+            # New buckets (DDP rebuilds them after the first step): let the views of the old
+            # buffers, and so the buffers, go.
+            self.views.clear()
         return self.layouts[key]
 
 
 def _ddp_hook(state: _DDPState, bucket):
-    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
+    allreduce_hook = state.allreduce_hook
     w = state.watcher
     staged = None
     if w.active:
@@ -497,7 +517,7 @@ def _ddp_hook(state: _DDPState, bucket):
             # The bucket's flat buffer holds every local gradient: one view (or one
             # device-to-host copy) for all of them instead of one per parameter.
             if layout:
-                staged = w._push_bucket(bucket.buffer(), layout)
+                staged = w._push_bucket(bucket.buffer(), layout, state.views)
         else:
             for p, g in zip(bucket.parameters(), bucket.gradients()):
                 name = state.names.get(id(p))

@@ -445,3 +445,58 @@ def test_hand_encoded_chunks_parse_as_the_generated_message():
         want = ingest_pb2.PushRequest(chunk=ingest_pb2.GradientChunk(
             step=step, tensor=name, offset=offset, dtype=dtype, local=local, data=raw.tobytes()))
         assert got == want, (step, name)
+
+
+def test_hand_encoded_step_end_is_the_generated_message_byte_for_byte():
+    from gradtel.client import _encode_end
+    from gradtel.v1 import ingest_pb2
+
+    for step, loss, lr, batch in [
+        (0, None, None, None),
+        (7, 0.25, None, None),
+        (2**40 + 3, -1.5e-300, 3e-4, 256),
+        (1, float("nan"), float("inf"), 0),
+        (300, 2, 1, 2**33),  # ints as the training loop may pass them
+    ]:
+        end = ingest_pb2.EndStep(step=step)
+        if loss is not None:
+            end.loss = float(loss)
+        if lr is not None:
+            end.learning_rate = float(lr)
+        if batch is not None:
+            end.batch_size = int(batch)
+        want = ingest_pb2.PushRequest(end_step=end).SerializeToString()
+        assert _encode_end(step, loss, lr, batch) == want, (step, loss, lr, batch)
+
+
+def test_a_span_plans_prepared_bytes_are_the_general_encoders():
+    """Staged.push encodes a DDP bucket from bytes its plan prepares once; they must equal what
+    the general shared-region encoder writes, for any step and region offset, and the plan must
+    give way to it for a part longer than a chunk."""
+    from gradtel.client import _SpanPlan
+
+    c = Client(RUN, socket="/nonexistent.sock", chunk_bytes=4000)
+    long_name = "layer.0.ä" + "b" * 200
+    c._tensors = {"w": Tensor("w", (500,)), long_name: Tensor(long_name, (10,)),
+                  "big": Tensor("big", (2000,))}
+    flat = np.zeros(3000, np.float32)
+    parts = (("w", 10, 500), (long_name, 0, 10))  # out of order, one name needs long lengths
+    plan = _SpanPlan(parts, flat.dtype)
+    placed_rel = plan.placed(c, flat)
+    assert (plan.lo, plan.hi) == (0, 510)
+    for step in (0, 1, 300, 2**40 + 7):
+        for local in (False, True):
+            for at in (0, 64, 2**20 + 128, (512 << 20) - 4096):
+                placed = [(n, d, s, o, at + rel, b) for n, d, s, o, rel, b in placed_rel]
+                want = c._encode_shared(step, placed, local)
+                assert plan.encode(c, step, at, local) == want, (step, local, at)
+    # 8,000 bytes do not fit one 4,000-byte chunk: the general encoder splits them.
+    big = _SpanPlan((("big", 0, 2000),), flat.dtype)
+    big.placed(c, flat)
+    assert big.encode(c, 5, 0, False) is None
+    # A new layout (register) checks the parts again, and prepares new bytes.
+    c._tensors = dict(c._tensors)
+    c._tensors["w"] = Tensor("w", (400,))
+    with pytest.raises(GradtelError, match="owned range"):
+        plan.placed(c, flat)
+    c.close(timeout=0.1)
