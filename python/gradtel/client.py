@@ -788,10 +788,7 @@ class Client:
                 for slot in slots:
                     slot.free = True
                 return False
-            self._queue.append(item)
-            self._big += item.big
-            if item.big or self._queued_bytes >= self.chunk_bytes:
-                self._cv.notify_all()
+            self._append_locked([item])
         return True
 
     # ------------------------------------------- payloads the caller writes (GPU DMA target)
@@ -894,6 +891,9 @@ class Client:
             if len(self._plans) >= 64:
                 self._plans.clear()
             plan = self._plans[id(parts)] = _SpanPlan(parts, flat.dtype)
+        if plan.lo < 0 or plan.hi > flat.size:
+            raise GradtelError(
+                f"parts cover elements [{plan.lo}, {plan.hi}) of an array of {flat.size}")
         span = flat[plan.lo : plan.hi].view(np.uint8)
         if not self._ring_mapped or span.nbytes < SHARED_MIN_BYTES:
             return None
@@ -989,12 +989,16 @@ class Client:
                 self._queued_bytes -= nbytes
                 self.stats.pushes_discarded += 1
                 return False
-            self._queue.extend(items)
-            big = sum(1 for i in items if i.big)
-            self._big += big
-            if big or self._queued_bytes >= self.chunk_bytes:
-                self._cv.notify_all()
+            self._append_locked(items)
         return True
+
+    def _append_locked(self, items: list) -> None:
+        """Queue admitted items, and wake the sender when they should go now."""
+        self._queue.extend(items)
+        big = sum(1 for i in items if i.big)
+        self._big += big
+        if big or self._queued_bytes >= self.chunk_bytes:
+            self._cv.notify_all()
 
     def end_step(
         self,

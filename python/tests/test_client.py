@@ -238,6 +238,9 @@ def test_staged_bucket_is_what_was_there_at_staging(collector, agent_factory):
         assert client.end_step(step)
     # Too small for the shared region: the caller pushes inline instead.
     assert client.stage_many(3, np.zeros(8, np.float32), [("a", 0, 8)]) is None
+    # Parts beyond the array are refused before anything is copied.
+    with pytest.raises(GradtelError, match="cover elements"):
+        client.stage_many(3, np.zeros(4000, np.float32), layout)
     # A bad layout is found at push(), and the slot comes back.
     staged = client.stage_many(4, np.zeros(5000, np.float32), [("a", 0, 5000)])
     slot = staged._slot
