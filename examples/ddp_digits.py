@@ -139,8 +139,6 @@ def main(argv=None) -> int:
         if rank == 0 and (step + 1) % 10 == 0:
             print(f"step {step + 1} loss {loss.item():.4f}", flush=True)
 
-    # Before close(): the client's threads end there, and their times with them.
-    thread_cpu = _thread_cpu_seconds()
     stats = watcher.close() if watcher is not None else None
     if agent is not None:
         agent.stop()
@@ -150,7 +148,6 @@ def main(argv=None) -> int:
         with open(args.stats.format(rank=rank), "w") as f:
             json.dump(
                 {"rank": rank, "step_times": step_times, "watched": watched,
-                 "thread_cpu_s": thread_cpu,
                  "client": None if stats is None else {**stats.__dict__,
                                                         "steps_dropped": stats.steps_dropped}},
                 f,
@@ -171,25 +168,6 @@ def main(argv=None) -> int:
         sys.stderr.flush()
         os._exit(0)
     return 0
-
-
-def _thread_cpu_seconds() -> dict[str, float]:
-    """CPU seconds of this process's threads so far, by thread ("main", else its name and id;
-    Linux, empty elsewhere): where a watched rank's CPU goes besides the training thread."""
-    out: dict[str, float] = {}
-    try:
-        tick = os.sysconf("SC_CLK_TCK")
-        for task in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{task}/stat") as f:
-                stat = f.read()
-            # The name is in parentheses and may hold spaces; utime and stime follow it.
-            name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :]
-            fields = rest.split()
-            key = "main" if int(task) == os.getpid() else f"{name}-{task}"
-            out[key] = (int(fields[11]) + int(fields[12])) / tick
-    except OSError:
-        return {}
-    return out
 
 
 def _torch_before(major: int, minor: int) -> bool:

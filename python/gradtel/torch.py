@@ -337,31 +337,24 @@ class Watcher:
             self.client.push(self.step, name, _host_view(grad), local=local, offset=offset)
 
     def _push_bucket(
-        self, buf: torch.Tensor, layout: tuple, views: Optional[dict] = None
+        self, buf: torch.Tensor, layout: tuple, flat: Optional[np.ndarray] = None
     ) -> Optional[Staged]:
-        """Local gradients laid out in a DDP bucket's flat buffer, which the all-reduce that
-        follows overwrites in place. On a GPU the buffer is copied on the current stream and
-        pushed by the copier's thread. On a CPU it is copied into the shared region now and
-        the returned :class:`Staged` is pushed by the caller once the all-reduce is launched
-        (its Python then overlaps the all-reduce); without a shared region it is pushed at
-        once. Handing a CPU bucket to a thread measured slower: the thread's Python work then
-        contends for the GIL with the all-reduce launch."""
+        """Local gradients laid out in a DDP bucket's flat buffer (``flat``: its numpy view, if
+        the caller keeps one), which the all-reduce that follows overwrites in place. On a GPU
+        the buffer is copied on the current stream and pushed by the copier's thread. On a CPU
+        it is copied into the shared region now and the returned :class:`Staged` is pushed by
+        the caller once the all-reduce is launched (its Python then overlaps the all-reduce);
+        without a shared region it is pushed at once. Handing a CPU bucket to a thread measured
+        slower: the thread's Python work then contends for the GIL with the all-reduce
+        launch."""
         if buf.is_cuda:
             with self._lock:
                 if self._copier is None:
                     self._copier = _DeviceCopier(self.client)
             self._copier.submit_bucket(self.step, buf, layout)
             return None
-        if views is None:
+        if flat is None:
             flat = _host_view(buf)
-        else:
-            # The same buffer comes back every step: its numpy view is made once. A view keeps
-            # its buffer alive, so an address found here is never a newer buffer's; the views
-            # go when DDP rebuilds its buckets (a new layout, see _DDPState.layout).
-            key = (buf.data_ptr(), buf.numel(), buf.dtype)
-            flat = views.get(key)
-            if flat is None:
-                flat = views[key] = _host_view(buf)
         staged = self.client.stage_many(self.step, flat, layout, local=True)
         if staged is None:
             _push_layout(self.client, self.step, flat, layout)
@@ -477,7 +470,7 @@ class _DDPState:
         # buffer. DDP rebuilds its buckets after the first iteration, which gives new keys.
         # Tuples, so that the client's per-layout plan (Client.stage_many) stays valid.
         self.layouts: dict[tuple, Optional[tuple]] = {}
-        # Numpy views of bucket buffers, by (address, numel, dtype) — see Watcher._push_bucket.
+        # Numpy views of CPU bucket buffers, by (address, numel, dtype): see host_view.
         self.views: dict[tuple, np.ndarray] = {}
         # Imported once: an import statement in the hook is a lookup per bucket and step.
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
@@ -506,6 +499,16 @@ class _DDPState:
             self.views.clear()
         return self.layouts[key]
 
+    def host_view(self, buf: torch.Tensor) -> np.ndarray:
+        """The numpy view of a CPU bucket buffer, made once: the same buffer comes back every
+        step. A view keeps its buffer alive, so an address found here is never a newer
+        buffer's; the views go when DDP rebuilds its buckets (a new layout, see layout)."""
+        key = (buf.data_ptr(), buf.numel(), buf.dtype)
+        flat = self.views.get(key)
+        if flat is None:
+            flat = self.views[key] = _host_view(buf)
+        return flat
+
 
 def _ddp_hook(state: _DDPState, bucket):
     allreduce_hook = state.allreduce_hook
@@ -517,7 +520,9 @@ def _ddp_hook(state: _DDPState, bucket):
             # The bucket's flat buffer holds every local gradient: one view (or one
             # device-to-host copy) for all of them instead of one per parameter.
             if layout:
-                staged = w._push_bucket(bucket.buffer(), layout, state.views)
+                buf = bucket.buffer()
+                flat = None if buf.is_cuda else state.host_view(buf)
+                staged = w._push_bucket(buf, layout, flat)
         else:
             for p, g in zip(bucket.parameters(), bucket.gradients()):
                 name = state.names.get(id(p))
