@@ -85,6 +85,9 @@ def main(argv=None) -> int:
     p.add_argument("--record-local", help="(verification) save this rank's local gradients, "
                    "taken by independent tensor hooks, to this .npz ({rank} is replaced)")
     p.add_argument("--step-sleep", type=float, default=0.0, help="seconds to idle per step")
+    p.add_argument("--probe", choices=["torch-hook", "paused"],
+                   help="(benchmark) torch-hook: no gradtel, torch's own Python all-reduce hook "
+                        "registered instead; paused: gradtel's hook registered, no step reported")
     p.add_argument("--toggle", type=int, default=0, metavar="N",
                    help="(benchmark) report only in every other block of N steps; --stats "
                         "marks which steps were watched")
@@ -98,6 +101,10 @@ def main(argv=None) -> int:
     ddp = DDP(model)
 
     watcher = agent = None
+    if args.probe == "torch-hook" and args.no_gradtel:
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        ddp.register_comm_hook(None, allreduce_hook)
     if not args.no_gradtel:
         import gradtel
         from gradtel.torch import watch_ddp
@@ -124,6 +131,8 @@ def main(argv=None) -> int:
     for step, idx in enumerate(batches(len(y_all), args.batch, rank, world, args.seed, args.steps)):
         if watcher is not None and args.toggle:
             watcher.paused = (step // args.toggle) % 2 == 1
+        if watcher is not None and args.probe == "paused":
+            watcher.paused = True
         watched.append(watcher is not None and watcher.active)
         t0 = time.perf_counter()
         x, y = torch.from_numpy(x_all[idx]), torch.from_numpy(y_all[idx])
@@ -158,7 +167,7 @@ def main(argv=None) -> int:
     if args.save_model and rank == 0:
         np.savez(args.save_model, **{k: v.detach().numpy() for k, v in model.state_dict().items()})
     dist.destroy_process_group()
-    if watcher is not None and _torch_before(2, 8):
+    if (watcher is not None or args.probe == "torch-hook") and _torch_before(2, 8):
         # Before torch 2.8 the gloo process group, destroyed with the DDP model when this
         # function returns, joins its worker threads while holding the GIL; a worker still
         # finishing a Python future callback (the all-reduce of every Python communication

@@ -35,6 +35,7 @@ import re
 import struct
 import threading
 import time
+import weakref
 from typing import Iterable, Iterator, Optional, Sequence
 
 import grpc
@@ -307,15 +308,13 @@ class Staged:
         return client._queue_fragment(self._step, *encoded, (slot,), slot.end - slot.start)
 
 
-def _add_chunk_request(pieces: list, chunk: bytes) -> None:
-    """Append the parts of one MessageBatch element, PushRequest{chunk}, ``chunk`` being an
-    encoded GradientChunk."""
-    one = _ONE_BYTE_VARINTS
-    if len(chunk) < 0x7E:  # both lengths fit one byte
-        pieces += (_TAG_REQUEST, one[len(chunk) + 2], _TAG_CHUNK, one[len(chunk)], chunk)
-    else:
-        request = b"".join((_TAG_CHUNK, _varint(len(chunk)), chunk))
-        pieces += (_TAG_REQUEST, _varint(len(request)), request)
+def _chunk_request_head(n: int) -> bytes:
+    """The bytes before an ``n``-byte encoded GradientChunk that make it one MessageBatch
+    element, PushRequest{chunk}."""
+    if n < 0x7E:  # both lengths fit one byte
+        return b"".join((_TAG_REQUEST, _ONE_BYTE_VARINTS[n + 2], _TAG_CHUNK, _ONE_BYTE_VARINTS[n]))
+    inner = _TAG_CHUNK + _varint(n)
+    return b"".join((_TAG_REQUEST, _varint(len(inner) + n), inner))
 
 
 class _SpanPlan:
@@ -325,7 +324,8 @@ class _SpanPlan:
     so this Python runs once per bucket and layout instead of once per step (it was a third of
     the hook's cost)."""
 
-    __slots__ = ("parts", "dtype", "lo", "hi", "rel", "tensors", "checked", "_wire_key", "_wire")
+    __slots__ = ("parts", "dtype", "lo", "hi", "rel", "tensors", "checked", "_wire_key", "_wire",
+                 "_at", "flat")
 
     def __init__(self, parts, dtype):
         self.parts, self.dtype = parts, dtype
@@ -335,8 +335,11 @@ class _SpanPlan:
         # The layout (the client's tensor table) the parts were checked against, and the
         # result: (name, wire dtype, element size, offset 0, bytes from the span's start, bytes).
         self.tensors, self.checked = None, None
-        # Prepared wire bytes (see encode), for the (local, chunk_bytes) they were made with.
-        self._wire_key, self._wire = None, None
+        # Prepared wire bytes (see encode), for the (local, chunk_bytes) they were made with,
+        # and per (region offset, step varint length) the pieces between the steps.
+        self._wire_key, self._wire, self._at = None, None, {}
+        # A weak reference to the array last checked against the span (see stage_many).
+        self.flat = None
 
     def placed(self, client: "Client", flat: np.ndarray) -> list:
         tensors = client._tensors
@@ -351,11 +354,11 @@ class _SpanPlan:
 
     def encode(self, client: "Client", step: int, at: int, local: bool):
         """What :meth:`Client._encode_shared` gives for the checked parts placed at region
-        offset ``at``, from bytes prepared once per plan; None when a part needs more than one
-        chunk (then the general encoder splits it)."""
+        offset ``at``, from bytes prepared once per plan and region offset; None when a part
+        needs more than one chunk (then the general encoder splits it)."""
         key = (local, client.chunk_bytes)
         if self._wire_key != key:
-            self._wire_key, self._wire = key, None
+            self._wire_key, self._wire, self._at = key, None, {}
             if all(nbytes <= client.chunk_bytes - client.chunk_bytes % size
                    for _, _, size, _, _, nbytes in self.checked):
                 # Per part: the fields before `shared` (tensor, dtype, local, offset), where the
@@ -365,12 +368,27 @@ class _SpanPlan:
                               for name, dtype, _, offset, rel, nbytes in self.checked]
         if self._wire is None:
             return None
-        head, one, pieces = b"\x08" + _varint(step), _ONE_BYTE_VARINTS, []
+        # Each chunk ends with its step (see _encode_shared), so the bytes between two steps
+        # depend only on the region offset and the step's varint length: the ring hands out a
+        # few offsets over and over, and a push is one join.
+        sv = _varint(step)
+        between = self._at.get((at, len(sv)))
+        if between is None:
+            if len(self._at) >= 1024:
+                self._at.clear()
+            between = self._at[(at, len(sv))] = self._between(at, len(sv))
+        return sv.join(between), len(self._wire)
+
+    def _between(self, at: int, step_len: int) -> list:
+        """The pieces that ``step varint``.join() turns into the parts' chunk requests."""
+        one, pieces = _ONE_BYTE_VARINTS, []
         for fields, rel, count in self._wire:
             shared = b"".join((b"\x08", _varint(at + rel), count))
-            wire = b"".join((head, fields, b"\x3a", one[len(shared)], shared))
-            _add_chunk_request(pieces, wire)
-        return b"".join(pieces), len(self._wire)
+            before_step = b"".join((fields, b"\x3a", one[len(shared)], shared, b"\x08"))
+            head = _chunk_request_head(len(before_step) + step_len)
+            pieces.append(head + before_step)
+        pieces.append(b"")
+        return pieces
 
 
 class _SharedRing:
@@ -758,7 +776,9 @@ class Client:
     def _encode_shared(self, step: int, placed: list, local: bool) -> tuple[bytes, int]:
         """The MessageBatch fragment of :meth:`_enqueue_shared`, and its number of chunks."""
         pieces, chunks = [], 0
-        head = b"\x08" + _varint(step)
+        # The step goes last in each chunk (protobuf takes fields in any order): the bytes
+        # before it then depend on the region offset only, which _SpanPlan.encode reuses.
+        tail = b"\x08" + _varint(step)
         one = _ONE_BYTE_VARINTS
         for name, dtype, size, offset, at, nbytes in placed:
             fields = _chunk_fields(name, dtype, local)
@@ -767,9 +787,9 @@ class Client:
             while True:
                 n = min(per, nbytes - done)
                 shared = b"".join((b"\x08", _varint(at + done), b"\x10", _varint(n)))
-                wire = b"".join((head, fields, b"\x18", _varint(offset + done // size), b"\x3a",
-                                 one[len(shared)], shared))
-                _add_chunk_request(pieces, wire)
+                wire = b"".join((fields, b"\x18", _varint(offset + done // size), b"\x3a",
+                                 one[len(shared)], shared, tail))
+                pieces += (_chunk_request_head(len(wire)), wire)
                 chunks += 1
                 done += n
                 if done >= nbytes:
@@ -884,17 +904,28 @@ class Client:
         The span and the checks of ``parts`` are worked out once per ``parts`` object (and
         dtype, and registered layout) and reused while the same object comes back, as a DDP
         hook's bucket layout does every step: pass a tuple, or a list never changed after."""
-        flat = np.asarray(array).reshape(-1)
         plan = self._plans.get(id(parts))
-        if (plan is None or plan.parts is not parts or plan.dtype != flat.dtype
-                or len(plan.rel) != len(parts)):
-            if len(self._plans) >= 64:
-                self._plans.clear()
-            plan = self._plans[id(parts)] = _SpanPlan(parts, flat.dtype)
-        if plan.lo < 0 or plan.hi > flat.size:
-            raise GradtelError(
-                f"parts cover elements [{plan.lo}, {plan.hi}) of an array of {flat.size}")
-        span = flat[plan.lo : plan.hi].view(np.uint8)
+        if plan is not None and plan.flat is not None and plan.flat() is array:
+            # The array checked last time (a DDP hook keeps its bucket's view).
+            flat = array
+        else:
+            flat = np.asarray(array).reshape(-1)
+            if (plan is None or plan.parts is not parts or plan.dtype != flat.dtype
+                    or len(plan.rel) != len(parts)):
+                if len(self._plans) >= 64:
+                    self._plans.clear()
+                plan = self._plans[id(parts)] = _SpanPlan(parts, flat.dtype)
+            if plan.lo < 0 or plan.hi > flat.size:
+                raise GradtelError(
+                    f"parts cover elements [{plan.lo}, {plan.hi}) of an array of {flat.size}")
+            # Remembered only for a 1-D ndarray, whose size and dtype cannot change under it;
+            # weakly, so that a plan outliving its array (DDP's bucket rebuild) does not keep
+            # the memory.
+            plan.flat = (weakref.ref(array) if type(array) is np.ndarray and array.ndim == 1
+                         else None)
+        # (A DDP bucket's parts usually cover all of it: one numpy call fewer.)
+        span = (flat if plan.lo == 0 and plan.hi == flat.size
+                else flat[plan.lo : plan.hi]).view(np.uint8)
         if not self._ring_mapped or span.nbytes < SHARED_MIN_BYTES:
             return None
         with self._cv:

@@ -227,8 +227,13 @@ def test_staged_bucket_is_what_was_there_at_staging(collector, agent_factory):
     rng = np.random.default_rng(5)
     layout = [("b", 3000, 2000), ("a", 0, 3000)]  # out of order, as DDP buckets are
     sent = {}
-    for step in range(3):
-        bucket = rng.normal(size=5000).astype(np.float32)
+    kept = np.zeros(5000, np.float32)
+    for step in range(4):
+        # New arrays, then one buffer filled in place as DDP's bucket is (stage_many's fast
+        # path for the array it checked last time).
+        bucket = rng.normal(size=5000).astype(np.float32) if step < 2 else kept
+        if step >= 2:
+            kept[:] = rng.normal(size=5000)
         sent[step] = bucket.copy()
         staged = client.stage_many(step, bucket, layout, local=True)
         assert staged is not None
@@ -237,20 +242,20 @@ def test_staged_bucket_is_what_was_there_at_staging(collector, agent_factory):
         assert not staged.push(), "a handle queues once"
         assert client.end_step(step)
     # Too small for the shared region: the caller pushes inline instead.
-    assert client.stage_many(3, np.zeros(8, np.float32), [("a", 0, 8)]) is None
+    assert client.stage_many(4, np.zeros(8, np.float32), [("a", 0, 8)]) is None
     # Parts beyond the array are refused before anything is copied.
     with pytest.raises(GradtelError, match="cover elements"):
-        client.stage_many(3, np.zeros(4000, np.float32), layout)
+        client.stage_many(4, np.zeros(4000, np.float32), layout)
     # A bad layout is found at push(), and the slot comes back.
-    staged = client.stage_many(4, np.zeros(5000, np.float32), [("a", 0, 5000)])
+    staged = client.stage_many(5, np.zeros(5000, np.float32), [("a", 0, 5000)])
     slot = staged._slot
     with pytest.raises(GradtelError, match="owned range"):
         staged.push()
     assert slot.free
     stats = client.close()
-    assert stats.steps_delivered == 3 and stats.bytes_shared == 3 * 5000 * 4, stats
+    assert stats.steps_delivered == 4 and stats.bytes_shared == 4 * 5000 * 4, stats
     coords = stop_and_read(collector, [agent], RUN, "coords").to_pylist()
-    assert len(coords) == 3 * 5000
+    assert len(coords) == 4 * 5000
     for c in coords:
         at = {"a": 0, "b": 3000}[c["tensor"]]
         assert c["value"] == sent[c["step"]][at + c["index"]] and c["local"]
@@ -472,6 +477,32 @@ def test_hand_encoded_step_end_is_the_generated_message_byte_for_byte():
         assert _encode_end(step, loss, lr, batch) == want, (step, loss, lr, batch)
 
 
+def test_shared_chunk_descriptors_decode_to_the_generated_messages():
+    """The shared-region encoder writes each chunk's step last (so a plan can reuse the bytes
+    before it); decoded, its MessageBatch elements are the messages protobuf would build,
+    including parts split over several chunks."""
+    from gradtel.v1 import ingest_pb2
+
+    c = Client(RUN, socket="/nonexistent.sock", chunk_bytes=4000)
+    long_name = "layer.0.ä" + "b" * 200
+    placed = [("w", 1, 4, 3, 64, 2000), (long_name, 3, 2, 0, 2**33 + 6, 9000)]
+    for step in (0, 1, 300, 2**40 + 7):
+        for local in (False, True):
+            body, chunks = c._encode_shared(step, placed, local)
+            got = ingest_pb2.MessageBatch.FromString(body)
+            want = []
+            for name, dtype, size, offset, at, nbytes in placed:
+                per = 4000 - 4000 % size
+                for done in range(0, nbytes, per):
+                    n = min(per, nbytes - done)
+                    want.append(ingest_pb2.PushRequest(chunk=ingest_pb2.GradientChunk(
+                        step=step, tensor=name, offset=offset + done // size, dtype=dtype,
+                        local=local, shared=ingest_pb2.SharedSlice(offset=at + done, bytes=n))))
+            assert list(got.requests) == want, (step, local)
+            assert chunks == len(want) == 1 + 3
+    c.close(timeout=0.1)
+
+
 def test_a_span_plans_prepared_bytes_are_the_general_encoders():
     """Staged.push encodes a DDP bucket from bytes its plan prepares once; they must equal what
     the general shared-region encoder writes, for any step and region offset, and the plan must
@@ -492,6 +523,8 @@ def test_a_span_plans_prepared_bytes_are_the_general_encoders():
             for at in (0, 64, 2**20 + 128, (512 << 20) - 4096):
                 placed = [(n, d, s, o, at + rel, b) for n, d, s, o, rel, b in placed_rel]
                 want = c._encode_shared(step, placed, local)
+                # Twice: the second from the pieces prepared for this offset.
+                assert plan.encode(c, step, at, local) == want, (step, local, at)
                 assert plan.encode(c, step, at, local) == want, (step, local, at)
     # 8,000 bytes do not fit one 4,000-byte chunk: the general encoder splits them.
     big = _SpanPlan((("big", 0, 2000),), flat.dtype)
