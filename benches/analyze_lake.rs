@@ -70,7 +70,11 @@ fn main() -> anyhow::Result<()> {
             sink::write_file(
                 &coords_dir,
                 &format!("part-{step:06}.parquet"),
-                &coords::to_batch(&rows)?,
+                &rows
+                    .iter()
+                    .cloned()
+                    .collect::<coords::Coords>()
+                    .to_batch()?,
             )?;
             rows.clear();
         }

@@ -31,7 +31,6 @@ use crate::config::FileConfig;
 use crate::metrics::{CollectorMetrics, RunGauges};
 use crate::report::TrackedPart;
 use crate::tables::Tables;
-use crate::tables::coords::CoordRow;
 use crate::tables::sgn::SgnRow;
 use crate::tables::steps::StepRow;
 
@@ -121,18 +120,9 @@ impl Live {
         for p in &a.parts {
             for t in &p.tracked {
                 let name = &names[t.name.as_str()];
-                for (&j, &v) in t.index.iter().zip(&t.value) {
-                    out.coords.push(CoordRow {
-                        run_id: run.clone(),
-                        step: a.step,
-                        rank: p.key.rank,
-                        tensor: name.clone(),
-                        index: j,
-                        value: v,
-                        local: p.local,
-                        late: a.late,
-                    });
-                }
+                out.coords.push_group(
+                    &run, a.step, p.key.rank, name, p.local, a.late, &t.index, &t.value,
+                );
             }
         }
         if a.late {

@@ -1,15 +1,21 @@
 //! The `coords` table: the raw value of every tracked coordinate, per step and rank — the
 //! per-coordinate series the offline analyser tests (iteration-wise and SGN samples).
+//!
+//! Rows are kept column by column ([`Coords`]): a report carries each tensor's tracked values
+//! as an index list and a value list sharing run, step, rank, tensor and flags, and keeping
+//! them so costs two slice copies per tensor instead of a row (two shared-name reference
+//! counts) per value. The table has a row per value all the same.
 
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{
+    ArrayRef, BooleanArray, Float32Array, RecordBatch, StringBuilder, UInt32Array, UInt64Array,
+};
 use arrow::error::ArrowError;
-
-use super::Columns;
 
 pub const TABLE: &str = "coords";
 
+/// One row of the table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CoordRow {
     pub run_id: Arc<str>,
@@ -25,15 +31,272 @@ pub struct CoordRow {
     pub late: bool,
 }
 
-pub fn to_batch(rows: &[CoordRow]) -> Result<RecordBatch, ArrowError> {
-    Columns::new(rows)
-        .str("run_id", |r| &r.run_id)
-        .u64("step", |r| r.step)
-        .u32("rank", |r| r.rank)
-        .str("tensor", |r| &r.tensor)
-        .u64("index", |r| r.index)
-        .f32("value", |r| r.value)
-        .bool("local", |r| r.local)
-        .bool("late", |r| r.late)
-        .finish()
+/// What the rows of one group (one tensor of one report) share.
+#[derive(Debug, Clone, PartialEq)]
+struct Group {
+    run_id: Arc<str>,
+    step: u64,
+    rank: u32,
+    tensor: Arc<str>,
+    local: bool,
+    late: bool,
+    /// Rows of this group: `[end of the previous group, end)` of the value columns.
+    end: usize,
+}
+
+/// The table's rows, column by column.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Coords {
+    groups: Vec<Group>,
+    index: Vec<u64>,
+    value: Vec<f32>,
+}
+
+impl Coords {
+    /// Add the rows `(index[i], value[i])` of one tensor of one rank's report (the shorter
+    /// list's length).
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_group(
+        &mut self,
+        run_id: &Arc<str>,
+        step: u64,
+        rank: u32,
+        tensor: &Arc<str>,
+        local: bool,
+        late: bool,
+        index: &[u64],
+        value: &[f32],
+    ) {
+        let n = index.len().min(value.len());
+        if n == 0 {
+            return;
+        }
+        self.index.extend_from_slice(&index[..n]);
+        self.value.extend_from_slice(&value[..n]);
+        self.groups.push(Group {
+            run_id: run_id.clone(),
+            step,
+            rank,
+            tensor: tensor.clone(),
+            local,
+            late,
+            end: self.index.len(),
+        });
+    }
+
+    pub fn push(&mut self, r: &CoordRow) {
+        self.push_group(
+            &r.run_id,
+            r.step,
+            r.rank,
+            &r.tensor,
+            r.local,
+            r.late,
+            &[r.index],
+            &[r.value],
+        );
+    }
+
+    pub fn reserve(&mut self, rows: usize) {
+        self.index.reserve(rows);
+        self.value.reserve(rows);
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    pub fn append(&mut self, other: &mut Coords) {
+        let base = self.index.len();
+        self.groups.extend(other.groups.drain(..).map(|mut g| {
+            g.end += base;
+            g
+        }));
+        self.index.append(&mut other.index);
+        self.value.append(&mut other.value);
+    }
+
+    pub fn clear(&mut self) {
+        self.groups.clear();
+        self.index.clear();
+        self.value.clear();
+    }
+
+    /// The groups with their row ranges.
+    fn spans(&self) -> impl Iterator<Item = (&Group, std::ops::Range<usize>)> {
+        self.groups.iter().scan(0, |start, g| {
+            let r = *start..g.end;
+            *start = g.end;
+            Some((g, r))
+        })
+    }
+
+    /// Every row, in order.
+    pub fn rows(&self) -> impl Iterator<Item = CoordRow> + '_ {
+        self.spans().flat_map(move |(g, r)| {
+            r.map(move |i| CoordRow {
+                run_id: g.run_id.clone(),
+                step: g.step,
+                rank: g.rank,
+                tensor: g.tensor.clone(),
+                index: self.index[i],
+                value: self.value[i],
+                local: g.local,
+                late: g.late,
+            })
+        })
+    }
+
+    /// The columns in the documented order (docs/parquet.md).
+    pub fn to_batch(&self) -> Result<RecordBatch, ArrowError> {
+        let n = self.len();
+        let name_bytes = |f: fn(&Group) -> &str| -> usize {
+            self.spans().map(|(g, r)| f(g).len() * r.len()).sum()
+        };
+        let strings = |f: fn(&Group) -> &str| -> ArrayRef {
+            let mut b = StringBuilder::with_capacity(n, name_bytes(f));
+            for (g, r) in self.spans() {
+                for _ in r {
+                    b.append_value(f(g));
+                }
+            }
+            Arc::new(b.finish())
+        };
+        let repeat_u64 = |f: fn(&Group) -> u64| -> Vec<u64> {
+            self.spans()
+                .flat_map(|(g, r)| std::iter::repeat_n(f(g), r.len()))
+                .collect()
+        };
+        let flags = |f: fn(&Group) -> bool| -> ArrayRef {
+            Arc::new(BooleanArray::from(
+                self.spans()
+                    .flat_map(|(g, r)| std::iter::repeat_n(f(g), r.len()))
+                    .collect::<Vec<_>>(),
+            ))
+        };
+        let rank: Vec<u32> = self
+            .spans()
+            .flat_map(|(g, r)| std::iter::repeat_n(g.rank, r.len()))
+            .collect();
+        RecordBatch::try_from_iter([
+            ("run_id", strings(|g| &g.run_id)),
+            (
+                "step",
+                Arc::new(UInt64Array::from(repeat_u64(|g| g.step))) as ArrayRef,
+            ),
+            ("rank", Arc::new(UInt32Array::from(rank))),
+            ("tensor", strings(|g| &g.tensor)),
+            ("index", Arc::new(UInt64Array::from(self.index.clone()))),
+            ("value", Arc::new(Float32Array::from(self.value.clone()))),
+            ("local", flags(|g| g.local)),
+            ("late", flags(|g| g.late)),
+        ])
+    }
+}
+
+impl FromIterator<CoordRow> for Coords {
+    fn from_iter<I: IntoIterator<Item = CoordRow>>(rows: I) -> Self {
+        let mut c = Coords::default();
+        for r in rows {
+            c.push(&r);
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tables::Columns;
+    use proptest::prelude::*;
+
+    /// The table as a row per value, built the plain way: the reference for the columns.
+    fn by_rows(rows: &[CoordRow]) -> RecordBatch {
+        Columns::new(rows)
+            .str("run_id", |r| &r.run_id)
+            .u64("step", |r| r.step)
+            .u32("rank", |r| r.rank)
+            .str("tensor", |r| &r.tensor)
+            .u64("index", |r| r.index)
+            .f32("value", |r| r.value)
+            .bool("local", |r| r.local)
+            .bool("late", |r| r.late)
+            .finish()
+            .expect("batch")
+    }
+
+    /// (run, step, rank, tensor, local, late, (index, value) pairs) of one group.
+    type GroupSpec = (u8, u64, u32, u8, bool, bool, Vec<(u64, f32)>);
+
+    fn groups() -> impl Strategy<Value = Vec<GroupSpec>> {
+        proptest::collection::vec(
+            (
+                0u8..3,
+                0u64..1000,
+                0u32..8,
+                0u8..4,
+                any::<bool>(),
+                any::<bool>(),
+                proptest::collection::vec((any::<u64>(), any::<f32>()), 0..20),
+            ),
+            0..12,
+        )
+    }
+
+    fn fill(c: &mut Coords, rows: &mut Vec<CoordRow>, gs: &[GroupSpec]) {
+        for (run, step, rank, tensor, local, late, vals) in gs {
+            let run: Arc<str> = format!("run-{run}").into();
+            let tensor: Arc<str> = format!("layer{tensor}.weight").into();
+            let (index, value): (Vec<u64>, Vec<f32>) = vals.iter().copied().unzip();
+            c.push_group(&run, *step, *rank, &tensor, *local, *late, &index, &value);
+            rows.extend(vals.iter().map(|&(index, value)| CoordRow {
+                run_id: run.clone(),
+                step: *step,
+                rank: *rank,
+                tensor: tensor.clone(),
+                index,
+                value,
+                local: *local,
+                late: *late,
+            }));
+        }
+    }
+
+    proptest! {
+        /// The columns equal a row per value, and appending one set of columns to another
+        /// equals keeping both sets of rows in one (the pipeline merges a flush's tables).
+        #[test]
+        fn columns_are_the_rows_and_append_concatenates(a in groups(), b in groups()) {
+            let (mut ca, mut cb, mut rows) = (Coords::default(), Coords::default(), Vec::new());
+            fill(&mut ca, &mut rows, &a);
+            fill(&mut cb, &mut rows, &b);
+            ca.append(&mut cb);
+            prop_assert!(cb.is_empty());
+            prop_assert_eq!(ca.len(), rows.len());
+            prop_assert_eq!(ca.rows().collect::<Vec<_>>(), rows.clone());
+            let (got, want) = (ca.to_batch().expect("batch"), by_rows(&rows));
+            prop_assert_eq!(got.schema(), want.schema());
+            // Compared as bits: NaN values must come through too.
+            for (g, w) in got.columns().iter().zip(want.columns()) {
+                prop_assert_eq!(g.to_data(), w.to_data());
+            }
+        }
+    }
+
+    #[test]
+    fn lists_of_unequal_length_keep_the_pairs() {
+        let mut c = Coords::default();
+        let (run, t): (Arc<str>, Arc<str>) = ("r".into(), "t".into());
+        c.push_group(&run, 1, 0, &t, true, false, &[4, 5, 6], &[0.5, 1.5]);
+        c.push_group(&run, 1, 0, &t, true, false, &[], &[]);
+        assert_eq!(c.len(), 2);
+        let rows: Vec<_> = c.rows().map(|r| (r.index, r.value)).collect();
+        assert_eq!(rows, [(4, 0.5), (5, 1.5)]);
+        c.clear();
+        assert!(c.is_empty() && c.to_batch().expect("batch").num_rows() == 0);
+    }
 }

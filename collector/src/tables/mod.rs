@@ -22,7 +22,7 @@ use arrow::error::ArrowError;
 pub struct Tables {
     pub steps: Vec<steps::StepRow>,
     pub tails: Vec<tails::TailRow>,
-    pub coords: Vec<coords::CoordRow>,
+    pub coords: coords::Coords,
     pub sgn: Vec<sgn::SgnRow>,
     pub spectra: Vec<spectra::SpectrumRow>,
     pub alerts: Vec<alerts::AlertRow>,
@@ -72,7 +72,7 @@ impl Tables {
         match table {
             steps::TABLE => steps::to_batch(&self.steps),
             tails::TABLE => tails::to_batch(&self.tails),
-            coords::TABLE => coords::to_batch(&self.coords),
+            coords::TABLE => self.coords.to_batch(),
             sgn::TABLE => sgn::to_batch(&self.sgn),
             spectra::TABLE => spectra::to_batch(&self.spectra),
             alerts::TABLE => alerts::to_batch(&self.alerts),
