@@ -7,6 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Histograms decode through a hand-written type that sizes its packed fields once
     // (src/hist.rs).
     config.extern_path(".gradtel.v1.LogHistogram", "crate::hist::LogHistogram");
+    // So do the packed fields of tracked values and projections (src/packed.rs).
+    config.extern_path(".gradtel.v1.TrackedValues", "crate::packed::TrackedValues");
+    config.extern_path(".gradtel.v1.Projection", "crate::packed::Projection");
     tonic_prost_build::configure().compile_with_config(
         config,
         &[

@@ -34,8 +34,8 @@ impl prost::Message for LogHistogram {
         if self.precision_bits != 0 {
             uint32::encode(1, &self.precision_bits, buf);
         }
-        encode_packed(2, &self.index, buf);
-        encode_packed(3, &self.count, buf);
+        encode_u64s(2, &self.index, buf);
+        encode_u64s(3, &self.count, buf);
     }
 
     fn merge_field(
@@ -65,8 +65,8 @@ impl prost::Message for LogHistogram {
             uint32::encoded_len(1, &self.precision_bits)
         } else {
             0
-        }) + encoded_len_packed(2, &self.index)
-            + encoded_len_packed(3, &self.count)
+        }) + encoded_len_u64s(2, &self.index)
+            + encoded_len_u64s(3, &self.count)
     }
 
     fn clear(&mut self) {
@@ -100,7 +100,7 @@ fn varints_len(values: &[u64]) -> usize {
 }
 
 /// `uint64::encoded_len_packed` through [`varints_len`].
-fn encoded_len_packed(tag: u32, values: &[u64]) -> usize {
+pub(crate) fn encoded_len_u64s(tag: u32, values: &[u64]) -> usize {
     if values.is_empty() {
         return 0;
     }
@@ -109,7 +109,7 @@ fn encoded_len_packed(tag: u32, values: &[u64]) -> usize {
 }
 
 /// `uint64::encode_packed` through [`varints_len`].
-fn encode_packed(tag: u32, values: &[u64], buf: &mut impl BufMut) {
+pub(crate) fn encode_u64s(tag: u32, values: &[u64], buf: &mut impl BufMut) {
     if values.is_empty() {
         return;
     }
@@ -158,7 +158,7 @@ fn decode_run(run: &[u8], values: &mut Vec<u64>) -> bool {
 
 /// One occurrence of a repeated `uint64` field: a packed run (reserved exactly, then decoded)
 /// or a single unpacked value.
-fn merge_u64s(
+pub(crate) fn merge_u64s(
     wire_type: WireType,
     values: &mut Vec<u64>,
     buf: &mut impl Buf,

@@ -9,11 +9,13 @@
 
 pub mod hist;
 pub mod logged;
+pub mod packed;
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {
     tonic::include_proto!("gradtel.v1");
     pub use crate::hist::LogHistogram;
+    pub use crate::packed::{Projection, TrackedValues, projection};
 }
 
 /// Minor revision of gradtel.v1 this build speaks. Bump it when a field is added.
