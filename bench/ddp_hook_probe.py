@@ -40,11 +40,11 @@ def main() -> int:
             agents = [Agent(str(tmp / f"a-{r}.sock"), col.url) for r in range(2)]
             try:
                 for i in range(args.rounds):
-                    for name, extra in VARIANTS.items():
+                    for v, (name, extra) in enumerate(VARIANTS.items()):
                         if "--no-gradtel" not in extra:
-                            extra = [*extra, "--run-id", f"probe-{i}-{len(times[name])}",
+                            extra = [*extra, "--run-id", f"probe-{i}-{v}",
                                      "--socket", str(tmp / "a-{rank}.sock")]
-                        t, _ = ddp_run(args.ddp_python, tmp, f"r{i}", extra, args.steps)
+                        t, _ = ddp_run(args.ddp_python, tmp, f"r{i}v{v}", extra, args.steps)
                         times[name].append(t)
                         # As it goes, so that a run cut short still tells something.
                         print(f"round {i}: {name}: {t * 1e3:.3f} ms", flush=True)

@@ -477,8 +477,9 @@ class _DDPState:
 
         self.allreduce_hook = allreduce_hook
         # allreduce_hook's arithmetic (divide by the group size, then sum) through the process
-        # group's own binding: `dist.all_reduce`'s Python checks, a third of the hook's time in
-        # the training thread, are for arguments fixed here once.
+        # group's own binding: `dist.all_reduce` checks its arguments in Python every call, and
+        # they are fixed here once (the all-reduce's share of a VM rank's training-thread
+        # samples fell from 2.6 % to 2.1 %).
         self.group = self.options = None
         try:
             import torch.distributed as dist
