@@ -51,13 +51,12 @@ impl prost::Message for LogHistogram {
             3 => merge_u64s(wire_type, &mut self.count, buf, ctx),
             _ => return skip_field(wire_type, tag, buf, ctx),
         };
-        field.map_err(|mut e| {
-            e.push(
-                "LogHistogram",
-                ["precision_bits", "index", "count"][(tag - 1) as usize],
-            );
-            e
-        })
+        in_field(
+            field,
+            "LogHistogram",
+            &["precision_bits", "index", "count"],
+            tag,
+        )
     }
 
     fn encoded_len(&self) -> usize {
@@ -72,6 +71,20 @@ impl prost::Message for LogHistogram {
     fn clear(&mut self) {
         *self = Self::default();
     }
+}
+
+/// A field's decoding error, with the message and field name pushed onto its stack as prost's
+/// generated code does (`tag` is a known field's, 1-based, in `fields` order).
+pub(crate) fn in_field(
+    field: Result<(), DecodeError>,
+    message: &'static str,
+    fields: &[&'static str],
+    tag: u32,
+) -> Result<(), DecodeError> {
+    field.map_err(|mut e| {
+        e.push(message, fields[(tag - 1) as usize]);
+        e
+    })
 }
 
 /// Bytes of the varints of `values`. prost asks a nested message for its length once per

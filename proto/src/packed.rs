@@ -19,7 +19,7 @@ use prost::encoding::{
     uint64,
 };
 
-use crate::hist::{encode_u64s, encoded_len_u64s, merge_u64s};
+use crate::hist::{encode_u64s, encoded_len_u64s, in_field, merge_u64s};
 
 /// Reserve room for the values of a packed run of `width`-byte values that starts `buf` (after
 /// its key), when its length can be read from the current chunk; otherwise nothing (prost's
@@ -73,13 +73,7 @@ impl prost::Message for TrackedValues {
             }
             _ => return skip_field(wire_type, tag, buf, ctx),
         };
-        field.map_err(|mut e| {
-            e.push(
-                "TrackedValues",
-                ["name", "index", "value"][(tag - 1) as usize],
-            );
-            e
-        })
+        in_field(field, "TrackedValues", &["name", "index", "value"], tag)
     }
 
     fn encoded_len(&self) -> usize {
@@ -183,13 +177,12 @@ impl prost::Message for Projection {
             5 => uint64::merge(wire_type, &mut self.coordinates, buf, ctx),
             _ => return skip_field(wire_type, tag, buf, ctx),
         };
-        field.map_err(|mut e| {
-            e.push(
-                "Projection",
-                ["kind", "dim", "seed", "values", "coordinates"][(tag - 1) as usize],
-            );
-            e
-        })
+        in_field(
+            field,
+            "Projection",
+            &["kind", "dim", "seed", "values", "coordinates"],
+            tag,
+        )
     }
 
     fn encoded_len(&self) -> usize {
