@@ -110,12 +110,10 @@ impl Live {
             }
         }
         let names: BTreeMap<&str, Arc<str>> = tracked.keys().map(|&n| (n, Arc::from(n))).collect();
+        let tracked_parts = || a.parts.iter().flat_map(|p| &p.tracked);
         out.coords.reserve(
-            a.parts
-                .iter()
-                .flat_map(|p| &p.tracked)
-                .map(|t| t.index.len())
-                .sum(),
+            tracked_parts().count(),
+            tracked_parts().map(|t| t.index.len()).sum(),
         );
         for p in &a.parts {
             for t in &p.tracked {

@@ -97,7 +97,9 @@ impl Coords {
         );
     }
 
-    pub fn reserve(&mut self, rows: usize) {
+    /// Room for `groups` more groups holding `rows` more rows.
+    pub fn reserve(&mut self, groups: usize, rows: usize) {
+        self.groups.reserve(groups);
         self.index.reserve(rows);
         self.value.reserve(rows);
     }
