@@ -27,6 +27,9 @@
 //! its full memory, so after decay the sketch approximates Σ γ^age (x − μ)(x − μ)ᵀ around the
 //! long-run mean μ; the difference is the rank-one term of the mean's drift.
 
+use faer::diag::Diag;
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::evd::{ComputeEigenvectors, self_adjoint_evd, self_adjoint_evd_scratch};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par, Side};
 
@@ -68,6 +71,39 @@ fn product(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Mat<f64> {
     matmul(out.as_mut(), Accum::Replace, a, b, 1.0, par);
     crate::simd_state::after_vector_kernels(par != Par::Seq);
     out
+}
+
+/// Eigenvalues (ascending) and eigenvectors of the symmetric `g`, read from its lower
+/// triangle. A Gram matrix of at most 2ℓ rows is decomposed on the calling thread: faer's
+/// `self_adjoint_eigen` takes the global parallelism, and handing a 64 × 64 problem's
+/// Householder blocks to rayon cost more than it saved and left the pool's threads spinning
+/// (≈ 2 % of a busy collector's CPU in `sched_yield`).
+fn symmetric_evd(g: MatRef<'_, f64>) -> Result<(Vec<f64>, Mat<f64>), StatsError> {
+    let n = g.nrows();
+    let par = if n * n * n >= PARALLEL_MIN_FLOPS {
+        faer::get_global_parallelism()
+    } else {
+        Par::Seq
+    };
+    let (mut u, mut s) = (Mat::<f64>::zeros(n, n), Diag::<f64>::zeros(n));
+    let mut mem = MemBuffer::new(self_adjoint_evd_scratch::<f64>(
+        n,
+        ComputeEigenvectors::Yes,
+        par,
+        Default::default(),
+    ));
+    let result = self_adjoint_evd(
+        g,
+        s.as_mut(),
+        Some(u.as_mut()),
+        par,
+        MemStack::new(&mut mem),
+        Default::default(),
+    );
+    crate::simd_state::after_vector_kernels(par != Par::Seq);
+    result.map_err(evd_failed)?;
+    let s = s.column_vector();
+    Ok(((0..n).map(|i| s[i]).collect(), u))
 }
 
 /// Eigenvalues (descending) and eigenvectors (columns, same order) of a sketch's BᵀB.
@@ -205,12 +241,7 @@ impl FrequentDirections {
             (_, false) => cross[(r, c - k)],
             (false, true) => cross[(c, r - k)],
         });
-        let evd = g.self_adjoint_eigen(Side::Lower);
-        crate::simd_state::after_vector_kernels(false);
-        let evd = evd.map_err(evd_failed)?;
-        let s = evd.S().column_vector();
-        let values = (0..self.filled).map(|i| s[i]).collect();
-        Ok((values, evd.U().to_owned()))
+        symmetric_evd(g.as_ref())
     }
 
     fn shrink(&mut self) -> Result<(), StatsError> {
@@ -371,6 +402,40 @@ mod tests {
         (0..n)
             .map(|_| (0..d).map(|j| r.normal() / (1.0 + j as f64)).collect())
             .collect()
+    }
+
+    /// Below and above the size where the pool would be used: G = U Λ Uᵀ with U orthonormal and
+    /// Λ ascending, for a random symmetric G.
+    #[test]
+    fn symmetric_evd_reconstructs_the_matrix() {
+        for n in [1, 7, 64, 300] {
+            let rows = data(n + 5, n, n as u64);
+            let x = Mat::<f64>::from_fn(n + 5, n, |i, j| rows[i][j]);
+            let g = x.transpose() * &x;
+            let (lam, u) = symmetric_evd(g.as_ref()).unwrap();
+            assert!(
+                lam.windows(2).all(|w| w[0] <= w[1]),
+                "n = {n}: not ascending"
+            );
+            let scale = lam[n - 1].abs().max(1.0);
+            let rebuilt = &u
+                * Mat::<f64>::from_fn(n, n, |i, j| if i == j { lam[i] } else { 0.0 })
+                * u.transpose();
+            let gram = u.transpose() * &u;
+            for i in 0..n {
+                for j in 0..n {
+                    assert!(
+                        (rebuilt[(i, j)] - g[(i, j)]).abs() <= 1e-9 * scale,
+                        "n = {n}"
+                    );
+                    let id = if i == j { 1.0 } else { 0.0 };
+                    assert!(
+                        (gram[(i, j)] - id).abs() <= 1e-9,
+                        "n = {n}: U not orthonormal"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -274,9 +274,17 @@ impl Live {
                 st.sketches.insert(spectra::GRADIENT, id, row);
             }
             if sgn_ready && rows.len() >= 2 {
-                let mean: Vec<f64> = (0..id.2)
-                    .map(|i| rows.iter().map(|r| r[i]).sum::<f64>() / rows.len() as f64)
-                    .collect();
+                // Row by row (the same additions per coordinate as a column sum, in the same
+                // order), so that the loop runs over contiguous lanes instead of striding
+                // across the ranks' vectors.
+                let mut mean = vec![0.0; id.2];
+                for row in &rows {
+                    for (m, x) in mean.iter_mut().zip(row.iter()) {
+                        *m += x;
+                    }
+                }
+                let n = rows.len() as f64;
+                mean.iter_mut().for_each(|m| *m /= n);
                 let mut norms = Vec::new();
                 for (i, row) in rows.iter().enumerate() {
                     let d: Vec<f64> = row
