@@ -9,7 +9,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Float32Array, RecordBatch, StringBuilder, UInt32Array, UInt64Array,
+    ArrayRef, BooleanArray, BooleanBufferBuilder, Float32Array, RecordBatch, StringArray,
+    UInt32Array, UInt64Array,
 };
 use arrow::error::ArrowError;
 
@@ -154,19 +155,30 @@ impl Coords {
     }
 
     /// The columns in the documented order (docs/parquet.md).
+    ///
+    /// Every column but `index` and `value` repeats one value per group; they are filled group
+    /// by group (a string builder's per-row append, with its validity bit, was most of the
+    /// table's encoding time), and a string shared by all groups — the run id always, since a
+    /// buffer holds one run — is one repeated run of bytes.
     pub fn to_batch(&self) -> Result<RecordBatch, ArrowError> {
         let n = self.len();
-        let name_bytes = |f: fn(&Group) -> &str| -> usize {
-            self.spans().map(|(g, r)| f(g).len() * r.len()).sum()
-        };
-        let strings = |f: fn(&Group) -> &str| -> ArrayRef {
-            let mut b = StringBuilder::with_capacity(n, name_bytes(f));
-            for (g, r) in self.spans() {
-                for _ in r {
-                    b.append_value(f(g));
-                }
+        let strings = |f: fn(&Group) -> &str| -> Result<ArrayRef, ArrowError> {
+            let bytes: usize = self.spans().map(|(g, r)| f(g).len() * r.len()).sum();
+            if i32::try_from(bytes).is_err() {
+                return Err(ArrowError::InvalidArgumentError(format!(
+                    "{bytes} bytes of names in one coords batch overflow a string column"
+                )));
             }
-            Arc::new(b.finish())
+            let mut names = self.groups.iter().map(f);
+            let first = names.next().unwrap_or_default();
+            Ok(Arc::new(if names.all(|s| s == first) {
+                StringArray::new_repeated(first, n)
+            } else {
+                StringArray::from_iter_values(
+                    self.spans()
+                        .flat_map(|(g, r)| std::iter::repeat_n(f(g), r.len())),
+                )
+            }))
         };
         let repeat_u64 = |f: fn(&Group) -> u64| -> Vec<u64> {
             self.spans()
@@ -174,24 +186,24 @@ impl Coords {
                 .collect()
         };
         let flags = |f: fn(&Group) -> bool| -> ArrayRef {
-            Arc::new(BooleanArray::from(
-                self.spans()
-                    .flat_map(|(g, r)| std::iter::repeat_n(f(g), r.len()))
-                    .collect::<Vec<_>>(),
-            ))
+            let mut b = BooleanBufferBuilder::new(n);
+            for (g, r) in self.spans() {
+                b.append_n(r.len(), f(g));
+            }
+            Arc::new(BooleanArray::new(b.finish(), None))
         };
         let rank: Vec<u32> = self
             .spans()
             .flat_map(|(g, r)| std::iter::repeat_n(g.rank, r.len()))
             .collect();
         RecordBatch::try_from_iter([
-            ("run_id", strings(|g| &g.run_id)),
+            ("run_id", strings(|g| &g.run_id)?),
             (
                 "step",
                 Arc::new(UInt64Array::from(repeat_u64(|g| g.step))) as ArrayRef,
             ),
             ("rank", Arc::new(UInt32Array::from(rank))),
-            ("tensor", strings(|g| &g.tensor)),
+            ("tensor", strings(|g| &g.tensor)?),
             ("index", Arc::new(UInt64Array::from(self.index.clone()))),
             ("value", Arc::new(Float32Array::from(self.value.clone()))),
             ("local", flags(|g| g.local)),
