@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// A new segment is started once the current one holds this many bytes.
@@ -80,25 +80,17 @@ impl Writer {
                 .iter()
                 .position(|r| r.segment != seg)
                 .map_or(records.len(), |n| i + n);
-            let mut frame = Vec::with_capacity(
-                records[i..end]
-                    .iter()
-                    .map(|r| r.payload.len() + HEADER)
-                    .sum(),
-            );
-            for r in &records[i..end] {
-                frame.extend_from_slice(&(r.payload.len() as u32).to_le_bytes());
-                frame.extend_from_slice(&crc32fast::hash(&r.payload).to_le_bytes());
-                frame.extend_from_slice(&r.payload);
-            }
-            self.append(seg, &frame)?;
-            written += frame.len() as u64;
+            written += self.append(seg, &records[i..end])?;
             i = end;
         }
         Ok(written)
     }
 
-    fn append(&mut self, seg: u64, frame: &[u8]) -> Result<(), WalError> {
+    /// Write `records` to segment `seg` and sync it; returns the bytes written. The headers
+    /// and the payloads go to the kernel as they lie (one `writev` per 1,024 pieces): gathering
+    /// a group commit into one frame first copied every report once more, into megabytes of
+    /// freshly faulted-in memory.
+    fn append(&mut self, seg: u64, records: &[Record]) -> Result<u64, WalError> {
         if self.open.as_ref().is_none_or(|(id, _, _)| *id != seg) {
             let path = segment_path(&self.dir, seg);
             let file = OpenOptions::new()
@@ -115,13 +107,31 @@ impl Writer {
         }
         let path = segment_path(&self.dir, seg);
         let Some((_, file, len)) = self.open.as_mut() else {
-            return Ok(());
+            return Ok(0);
         };
-        let result = file.write_all(frame).and_then(|()| file.sync_data());
+        let headers: Vec<[u8; HEADER]> = records
+            .iter()
+            .map(|r| {
+                let mut h = [0; HEADER];
+                h[..4].copy_from_slice(&(r.payload.len() as u32).to_le_bytes());
+                h[4..].copy_from_slice(&crc32fast::hash(&r.payload).to_le_bytes());
+                h
+            })
+            .collect();
+        let mut pieces: Vec<IoSlice<'_>> = headers
+            .iter()
+            .zip(records)
+            .flat_map(|(h, r)| [IoSlice::new(h), IoSlice::new(&r.payload)])
+            .collect();
+        let total: u64 = records
+            .iter()
+            .map(|r| (HEADER + r.payload.len()) as u64)
+            .sum();
+        let result = write_all_vectored(file, &mut pieces).and_then(|()| file.sync_data());
         match result {
             Ok(()) => {
-                *len += frame.len() as u64;
-                Ok(())
+                *len += total;
+                Ok(total)
             }
             Err(e) => {
                 let _ = file.set_len(*len);
@@ -129,6 +139,21 @@ impl Writer {
             }
         }
     }
+}
+
+/// `Write::write_all_vectored` (unstable in std): write every byte of `pieces`, retrying
+/// short writes and interruptions.
+fn write_all_vectored(file: &mut File, mut pieces: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut pieces, 0);
+    while !pieces.is_empty() {
+        match file.write_vectored(pieces) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut pieces, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The pipeline's side of the log: which segment new records go to, and how many reports of
@@ -304,6 +329,25 @@ mod tests {
         assert_eq!(wal.retire(None), vec![3]);
         let (_, _, empty) = Wal::open(dir.path(), 100).unwrap();
         assert!(empty.records.is_empty());
+    }
+
+    /// A group commit of more pieces than one `writev` takes (1,024 on Linux) is written
+    /// whole and in order.
+    #[test]
+    fn a_commit_larger_than_one_writev_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, mut w, _) = Wal::open(dir.path(), 1 << 30).unwrap();
+        let batch: Vec<Record> = (0..1500u32)
+            .map(|i| rec(&mut wal, &i.to_le_bytes().repeat(1 + i as usize % 7)))
+            .collect();
+        let written = w.commit(&batch).unwrap();
+        let expected: usize = batch.iter().map(|r| HEADER + r.payload.len()).sum();
+        assert_eq!(written, expected as u64);
+        let (_, _, found) = Wal::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(found.corrupt, 0);
+        let got: Vec<&[u8]> = found.records.iter().map(|r| &r.payload[..]).collect();
+        let want: Vec<&[u8]> = batch.iter().map(|r| &r.payload[..]).collect();
+        assert_eq!(got, want);
     }
 
     #[test]
