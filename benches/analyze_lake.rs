@@ -70,11 +70,11 @@ fn main() -> anyhow::Result<()> {
             sink::write_file(
                 &coords_dir,
                 &format!("part-{step:06}.parquet"),
-                &rows
+                &[rows
                     .iter()
                     .cloned()
                     .collect::<coords::Coords>()
-                    .to_batch()?,
+                    .to_batch()?],
             )?;
             rows.clear();
         }
@@ -95,14 +95,14 @@ fn main() -> anyhow::Result<()> {
     sink::write_file(
         &sink::partition_dir(&lake, &run, spectra::TABLE)?,
         "part-0.parquet",
-        &spectra::to_batch(&spectrum)?,
+        &[spectra::to_batch(&spectrum)?],
     )?;
     // An empty `steps` table: this benchmark measures the per-coordinate tests.
     let steps_dir = sink::partition_dir(&lake, &run, "steps")?;
     sink::write_file(
         &steps_dir,
         "part-0.parquet",
-        &gradtel_collector::tables::steps::to_batch(&[])?,
+        &[gradtel_collector::tables::steps::to_batch(&[])?],
     )?;
     let written = t0.elapsed().as_secs_f64();
     let bytes: u64 = walk(&lake);

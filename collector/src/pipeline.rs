@@ -182,9 +182,9 @@ impl Pipeline {
             for table in rows.names() {
                 let result = (|| {
                     let dir = sink::partition_dir(&out, &run_for_write, table)?;
-                    let batch = rows.batch(table)?;
-                    let (_, size) = sink::write_file(&dir, &name, &batch)?;
-                    Ok::<_, sink::SinkError>((size, batch.num_rows()))
+                    let batches = rows.batches(table)?;
+                    let (_, size) = sink::write_file(&dir, &name, &batches)?;
+                    Ok::<_, sink::SinkError>((size, batches.iter().map(|b| b.num_rows()).sum()))
                 })();
                 match result {
                     Ok(p) => {

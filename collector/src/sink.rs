@@ -29,6 +29,8 @@ pub enum SinkError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("run id {0:?} is not valid")]
     BadRunId(String),
+    #[error("no record batch to write")]
+    NoRows,
 }
 
 /// Rows of one run waiting for their files, with the write-ahead log segment of every report
@@ -103,12 +105,16 @@ pub fn partition_dir(root: &Path, run: &str, table: &str) -> Result<PathBuf, Sin
         .join(format!("table={table}")))
 }
 
-/// Write `batch` as one Parquet file in `dir`, atomically. Returns the path and its size.
+/// Write `batches` (one schema) as one Parquet file in `dir`, atomically. Returns the path and
+/// its size.
 pub fn write_file(
     dir: &Path,
     name: &str,
-    batch: &RecordBatch,
+    batches: &[RecordBatch],
 ) -> Result<(PathBuf, u64), SinkError> {
+    let Some(batch) = batches.first() else {
+        return Err(SinkError::NoRows);
+    };
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| SinkError::Io { path, source }
@@ -130,7 +136,9 @@ pub fn write_file(
     .build();
     let result = (|| {
         let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
-        w.write(batch)?;
+        for b in batches {
+            w.write(b)?;
+        }
         let file = w.into_inner()?;
         file.sync_all().map_err(io_err(&tmp))?;
         Ok::<_, SinkError>(())
@@ -192,7 +200,8 @@ mod tests {
             Arc::new(UInt64Array::from(vec![1u64, 2, 3])) as _,
         )])
         .unwrap();
-        let (path, size) = write_file(&part, "part-0.parquet", &batch).unwrap();
+        let (path, size) =
+            write_file(&part, "part-0.parquet", std::slice::from_ref(&batch)).unwrap();
         assert!(size > 0);
         let names: Vec<_> = std::fs::read_dir(&part)
             .unwrap()
@@ -220,7 +229,7 @@ mod tests {
             ),
         ])
         .unwrap();
-        let (path, _) = write_file(dir.path(), "p.parquet", &batch).unwrap();
+        let (path, _) = write_file(dir.path(), "p.parquet", std::slice::from_ref(&batch)).unwrap();
         let reader = SerializedFileReader::new(File::open(path).unwrap()).unwrap();
         let group = reader.metadata().row_group(0);
         let (step, tensor) = (group.column(0), group.column(1));

@@ -180,67 +180,94 @@ impl Coords {
         })
     }
 
-    /// The columns in the documented order (docs/parquet.md).
-    ///
-    /// Every column but `index` and `value` repeats one value per group; they are filled group
-    /// by group (a string builder's per-row append, with its validity bit, was most of the
-    /// table's encoding time), and a string shared by all groups — the run id always, since a
-    /// buffer holds one run — is one repeated run of bytes.
+    /// All rows as one record batch, in the documented column order (docs/parquet.md).
     pub fn to_batch(&self) -> Result<RecordBatch, ArrowError> {
-        let n = self.len();
-        let strings = |f: fn(&Group) -> &str| -> Result<ArrayRef, ArrowError> {
-            let bytes: usize = self.spans().map(|(_, g, r)| f(g).len() * r.len()).sum();
-            if i32::try_from(bytes).is_err() {
-                return Err(ArrowError::InvalidArgumentError(format!(
-                    "{bytes} bytes of names in one coords batch overflow a string column"
-                )));
-            }
-            let mut names = self.spans().map(|(_, g, _)| f(g));
-            let first = names.next().unwrap_or_default();
-            Ok(Arc::new(if names.all(|s| s == first) {
-                StringArray::new_repeated(first, n)
-            } else {
-                StringArray::from_iter_values(
-                    self.spans()
-                        .flat_map(|(_, g, r)| std::iter::repeat_n(f(g), r.len())),
-                )
-            }))
-        };
-        let repeat_u64 = |f: fn(&Group) -> u64| -> Vec<u64> {
-            self.spans()
-                .flat_map(|(_, g, r)| std::iter::repeat_n(f(g), r.len()))
-                .collect()
-        };
-        let flags = |f: fn(&Group) -> bool| -> ArrayRef {
-            let mut b = BooleanBufferBuilder::new(n);
-            for (_, g, r) in self.spans() {
-                b.append_n(r.len(), f(g));
-            }
-            Arc::new(BooleanArray::new(b.finish(), None))
-        };
-        let rank: Vec<u32> = self
-            .spans()
-            .flat_map(|(_, g, r)| std::iter::repeat_n(g.rank, r.len()))
-            .collect();
-        let (mut index, mut value) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        for c in &self.chunks {
-            index.extend_from_slice(&c.index);
-            value.extend_from_slice(&c.value);
-        }
-        RecordBatch::try_from_iter([
-            ("run_id", strings(|g| &g.run_id)?),
-            (
-                "step",
-                Arc::new(UInt64Array::from(repeat_u64(|g| g.step))) as ArrayRef,
-            ),
-            ("rank", Arc::new(UInt32Array::from(rank))),
-            ("tensor", strings(|g| &g.tensor)?),
-            ("index", Arc::new(UInt64Array::from(index))),
-            ("value", Arc::new(Float32Array::from(value))),
-            ("local", flags(|g| g.local)),
-            ("late", flags(|g| g.late)),
-        ])
+        batch_of(&self.chunks)
     }
+
+    /// The rows as record batches of whole chunks, each of at most `max_rows` rows unless one
+    /// chunk (one step's rows) holds more.
+    pub fn to_batches(&self, max_rows: usize) -> Result<Vec<RecordBatch>, ArrowError> {
+        let mut out = Vec::new();
+        let (mut from, mut rows) = (0, 0);
+        for (i, c) in self.chunks.iter().enumerate() {
+            let n = c.index.len();
+            if rows > 0 && rows + n > max_rows {
+                out.push(batch_of(&self.chunks[from..i])?);
+                (from, rows) = (i, 0);
+            }
+            rows += n;
+        }
+        if rows > 0 || out.is_empty() {
+            out.push(batch_of(&self.chunks[from..])?);
+        }
+        Ok(out)
+    }
+}
+
+/// The rows of `chunks` as one record batch, columns in the documented order (docs/parquet.md).
+///
+/// Every column but `index` and `value` repeats one value per group; they are filled group
+/// by group (a string builder's per-row append, with its validity bit, was most of the
+/// table's encoding time), and a string shared by all groups — the run id always, since a
+/// buffer holds one run — is one repeated run of bytes.
+fn batch_of(chunks: &[Chunk]) -> Result<RecordBatch, ArrowError> {
+    let n: usize = chunks.iter().map(|c| c.index.len()).sum();
+    let spans = || {
+        chunks
+            .iter()
+            .flat_map(|c| c.spans().map(move |(g, r)| (c, g, r)))
+    };
+    let strings = |f: fn(&Group) -> &str| -> Result<ArrayRef, ArrowError> {
+        let bytes: usize = spans().map(|(_, g, r)| f(g).len() * r.len()).sum();
+        if i32::try_from(bytes).is_err() {
+            return Err(ArrowError::InvalidArgumentError(format!(
+                "{bytes} bytes of names in one coords batch overflow a string column"
+            )));
+        }
+        let mut names = spans().map(|(_, g, _)| f(g));
+        let first = names.next().unwrap_or_default();
+        Ok(Arc::new(if names.all(|s| s == first) {
+            StringArray::new_repeated(first, n)
+        } else {
+            StringArray::from_iter_values(
+                spans().flat_map(|(_, g, r)| std::iter::repeat_n(f(g), r.len())),
+            )
+        }))
+    };
+    let repeat_u64 = |f: fn(&Group) -> u64| -> Vec<u64> {
+        spans()
+            .flat_map(|(_, g, r)| std::iter::repeat_n(f(g), r.len()))
+            .collect()
+    };
+    let flags = |f: fn(&Group) -> bool| -> ArrayRef {
+        let mut b = BooleanBufferBuilder::new(n);
+        for (_, g, r) in spans() {
+            b.append_n(r.len(), f(g));
+        }
+        Arc::new(BooleanArray::new(b.finish(), None))
+    };
+    let rank: Vec<u32> = spans()
+        .flat_map(|(_, g, r)| std::iter::repeat_n(g.rank, r.len()))
+        .collect();
+    let (mut index, mut value) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for c in chunks {
+        index.extend_from_slice(&c.index);
+        value.extend_from_slice(&c.value);
+    }
+    RecordBatch::try_from_iter([
+        ("run_id", strings(|g| &g.run_id)?),
+        (
+            "step",
+            Arc::new(UInt64Array::from(repeat_u64(|g| g.step))) as ArrayRef,
+        ),
+        ("rank", Arc::new(UInt32Array::from(rank))),
+        ("tensor", strings(|g| &g.tensor)?),
+        ("index", Arc::new(UInt64Array::from(index))),
+        ("value", Arc::new(Float32Array::from(value))),
+        ("local", flags(|g| g.local)),
+        ("late", flags(|g| g.late)),
+    ])
 }
 
 impl FromIterator<CoordRow> for Coords {
@@ -327,6 +354,33 @@ mod tests {
             prop_assert_eq!(got.schema(), want.schema());
             // Compared as bits: NaN values must come through too.
             for (g, w) in got.columns().iter().zip(want.columns()) {
+                prop_assert_eq!(g.to_data(), w.to_data());
+            }
+        }
+    }
+
+    proptest! {
+        /// Batches of whole chunks, bounded in rows unless one chunk is larger, concatenate
+        /// to the one batch of all rows.
+        #[test]
+        fn bounded_batches_concatenate_to_the_whole(
+            parts in proptest::collection::vec(groups(), 0..6),
+            max_rows in 1usize..40,
+        ) {
+            let (mut all, mut rows) = (Coords::default(), Vec::new());
+            for gs in &parts {
+                let mut step = Coords::default();
+                fill(&mut step, &mut rows, gs);
+                all.append(&mut step);
+            }
+            let batches = all.to_batches(max_rows).expect("batches");
+            let whole = all.to_batch().expect("batch");
+            prop_assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), whole.num_rows());
+            for b in &batches {
+                prop_assert!(b.num_rows() <= max_rows || all.chunks.iter().any(|c| c.index.len() == b.num_rows()));
+            }
+            let joined = arrow::compute::concat_batches(&whole.schema(), &batches).expect("concat");
+            for (g, w) in joined.columns().iter().zip(whole.columns()) {
                 prop_assert_eq!(g.to_data(), w.to_data());
             }
         }
