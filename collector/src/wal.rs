@@ -18,7 +18,7 @@
 //! `<id:020>.spare` instead of deleted, and a new segment takes a spare's file and overwrites it
 //! from the start. Overwriting allocated, cached blocks keeps each sync to the data (an
 //! appended file's sync also allocated its blocks and wrote its inode): on the 2-core VM of
-//! `bench/RESULTS.md` the paced report → ack p99 fell from 52–74 ms to 14–17 ms. The records of
+//! `bench/RESULTS.md` the paced report → ack p99 fell from 53–76 ms to 17–19 ms. The records of
 //! the file's previous life that lie past the new ones name another segment, so replay stops
 //! there without counting a tear. Segments of the first format (records `len, crc, payload`
 //! from offset 0, no header) are still replayed: as a first record's length the magic would

@@ -73,8 +73,8 @@ fn product(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Mat<f64> {
     out
 }
 
-/// Eigenvalues (ascending) and eigenvectors of the symmetric `g`, read from its lower
-/// triangle. A Gram matrix of at most 2ℓ rows is decomposed on the calling thread: faer's
+/// Eigenvalues (ascending) and eigenvectors of the symmetric `g` (both triangles filled).
+/// A Gram matrix of at most 2ℓ rows is decomposed on the calling thread: faer's
 /// `self_adjoint_eigen` takes the global parallelism, and handing a 64 × 64 problem's
 /// Householder blocks to rayon cost more than it saved and left the pool's threads spinning
 /// (≈ 2 % of a busy collector's CPU in `sched_yield`).

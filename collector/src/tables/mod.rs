@@ -71,9 +71,10 @@ impl Tables {
     }
 
     /// Encode one table's rows, as record batches of a bounded size (at least one, empty when
-    /// the table is). A roll's rows as one batch built columns of tens of megabytes, and each
-    /// was memory fresh from the kernel — zeroed page by page, ≈ 5 % of a busy collector's
-    /// CPU — where batches of a few hundred kilobytes reuse the allocator's memory.
+    /// the table is). A roll's rows as one batch built columns of tens of megabytes beside the
+    /// rows themselves, in memory the kernel had to hand out and zero for each roll; batches of
+    /// a few hundred kilobytes bound the writer's extra memory and come from the allocator's
+    /// caches. (Throughput: the same within the bench's noise, `bench/RESULTS.md`.)
     pub fn batches(&self, table: &str) -> Result<Vec<RecordBatch>, ArrowError> {
         fn chunked<R>(
             rows: &[R],
