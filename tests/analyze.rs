@@ -3,10 +3,13 @@
 
 mod common;
 
+use std::fs::File;
 use std::process::Command;
 
 use common::Harness;
+use gradtel_collector::tables::coords;
 use gradtel_stats::rng::SplitMix64;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 fn gradtel(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_gradtel"))
@@ -78,6 +81,40 @@ fn analyze_reports_every_object_of_a_demo_lake() {
     assert_eq!(
         String::from_utf8_lossy(&one.stdout),
         String::from_utf8_lossy(&parts.stdout)
+    );
+
+    // A lake written before `coords` held lists (a row per tracked value) reads the same.
+    let coords_dir = lake.join("run=an/table=coords");
+    let files: Vec<_> = std::fs::read_dir(&coords_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    assert!(!files.is_empty());
+    for path in &files {
+        let flat: Vec<_> = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(|b| coords::explode(&b.unwrap()).unwrap())
+            .collect();
+        assert_eq!(
+            flat[0]
+                .schema()
+                .field_with_name("index")
+                .unwrap()
+                .data_type(),
+            &arrow::datatypes::DataType::UInt64
+        );
+        let name = path.file_name().unwrap().to_str().unwrap();
+        gradtel_collector::sink::write_file(&coords_dir, name, &flat).unwrap();
+    }
+    let flat = gradtel(&["analyze", lake_s, "--format", "json"]);
+    assert!(flat.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&one.stdout),
+        String::from_utf8_lossy(&flat.stdout)
     );
 
     // Selections narrow the samples.

@@ -28,6 +28,14 @@ for table in ("steps", "tails", "coords", "sgn", "spectra", "alerts"):
         f"SELECT count(*) FROM read_parquet('{lake}/*/table={table}/*.parquet', hive_partitioning=1) WHERE run = '{run}'"
     ).fetchone()
     assert n > 0, f"table {table} is empty"
+# coords holds each reported tensor's tracked values as two lists; UNNEST gives a row per value.
+coords = f"read_parquet('{lake}/*/table=coords/*.parquet', hive_partitioning=1)"
+(listed,) = con.execute(f"SELECT sum(len(index)) FROM {coords} WHERE run = '{run}'").fetchone()
+(pairs, bad) = con.execute(
+    f"SELECT count(*), count(*) FILTER (WHERE i IS NULL OR v IS NULL) FROM "
+    f"(SELECT unnest(index) AS i, unnest(value) AS v FROM {coords} WHERE run = '{run}')"
+).fetchone()
+assert listed > 0 and pairs == listed and bad == 0, (listed, pairs, bad)
 # The whole lake at once needs union_by_name (the tables have different columns).
 (tables,) = con.execute(
     f"SELECT count(DISTINCT \"table\") FROM read_parquet('{lake}/**/*.parquet', hive_partitioning=1, union_by_name=1)"

@@ -48,12 +48,28 @@ def agent_factory(tmp_path, collector):
             a.kill()
 
 
+def explode_coords(t):
+    """``coords`` as a row per tracked value: its ``index`` and ``value`` lists flattened, every
+    other column repeated over its row's values (docs/parquet.md)."""
+    import pyarrow.compute as pc
+
+    if not pa.types.is_list(t.schema.field("index").type):
+        return t
+    parents = pc.list_parent_indices(t["index"])
+    flat = t.drop_columns(["index", "value"]).take(parents)
+    return flat.append_column("index", pc.list_flatten(t["index"])).append_column(
+        "value", pc.list_flatten(t["value"])
+    )
+
+
 def read_table(lake, run_id, table):
     """The table of one run as a pyarrow Table (empty list of rows if nothing was written)."""
     path = pathlib.Path(lake) / f"run={run_id}" / f"table={table}"
     if not path.exists():
         return None
     t = ds.dataset(str(path), format="parquet").to_table()
+    if table == "coords":
+        t = explode_coords(t)
     # Nanosecond timestamps do not convert to Python datetimes without pandas; no test needs them.
     return t.select([f.name for f in t.schema if not pa.types.is_timestamp(f.type)])
 

@@ -47,14 +47,32 @@ pub fn files(lake: &Path, run: &str, table: &str) -> anyhow::Result<Vec<PathBuf>
     Ok(out)
 }
 
-/// Rows of a table, from the Parquet footers (no data is read).
-pub fn row_count(lake: &Path, run: &str, table: &str) -> anyhow::Result<u64> {
+/// Values of one column of a table, from the Parquet footers (no data is read): its rows, or
+/// for a list column the items of its lists (the `coords` table's `index`).
+pub fn value_count(lake: &Path, run: &str, table: &str, column: &str) -> anyhow::Result<u64> {
     let mut n = 0u64;
     for path in files(lake, run, table)? {
         let file = File::open(&path).with_context(|| format!("open {}", path.display()))?;
         let b = ParquetRecordBatchReaderBuilder::try_new(file)
             .with_context(|| format!("{} is not a Parquet file", path.display()))?;
-        n += b.metadata().file_metadata().num_rows().max(0) as u64;
+        let meta = b.metadata();
+        let Some(leaf) = meta
+            .file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .position(|c| c.path().parts().first().is_some_and(|p| p == column))
+        else {
+            bail!(
+                "table {table} ({}) has no column {column:?}",
+                path.display()
+            );
+        };
+        n += meta
+            .row_groups()
+            .iter()
+            .map(|g| g.column(leaf).num_values().max(0) as u64)
+            .sum::<u64>();
     }
     Ok(n)
 }
@@ -91,9 +109,23 @@ pub struct Batch<'a> {
     table: &'a str,
 }
 
-impl Batch<'_> {
+impl<'a> Batch<'a> {
     pub fn rows(&self) -> usize {
         self.batch.num_rows()
+    }
+
+    /// The same batch transformed by `f` (e.g. the `coords` lists exploded), errors naming the
+    /// file.
+    pub fn map(
+        &self,
+        f: impl FnOnce(&RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError>,
+    ) -> anyhow::Result<Batch<'a>> {
+        Ok(Batch {
+            batch: f(&self.batch)
+                .with_context(|| format!("table {} ({})", self.table, self.path.display()))?,
+            path: self.path,
+            table: self.table,
+        })
     }
 
     fn column(&self, name: &str, want: &[DataType]) -> anyhow::Result<&ArrayRef> {

@@ -126,8 +126,8 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<Analysis> {
     let dimension = objects::dimension(&args.lake, &run, &sel)?;
     // A held value is a 24-byte `Obs`; vectors grow by doubling, so budget twice that.
     const BYTES_PER_VALUE: u64 = 48;
-    let rows = lake::row_count(&args.lake, &run, "coords")?;
-    let passes = (rows * BYTES_PER_VALUE)
+    let values = lake::value_count(&args.lake, &run, "coords", "index")?;
+    let passes = (values * BYTES_PER_VALUE)
         .div_ceil(args.memory_mb.max(1) << 20)
         .max(1);
     let bar = indicatif::ProgressBar::new(0);

@@ -192,6 +192,7 @@ type Series = HashMap<(String, u64), Vec<Obs>>;
 pub fn series(lake: &Path, run: &str, sel: &Selection) -> anyhow::Result<Series> {
     let mut out: Series = HashMap::new();
     lake::for_each_batch(lake, run, "coords", |b| {
+        let b = b.map(gradtel_collector::tables::coords::explode)?;
         let step = b.u64s("step")?;
         let rank = b.u64s("rank")?;
         let tensor = b.strs("tensor")?;

@@ -1,17 +1,26 @@
 //! The `coords` table: the raw value of every tracked coordinate, per step and rank — the
 //! per-coordinate series the offline analyser tests (iteration-wise and SGN samples).
 //!
+//! Layout: a row per tensor of a report (run, step, rank, tensor, flags) with its tracked
+//! coordinates as two lists of equal length, `index` and `value`. A row per value repeated six
+//! of the eight columns over every tracked coordinate, and parquet-rs spends ≥ 7 ns per value
+//! even on a constant column: 124–142 ns per value to write that layout against 45–52 ns for
+//! this one, the same bytes on disk (`cargo bench -p gradtel-collector --bench coords_layout`,
+//! `bench/RESULTS.md`). [`explode`] turns a batch of either layout (files written before this
+//! one had a row per value) back into a row per value.
+//!
 //! Rows are kept column by column ([`Coords`]): a report carries each tensor's tracked values
-//! as an index list and a value list sharing run, step, rank, tensor and flags, and keeping
-//! them so costs two slice copies per tensor instead of a row (two shared-name reference
-//! counts) per value. The table has a row per value all the same.
+//! as an index list and a value list sharing run, step, rank, tensor and flags — a group, which
+//! is what a row of the table holds.
 
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, BooleanBufferBuilder, Float32Array, RecordBatch, StringArray,
+    Array, ArrayRef, AsArray, BooleanArray, Float32Array, ListArray, RecordBatch, StringArray,
     UInt32Array, UInt64Array,
 };
+use arrow::buffer::{OffsetBuffer, ScalarBuffer};
+use arrow::datatypes::{DataType, Field, Schema};
 use arrow::error::ArrowError;
 
 pub const TABLE: &str = "coords";
@@ -116,7 +125,21 @@ impl Coords {
         });
     }
 
+    /// One row; a row that continues the last group (same run, step, rank, tensor and flags)
+    /// joins it.
     pub fn push(&mut self, r: &CoordRow) {
+        if let Some(c) = self.chunks.last_mut()
+            && let Some(g) = c.groups.last_mut()
+            && g.end == c.index.len()
+            && (&*g.run_id, g.step, g.rank, &*g.tensor, g.local, g.late)
+                == (&*r.run_id, r.step, r.rank, &*r.tensor, r.local, r.late)
+        {
+            c.index.push(r.index);
+            c.value.push(r.value);
+            g.end += 1;
+            self.rows += 1;
+            return;
+        }
         self.push_group(
             &r.run_id,
             r.step,
@@ -185,8 +208,8 @@ impl Coords {
         batch_of(&self.chunks)
     }
 
-    /// The rows as record batches of whole chunks, each of at most `max_rows` rows unless one
-    /// chunk (one step's rows) holds more.
+    /// The rows as record batches of whole chunks, each of at most `max_rows` tracked values
+    /// unless one chunk (one step's values) holds more.
     pub fn to_batches(&self, max_rows: usize) -> Result<Vec<RecordBatch>, ArrowError> {
         let mut out = Vec::new();
         let (mut from, mut rows) = (0, 0);
@@ -205,69 +228,131 @@ impl Coords {
     }
 }
 
-/// The rows of `chunks` as one record batch, columns in the documented order (docs/parquet.md).
-///
-/// Every column but `index` and `value` repeats one value per group; they are filled group
-/// by group (a string builder's per-row append, with its validity bit, was most of the
-/// table's encoding time), and a string shared by all groups — the run id always, since a
-/// buffer holds one run — is one repeated run of bytes.
+/// The groups of `chunks` as one record batch, a row per group, columns in the documented
+/// order (docs/parquet.md). A string shared by all groups — the run id always, since a buffer
+/// holds one run — is one repeated run of bytes.
 fn batch_of(chunks: &[Chunk]) -> Result<RecordBatch, ArrowError> {
-    let n: usize = chunks.iter().map(|c| c.index.len()).sum();
-    let spans = || {
-        chunks
-            .iter()
-            .flat_map(|c| c.spans().map(move |(g, r)| (c, g, r)))
+    let groups = || chunks.iter().flat_map(|c| c.groups.iter());
+    let rows = groups().count();
+    let values: usize = chunks.iter().map(|c| c.index.len()).sum();
+    let Ok(last) = i32::try_from(values) else {
+        return Err(ArrowError::InvalidArgumentError(format!(
+            "{values} tracked values in one coords batch overflow its list offsets"
+        )));
     };
     let strings = |f: fn(&Group) -> &str| -> Result<ArrayRef, ArrowError> {
-        let bytes: usize = spans().map(|(_, g, r)| f(g).len() * r.len()).sum();
+        let bytes: usize = groups().map(|g| f(g).len()).sum();
         if i32::try_from(bytes).is_err() {
             return Err(ArrowError::InvalidArgumentError(format!(
                 "{bytes} bytes of names in one coords batch overflow a string column"
             )));
         }
-        let mut names = spans().map(|(_, g, _)| f(g));
+        let mut names = groups().map(f);
         let first = names.next().unwrap_or_default();
         Ok(Arc::new(if names.all(|s| s == first) {
-            StringArray::new_repeated(first, n)
+            StringArray::new_repeated(first, rows)
         } else {
-            StringArray::from_iter_values(
-                spans().flat_map(|(_, g, r)| std::iter::repeat_n(f(g), r.len())),
-            )
+            StringArray::from_iter_values(groups().map(f))
         }))
     };
-    let repeat_u64 = |f: fn(&Group) -> u64| -> Vec<u64> {
-        spans()
-            .flat_map(|(_, g, r)| std::iter::repeat_n(f(g), r.len()))
-            .collect()
-    };
     let flags = |f: fn(&Group) -> bool| -> ArrayRef {
-        let mut b = BooleanBufferBuilder::new(n);
-        for (_, g, r) in spans() {
-            b.append_n(r.len(), f(g));
-        }
-        Arc::new(BooleanArray::new(b.finish(), None))
+        Arc::new(BooleanArray::from_iter(groups().map(|g| Some(f(g)))))
     };
-    let rank: Vec<u32> = spans()
-        .flat_map(|(_, g, r)| std::iter::repeat_n(g.rank, r.len()))
-        .collect();
-    let (mut index, mut value) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    // Each group's end is an offset into its chunk's columns; the batch's lists run over the
+    // chunks' columns one after another.
+    let mut offsets = Vec::with_capacity(rows + 1);
+    offsets.push(0i32);
+    let mut base = 0;
+    for c in chunks {
+        // Ends are ≤ `values`, which fits an i32.
+        offsets.extend(c.groups.iter().map(|g| (base + g.end) as i32));
+        base += c.index.len();
+    }
+    debug_assert_eq!(offsets.last().copied(), Some(last));
+    let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
+    let (mut index, mut value) = (Vec::with_capacity(values), Vec::with_capacity(values));
     for c in chunks {
         index.extend_from_slice(&c.index);
         value.extend_from_slice(&c.value);
     }
+    let list = |item: DataType, values: ArrayRef| -> ArrayRef {
+        Arc::new(ListArray::new(
+            Arc::new(Field::new("item", item, false)),
+            offsets.clone(),
+            values,
+            None,
+        ))
+    };
     RecordBatch::try_from_iter([
         ("run_id", strings(|g| &g.run_id)?),
         (
             "step",
-            Arc::new(UInt64Array::from(repeat_u64(|g| g.step))) as ArrayRef,
+            Arc::new(UInt64Array::from_iter_values(groups().map(|g| g.step))) as ArrayRef,
         ),
-        ("rank", Arc::new(UInt32Array::from(rank))),
+        (
+            "rank",
+            Arc::new(UInt32Array::from_iter_values(groups().map(|g| g.rank))),
+        ),
         ("tensor", strings(|g| &g.tensor)?),
-        ("index", Arc::new(UInt64Array::from(index))),
-        ("value", Arc::new(Float32Array::from(value))),
+        (
+            "index",
+            list(DataType::UInt64, Arc::new(UInt64Array::from(index))),
+        ),
+        (
+            "value",
+            list(DataType::Float32, Arc::new(Float32Array::from(value))),
+        ),
         ("local", flags(|g| g.local)),
         ("late", flags(|g| g.late)),
     ])
+}
+
+/// A batch of the `coords` table as a row per tracked value, in either layout: the lists of
+/// this one exploded (every other column repeated over its row's values), a batch of the
+/// earlier row-per-value layout returned as it is. Columns keep their order and names; the
+/// exploded `index` and `value` take their lists' item types (`UInt64`, `Float32`).
+pub fn explode(b: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let item_nullable = |l: &ListArray| match l.data_type() {
+        DataType::List(f) => f.is_nullable(),
+        _ => true,
+    };
+    let lists = |name: &str| b.column_by_name(name).and_then(|c| c.as_list_opt::<i32>());
+    let (Some(index), Some(value)) = (lists("index"), lists("value")) else {
+        return Ok(b.clone());
+    };
+    if index.offsets() != value.offsets() {
+        return Err(ArrowError::InvalidArgumentError(
+            "coords: a row's index and value lists differ in length".into(),
+        ));
+    }
+    let offsets = index.offsets();
+    let (first, end) = (offsets[0] as usize, offsets[offsets.len() - 1] as usize);
+    let parents: UInt32Array = offsets
+        .windows(2)
+        .enumerate()
+        .flat_map(|(row, w)| std::iter::repeat_n(row as u32, (w[1] - w[0]) as usize))
+        .collect();
+    let mut fields = Vec::with_capacity(b.num_columns());
+    let mut columns = Vec::with_capacity(b.num_columns());
+    for (f, c) in b.schema().fields().iter().zip(b.columns()) {
+        let (field, column) = match f.name().as_str() {
+            "index" => (
+                Field::new("index", index.value_type(), item_nullable(index)),
+                index.values().slice(first, end - first),
+            ),
+            "value" => (
+                Field::new("value", value.value_type(), item_nullable(value)),
+                value.values().slice(first, end - first),
+            ),
+            _ => (
+                f.as_ref().clone(),
+                arrow::compute::take(c.as_ref(), &parents, None)?,
+            ),
+        };
+        fields.push(field);
+        columns.push(column);
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
 impl FromIterator<CoordRow> for Coords {
@@ -350,7 +435,9 @@ mod tests {
             prop_assert!(cb.is_empty());
             prop_assert_eq!(ca.len(), rows.len());
             prop_assert_eq!(ca.rows().collect::<Vec<_>>(), rows.clone());
-            let (got, want) = (ca.to_batch().expect("batch"), by_rows(&rows));
+            let batch = ca.to_batch().expect("batch");
+            prop_assert_eq!(batch.num_rows(), a.iter().chain(&b).filter(|g| !g.6.is_empty()).count());
+            let (got, want) = (explode(&batch).expect("explode"), by_rows(&rows));
             prop_assert_eq!(got.schema(), want.schema());
             // Compared as bits: NaN values must come through too.
             for (g, w) in got.columns().iter().zip(want.columns()) {
@@ -377,13 +464,81 @@ mod tests {
             let whole = all.to_batch().expect("batch");
             prop_assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), whole.num_rows());
             for b in &batches {
-                prop_assert!(b.num_rows() <= max_rows || all.chunks.iter().any(|c| c.index.len() == b.num_rows()));
+                let values = explode(b).expect("explode").num_rows();
+                prop_assert!(values <= max_rows || all.chunks.iter().any(|c| c.index.len() == values));
             }
             let joined = arrow::compute::concat_batches(&whole.schema(), &batches).expect("concat");
             for (g, w) in joined.columns().iter().zip(whole.columns()) {
                 prop_assert_eq!(g.to_data(), w.to_data());
             }
         }
+    }
+
+    proptest! {
+        /// Rows pushed one by one join their group: the same table as the groups pushed whole.
+        #[test]
+        fn rows_pushed_one_by_one_make_the_same_table(gs in groups()) {
+            let (mut grouped, mut rows) = (Coords::default(), Vec::new());
+            fill(&mut grouped, &mut rows, &gs);
+            let single: Coords = rows.iter().cloned().collect();
+            let (got, want) = (single.to_batch().expect("batch"), grouped.to_batch().expect("batch"));
+            prop_assert!(got.num_rows() <= want.num_rows());
+            let (got, want) = (explode(&got).expect("explode"), explode(&want).expect("explode"));
+            for (g, w) in got.columns().iter().zip(want.columns()) {
+                prop_assert_eq!(g.to_data(), w.to_data());
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_per_report_tensor_with_its_values_as_lists() {
+        let mut c = Coords::default();
+        let (run, a, b): (Arc<str>, Arc<str>, Arc<str>) = ("r".into(), "a".into(), "b".into());
+        c.push_group(&run, 7, 0, &a, true, false, &[1, 5], &[0.5, -1.0]);
+        c.push_group(&run, 7, 1, &a, true, false, &[1, 5], &[0.25, 2.0]);
+        c.push_group(&run, 7, 1, &b, false, true, &[3], &[4.0]);
+        let batch = c.to_batch().expect("batch");
+        assert_eq!(batch.num_rows(), 3);
+        let list = |name: &str, row: usize| {
+            batch
+                .column_by_name(name)
+                .expect(name)
+                .as_list::<i32>()
+                .value(row)
+        };
+        assert_eq!(
+            list("index", 1)
+                .as_primitive::<arrow::datatypes::UInt64Type>()
+                .values(),
+            &[1, 5]
+        );
+        assert_eq!(
+            list("value", 2)
+                .as_primitive::<arrow::datatypes::Float32Type>()
+                .values(),
+            &[4.0]
+        );
+        let flat = explode(&batch).expect("explode");
+        assert_eq!(flat.num_rows(), 5);
+        assert_eq!(
+            flat.column_by_name("rank")
+                .expect("rank")
+                .as_primitive::<arrow::datatypes::UInt32Type>()
+                .values(),
+            &[0, 0, 1, 1, 1]
+        );
+        // A batch already a row per value (the earlier layout) passes through.
+        assert_eq!(explode(&flat).expect("explode"), flat);
+        // Lists of different lengths in one row are refused.
+        let mut cols = batch.columns().to_vec();
+        cols[5] = Arc::new(ListArray::new(
+            Arc::new(Field::new("item", DataType::Float32, false)),
+            OffsetBuffer::from_lengths([2, 1, 2]),
+            Arc::new(Float32Array::from(vec![0.0; 5])),
+            None,
+        ));
+        let bad = RecordBatch::try_new(batch.schema(), cols).expect("batch");
+        assert!(explode(&bad).is_err());
     }
 
     #[test]
