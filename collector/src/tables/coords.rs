@@ -325,6 +325,12 @@ pub fn explode(b: &RecordBatch) -> Result<RecordBatch, ArrowError> {
             "coords: a row's index and value lists differ in length".into(),
         ));
     }
+    // A null list may still span values; the collector never writes one.
+    if index.null_count() > 0 || value.null_count() > 0 {
+        return Err(ArrowError::InvalidArgumentError(
+            "coords: a row without index or value list".into(),
+        ));
+    }
     let offsets = index.offsets();
     let (first, end) = (offsets[0] as usize, offsets[offsets.len() - 1] as usize);
     let parents: UInt32Array = offsets
@@ -537,7 +543,23 @@ mod tests {
             Arc::new(Float32Array::from(vec![0.0; 5])),
             None,
         ));
-        let bad = RecordBatch::try_new(batch.schema(), cols).expect("batch");
+        let bad = RecordBatch::try_new(batch.schema(), cols.clone()).expect("batch");
+        assert!(explode(&bad).is_err());
+        // So is a row without lists.
+        cols[5] = Arc::new(ListArray::new(
+            Arc::new(Field::new("item", DataType::Float32, false)),
+            OffsetBuffer::from_lengths([2, 2, 1]),
+            Arc::new(Float32Array::from(vec![0.0; 5])),
+            Some(vec![true, false, true].into()),
+        ));
+        let mut fields: Vec<Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields[5] = fields[5].clone().with_nullable(true);
+        let bad = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).expect("batch");
         assert!(explode(&bad).is_err());
     }
 
