@@ -320,7 +320,7 @@ pub fn explode(b: &RecordBatch) -> Result<RecordBatch, ArrowError> {
     let (Some(index), Some(value)) = (lists("index"), lists("value")) else {
         return Ok(b.clone());
     };
-    if index.offsets() != value.offsets() {
+    if !index.offsets().lengths().eq(value.offsets().lengths()) {
         return Err(ArrowError::InvalidArgumentError(
             "coords: a row's index and value lists differ in length".into(),
         ));
@@ -331,12 +331,18 @@ pub fn explode(b: &RecordBatch) -> Result<RecordBatch, ArrowError> {
             "coords: a row without index or value list".into(),
         ));
     }
-    let offsets = index.offsets();
-    let (first, end) = (offsets[0] as usize, offsets[offsets.len() - 1] as usize);
-    let parents: UInt32Array = offsets
-        .windows(2)
+    // Pairwise by position within each row: the two lists' values need not start at the same
+    // offset of their arrays.
+    let items = |l: &ListArray| {
+        let o = l.offsets();
+        let first = o[0] as usize;
+        l.values().slice(first, o[o.len() - 1] as usize - first)
+    };
+    let parents: UInt32Array = index
+        .offsets()
+        .lengths()
         .enumerate()
-        .flat_map(|(row, w)| std::iter::repeat_n(row as u32, (w[1] - w[0]) as usize))
+        .flat_map(|(row, n)| std::iter::repeat_n(row as u32, n))
         .collect();
     let mut fields = Vec::with_capacity(b.num_columns());
     let mut columns = Vec::with_capacity(b.num_columns());
@@ -344,11 +350,11 @@ pub fn explode(b: &RecordBatch) -> Result<RecordBatch, ArrowError> {
         let (field, column) = match f.name().as_str() {
             "index" => (
                 Field::new("index", index.value_type(), item_nullable(index)),
-                index.values().slice(first, end - first),
+                items(index),
             ),
             "value" => (
                 Field::new("value", value.value_type(), item_nullable(value)),
-                value.values().slice(first, end - first),
+                items(value),
             ),
             _ => (
                 f.as_ref().clone(),
@@ -545,7 +551,20 @@ mod tests {
         ));
         let bad = RecordBatch::try_new(batch.schema(), cols.clone()).expect("batch");
         assert!(explode(&bad).is_err());
-        // So is a row without lists.
+        // Lists whose values start at different offsets of their arrays pair by position.
+        let mut shifted = batch.columns().to_vec();
+        shifted[5] = Arc::new(ListArray::new(
+            Arc::new(Field::new("item", DataType::Float32, false)),
+            OffsetBuffer::new(ScalarBuffer::from(vec![1, 3, 5, 6])),
+            Arc::new(Float32Array::from(vec![9.0, 0.5, -1.0, 0.25, 2.0, 4.0])),
+            None,
+        ));
+        let shifted = RecordBatch::try_new(batch.schema(), shifted).expect("batch");
+        assert_eq!(
+            explode(&shifted).expect("explode"),
+            explode(&batch).expect("explode")
+        );
+        // A row without lists is refused.
         cols[5] = Arc::new(ListArray::new(
             Arc::new(Field::new("item", DataType::Float32, false)),
             OffsetBuffer::from_lengths([2, 2, 1]),
