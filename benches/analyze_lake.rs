@@ -67,6 +67,9 @@ fn main() -> anyhow::Result<()> {
             });
         }
         if rows.len() >= per_file * coords_n || step + 1 == steps {
+            // A tensor's values of a step together, as the collector writes them: each
+            // (step, tensor) is one row of lists.
+            rows.sort_by(|a, b| (a.step, &a.tensor, a.index).cmp(&(b.step, &b.tensor, b.index)));
             sink::write_file(
                 &coords_dir,
                 &format!("part-{step:06}.parquet"),
