@@ -17,7 +17,7 @@ use arrow::array::{
 };
 use arrow::error::ArrowError;
 
-/// Rows per record batch of the tables whose rows are small.
+/// Rows per record batch of the tables whose rows are small (for `coords`, tracked values).
 const BATCH_ROWS: usize = 8192;
 
 /// Rows of every table, for one run, waiting for their files.
