@@ -5,7 +5,7 @@
 //! anything inconsistent.
 
 use gradtel_proto::v1;
-use gradtel_stats::{GradSummary, LogHistogram, Moments, TopK};
+use gradtel_stats::{GradSummary, LogHistogram, Moments, SparseHistogram, SparseSummary, TopK};
 
 use crate::CodecError;
 
@@ -40,14 +40,32 @@ pub fn to_wire(s: &GradSummary) -> v1::Summary {
 
 pub fn from_wire(w: &v1::Summary) -> Result<GradSummary, CodecError> {
     let h = w.abs_hist.as_ref().ok_or(CodecError::MissingHistogram)?;
-    let abs_hist = LogHistogram::from_sparse(h.precision_bits, &h.index, &h.count)?;
+    let s = with_histogram(
+        w,
+        LogHistogram::from_sparse(h.precision_bits, &h.index, &h.count)?,
+    )?;
+    s.validate()?;
+    Ok(s)
+}
+
+/// [`from_wire`] keeping the histogram sparse, as it came (its vectors are moved, not copied):
+/// what the collector holds of each received tensor until it merges it into its step.
+pub fn from_wire_sparse(mut w: v1::Summary) -> Result<SparseSummary, CodecError> {
+    let h = w.abs_hist.take().ok_or(CodecError::MissingHistogram)?;
+    let empty = LogHistogram::new(h.precision_bits)?;
+    let hist = SparseHistogram::new(h.precision_bits, h.index, h.count)?;
+    Ok(SparseSummary::new(with_histogram(&w, empty)?, hist)?)
+}
+
+/// The summary `w` describes, given its histogram (not yet validated as a whole).
+fn with_histogram(w: &v1::Summary, abs_hist: LogHistogram) -> Result<GradSummary, CodecError> {
     if w.top_k_capacity > MAX_TOP_K || w.top_abs.len() > w.top_k_capacity as usize {
         return Err(gradtel_stats::StatsError::Malformed("top-k exceeds its capacity").into());
     }
     if w.top_abs.iter().any(|v| !v.is_finite() || *v < 0.0) {
         return Err(gradtel_stats::StatsError::Malformed("top-k holds a bad value").into());
     }
-    let s = GradSummary {
+    Ok(GradSummary {
         moments: Moments {
             n: w.count,
             mean: w.mean,
@@ -65,9 +83,7 @@ pub fn from_wire(w: &v1::Summary) -> Result<GradSummary, CodecError> {
         zero_count: w.zero_count,
         abs_hist,
         top_abs: TopK::from_values(w.top_k_capacity as usize, &w.top_abs),
-    };
-    s.validate()?;
-    Ok(s)
+    })
 }
 
 #[cfg(test)]
@@ -81,7 +97,9 @@ mod tests {
             let mut s = GradSummary::new(k, 7).unwrap();
             s.extend_f64(&xs);
             let back = from_wire(&to_wire(&s)).unwrap();
-            prop_assert_eq!(back, s);
+            prop_assert_eq!(&back, &s);
+            let sparse = from_wire_sparse(to_wire(&s)).unwrap();
+            prop_assert_eq!(sparse.to_dense(), s);
         }
     }
 
@@ -90,21 +108,21 @@ mod tests {
         let mut s = GradSummary::new(4, 7).unwrap();
         s.extend_f64(&[1.0, -2.0, 3.0]);
         let good = to_wire(&s);
-
-        let mut w = good.clone();
-        w.abs_hist = None;
-        assert!(from_wire(&w).is_err());
-        let mut w = good.clone();
-        w.count = 99;
-        assert!(from_wire(&w).is_err());
-        let mut w = good.clone();
-        w.m2 = f64::NAN;
-        assert!(from_wire(&w).is_err());
-        let mut w = good.clone();
-        w.top_k_capacity = 1;
-        assert!(from_wire(&w).is_err());
-        let mut w = good;
-        w.abs_hist.as_mut().unwrap().precision_bits = 40;
-        assert!(from_wire(&w).is_err());
+        let bad: [fn(&mut v1::Summary); 7] = [
+            |w| w.abs_hist = None,
+            |w| w.count = 99,
+            |w| w.m2 = f64::NAN,
+            |w| w.top_k_capacity = 1,
+            |w| w.abs_hist.as_mut().unwrap().precision_bits = 40,
+            |w| w.abs_hist.as_mut().unwrap().count[0] += 1,
+            |w| w.abs_hist.as_mut().unwrap().index.reverse(),
+        ];
+        for (i, spoil) in bad.iter().enumerate() {
+            let mut w = good.clone();
+            spoil(&mut w);
+            assert!(from_wire(&w).is_err(), "case {i}");
+            assert!(from_wire_sparse(w).is_err(), "case {i}");
+        }
+        assert!(from_wire_sparse(good).is_ok());
     }
 }

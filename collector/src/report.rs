@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gradtel_proto::v1::ShardReport;
-use gradtel_stats::GradSummary;
+use gradtel_stats::SparseSummary;
 
 /// Identity of one agent incarnation: acks and deduplication are keyed on it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -22,7 +22,8 @@ pub struct TensorPart {
     pub numel: u64,
     pub elements_expected: u64,
     pub elements_received: u64,
-    pub summary: GradSummary,
+    /// As received: its histogram stays sparse until merged into the step's.
+    pub summary: SparseSummary,
 }
 
 /// Raw values of one tensor's tracked coordinates (strictly increasing `index`).
@@ -89,14 +90,14 @@ impl Report {
             tensors: tensors
                 .iter()
                 .map(|(n, xs)| {
-                    let mut s = GradSummary::new(4, 7).expect("valid parameters");
+                    let mut s = gradtel_stats::GradSummary::new(4, 7).expect("valid parameters");
                     s.extend_f64(xs);
                     TensorPart {
                         name: n.to_string(),
                         numel: xs.len() as u64,
                         elements_expected: xs.len() as u64,
                         elements_received: xs.len() as u64,
-                        summary: s,
+                        summary: SparseSummary::of(&s),
                     }
                 })
                 .collect(),
@@ -153,19 +154,18 @@ pub fn decode(r: ShardReport) -> Result<Report, String> {
         }
         let w = t
             .summary
-            .as_ref()
             .ok_or_else(|| format!("tensor {:?} has no summary", t.name))?;
-        let summary = gradtel_codec::summary::from_wire(w)
+        let summary = gradtel_codec::summary::from_wire_sparse(w)
             .map_err(|e| format!("tensor {:?}: {e}", t.name))?;
-        if summary.total_count() != t.elements_received {
+        if summary.rest.total_count() != t.elements_received {
             return Err(format!(
                 "tensor {:?}: summary counts {} values but {} were received",
                 t.name,
-                summary.total_count(),
+                summary.rest.total_count(),
                 t.elements_received
             ));
         }
-        let p = summary.abs_hist.precision_bits();
+        let p = summary.hist.precision_bits();
         if *precision.get_or_insert(p) != p {
             return Err("tensors of one report use different histogram precisions".into());
         }
@@ -255,6 +255,7 @@ pub fn decode(r: ShardReport) -> Result<Report, String> {
 mod tests {
     use super::*;
     use gradtel_proto::v1::{Projection, TensorReport, TrackedValues};
+    use gradtel_stats::GradSummary;
 
     fn good() -> ShardReport {
         let mut s = GradSummary::new(4, 7).unwrap();
@@ -281,7 +282,7 @@ mod tests {
     #[test]
     fn accepts_a_consistent_report() {
         let r = decode(good()).unwrap();
-        assert_eq!(r.tensors[0].summary.moments.n, 2);
+        assert_eq!(r.tensors[0].summary.rest.moments.n, 2);
     }
 
     #[test]

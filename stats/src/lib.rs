@@ -23,9 +23,9 @@ pub mod topk;
 pub mod track;
 pub mod vuong;
 
-pub use loghist::LogHistogram;
+pub use loghist::{LogHistogram, SparseHistogram};
 pub use moments::Moments;
-pub use summary::{F32Stream, GradSummary};
+pub use summary::{F32Stream, GradSummary, SparseSummary};
 pub use topk::TopK;
 
 /// Errors of the estimators: bad parameters or summaries that cannot be merged.

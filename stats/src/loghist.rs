@@ -63,6 +63,105 @@ impl Default for LogHistogram {
     }
 }
 
+/// A histogram as the wire carries it: its occupied buckets only, indices strictly increasing,
+/// counts positive, all within one span of 2^24 buckets (what [`LogHistogram::from_sparse`]
+/// accepts). The collector keeps each report's histogram in this form and adds it into a
+/// step's dense histogram ([`LogHistogram::merge_sparse`]): expanding it first cost a zeroed
+/// allocation over its whole range (thousands of buckets) per tensor and report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SparseHistogram {
+    precision_bits: u32,
+    index: Vec<u64>,
+    count: Vec<u64>,
+    total: u64,
+}
+
+impl SparseHistogram {
+    /// Check and keep (index, count) pairs, as carried on the wire.
+    pub fn new(precision_bits: u32, index: Vec<u64>, count: Vec<u64>) -> Result<Self, StatsError> {
+        LogHistogram::new(precision_bits)?;
+        let total = check_sparse(precision_bits, &index, &count)?;
+        Ok(Self {
+            precision_bits,
+            index,
+            count,
+            total,
+        })
+    }
+
+    /// The occupied buckets of `h`.
+    pub fn of(h: &LogHistogram) -> Self {
+        let (index, count) = h.sparse();
+        Self {
+            precision_bits: h.precision_bits,
+            index,
+            count,
+            total: h.total,
+        }
+    }
+
+    pub fn precision_bits(&self) -> u32 {
+        self.precision_bits
+    }
+
+    /// Number of values counted.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// First and last occupied bucket, `None` when empty.
+    pub fn span(&self) -> Option<(u64, u64)> {
+        Some((*self.index.first()?, *self.index.last()?))
+    }
+
+    /// Bucket indices, strictly increasing.
+    pub fn index(&self) -> &[u64] {
+        &self.index
+    }
+
+    /// Counts, one per index, each > 0.
+    pub fn count(&self) -> &[u64] {
+        &self.count
+    }
+
+    /// The dense histogram of the same counts.
+    pub fn to_dense(&self) -> LogHistogram {
+        let mut h = LogHistogram::new(self.precision_bits).expect("precision checked in new");
+        h.merge_sparse(self).expect("same precision");
+        h
+    }
+}
+
+/// Validate sparse (index, count) pairs: same lengths, indices strictly increasing within one
+/// span of 2^24 buckets and below the +Inf bucket, counts positive. Returns their total.
+fn check_sparse(precision_bits: u32, indices: &[u64], counts: &[u64]) -> Result<u64, StatsError> {
+    if indices.len() != counts.len() {
+        return Err(StatsError::Malformed(
+            "histogram index/count lengths differ",
+        ));
+    }
+    // Indices of finite positive values stay below the +Inf bucket.
+    let limit = f64::INFINITY.to_bits() >> (52 - precision_bits);
+    let mut prev: Option<u64> = None;
+    let mut total = 0u64;
+    for (&i, &c) in indices.iter().zip(counts) {
+        if prev.is_some_and(|p| i <= p) {
+            return Err(StatsError::Malformed("histogram indices not increasing"));
+        }
+        if i >= limit || i == 0 || c == 0 {
+            return Err(StatsError::Malformed("histogram bucket out of range"));
+        }
+        if indices.len() > 1 && i - indices[0] > (1 << 24) {
+            return Err(StatsError::Malformed("histogram spans too many buckets"));
+        }
+        total = total
+            .checked_add(c)
+            .ok_or(StatsError::Malformed("histogram counts overflow"))?;
+        prev = Some(i);
+    }
+    Ok(total)
+}
+
 impl LogHistogram {
     pub fn new(precision_bits: u32) -> Result<Self, StatsError> {
         if !(1..=MAX_PRECISION_BITS).contains(&precision_bits) {
@@ -285,32 +384,9 @@ impl LogHistogram {
         counts: &[u64],
     ) -> Result<Self, StatsError> {
         let mut h = Self::new(precision_bits)?;
-        if indices.len() != counts.len() {
-            return Err(StatsError::Malformed(
-                "histogram index/count lengths differ",
-            ));
-        }
-        // Indices of finite positive values stay below the +Inf bucket.
-        let limit = f64::INFINITY.to_bits() >> (52 - precision_bits);
-        let mut prev: Option<u64> = None;
-        let mut total = 0u64;
-        for (&i, &c) in indices.iter().zip(counts) {
-            if prev.is_some_and(|p| i <= p) {
-                return Err(StatsError::Malformed("histogram indices not increasing"));
-            }
-            if i >= limit || i == 0 || c == 0 {
-                return Err(StatsError::Malformed("histogram bucket out of range"));
-            }
-            if indices.len() > 1 && i - indices[0] > (1 << 24) {
-                return Err(StatsError::Malformed("histogram spans too many buckets"));
-            }
-            total = total
-                .checked_add(c)
-                .ok_or(StatsError::Malformed("histogram counts overflow"))?;
-            prev = Some(i);
-        }
+        let total = check_sparse(precision_bits, indices, counts)?;
         // Validated, increasing and within 2^24 of the first: one allocation, then a store
-        // per bucket (this runs for every tensor of every report the collector receives).
+        // per bucket.
         if let (Some(&first), Some(&last)) = (indices.first(), indices.last()) {
             h.offset = first;
             h.counts = vec![0; (last - first + 1) as usize];
@@ -320,6 +396,26 @@ impl LogHistogram {
             h.total = total;
         }
         Ok(h)
+    }
+
+    /// Add the counts of `other` (same precision required) without expanding it first.
+    pub fn merge_sparse(&mut self, other: &SparseHistogram) -> Result<(), StatsError> {
+        if other.precision_bits != self.precision_bits {
+            return Err(StatsError::PrecisionMismatch(
+                self.precision_bits,
+                other.precision_bits,
+            ));
+        }
+        let Some((lo, hi)) = other.span() else {
+            return Ok(());
+        };
+        self.cover(lo, hi);
+        let counts = &mut self.counts[(lo - self.offset) as usize..=(hi - self.offset) as usize];
+        for (&i, &c) in other.index.iter().zip(&other.count) {
+            counts[(i - lo) as usize] += c;
+        }
+        self.total += other.total;
+        Ok(())
     }
 
     /// The `q`-quantile (0 ≤ q ≤ 1) as the midpoint of the bucket holding the order statistic of
@@ -513,6 +609,48 @@ pub(crate) fn ln_mantissas(p: u32) -> &'static [f64] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sparse_histograms_are_checked_and_merge_like_dense_ones() {
+        let p = DEFAULT_PRECISION_BITS;
+        let ok = SparseHistogram::new(p, vec![10, 12, 500], vec![1, 2, 3]).unwrap();
+        assert_eq!((ok.total(), ok.span()), (6, Some((10, 500))));
+        assert_eq!(
+            ok.to_dense().buckets().collect::<Vec<_>>(),
+            vec![(10, 1), (12, 2), (500, 3)]
+        );
+        assert_eq!(SparseHistogram::of(&ok.to_dense()), ok);
+        let empty = SparseHistogram::new(p, vec![], vec![]).unwrap();
+        assert_eq!((empty.total(), empty.span()), (0, None));
+        let inf = f64::INFINITY.to_bits() >> (52 - p);
+        for (index, count) in [
+            (vec![10, 10], vec![1, 1]),
+            (vec![12, 10], vec![1, 1]),
+            (vec![10], vec![0]),
+            (vec![0], vec![1]),
+            (vec![inf], vec![1]),
+            (vec![10, 11], vec![1]),
+            (vec![10, 10 + (1 << 24) + 1], vec![1, 1]),
+            (vec![10, 11], vec![u64::MAX, 1]),
+        ] {
+            assert!(SparseHistogram::new(p, index.clone(), count.clone()).is_err());
+            assert!(LogHistogram::from_sparse(p, &index, &count).is_err());
+        }
+        assert!(SparseHistogram::new(0, vec![], vec![]).is_err());
+        // Into a histogram whose range it extends at both ends, and into one that covers it.
+        let mut h = LogHistogram::from_sparse(p, &[11, 300], &[4, 5]).unwrap();
+        let mut reference = h.clone();
+        h.merge_sparse(&ok).unwrap();
+        reference.merge(&ok.to_dense()).unwrap();
+        assert_eq!(h, reference);
+        assert_eq!(h.total(), 15);
+        h.merge_sparse(&ok).unwrap();
+        reference.merge(&ok.to_dense()).unwrap();
+        assert_eq!(h, reference);
+        let other = SparseHistogram::new(p + 1, vec![10], vec![1]).unwrap();
+        assert!(h.merge_sparse(&other).is_err());
+        assert_eq!(h, reference);
+    }
 
     #[test]
     fn cover_grows_in_place_of_counts_and_keeps_them() {

@@ -14,7 +14,7 @@
 
 use crate::loghist::LaneCounter;
 use crate::moments::F32BlockScratch;
-use crate::{LogHistogram, Moments, StatsError, TopK};
+use crate::{LogHistogram, Moments, SparseHistogram, StatsError, TopK};
 
 /// Values summarised per block on the fast path.
 pub const BLOCK: usize = crate::moments::F32_BLOCK;
@@ -297,6 +297,20 @@ impl GradSummary {
     /// Merge the summary of a disjoint sample.
     pub fn merge(&mut self, other: &GradSummary) -> Result<(), StatsError> {
         self.abs_hist.merge(&other.abs_hist)?;
+        self.merge_rest(other);
+        Ok(())
+    }
+
+    /// [`Self::merge`] of a summary kept with a sparse histogram: the same result as merging
+    /// [`SparseSummary::to_dense`].
+    pub fn merge_sparse(&mut self, other: &SparseSummary) -> Result<(), StatsError> {
+        self.abs_hist.merge_sparse(&other.hist)?;
+        self.merge_rest(&other.rest);
+        Ok(())
+    }
+
+    /// Everything of [`Self::merge`] but the histogram.
+    fn merge_rest(&mut self, other: &GradSummary) {
         self.moments.merge(&other.moments);
         self.sum_sq += other.sum_sq;
         self.max_abs = self.max_abs.max(other.max_abs);
@@ -307,16 +321,20 @@ impl GradSummary {
         self.neg_count += other.neg_count;
         self.zero_count += other.zero_count;
         self.top_abs.merge(&other.top_abs);
-        Ok(())
     }
 
     /// Check the internal consistency of a summary received from outside.
     pub fn validate(&self) -> Result<(), StatsError> {
+        self.validate_with_histogram_total(self.abs_hist.total())
+    }
+
+    /// [`Self::validate`] with the histogram's total given (that of a histogram kept apart).
+    fn validate_with_histogram_total(&self, hist_total: u64) -> Result<(), StatsError> {
         let m = &self.moments;
         if m.n != self.pos_count + self.neg_count + self.zero_count {
             return Err(StatsError::Malformed("sign counts do not add up to count"));
         }
-        if self.abs_hist.total() != self.pos_count + self.neg_count {
+        if hist_total != self.pos_count + self.neg_count {
             return Err(StatsError::Malformed(
                 "histogram total differs from non-zero count",
             ));
@@ -332,6 +350,53 @@ impl GradSummary {
             return Err(StatsError::Malformed("top-k longer than its sample"));
         }
         Ok(())
+    }
+}
+
+/// A [`GradSummary`] whose histogram is kept in its sparse wire form ([`SparseHistogram`]), as
+/// the collector holds each received part until it is merged into its step
+/// ([`GradSummary::merge_sparse`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SparseSummary {
+    /// Everything but the histogram; its `abs_hist` is empty, of `hist`'s precision.
+    pub rest: GradSummary,
+    pub hist: SparseHistogram,
+}
+
+impl SparseSummary {
+    /// Join a summary without its histogram to the histogram, checking that they are one
+    /// consistent summary (as [`GradSummary::validate`] does).
+    pub fn new(rest: GradSummary, hist: SparseHistogram) -> Result<Self, StatsError> {
+        if rest.abs_hist.total() != 0 {
+            return Err(StatsError::Malformed(
+                "a sparse summary's dense histogram must be empty",
+            ));
+        }
+        if rest.abs_hist.precision_bits() != hist.precision_bits() {
+            return Err(StatsError::PrecisionMismatch(
+                rest.abs_hist.precision_bits(),
+                hist.precision_bits(),
+            ));
+        }
+        rest.validate_with_histogram_total(hist.total())?;
+        Ok(Self { rest, hist })
+    }
+
+    /// `s` with its histogram made sparse.
+    pub fn of(s: &GradSummary) -> Self {
+        let mut rest = s.clone();
+        rest.abs_hist = LogHistogram::new(s.abs_hist.precision_bits()).expect("valid precision");
+        Self {
+            rest,
+            hist: SparseHistogram::of(&s.abs_hist),
+        }
+    }
+
+    /// The same summary with a dense histogram.
+    pub fn to_dense(&self) -> GradSummary {
+        let mut s = self.rest.clone();
+        s.abs_hist = self.hist.to_dense();
+        s
     }
 }
 

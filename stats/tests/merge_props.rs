@@ -1,7 +1,7 @@
 //! Property tests: for every summary type, merging the summaries of the parts of any split
 //! equals summarising the concatenation.
 
-use gradtel_stats::{GradSummary, LogHistogram, Moments, TopK};
+use gradtel_stats::{GradSummary, LogHistogram, Moments, SparseHistogram, SparseSummary, TopK};
 use proptest::prelude::*;
 
 fn close(a: f64, b: f64, scale: f64) -> bool {
@@ -108,6 +108,44 @@ proptest! {
         prop_assert!(close(merged.sum_sq, whole.sum_sq, whole.sum_sq));
         prop_assert_eq!(&merged.abs_hist, &whole.abs_hist);
         prop_assert_eq!(&merged.top_abs, &whole.top_abs);
+        merged.validate().unwrap();
+    }
+
+    /// The collector's path: parts as they come off the wire (sparse histograms, checked by
+    /// `SparseSummary::new`), the first expanded, the rest merged sparse, equal the whole.
+    #[test]
+    fn sparse_merge_equals_concatenation(
+        (xs, cuts) in values().prop_flat_map(|v| { let n = v.len(); (Just(v), splits(n)) }),
+    ) {
+        let mut whole = GradSummary::new(16, 7).unwrap();
+        whole.extend_f64(&xs);
+        let received: Vec<SparseSummary> = parts(&xs, &cuts)
+            .iter()
+            .map(|p| {
+                let mut s = GradSummary::new(16, 7).unwrap();
+                s.extend_f64(p);
+                let mut rest = s.clone();
+                rest.abs_hist = LogHistogram::new(7).unwrap();
+                let (index, count) = s.abs_hist.sparse();
+                let sparse = SparseSummary::new(rest, SparseHistogram::new(7, index, count).unwrap()).unwrap();
+                assert_eq!(sparse, SparseSummary::of(&s));
+                assert_eq!(sparse.to_dense(), s);
+                sparse
+            })
+            .collect();
+        let mut merged = received[0].to_dense();
+        for s in &received[1..] {
+            merged.merge_sparse(s).unwrap();
+        }
+        let mut dense = received[0].to_dense();
+        for s in &received[1..] {
+            dense.merge(&s.to_dense()).unwrap();
+        }
+        prop_assert_eq!(&merged, &dense);
+        prop_assert_eq!(&merged.abs_hist, &whole.abs_hist);
+        prop_assert_eq!(&merged.top_abs, &whole.top_abs);
+        prop_assert_eq!((merged.pos_count, merged.neg_count, merged.zero_count),
+            (whole.pos_count, whole.neg_count, whole.zero_count));
         merged.validate().unwrap();
     }
 }

@@ -13,7 +13,7 @@ use arrow::array::{
     Float64Array, Float64Builder, ListBuilder, RecordBatch, UInt32Builder, UInt64Builder,
 };
 use arrow::error::ArrowError;
-use gradtel_stats::GradSummary;
+use gradtel_stats::{GradSummary, SparseSummary};
 
 use super::Columns;
 use crate::assembler::Assembly;
@@ -79,6 +79,18 @@ impl Acc {
         }
     }
 
+    /// Merge a received part into the tensor's summary; false (and unchanged) when they do not
+    /// merge.
+    fn absorb_part(&mut self, s: &SparseSummary) -> bool {
+        match &mut self.summary {
+            Some(acc) => acc.merge_sparse(s).is_ok(),
+            None => {
+                self.summary = Some(s.to_dense());
+                true
+            }
+        }
+    }
+
     /// Merge `s` into the scope's summary; false (and unchanged) when they do not merge. `span`
     /// is the histogram range all the scope's parts will need, made addressable once.
     fn absorb(&mut self, s: &GradSummary, span: Option<(u64, u64)>) -> bool {
@@ -110,7 +122,7 @@ pub fn build_rows(a: &Assembly, assembled_at_ns: i64) -> (Vec<StepRow>, u64) {
         for t in &part.tensors {
             let first = numel_seen.insert(&t.name);
             let acc = by_tensor.entry(&t.name).or_insert_with(Acc::new);
-            if !acc.absorb(&t.summary, None) {
+            if !acc.absorb_part(&t.summary) {
                 merge_errors += 1;
                 continue;
             }
@@ -204,14 +216,14 @@ pub fn build_rows(a: &Assembly, assembled_at_ns: i64) -> (Vec<StepRow>, u64) {
         .parts
         .iter()
         .flat_map(|p| p.tensors.iter())
-        .map(|t| t.summary.abs_hist.precision_bits())
+        .map(|t| t.summary.hist.precision_bits())
         .next()
         .unwrap_or(gradtel_stats::loghist::DEFAULT_PRECISION_BITS);
     let top_k = a
         .parts
         .iter()
         .flat_map(|p| p.tensors.iter())
-        .map(|t| t.summary.top_abs.capacity())
+        .map(|t| t.summary.rest.top_abs.capacity())
         .next()
         .unwrap_or(0);
 
