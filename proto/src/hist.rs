@@ -277,6 +277,56 @@ mod tests {
         }
     }
 
+    /// Runs of varints of every length from 1 to 10 bytes, canonical and padded with
+    /// redundant zero groups, in random order, against prost's `decode_varint` one by one;
+    /// each run also cut short at every byte of its last 12.
+    #[test]
+    fn runs_decode_as_prost_decodes_each_varint() {
+        let mut s = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        for _ in 0..400 {
+            let n = (next() % 40) as usize;
+            let mut run = Vec::new();
+            for _ in 0..n {
+                let v = next() >> (next() % 64);
+                let start = run.len();
+                encode_varint(v, &mut run);
+                // An overlong encoding of the same value, as far as 10 bytes allow.
+                if next() % 4 == 0 && run.len() - start < 10 {
+                    let last = run.len() - 1;
+                    run[last] |= 0x80;
+                    let pad = (next() % (10 - (run.len() - start)) as u64) as usize;
+                    run.extend(std::iter::repeat_n(0x80u8, pad));
+                    run.push(0);
+                }
+            }
+            for cut in (run.len().saturating_sub(12)..=run.len()).rev() {
+                let part = &run[..cut];
+                let mut reference = Vec::new();
+                let mut rest = part;
+                let ok = loop {
+                    if rest.is_empty() {
+                        break true;
+                    }
+                    match decode_varint(&mut rest) {
+                        Ok(v) => reference.push(v),
+                        Err(_) => break false,
+                    }
+                };
+                let mut mine = Vec::new();
+                assert_eq!(decode_run(part, &mut mine), ok, "{part:?}");
+                if ok {
+                    assert_eq!(mine, reference, "{part:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn decodes_and_encodes_exactly_as_prost_derives() {
         for (p, index, count) in cases() {
