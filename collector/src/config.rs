@@ -48,6 +48,13 @@ pub struct CollectorConfig {
     #[arg(long, env = "GRADTEL_COLLECTOR_ESTIMATORS_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub estimators_nice: i32,
 
+    /// Threads of the runtime that takes in reports (gRPC, decoding, the write-ahead log,
+    /// acks). Default: one less than the available cores, at least one — the pipeline and
+    /// estimator threads have threads of their own. On a 2-core machine a second runtime thread
+    /// cost ≈ 10 % more CPU per report (tasks handed between the two; bench/RESULTS.md).
+    #[arg(long, env = "GRADTEL_COLLECTOR_RUNTIME_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub runtime_threads: Option<u16>,
+
     /// Steps being assembled at once; beyond it the oldest is written as it stands.
     #[arg(long, default_value_t = 4096)]
     pub max_pending_steps: usize,
@@ -233,6 +240,18 @@ impl CollectorConfig {
 
 impl CollectorConfig {
     /// Where the write-ahead log lives.
+    /// [`Self::runtime_threads`] or its default for this machine.
+    pub fn runtime_threads(&self) -> usize {
+        self.runtime_threads.map_or_else(
+            || {
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get().saturating_sub(1))
+                    .max(1)
+            },
+            usize::from,
+        )
+    }
+
     pub fn wal_dir(&self) -> PathBuf {
         self.wal_dir
             .clone()
@@ -249,6 +268,7 @@ impl CollectorConfig {
             roll_interval: Duration::from_secs(2),
             wal_dir: None,
             estimators_nice: 10,
+            runtime_threads: None,
             max_pending_steps: 4096,
             metrics: None,
             config: None,

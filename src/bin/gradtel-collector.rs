@@ -85,13 +85,21 @@ fn allocator() -> String {
     return "system malloc".into();
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
     gradtel::init_logging(&cli.log);
-    tracing::info!(allocator = %allocator(), "gradtel-collector starting");
     cli.config.load_file()?;
-    let collector = Collector::start(cli.config).await?;
+    let threads = cli.config.runtime_threads();
+    tracing::info!(allocator = %allocator(), runtime_threads = threads, "gradtel-collector starting");
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?
+        .block_on(serve(cli.config))
+}
+
+async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
+    let collector = Collector::start(config).await?;
     // A line the caller (or a test) can wait for; the port matters when --listen used port 0.
     if let Some(m) = collector.metrics_addr() {
         println!("gradtel-collector metrics on {m}");
