@@ -293,6 +293,22 @@ mod tests {
     }
 
     #[test]
+    fn runtime_threads_leave_a_core_to_the_pipeline_unless_set() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: CollectorConfig,
+        }
+        use clap::Parser;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let default = Cli::parse_from(["c"]).config;
+        assert_eq!(default.runtime_threads(), cores.saturating_sub(1).max(1));
+        let set = Cli::parse_from(["c", "--runtime-threads", "3"]).config;
+        assert_eq!(set.runtime_threads(), 3);
+        assert!(Cli::try_parse_from(["c", "--runtime-threads", "0"]).is_err());
+    }
+
+    #[test]
     fn misspelt_keys_and_bad_values_are_errors() {
         let p = Path::new("c.toml");
         let e = FileConfig::parse("[alerts]\nnorm_zz = 4.5\n", p).unwrap_err();
