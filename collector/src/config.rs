@@ -239,7 +239,6 @@ impl CollectorConfig {
 }
 
 impl CollectorConfig {
-    /// Where the write-ahead log lives.
     /// [`Self::runtime_threads`] or its default for this machine.
     pub fn runtime_threads(&self) -> usize {
         self.runtime_threads.map_or_else(
@@ -252,6 +251,7 @@ impl CollectorConfig {
         )
     }
 
+    /// Where the write-ahead log lives.
     pub fn wal_dir(&self) -> PathBuf {
         self.wal_dir
             .clone()

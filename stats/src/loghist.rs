@@ -114,16 +114,6 @@ impl SparseHistogram {
         Some((*self.index.first()?, *self.index.last()?))
     }
 
-    /// Bucket indices, strictly increasing.
-    pub fn index(&self) -> &[u64] {
-        &self.index
-    }
-
-    /// Counts, one per index, each > 0.
-    pub fn count(&self) -> &[u64] {
-        &self.count
-    }
-
     /// The dense histogram of the same counts.
     pub fn to_dense(&self) -> LogHistogram {
         let mut h = LogHistogram::new(self.precision_bits).expect("precision checked in new");
