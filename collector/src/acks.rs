@@ -55,14 +55,17 @@ impl AckRouter {
     /// Never blocks: an ack that cannot be delivered is counted; the agent resends the report
     /// and gets a DUPLICATE ack then.
     pub fn send(&self, key: &AgentKey, ack: Ack, metrics: &CollectorMetrics) {
-        let tx = self
+        // `try_send` never waits, so it runs under the lock: no clone (and drop) of the sender,
+        // two atomic updates, per ack.
+        let sent = self
             .routes
             .lock()
             .ok()
-            .and_then(|r| r.get(key).map(|(_, tx)| tx.clone()));
-        match tx.map(|tx| tx.try_send(Ok(ack))) {
-            Some(Ok(())) => metrics.acks_sent.inc(),
-            _ => metrics.acks_dropped.inc(),
+            .and_then(|r| r.get(key).map(|(_, tx)| tx.try_send(Ok(ack)).is_ok()));
+        if sent == Some(true) {
+            metrics.acks_sent.inc();
+        } else {
+            metrics.acks_dropped.inc();
         }
     }
 }
@@ -73,6 +76,18 @@ struct SeqState {
     watermark: u64,
     durable: BTreeSet<u64>,
     pending: HashSet<u64>,
+}
+
+impl SeqState {
+    fn arrive(&mut self, seq: u64) -> Seen {
+        if seq < self.watermark || self.durable.contains(&seq) {
+            Seen::Durable
+        } else if !self.pending.insert(seq) {
+            Seen::Pending
+        } else {
+            Seen::New
+        }
+    }
 }
 
 /// What to do with an arriving report.
@@ -92,23 +107,29 @@ pub struct Dedup {
 
 impl Dedup {
     pub fn arrive(&mut self, key: &AgentKey, seq: u64) -> Seen {
-        let s = self.seqs.entry(key.clone()).or_insert_with(|| SeqState {
+        // Looked up before inserting: `entry` wants the key by value, a clone per report.
+        if let Some(s) = self.seqs.get_mut(key) {
+            return s.arrive(seq);
+        }
+        let mut s = SeqState {
             watermark: 1,
             ..Default::default()
-        });
-        if seq < s.watermark || s.durable.contains(&seq) {
-            Seen::Durable
-        } else if !s.pending.insert(seq) {
-            Seen::Pending
-        } else {
-            Seen::New
-        }
+        };
+        let seen = s.arrive(seq);
+        self.seqs.insert(key.clone(), s);
+        seen
     }
 
     pub fn made_durable(&mut self, key: &AgentKey, seq: u64) {
         if let Some(s) = self.seqs.get_mut(key) {
             s.pending.remove(&seq);
-            s.durable.insert(seq);
+            // In order (the usual case) the watermark moves and the set stays empty: inserting
+            // and removing `seq` allocated and freed a tree node per report.
+            if seq == s.watermark {
+                s.watermark += 1;
+            } else {
+                s.durable.insert(seq);
+            }
             while s.durable.remove(&s.watermark) {
                 s.watermark += 1;
             }
@@ -138,6 +159,19 @@ mod tests {
         assert_eq!(d.seqs[&k].watermark, 3);
         assert!(d.seqs[&k].durable.is_empty());
         assert_eq!(d.arrive(&k, 1), Seen::Durable);
+        // In order the watermark moves; a gap holds the later seqs until it closes.
+        for seq in [3, 5, 4] {
+            assert_eq!(d.arrive(&k, seq), Seen::New);
+        }
+        d.made_durable(&k, 3);
+        assert_eq!((d.seqs[&k].watermark, d.seqs[&k].durable.len()), (4, 0));
+        d.made_durable(&k, 5);
+        assert_eq!((d.seqs[&k].watermark, d.seqs[&k].durable.len()), (4, 1));
+        assert_eq!(d.arrive(&k, 5), Seen::Durable);
+        assert_eq!(d.arrive(&k, 4), Seen::Pending);
+        d.made_durable(&k, 4);
+        assert_eq!((d.seqs[&k].watermark, d.seqs[&k].durable.len()), (6, 0));
+        assert!(d.seqs[&k].pending.is_empty());
         let other = AgentKey { epoch: 10, ..k };
         assert_eq!(d.arrive(&other, 1), Seen::New);
     }
