@@ -111,20 +111,25 @@ def ddp_run(python: str, tmp: pathlib.Path, tag: str, extra: list[str],
 
 
 def toggled_run(python: str, tmp: pathlib.Path, tag: str, extra: list[str], steps: int,
-                block: int) -> tuple[float, float, int]:
+                block: int) -> tuple[float, float, int, dict]:
     """One watched 2-rank run that reports only in every other block of ``block`` steps:
-    median step times of the unwatched and the watched steps, and steps dropped. Both kinds
-    share the processes and the minute, so the machine's drift between runs cancels; what
-    the hooks cost while paused (a Python call per bucket, +0.2 % measured) is not counted."""
+    median step times of the unwatched and the watched steps, steps dropped, and the medians of
+    the ranks' CPU per step (``process``: all the rank's threads; ``thread``: the training
+    thread), unwatched and watched. Both kinds share the processes and the minute, so the
+    machine's drift between runs cancels; what the hooks cost while paused (a Python call per
+    bucket, +0.2 % measured) is not counted."""
     records = ddp_ranks(python, tmp, tag, [*extra, "--toggle", str(block)], steps)
-    off, on = [], []
+    series = {"wall": "step_times", "process": "step_cpu", "thread": "step_thread_cpu"}
+    split = {k: ([], []) for k in series}
     for r in records:
-        for i, (t, w) in enumerate(zip(r["step_times"], r["watched"])):
+        for i, w in enumerate(r["watched"]):
             # Skip the warm-up and each block's first steps, where the other kind's work
             # (the sidecars finishing the previous block's steps) may still run.
             if i >= 20 and i % block >= 3:
-                (on if w else off).append(t)
-    return statistics.median(off), statistics.median(on), dropped_steps(records)
+                for k, key in series.items():
+                    split[k][w].append(r[key][i])
+    med = {k: (statistics.median(off), statistics.median(on)) for k, (off, on) in split.items()}
+    return (*med.pop("wall"), dropped_steps(records), med)
 
 
 def overhead(python: str, tmp: pathlib.Path, pairs: int, steps: int, idle: bool,
@@ -137,7 +142,7 @@ def overhead(python: str, tmp: pathlib.Path, pairs: int, steps: int, idle: bool,
         # The agents run at their default niceness (19), as deployed.
         agents = [Agent(str(tmp / f"a-{r}.sock"), col.url) for r in range(2)]
         try:
-            base, watched, dropped = [], [], 0
+            base, watched, dropped, cpu = [], [], 0, []
             if pause_collector:
                 os.kill(col.proc.pid, signal.SIGSTOP)
             cpu0 = [cpu_seconds(p.proc.pid) for p in (col, *agents)]
@@ -145,7 +150,8 @@ def overhead(python: str, tmp: pathlib.Path, pairs: int, steps: int, idle: bool,
                 watch = ["--run-id", f"bench-ddp-{i}", "--socket", str(tmp / "a-{rank}.sock"),
                          *os.environ.get("GRADTEL_BENCH_WATCH_ARGS", "").split()]
                 if toggle:
-                    b, t, d = toggled_run(python, tmp, f"toggle{i}", watch, steps, toggle)
+                    b, t, d, c = toggled_run(python, tmp, f"toggle{i}", watch, steps, toggle)
+                    cpu.append(c)
                     base.append(b)
                 else:
                     base.append(ddp_run(python, tmp, f"base{i}", ["--no-gradtel"], steps)[0])
@@ -168,7 +174,12 @@ def overhead(python: str, tmp: pathlib.Path, pairs: int, steps: int, idle: bool,
     return {"base_ms": b * 1e3, "watched_ms": w * 1e3, "overhead": ratio - 1,
             "pairs": [(x * 1e3, y * 1e3) for x, y in zip(base, watched)],
             "collector_cpu_ms": per_step[0], "agent_cpu_ms": per_step[1:],
-            "dropped": dropped, "reported": 2 * pairs * steps // (2 if toggle else 1)}
+            "dropped": dropped, "reported": 2 * pairs * steps // (2 if toggle else 1),
+            # What a watched step costs each rank in CPU beyond an unwatched one (median over
+            # the runs), and the CPU of an unwatched step.
+            "rank_cpu_ms": {k: (statistics.median(c[k][0] for c in cpu) * 1e3,
+                                statistics.median((c[k][1] - c[k][0]) for c in cpu) * 1e3)
+                            for k in ("process", "thread")} if cpu else None}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -221,6 +232,10 @@ def main() -> int:
             print("  pairs (ms):", ", ".join(f"{a:.3f}/{b:.3f}" for a, b in o["pairs"]))
             print(f"  CPU per watched step: collector {o['collector_cpu_ms']:.2f} ms, agents "
                   + ", ".join(f"{x:.2f} ms" for x in o["agent_cpu_ms"]))
+            if o["rank_cpu_ms"]:
+                print("  rank CPU per step (unwatched, and extra when watched; medians of the "
+                      "runs): " + ", ".join(f"{k} {a:.3f} ms + {d * 1e3:.1f} µs"
+                                            for k, (a, d) in o["rank_cpu_ms"].items()))
             print(f"  steps dropped by the clients: {o['dropped']} of {o['reported']} rank-steps")
     return 0
 

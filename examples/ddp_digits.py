@@ -127,14 +127,19 @@ def main(argv=None) -> int:
 
     x_all, y_all = load_digits()
     opt = torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=0.9)
-    step_times, watched = [], []
+    # CPU time per step, of the whole rank process (every thread: the training thread, gloo's,
+    # and the client's sender and grpcio threads) and of the training thread alone: in a
+    # toggled run, the difference between watched and unwatched steps is what the client
+    # costs the rank in CPU (on a machine whose cores the sidecars share it also holds the
+    # slowdown they cause: caches, memory bandwidth).
+    step_times, step_cpu, step_thread_cpu, watched = [], [], [], []
     for step, idx in enumerate(batches(len(y_all), args.batch, rank, world, args.seed, args.steps)):
         if watcher is not None and args.toggle:
             watcher.paused = (step // args.toggle) % 2 == 1
         if watcher is not None and args.probe == "paused":
             watcher.paused = True
         watched.append(watcher is not None and watcher.active)
-        t0 = time.perf_counter()
+        t0, c0, h0 = time.perf_counter(), time.process_time(), time.thread_time()
         x, y = torch.from_numpy(x_all[idx]), torch.from_numpy(y_all[idx])
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(ddp(x), y)
@@ -143,6 +148,8 @@ def main(argv=None) -> int:
         if watcher is not None:
             watcher.end_step(loss=loss, lr=args.lr, batch_size=args.batch)
         step_times.append(time.perf_counter() - t0)
+        step_cpu.append(time.process_time() - c0)
+        step_thread_cpu.append(time.thread_time() - h0)
         if args.step_sleep:
             time.sleep(args.step_sleep)
         if rank == 0 and (step + 1) % 10 == 0:
@@ -156,7 +163,8 @@ def main(argv=None) -> int:
     if args.stats:
         with open(args.stats.format(rank=rank), "w") as f:
             json.dump(
-                {"rank": rank, "step_times": step_times, "watched": watched,
+                {"rank": rank, "step_times": step_times, "step_cpu": step_cpu,
+                 "step_thread_cpu": step_thread_cpu, "watched": watched,
                  "client": None if stats is None else {**stats.__dict__,
                                                         "steps_dropped": stats.steps_dropped}},
                 f,

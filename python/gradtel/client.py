@@ -131,6 +131,8 @@ class Stats:
     steps_unsent_at_close: int = 0
     pushes_discarded: int = 0
     chunks_sent: int = 0
+    # gRPC messages written to the agent: each costs the training process grpcio's work.
+    messages_sent: int = 0
     bytes_sent: int = 0
     bytes_shared: int = 0
     reconnects: int = 0
@@ -152,7 +154,8 @@ class Stats:
             f"agent queue full {self.steps_dropped_agent}, lost in transport "
             f"{self.steps_lost_transport}, unsent at close {self.steps_unsent_at_close}); "
             f"{self.bytes_sent / 1e6:.1f} MB in {self.chunks_sent} chunks "
-            f"({self.bytes_shared / 1e6:.1f} MB through shared memory), "
+            f"({self.bytes_shared / 1e6:.1f} MB through shared memory) in "
+            f"{self.messages_sent} messages, "
             f"{self.reconnects} reconnects"
         )
 
@@ -630,6 +633,10 @@ class Client:
         self._big = 0
         self._flushing = 0
         self._last_send = 0.0
+        # The request generator is in a wait that ends by itself at the next send time, so a
+        # step's end needs not wake it: every wake-up is a GIL hand-over in the training
+        # process.
+        self._sender_timed = False
         self._agent_minor = _MIN_AGENT_MINOR
         # Steps dropped whole, until their end_step: step → the Stats counter it is charged to.
         self._dropped: dict[int, str] = {}
@@ -1053,10 +1060,9 @@ class Client:
             # The end marker is tiny and always admitted, so a step whose data fitted completes.
             self._queue.append(_Item(step, True, wire))
             self._ends += 1
-            # A sender already waiting out send_interval_s for an earlier end needs no wake-up
-            # (each one costs a GIL hand-over in the training process).
-            if (self._ends == 1 or self._agent_minor < _GROUP_MINOR
-                    or time.monotonic() >= self._last_send + self.send_interval_s):
+            # A sender already waiting out send_interval_s needs no wake-up (each one costs a
+            # GIL hand-over in the training process).
+            if not self._sender_timed or self._agent_minor < _GROUP_MINOR:
                 self._cv.notify_all()
         return True
 
@@ -1185,6 +1191,12 @@ class Client:
     def _wait_locked(self) -> Optional[float]:
         """0 when the queue should go out now, else how long to wait (None: until notified)."""
         if not self._queue:
+            # Sent within the interval: wait until it is over, as a training loop ends its next
+            # step before then and so needs not wake the sender (see end_step).
+            if self._agent_minor >= _GROUP_MINOR and not self._closing:
+                left = self._last_send + self.send_interval_s - time.monotonic()
+                if left > 0:
+                    return left
             return None
         if (self._flushing or self._closing or self._big
                 or self._queued_bytes >= self.chunk_bytes):
@@ -1205,8 +1217,16 @@ class Client:
                     wait = self._wait_locked()
                     if wait == 0.0:
                         break
+                    self._sender_timed = wait is not None
                     self._cv.wait(wait)
-                if not self._queue or stream_id != self._stream_id:
+                    self._sender_timed = False
+                if stream_id != self._stream_id:
+                    # Superseded while it waited: a step ended meanwhile did not wake the
+                    # sender thread (see end_step), which now runs the next stream.
+                    if self._queue:
+                        self._cv.notify_all()
+                    return
+                if not self._queue:
                     return
                 grouped = self._agent_minor >= _GROUP_MINOR
                 first = self._queue.popleft()
@@ -1237,7 +1257,9 @@ class Client:
                         self.stats.chunks_sent += item.chunks
                         self._partial = item.step
                 self._last_send = time.monotonic()
-                self._cv.notify_all()
+                self.stats.messages_sent += 1
+                if self._flushing or self._closing:
+                    self._cv.notify_all()
             if len(out) == 1 and not first.fragment:
                 yield first.wire
             elif grouped:
@@ -1268,7 +1290,10 @@ class Client:
                             self.stats.steps_dropped_agent += 1
                         else:
                             self.stats.steps_delivered += 1
-                    self._cv.notify_all()
+                    # Only flush() waits on acks; the sender does not (a wake-up of it per ack
+                    # was a GIL hand-over per step in the training process).
+                    if self._flushing or self._closing:
+                        self._cv.notify_all()
         except grpc.RpcError as e:
             code = e.code()
             with self._cv:

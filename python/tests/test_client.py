@@ -104,6 +104,33 @@ def test_push_many_puts_every_part_in_the_lake(collector, agent_factory):
         assert c["local"] and c["value"] == np.float32(sent[c["step"]][c["tensor"]].ravel()[c["index"]])
 
 
+def test_steps_ended_within_the_send_interval_travel_together_and_none_waits_longer(
+    collector, agent_factory
+):
+    # The sender waits out send_interval_s after each message without being woken by the
+    # steps ended meanwhile (each wake-up is a GIL hand-over in the training process): those
+    # steps must still leave when the interval is over — the last one included, which no
+    # later call follows.
+    agent = agent_factory()
+    client = Client(RUN, socket=agent.socket, send_interval_s=0.2)
+    assert client.register([Tensor("w", (100,))])
+    g = np.ones(100, np.float32)
+    t0 = time.monotonic()
+    for step in range(25):
+        assert client.push(step, "w", g) and client.end_step(step)
+        time.sleep(0.02)
+    deadline = time.monotonic() + 10
+    while client.stats.steps_delivered < 25 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    took = time.monotonic() - t0
+    stats = client.close()
+    assert stats.steps_delivered == 25, stats
+    # ≈ 0.5 s of steps: a message per interval, not one per step.
+    assert 2 <= stats.messages_sent <= took / 0.2 + 2, (stats, took)
+    steps = stop_and_read(collector, [agent], RUN, "steps")
+    assert sorted(r["step"] for r in rows(steps, scope_kind="model")) == list(range(25))
+
+
 def test_shared_ring_allocates_in_order_wraps_and_refuses_when_full():
     ring = _SharedRing(1000)
     try:
