@@ -31,6 +31,8 @@ pub enum SinkError {
     BadRunId(String),
     #[error("no record batch to write")]
     NoRows,
+    #[error("record batch {index} of a file has another schema than the first: {schema}")]
+    SchemaMismatch { index: usize, schema: String },
 }
 
 /// Rows of one run waiting for their files, with the write-ahead log segment of every report
@@ -115,6 +117,18 @@ pub fn write_file(
     let Some(batch) = batches.first() else {
         return Err(SinkError::NoRows);
     };
+    // The writer takes the first batch's schema for the file; a later batch that differs
+    // (a column nullable only there) would fail deep in the encoder instead.
+    if let Some((index, other)) = batches
+        .iter()
+        .enumerate()
+        .find(|(_, b)| b.schema() != batch.schema())
+    {
+        return Err(SinkError::SchemaMismatch {
+            index,
+            schema: other.schema().to_string(),
+        });
+    }
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| SinkError::Io { path, source }
@@ -241,6 +255,28 @@ mod tests {
                 .statistics()
                 .is_none_or(|s| s.min_bytes_opt().is_none())
         );
+    }
+
+    #[test]
+    fn refuses_batches_of_another_schema_before_writing() {
+        use arrow::datatypes::{DataType, Field, Schema};
+        let dir = tempfile::tempdir().unwrap();
+        let batch = |nullable: bool, v: Vec<Option<u64>>| {
+            let schema = Schema::new(vec![Field::new("loss", DataType::UInt64, nullable)]);
+            RecordBatch::try_new(Arc::new(schema), vec![Arc::new(UInt64Array::from(v)) as _])
+                .unwrap()
+        };
+        let err = write_file(
+            dir.path(),
+            "p.parquet",
+            &[batch(false, vec![Some(1)]), batch(true, vec![None])],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, SinkError::SchemaMismatch { index: 1, .. }),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use arrow::array::{
     ArrayRef, BooleanArray, Float32Array, Float64Array, RecordBatch, StringArray,
     TimestampNanosecondArray, UInt32Array, UInt64Array,
 };
+use arrow::datatypes::{Field, Schema};
 use arrow::error::ArrowError;
 
 /// Rows per record batch of the tables whose rows are small (for `coords`, tracked values).
@@ -115,9 +116,14 @@ impl Tables {
 }
 
 /// Builds a record batch column by column from rows, in the documented column order.
+///
+/// Each column's nullability is declared by the method that adds it, never read off the rows:
+/// a file is written from several batches under the first one's schema, and a column that
+/// had no nulls in the first batch but some in a later one (a step without a loss, a
+/// constant tensor's skewness) made every write of the run fail.
 pub struct Columns<'a, R> {
     rows: &'a [R],
-    cols: Vec<(&'static str, ArrayRef)>,
+    cols: Vec<(Field, ArrayRef)>,
 }
 
 impl<'a, R> Columns<'a, R> {
@@ -128,66 +134,73 @@ impl<'a, R> Columns<'a, R> {
         }
     }
 
-    pub fn array(mut self, name: &'static str, a: ArrayRef) -> Self {
-        self.cols.push((name, a));
+    /// A column built by the caller; `nullable` says whether any row may ever be null.
+    pub fn array(mut self, name: &'static str, a: ArrayRef, nullable: bool) -> Self {
+        self.cols
+            .push((Field::new(name, a.data_type().clone(), nullable), a));
         self
     }
 
     pub fn str(self, name: &'static str, f: impl Fn(&R) -> &str) -> Self {
         let a: StringArray = self.rows.iter().map(|r| Some(f(r))).collect();
-        self.array(name, Arc::new(a))
+        self.array(name, Arc::new(a), false)
     }
 
     pub fn opt_str(self, name: &'static str, f: impl Fn(&R) -> Option<&str>) -> Self {
         let a: StringArray = self.rows.iter().map(f).collect();
-        self.array(name, Arc::new(a))
+        self.array(name, Arc::new(a), true)
     }
 
     pub fn u64(self, name: &'static str, f: impl Fn(&R) -> u64) -> Self {
-        self.opt_u64(name, |r| Some(f(r)))
+        let a: UInt64Array = self.rows.iter().map(|r| Some(f(r))).collect();
+        self.array(name, Arc::new(a), false)
     }
 
     pub fn opt_u64(self, name: &'static str, f: impl Fn(&R) -> Option<u64>) -> Self {
         let a: UInt64Array = self.rows.iter().map(f).collect();
-        self.array(name, Arc::new(a))
+        self.array(name, Arc::new(a), true)
     }
 
     pub fn u32(self, name: &'static str, f: impl Fn(&R) -> u32) -> Self {
-        self.opt_u32(name, |r| Some(f(r)))
+        let a: UInt32Array = self.rows.iter().map(|r| Some(f(r))).collect();
+        self.array(name, Arc::new(a), false)
     }
 
     pub fn opt_u32(self, name: &'static str, f: impl Fn(&R) -> Option<u32>) -> Self {
         let a: UInt32Array = self.rows.iter().map(f).collect();
-        self.array(name, Arc::new(a))
+        self.array(name, Arc::new(a), true)
     }
 
+    /// Nullable: an estimate is null where it is undefined.
     pub fn f64(self, name: &'static str, f: impl Fn(&R) -> Option<f64>) -> Self {
         let a: Float64Array = self.rows.iter().map(f).collect();
-        self.array(name, Arc::new(a))
+        self.array(name, Arc::new(a), true)
     }
 
     pub fn f32(self, name: &'static str, f: impl Fn(&R) -> f32) -> Self {
         let a: Float32Array = self.rows.iter().map(|r| Some(f(r))).collect();
-        self.array(name, Arc::new(a))
+        self.array(name, Arc::new(a), false)
     }
 
     pub fn bool(self, name: &'static str, f: impl Fn(&R) -> bool) -> Self {
-        self.opt_bool(name, |r| Some(f(r)))
+        let a: BooleanArray = self.rows.iter().map(|r| Some(f(r))).collect();
+        self.array(name, Arc::new(a), false)
     }
 
     pub fn opt_bool(self, name: &'static str, f: impl Fn(&R) -> Option<bool>) -> Self {
         let a: BooleanArray = self.rows.iter().map(f).collect();
-        self.array(name, Arc::new(a))
+        self.array(name, Arc::new(a), true)
     }
 
     /// UTC timestamp in nanoseconds.
     pub fn time(self, name: &'static str, f: impl Fn(&R) -> i64) -> Self {
         let a = TimestampNanosecondArray::from(self.rows.iter().map(f).collect::<Vec<_>>())
             .with_timezone("UTC");
-        self.array(name, Arc::new(a))
+        self.array(name, Arc::new(a), false)
     }
 
     pub fn finish(self) -> Result<RecordBatch, ArrowError> {
-        RecordBatch::try_from_iter(self.cols)
+        let (fields, arrays): (Vec<Field>, Vec<ArrayRef>) = self.cols.into_iter().unzip();
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
     }
 }

@@ -308,7 +308,7 @@ pub fn to_batch(rows: &[StepRow]) -> Result<RecordBatch, ArrowError> {
         .bool("late", |r| r.late)
         .u32("world_size", |r| r.world_size)
         .u32("ranks_reported", |r| r.ranks_reported)
-        .array("missing_ranks", Arc::new(missing.finish()))
+        .array("missing_ranks", Arc::new(missing.finish()), false)
         .u32("reports_expected", |r| r.reports_expected)
         .u32("reports_received", |r| r.reports_received)
         .u32("tensors", |r| r.tensors)
@@ -338,14 +338,14 @@ pub fn to_batch(rows: &[StepRow]) -> Result<RecordBatch, ArrowError> {
         .collect();
     for (k, (name, _)) in QUANTILES.iter().enumerate() {
         let a: Float64Array = quantiles.iter().map(|qs| qs[k]).collect();
-        c = c.array(name, Arc::new(a));
+        c = c.array(name, Arc::new(a), true);
     }
     c.u32("hist_precision_bits", |r| {
         r.summary.abs_hist.precision_bits()
     })
-    .array("hist_index", Arc::new(hist_index.finish()))
-    .array("hist_count", Arc::new(hist_count.finish()))
-    .array("top_abs", Arc::new(top.finish()))
+    .array("hist_index", Arc::new(hist_index.finish()), false)
+    .array("hist_count", Arc::new(hist_count.finish()), false)
+    .array("top_abs", Arc::new(top.finish()), false)
     .f64("loss", |r| r.loss)
     .f64("learning_rate", |r| r.learning_rate)
     .opt_u64("batch_size", |r| r.batch_size)
@@ -412,6 +412,55 @@ mod tests {
         let batch = to_batch(&rows).unwrap();
         assert_eq!(batch.num_rows(), rows.len());
         assert_eq!(batch.schema().field(0).name(), "run_id");
+    }
+
+    #[test]
+    fn a_column_null_only_in_a_later_batch_keeps_the_files_schema() {
+        use crate::tables::Tables;
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        // Enough tensors that a step's rows fill more than one batch; the first step has a
+        // loss, the second none: its rows are the first nulls of `loss`, in a later batch.
+        let names: Vec<String> = (0..20).map(|i| format!("l{i}.w")).collect();
+        let values = [1.0, -2.0, 3.0];
+        let tensors: Vec<(&str, &[f64])> =
+            names.iter().map(|n| (n.as_str(), &values[..])).collect();
+        let assembly = |step: u64, loss: Option<f64>| Assembly {
+            run_id: "r".into(),
+            step,
+            world_size: 1,
+            shard_count: 1,
+            parts: vec![Report {
+                loss,
+                ..Report::for_test(0, 1, step, &tensors)
+            }],
+            segments: vec![],
+            late: false,
+        };
+        let mut tables = Tables {
+            steps: build_rows(&assembly(1, Some(0.5)), 0).0,
+            ..Tables::default()
+        };
+        let first_step_rows = tables.steps.len();
+        tables.steps.extend(build_rows(&assembly(2, None), 0).0);
+        let batches = tables.batches(TABLE).unwrap();
+        assert!(batches.len() > 2);
+        assert_eq!(batches[0].column_by_name("loss").unwrap().null_count(), 0);
+        assert!(batches.iter().all(|b| b.schema() == batches[0].schema()));
+
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = crate::sink::write_file(dir.path(), "p.parquet", &batches).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        let (mut rows, mut nulls) = (0, 0);
+        for b in reader {
+            let b = b.unwrap();
+            rows += b.num_rows();
+            nulls += b.column_by_name("loss").unwrap().null_count();
+        }
+        assert_eq!(rows, tables.steps.len());
+        assert_eq!(nulls, tables.steps.len() - first_step_rows);
     }
 
     #[test]
