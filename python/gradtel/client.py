@@ -260,6 +260,10 @@ SHARED_MIN_BYTES = 16 << 10
 # per push with numpy releasing the GIL for each part ≥ 64 kB, against 210–230 µs inline).
 _SHARED_NOGIL_COPY_BYTES = 1 << 20
 _SHARED_ALIGN = 64
+# The part of the shared ring cycled through while little is in flight (see _SharedRing.alloc):
+# with 64 MiB a DDP bucket of 150 kB took ≈ 420 distinct offsets, each a fresh descriptor
+# encoding (≈ 20 µs of Python on a 2-core VM) and a copy into memory out of cache.
+_RING_CYCLE_BYTES = 16 << 20
 
 
 class _Slot:
@@ -444,12 +448,15 @@ class _SharedRing:
         else:
             tail = self._slots[0].start
             if self._head > tail:  # live bytes [tail, head): room before tail, then after head
-                # Back to the front early once it holds twice the bytes in flight and an eighth
-                # of the region: the ring then cycles through a small part of the region, whose
-                # pages stay resident and cached, instead of touching every page of it (a page
-                # fault each on the first lap: it doubled the cost of a small push). Room
-                # before the tail is reused only when the end has none otherwise.
-                early = n <= tail and tail >= max(2 * (self._head - tail), self.size // 8)
+                # Back to the front early once it holds twice the bytes in flight and
+                # _RING_CYCLE_BYTES (or an eighth of a smaller region): the ring then cycles
+                # through a small part of the region, whose pages stay resident and cached,
+                # instead of touching every page of it (a page fault each on the first lap: it
+                # doubled the cost of a small push), and hands out few distinct offsets, whose
+                # chunk descriptors a bucket's plan keeps (_SpanPlan.encode). Room before the
+                # tail is reused only when the end has none otherwise.
+                floor = min(self.size // 8, _RING_CYCLE_BYTES)
+                early = n <= tail and tail >= max(2 * (self._head - tail), floor)
                 start = (0 if early
                          else self._head if self._head + n <= self.size
                          else 0 if n <= tail else None)

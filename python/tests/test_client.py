@@ -9,7 +9,7 @@ import pytest
 import gradtel
 import gradtel.v1.ingest_pb2
 from gradtel import Client, GradtelError, Tensor
-from gradtel.client import _SharedRing
+from gradtel.client import _RING_CYCLE_BYTES, _SharedRing
 from conftest import read_table, stop_and_read
 
 RUN = "py-client"
@@ -184,6 +184,23 @@ def test_shared_ring_allocates_in_order_wraps_and_refuses_when_full():
             s.free = True
         assert big.alloc(100).start == 0, "front 2304 ≥ 2 × 384 in flight and ≥ 1000"
         big.close()
+        # In a large ring the part cycled through is bounded by _RING_CYCLE_BYTES, not by an
+        # eighth of it: a DDP bucket's stream of slots reuses a few offsets (whose descriptors
+        # a plan keeps) in memory that stays cached.
+        large = _SharedRing(512 << 20)
+        try:
+            live, starts = [], set()
+            for _ in range(2000):
+                live.append(large.alloc(150_000))
+                starts.add(live[-1].start)
+                if len(live) > 10:
+                    live.pop(0).free = True
+            # The head turns back once the tail (10 slots behind it) has passed the bound.
+            in_flight = 11 * 150_016
+            assert max(starts) < _RING_CYCLE_BYTES + in_flight
+            assert len(starts) <= (_RING_CYCLE_BYTES + in_flight) // 150_016 + 1
+        finally:
+            large.close()
         # The region is a sealed memfd the agent can open by path.
         import fcntl
         import os
