@@ -647,6 +647,9 @@ class Client:
         self._agent_minor = _MIN_AGENT_MINOR
         # Steps dropped whole, until their end_step: step → the Stats counter it is charged to.
         self._dropped: dict[int, str] = {}
+        # Whether each open step's pushes are local: the agent refuses a step that mixes them,
+        # and its refusal ends the stream with every step in flight.
+        self._step_local: dict[int, bool] = {}
         self._warned_too_big = False
         self._closing = False
         # Steps whose end went out on the current stream and await the agent's ack, in order.
@@ -742,6 +745,7 @@ class Client:
         rank's own gradient before the data-parallel all-reduce (the input of live SGN). Returns
         after one copy; False when the step has been dropped (see :class:`Stats`)."""
         arr, kind = self._check(name, array, offset, dtype)
+        self._check_local(step, local)
         nbytes = arr.size * arr.dtype.itemsize
         if nbytes >= SHARED_MIN_BYTES and self._ring_mapped:
             shared = self._push_shared(step, [(name, arr, DTYPES[kind][0], offset)], local)
@@ -896,6 +900,7 @@ class Client:
                         f"tensor {name!r}: {nbytes} bytes at coordinate {offset} do not fit the "
                         f"owned range [{start}, {end}) of {dtype} values")
                 placed.append((name, wire_dtype, size, offset, slot.start, nbytes))
+            self._check_local(step, local)
         except GradtelError:
             with self._cv:
                 for slot in slots:
@@ -918,6 +923,7 @@ class Client:
         The span and the checks of ``parts`` are worked out once per ``parts`` object (and
         dtype, and registered layout) and reused while the same object comes back, as a DDP
         hook's bucket layout does every step: pass a tuple, or a list never changed after."""
+        self._check_local(step, local)
         plan = self._plans.get(id(parts))
         if plan is not None and plan.flat is not None and plan.flat() is array:
             # The array checked last time (a DDP hook keeps its bucket's view).
@@ -964,6 +970,7 @@ class Client:
         each; a model of many small tensors (a DDP bucket) should use it. Returns False when the
         step has been dropped."""
         checked = [(name, *self._check(name, a, offset, None), offset) for name, a, offset in parts]
+        self._check_local(step, local)
         if self._ring_mapped and sum(arr.nbytes for _, arr, _, _ in checked) >= SHARED_MIN_BYTES:
             shared = self._push_shared(
                 step, [(name, arr, DTYPES[kind][0], offset) for name, arr, kind, offset in checked],
@@ -1012,6 +1019,16 @@ class Client:
             )
         return arr, kind
 
+    def _check_local(self, step: int, local: bool) -> None:
+        if len(self._step_local) > 4096:  # steps pushed and never ended
+            self._step_local.clear()
+        # setdefault is one atomic dict operation: pushes from two threads cannot both win.
+        if self._step_local.setdefault(step, local) != local:
+            raise GradtelError(
+                f"step {step} mixes local (pre-all-reduce) and reduced gradients: every push of "
+                "a step must pass the same local="
+            )
+
     def _admit_locked(self, step: int, nbytes: int) -> bool:
         """Reserve ``nbytes`` of the queue for ``step`` before copying; False (and the push
         counted as discarded) when the step is dropped or the queue is full."""
@@ -1056,6 +1073,7 @@ class Client:
         """Close ``step``: the agent summarises it and ships one report. Returns False when the step
         was dropped."""
         wire = _encode_end(step, loss, lr, batch_size)
+        self._step_local.pop(step, None)
         with self._cv:
             if self._closing:
                 raise GradtelError("end_step after close()")

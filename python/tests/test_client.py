@@ -432,10 +432,18 @@ def test_bad_calls_raise_clear_errors(tmp_path, agent_factory):
         c.push(0, "x", np.zeros(10, np.float32), offset=1)
     with pytest.raises(GradtelError, match="cannot send float64"):
         c.push(0, "x", np.zeros(10))
+    # A step is local or reduced as a whole; a mixed one is refused here, where the agent
+    # would refuse it together with every other step of its message.
+    assert c.push(5, "x", np.zeros(10, np.float32), local=True)
+    with pytest.raises(GradtelError, match="mixes local"):
+        c.push(5, "x", np.zeros(10, np.float32))
+    with pytest.raises(GradtelError, match="mixes local"):
+        c.push_many(5, [("x", np.zeros(10, np.float32), 0)])
+    c.end_step(5)
     # NaN and Inf are data, not errors: the agent counts them.
     assert c.push(0, "x", np.array([np.nan, np.inf] + [1.0] * 8, np.float32))
     c.end_step(0)
-    assert c.close().steps_delivered == 1
+    assert c.close().steps_delivered == 2
     with pytest.raises(GradtelError, match="after close"):
         c.push(1, "x", np.zeros(10, np.float32))
 
