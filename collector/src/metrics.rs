@@ -53,6 +53,7 @@ pub struct CollectorMetrics {
     pub files_written: Counter,
     pub bytes_written: Counter,
     pub write_errors: Counter,
+    pub rows_unencodable: Counter,
     pub acks_sent: Counter,
     pub acks_dropped: Counter,
     pub streams_active: Gauge,
@@ -125,6 +126,11 @@ impl Render for CollectorMetrics {
             "gradtel_collector_write_errors_total",
             "Failed Parquet writes (retried on the next roll).",
             self.write_errors.get(),
+        )
+        .counter(
+            "gradtel_collector_rows_unencodable_total",
+            "Rows dropped because they could not be encoded as their table (a bug; logged).",
+            self.rows_unencodable.get(),
         )
         .counter(
             "gradtel_collector_acks_sent_total",

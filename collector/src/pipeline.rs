@@ -7,7 +7,7 @@
 //! published file's reports are reported back so their log segments can be deleted.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -43,9 +43,18 @@ pub struct Pipeline {
     published: mpsc::UnboundedSender<Vec<u64>>,
 }
 
-/// What a write did: its result, the (bytes, rows) of each published file, and the rows not
-/// yet published (kept for a retry).
-type WriteOutcome = (Result<(), sink::SinkError>, Vec<(u64, usize)>, Tables);
+/// What a write did: its result, what it published or dropped, and the rows not yet published
+/// (kept for a retry).
+type WriteOutcome = (Result<(), sink::SinkError>, Written, Tables);
+
+/// The tables a write is done with.
+#[derive(Default)]
+struct Written {
+    /// (bytes, rows) of each published file.
+    published: Vec<(u64, usize)>,
+    /// Tables whose rows could not be encoded: (table, rows, why).
+    unencodable: Vec<(&'static str, usize, sink::SinkError)>,
+}
 
 /// A finished write: the run, the log segments of its reports, and what happened.
 struct Flushed {
@@ -53,6 +62,42 @@ struct Flushed {
     segments: Vec<u64>,
     started: Instant,
     written: Result<WriteOutcome, tokio::task::JoinError>,
+}
+
+/// Write each table of a run's rows as one file (all under the same `name`, in their own
+/// partitions). A table whose file is published leaves `rows` at once, so a retry after a
+/// failure never writes its rows twice; the acks wait until every table is published. Rows
+/// that cannot be encoded would fail the same way on every retry, holding the run's acks (and
+/// its log) forever: they are dropped, and returned to be counted and logged.
+fn write_tables(out: &Path, run: &str, name: &str, mut rows: Tables) -> WriteOutcome {
+    let mut done = Written::default();
+    for table in rows.names() {
+        let batches = match rows
+            .batches(table)
+            .map_err(sink::SinkError::from)
+            .and_then(|b| sink::check_schema(&b).map(|()| b))
+        {
+            Ok(b) => b,
+            Err(e) => {
+                done.unencodable.push((table, rows.len_of(table), e));
+                rows.clear(table);
+                continue;
+            }
+        };
+        let result = (|| {
+            let dir = sink::partition_dir(out, run, table)?;
+            let (_, size) = sink::write_file(&dir, name, &batches)?;
+            Ok::<_, sink::SinkError>((size, batches.iter().map(|b| b.num_rows()).sum()))
+        })();
+        match result {
+            Ok(p) => {
+                rows.clear(table);
+                done.published.push(p);
+            }
+            Err(e) => return (Err(e), done, rows),
+        }
+    }
+    (Ok(()), done, rows)
 }
 
 fn unix_nanos() -> i64 {
@@ -173,29 +218,7 @@ impl Pipeline {
         let run_for_write = run.clone();
         let rows = buf.rows;
         self.in_flight.insert(run.clone());
-        // One file per table, all under the same name in their own partitions. A table whose
-        // file is published leaves the buffer at once, so a retry after a failure never writes
-        // its rows twice; the acks wait until every table is published.
-        let write = move || {
-            let mut rows = rows;
-            let mut published = Vec::new();
-            for table in rows.names() {
-                let result = (|| {
-                    let dir = sink::partition_dir(&out, &run_for_write, table)?;
-                    let batches = rows.batches(table)?;
-                    let (_, size) = sink::write_file(&dir, &name, &batches)?;
-                    Ok::<_, sink::SinkError>((size, batches.iter().map(|b| b.num_rows()).sum()))
-                })();
-                match result {
-                    Ok(p) => {
-                        rows.clear(table);
-                        published.push(p);
-                    }
-                    Err(e) => return (Err(e), published, rows),
-                }
-            }
-            (Ok(()), published, rows)
-        };
+        let write = move || write_tables(&out, &run_for_write, &name, rows);
         let segments = buf.segments;
         let started = Instant::now();
         self.writes.spawn(async move {
@@ -217,7 +240,7 @@ impl Pipeline {
             written,
         } = f;
         self.in_flight.remove(&run);
-        let (result, published, rows) = match written {
+        let (result, done, rows) = match written {
             Ok(x) => x,
             Err(e) => {
                 // The blocking task panicked or was cancelled; the rows went with it. Their
@@ -227,6 +250,11 @@ impl Pipeline {
                 return;
             }
         };
+        for (table, n, e) in &done.unencodable {
+            self.metrics.rows_unencodable.add(*n as u64);
+            tracing::error!(run = %run, table, rows = n, error = %e, "rows that cannot be encoded dropped");
+        }
+        let published = done.published;
         for (size, n) in &published {
             self.metrics.files_written.inc();
             self.metrics.bytes_written.add(*size);
@@ -261,5 +289,54 @@ impl Pipeline {
                 Err(e) => tracing::error!(error = %e, "flush task failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tables::steps::build_rows;
+
+    fn step_rows() -> Tables {
+        let a = Assembly {
+            run_id: "r".into(),
+            step: 1,
+            world_size: 1,
+            shard_count: 1,
+            parts: vec![Report::for_test(0, 1, 1, &[("fc.w", &[1.0, -2.0][..])])],
+            segments: vec![],
+            late: false,
+        };
+        Tables {
+            steps: build_rows(&a, 0).0,
+            ..Tables::default()
+        }
+    }
+
+    #[test]
+    fn rows_that_cannot_be_encoded_are_dropped_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = step_rows();
+        let n = rows.steps.len();
+        let (result, done, left) = write_tables(dir.path(), "r", "p.parquet", rows);
+        assert!(result.is_ok());
+        assert_eq!(done.published.len(), 1);
+        assert_eq!(done.published[0].1, n);
+        assert!(done.unencodable.is_empty() && left.is_empty());
+
+        let mut rows = step_rows();
+        rows.poisoned = Some(steps::TABLE);
+        let (result, done, left) = write_tables(dir.path(), "r", "q.parquet", rows);
+        assert!(result.is_ok(), "a retry would fail the same way");
+        assert!(done.published.is_empty() && left.is_empty());
+        assert_eq!(done.unencodable.len(), 1);
+        assert_eq!(
+            (done.unencodable[0].0, done.unencodable[0].1),
+            (steps::TABLE, n)
+        );
+        let files = std::fs::read_dir(dir.path().join("run=r").join("table=steps"))
+            .unwrap()
+            .count();
+        assert_eq!(files, 1, "nothing written for the dropped rows");
     }
 }

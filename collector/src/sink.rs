@@ -117,18 +117,7 @@ pub fn write_file(
     let Some(batch) = batches.first() else {
         return Err(SinkError::NoRows);
     };
-    // The writer takes the first batch's schema for the file; a later batch that differs
-    // (a column nullable only there) would fail deep in the encoder instead.
-    if let Some((index, other)) = batches
-        .iter()
-        .enumerate()
-        .find(|(_, b)| b.schema() != batch.schema())
-    {
-        return Err(SinkError::SchemaMismatch {
-            index,
-            schema: other.schema().to_string(),
-        });
-    }
+    check_schema(batches)?;
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| SinkError::Io { path, source }
@@ -167,6 +156,26 @@ pub fn write_file(
         .map_err(io_err(dir))?;
     let size = std::fs::metadata(&dest).map_err(io_err(&dest))?.len();
     Ok((dest, size))
+}
+
+/// Whether `batches` can be one file: the writer takes the first batch's schema for the file,
+/// and a later batch that differs (a column nullable only there) would fail deep in the
+/// encoder instead.
+pub fn check_schema(batches: &[RecordBatch]) -> Result<(), SinkError> {
+    let Some(first) = batches.first() else {
+        return Err(SinkError::NoRows);
+    };
+    match batches
+        .iter()
+        .enumerate()
+        .find(|(_, b)| b.schema() != first.schema())
+    {
+        Some((index, other)) => Err(SinkError::SchemaMismatch {
+            index,
+            schema: other.schema().to_string(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Every integer column delta- and bit-packed. The `steps` histograms are most of the bytes

@@ -30,6 +30,9 @@ pub struct Tables {
     pub sgn: Vec<sgn::SgnRow>,
     pub spectra: Vec<spectra::SpectrumRow>,
     pub alerts: Vec<alerts::AlertRow>,
+    /// A table whose encoding fails, to test what the writer does then.
+    #[cfg(test)]
+    pub poisoned: Option<&'static str>,
 }
 
 impl Tables {
@@ -55,6 +58,19 @@ impl Tables {
         self.alerts.append(&mut other.alerts);
     }
 
+    /// Rows of one table.
+    pub fn len_of(&self, table: &str) -> usize {
+        match table {
+            steps::TABLE => self.steps.len(),
+            tails::TABLE => self.tails.len(),
+            coords::TABLE => self.coords.len(),
+            sgn::TABLE => self.sgn.len(),
+            spectra::TABLE => self.spectra.len(),
+            alerts::TABLE => self.alerts.len(),
+            _ => 0,
+        }
+    }
+
     /// Names of the non-empty tables, in write order.
     pub fn names(&self) -> Vec<&'static str> {
         [
@@ -77,6 +93,12 @@ impl Tables {
     /// a few hundred kilobytes bound the writer's extra memory and come from the allocator's
     /// caches. (Throughput: the same within the bench's noise, `bench/RESULTS.md`.)
     pub fn batches(&self, table: &str) -> Result<Vec<RecordBatch>, ArrowError> {
+        #[cfg(test)]
+        if self.poisoned == Some(table) {
+            return Err(ArrowError::InvalidArgumentError(
+                "poisoned for a test".into(),
+            ));
+        }
         fn chunked<R>(
             rows: &[R],
             per_batch: usize,
