@@ -134,18 +134,26 @@ def test_steps_ended_within_the_send_interval_travel_together_and_none_waits_lon
 def test_steps_with_and_without_a_loss_share_one_file(collector, agent_factory):
     # Four rows a step (two tensors, their layer, the model) and 16 rows per record batch:
     # the steps without a loss bring the first nulls of `loss` in the file's second batch,
-    # which once failed every write of the run.
+    # which once failed every write of the run. Likewise a one-element tensor (a learned
+    # scale), whose skewness is null, pushed only from step 8 on.
     agent = agent_factory()
     client = Client(RUN, socket=agent.socket)
-    assert client.register([Tensor("enc.weight", (50,)), Tensor("enc.bias", (5,))])
+    assert client.register([Tensor("enc.weight", (50,)), Tensor("enc.bias", (5,)),
+                            Tensor("scale", (1,))])
+    rng = np.random.default_rng(3)
     for step in range(12):
-        client.push(step, "enc.weight", np.full(50, step + 1.0, np.float32))
-        client.push(step, "enc.bias", np.ones(5, np.float32))
+        client.push(step, "enc.weight", rng.normal(size=50).astype(np.float32))
+        client.push(step, "enc.bias", rng.normal(size=5).astype(np.float32))
+        if step >= 8:
+            client.push(step, "scale", np.ones(1, np.float32))
         client.end_step(step, **({"loss": 2.0 * step} if step < 6 else {}))
     assert client.close().steps_delivered == 12
     steps = stop_and_read(collector, [agent], RUN, "steps")
     model = {r["step"]: r["loss"] for r in rows(steps, scope_kind="model")}
     assert model == {s: (2.0 * s if s < 6 else None) for s in range(12)}
+    scale = rows(steps, scope_kind="tensor", scope="scale")
+    assert sorted(r["step"] for r in scale) == [8, 9, 10, 11]
+    assert all(r["skewness"] is None and r["count"] == 1 for r in scale)
 
 
 def test_shared_ring_allocates_in_order_wraps_and_refuses_when_full():
