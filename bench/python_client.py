@@ -170,8 +170,13 @@ def overhead(python: str, tmp: pathlib.Path, pairs: int, steps: int, idle: bool,
                 for c0, c1 in zip(cpu0, cpu1)]
     # This VM's speed drifts between runs by more than the effect: the ratio within each
     # adjacent pair cancels the drift, and its median is the headline.
-    ratio = statistics.median(y / x for x, y in zip(base, watched))
+    ratios = [y / x - 1 for x, y in zip(base, watched)]
+    ratio = statistics.median(ratios) + 1
+    # The mean of the pairs' overheads and its standard error: whether a difference between
+    # two clients (or from the goal) is more than the scatter between runs.
+    se = statistics.stdev(ratios) / len(ratios) ** 0.5 if len(ratios) > 1 else float("nan")
     return {"base_ms": b * 1e3, "watched_ms": w * 1e3, "overhead": ratio - 1,
+            "overhead_mean": statistics.mean(ratios), "overhead_se": se,
             "pairs": [(x * 1e3, y * 1e3) for x, y in zip(base, watched)],
             "collector_cpu_ms": per_step[0], "agent_cpu_ms": per_step[1:],
             "dropped": dropped, "reported": 2 * pairs * steps // (2 if toggle else 1),
@@ -230,6 +235,8 @@ def main() -> int:
                   f"without {o['base_ms']:.3f} ms, with {o['watched_ms']:.3f} ms; overhead "
                   f"(median of the pairs' ratios) {o['overhead'] * 100:+.2f} %")
             print("  pairs (ms):", ", ".join(f"{a:.3f}/{b:.3f}" for a, b in o["pairs"]))
+            print(f"  overhead, mean of the pairs: {o['overhead_mean'] * 100:+.2f} % "
+                  f"± {o['overhead_se'] * 100:.2f} (standard error)")
             print(f"  CPU per watched step: collector {o['collector_cpu_ms']:.2f} ms, agents "
                   + ", ".join(f"{x:.2f} ms" for x in o["agent_cpu_ms"]))
             if o["rank_cpu_ms"]:
