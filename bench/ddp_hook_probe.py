@@ -10,6 +10,7 @@ each variant's median step time and its ratio to plain DDP (median over the roun
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import statistics
 import sys
@@ -28,6 +29,9 @@ VARIANTS = {
 
 
 def main() -> int:
+    # The live alerts of a training run (norm spikes, tail changes) are warnings; printed by
+    # the hundred, they bury the figures. GRADTEL_LOG=warn brings them back.
+    os.environ.setdefault("GRADTEL_LOG", "error")
     p = argparse.ArgumentParser()
     p.add_argument("--ddp-python", default=sys.executable)
     p.add_argument("--rounds", type=int, default=4)

@@ -194,6 +194,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 def main() -> int:
+    # The live alerts of a training run (norm spikes, tail changes) are warnings; printed by
+    # the hundred, they bury the figures. GRADTEL_LOG=warn brings them back.
+    os.environ.setdefault("GRADTEL_LOG", "error")
     p = argparse.ArgumentParser()
     p.add_argument("--values", type=int, default=64 << 20, help="f32 values per step (ingest)")
     p.add_argument("--steps", type=int, default=8)
