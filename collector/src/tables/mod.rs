@@ -12,7 +12,7 @@ pub mod tails;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Float32Array, Float64Array, RecordBatch, StringArray,
+    Array, ArrayRef, BooleanArray, Float32Array, Float64Array, RecordBatch, StringArray,
     TimestampNanosecondArray, UInt32Array, UInt64Array,
 };
 use arrow::datatypes::{Field, Schema};
@@ -74,16 +74,15 @@ impl Tables {
     /// Names of the non-empty tables, in write order.
     pub fn names(&self) -> Vec<&'static str> {
         [
-            (steps::TABLE, self.steps.len()),
-            (tails::TABLE, self.tails.len()),
-            (coords::TABLE, self.coords.len()),
-            (sgn::TABLE, self.sgn.len()),
-            (spectra::TABLE, self.spectra.len()),
-            (alerts::TABLE, self.alerts.len()),
+            steps::TABLE,
+            tails::TABLE,
+            coords::TABLE,
+            sgn::TABLE,
+            spectra::TABLE,
+            alerts::TABLE,
         ]
         .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(t, _)| t)
+        .filter(|t| self.len_of(t) > 0)
         .collect()
     }
 
@@ -173,45 +172,46 @@ impl<'a, R> Columns<'a, R> {
         self.array(name, Arc::new(a), true)
     }
 
+    /// A column of `A` from one optional value per row.
+    fn collect<T, A>(self, name: &'static str, nullable: bool, f: impl Fn(&R) -> Option<T>) -> Self
+    where
+        A: FromIterator<Option<T>> + Array + 'static,
+    {
+        let a: A = self.rows.iter().map(f).collect();
+        self.array(name, Arc::new(a), nullable)
+    }
+
     pub fn u64(self, name: &'static str, f: impl Fn(&R) -> u64) -> Self {
-        let a: UInt64Array = self.rows.iter().map(|r| Some(f(r))).collect();
-        self.array(name, Arc::new(a), false)
+        self.collect::<_, UInt64Array>(name, false, |r| Some(f(r)))
     }
 
     pub fn opt_u64(self, name: &'static str, f: impl Fn(&R) -> Option<u64>) -> Self {
-        let a: UInt64Array = self.rows.iter().map(f).collect();
-        self.array(name, Arc::new(a), true)
+        self.collect::<_, UInt64Array>(name, true, f)
     }
 
     pub fn u32(self, name: &'static str, f: impl Fn(&R) -> u32) -> Self {
-        let a: UInt32Array = self.rows.iter().map(|r| Some(f(r))).collect();
-        self.array(name, Arc::new(a), false)
+        self.collect::<_, UInt32Array>(name, false, |r| Some(f(r)))
     }
 
     pub fn opt_u32(self, name: &'static str, f: impl Fn(&R) -> Option<u32>) -> Self {
-        let a: UInt32Array = self.rows.iter().map(f).collect();
-        self.array(name, Arc::new(a), true)
+        self.collect::<_, UInt32Array>(name, true, f)
     }
 
     /// Nullable: an estimate is null where it is undefined.
     pub fn f64(self, name: &'static str, f: impl Fn(&R) -> Option<f64>) -> Self {
-        let a: Float64Array = self.rows.iter().map(f).collect();
-        self.array(name, Arc::new(a), true)
+        self.collect::<_, Float64Array>(name, true, f)
     }
 
     pub fn f32(self, name: &'static str, f: impl Fn(&R) -> f32) -> Self {
-        let a: Float32Array = self.rows.iter().map(|r| Some(f(r))).collect();
-        self.array(name, Arc::new(a), false)
+        self.collect::<_, Float32Array>(name, false, |r| Some(f(r)))
     }
 
     pub fn bool(self, name: &'static str, f: impl Fn(&R) -> bool) -> Self {
-        let a: BooleanArray = self.rows.iter().map(|r| Some(f(r))).collect();
-        self.array(name, Arc::new(a), false)
+        self.collect::<_, BooleanArray>(name, false, |r| Some(f(r)))
     }
 
     pub fn opt_bool(self, name: &'static str, f: impl Fn(&R) -> Option<bool>) -> Self {
-        let a: BooleanArray = self.rows.iter().map(f).collect();
-        self.array(name, Arc::new(a), true)
+        self.collect::<_, BooleanArray>(name, true, f)
     }
 
     /// UTC timestamp in nanoseconds.
