@@ -448,13 +448,86 @@ fn acknowledged_reports_survive_a_collector_crash_in_the_write_ahead_log() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     // Published segments are retired: kept as spare files for reuse (their records are not
-    // replayed), at most `SPARE_SEGMENTS` of them, or deleted.
+    // replayed), at most `SPARE_SEGMENTS` of them, or deleted; the publication journals of the
+    // newest few stay.
+    let spares = left.iter().filter(|n| n.ends_with(".spare")).count();
+    let journals = left.iter().filter(|n| n.ends_with(".pub")).count();
     assert!(
-        left.iter().all(|n| n.ends_with(".spare"))
-            && left.len() <= gradtel_collector::wal::SPARE_SEGMENTS,
+        spares + journals == left.len()
+            && spares <= gradtel_collector::wal::SPARE_SEGMENTS
+            && journals <= gradtel_collector::wal::KEPT_JOURNALS,
         "published segments are retired: {left:?}"
     );
     assert_eq!(rows(&read_batches(&out)).len(), 5, "nothing written twice");
+}
+
+/// The value of an unlabelled sample in Prometheus text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+#[test]
+fn rows_published_before_a_crash_are_not_written_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lake");
+    let args = ["--straggler-timeout", "1h", "--metrics", "127.0.0.1:0"];
+    let (collector, url, _) = start_collector_with_metrics(&out, "127.0.0.1:0", &args);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let accepted = rt.block_on(send_reports(&url, wal_reports(0..5)));
+    assert_eq!(accepted, vec![ack::Status::Accepted as i32; 5]);
+    // A step of another run that waits for its second rank: its report keeps the log segment
+    // (which also holds steps 0-4) from being retired after their rows are published.
+    let held = ShardReport {
+        run_id: "held".into(),
+        world_size: 2,
+        seq: 1,
+        ..wal_reports(0..1).remove(0)
+    };
+    let accepted = rt.block_on(send_reports(&url, vec![held]));
+    assert_eq!(accepted, vec![ack::Status::Accepted as i32]);
+    wait_for_rows(&out, 5, Duration::from_secs(30));
+    // SIGKILL with steps 0-4 published and their segment still in the log.
+    drop(collector);
+    let wal: Vec<String> = std::fs::read_dir(out.join("_wal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        wal.iter().any(|n| n.ends_with(".wal")) && wal.iter().any(|n| n.ends_with(".pub")),
+        "the segment and its publication journal outlive the crash: {wal:?}"
+    );
+
+    let (collector, url, metrics) = start_collector_with_metrics(&out, "127.0.0.1:0", &args);
+    // The published reports were not replayed, yet their resends are still duplicates.
+    let again = rt.block_on(send_reports(&url, wal_reports(0..5)));
+    assert_eq!(again, vec![ack::Status::Duplicate as i32; 5]);
+    let (_, text) = http_get(&metrics.expect("metrics address"), "/metrics");
+    assert_eq!(
+        metric(&text, "gradtel_collector_wal_replayed_reports_total"),
+        6.0
+    );
+    assert_eq!(
+        metric(&text, "gradtel_collector_wal_published_skipped_total"),
+        5.0
+    );
+    // Several rolls: nothing of steps 0-4 is written again.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(rows(&read_batches(&out)).len(), 5);
+    // A clean stop releases the held step, replayed from the log.
+    assert!(collector.terminate().success());
+    let written: Vec<(String, u64)> = rows(&read_batches(&out))
+        .into_iter()
+        .map(|r| (r.run_id, r.step))
+        .collect();
+    let mut want: Vec<(String, u64)> = (0..5).map(|s| ("wal".to_string(), s)).collect();
+    want.push(("held".to_string(), 0));
+    let mut got = written.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "every step once: {written:?}");
 }
 
 /// Nice value of every thread of `pid` (field 19 of /proc/PID/task/TID/stat).

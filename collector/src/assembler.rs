@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::journal::Logged;
 use crate::report::Report;
 
 /// Released steps remembered per run, to recognise late reports.
@@ -24,10 +25,9 @@ pub struct Assembly {
     pub shard_count: u32,
     /// Distinct (rank, shard) parts, in (rank, shard) order.
     pub parts: Vec<Report>,
-    /// The write-ahead log segment of every report this assembly releases once its rows are
-    /// published, including repeats of a (rank, shard) that were not merged (an agent restarted
-    /// mid-step).
-    pub segments: Vec<u64>,
+    /// Every logged report this assembly releases once its rows are published, including
+    /// repeats of a (rank, shard) that were not merged (an agent restarted mid-step).
+    pub reports: Vec<Logged>,
     pub late: bool,
 }
 
@@ -35,7 +35,7 @@ struct Pending {
     world_size: u32,
     shard_count: u32,
     parts: BTreeMap<(u32, u32), Report>,
-    segments: Vec<u64>,
+    reports: Vec<Logged>,
     first_at: Instant,
 }
 
@@ -71,7 +71,7 @@ impl Assembler {
     pub fn add(&mut self, r: Report) -> Vec<Assembly> {
         let run = r.key.run_id.clone();
         let step = r.step;
-        let segment = r.wal_segment;
+        let logged = r.logged();
         if self
             .released
             .get(&run)
@@ -83,7 +83,7 @@ impl Assembler {
                 world_size: r.world_size,
                 shard_count: r.shard_count,
                 parts: vec![r],
-                segments: vec![segment],
+                reports: vec![logged],
                 late: true,
             }];
         }
@@ -103,12 +103,12 @@ impl Assembler {
             world_size: r.world_size,
             shard_count: r.shard_count,
             parts: BTreeMap::new(),
-            segments: Vec::new(),
+            reports: Vec::new(),
             // The clock starts when the assembler sees the step, not when the report was read
             // off the wire: a backlog in the collector must not make ranks look late.
             first_at: Instant::now(),
         });
-        p.segments.push(segment);
+        p.reports.push(logged);
         p.parts.entry((r.key.rank, r.key.shard)).or_insert(r);
         if p.parts.len() as u64 >= u64::from(p.world_size) * u64::from(p.shard_count) {
             out.extend(self.release(&key));
@@ -138,24 +138,30 @@ impl Assembler {
 
     fn release(&mut self, key: &(Arc<str>, u64)) -> Option<Assembly> {
         let p = self.pending.remove(key)?;
-        let rel = self.released.entry(key.0.clone()).or_default();
-        if rel.set.insert(key.1) {
-            rel.order.push_back(key.1);
-            if rel.order.len() > RELEASED_MEMORY
-                && let Some(old) = rel.order.pop_front()
-            {
-                rel.set.remove(&old);
-            }
-        }
+        self.mark_released(&key.0, key.1);
         Some(Assembly {
             run_id: key.0.clone(),
             step: key.1,
             world_size: p.world_size,
             shard_count: p.shard_count,
             parts: p.parts.into_values().collect(),
-            segments: p.segments,
+            reports: p.reports,
             late: false,
         })
+    }
+
+    /// Remember that `step` of `run` was released, so a report for it is late: also told of
+    /// the steps a previous process published (their reports are not replayed).
+    pub fn mark_released(&mut self, run: &Arc<str>, step: u64) {
+        let rel = self.released.entry(run.clone()).or_default();
+        if rel.set.insert(step) {
+            rel.order.push_back(step);
+            if rel.order.len() > RELEASED_MEMORY
+                && let Some(old) = rel.order.pop_front()
+            {
+                rel.set.remove(&old);
+            }
+        }
     }
 }
 
@@ -212,6 +218,6 @@ mod tests {
         a.add(again);
         let done = a.add(report(1, 7, 1));
         assert_eq!(done[0].parts.len(), 2);
-        assert_eq!(done[0].segments.len(), 3);
+        assert_eq!(done[0].reports.len(), 3);
     }
 }

@@ -10,6 +10,7 @@
 //! At start the records a previous process left are replayed: registered as durable (so an
 //! agent's resend is answered DUPLICATE) and passed to the pipeline before any new report.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -88,6 +89,8 @@ impl Durable {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Inbound::Report(r)) => self.on_report(*r).await,
+                    // Only this stage sends it, to the pipeline.
+                    Some(Inbound::Recovered { .. }) => {}
                     Some(Inbound::Drain(done)) => {
                         self.settle_commits().await;
                         let (tx, rx) = oneshot::channel();
@@ -111,7 +114,9 @@ impl Durable {
     }
 
     /// Feed the reports a previous process logged: they are durable already (their acks were
-    /// sent, or the agent resends and is told DUPLICATE), so they are only passed on.
+    /// sent, or the agent resends and is told DUPLICATE), so they are only passed on — except
+    /// those the publication journals name, whose rows are in Parquet already: they are only
+    /// registered as durable, and their steps as released.
     async fn replay(&mut self, recovered: Recovered) {
         self.metrics.wal_corrupt.add(recovered.corrupt);
         if recovered.corrupt > 0 {
@@ -120,7 +125,33 @@ impl Durable {
                 "write-ahead log segments ended in a torn or corrupt record; the rest of each was skipped"
             );
         }
+        if recovered.journals_torn > 0 {
+            tracing::warn!(
+                journals = recovered.journals_torn,
+                "publication journals ended in a torn record: a write cut short before its commit, replayed"
+            );
+        }
+        let mut released = Vec::new();
+        for c in &recovered.commits {
+            let run: Arc<str> = c.run.as_str().into();
+            for p in &c.reports {
+                let key = AgentKey {
+                    run_id: run.clone(),
+                    rank: p.rank,
+                    shard: p.shard,
+                    epoch: p.epoch,
+                };
+                if self.dedup.arrive(&key, p.seq) == Seen::New {
+                    self.dedup.made_durable(&key, p.seq);
+                }
+                released.push((run.clone(), p.step));
+            }
+        }
+        released.sort_unstable();
+        released.dedup();
         let n = recovered.records.len();
+        let mut runs = BTreeSet::new();
+        let mut replay = Vec::new();
         for rec in recovered.records {
             let decoded =
                 <gradtel_proto::v1::ShardReport as prost::Message>::decode(rec.payload.clone())
@@ -135,12 +166,25 @@ impl Durable {
                 }
             };
             self.metrics.wal_replayed.inc();
+            runs.insert(r.key.run_id.clone());
             if self.dedup.arrive(&r.key, r.seq) != Seen::New {
+                self.metrics.wal_published_skipped.inc();
                 continue;
             }
             self.dedup.made_durable(&r.key, r.seq);
             self.wal.adopt(rec.segment);
             r.wal_segment = rec.segment;
+            replay.push(r);
+        }
+        let skipped = n - replay.len();
+        let recovered = Inbound::Recovered {
+            runs: runs.into_iter().collect(),
+            released,
+        };
+        if self.pipeline.send(recovered).await.is_err() {
+            return;
+        }
+        for r in replay {
             if self
                 .pipeline
                 .send(Inbound::Report(Box::new(r)))
@@ -152,7 +196,11 @@ impl Durable {
         }
         self.retire();
         if n > 0 {
-            tracing::info!(reports = n, "write-ahead log replayed");
+            tracing::info!(
+                reports = n,
+                published_before = skipped,
+                "write-ahead log replayed"
+            );
         }
     }
 

@@ -7,14 +7,15 @@
 //!   └──── acks once the log is synced ◀───┘      └──── published segments deleted ◀─────┘
 //! ```
 //!
-//! Components: [`config`], [`service`], [`report`], [`durable`] and [`wal`], [`assembler`],
-//! [`live`] (online estimators and alerts), [`tables`], [`sink`], [`acks`], [`pipeline`],
-//! [`metrics`].
+//! Components: [`config`], [`service`], [`report`], [`durable`], [`wal`] and [`journal`],
+//! [`assembler`], [`live`] (online estimators and alerts), [`tables`], [`sink`], [`acks`],
+//! [`pipeline`], [`metrics`].
 
 pub mod acks;
 pub mod assembler;
 pub mod config;
 pub mod durable;
+pub mod journal;
 pub mod live;
 pub mod metrics;
 pub mod pipeline;
@@ -52,6 +53,8 @@ pub enum CollectorError {
     },
     #[error(transparent)]
     Wal(#[from] wal::WalError),
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
     #[error("cannot start the pipeline thread: {0}")]
     Runtime(std::io::Error),
 }
@@ -112,6 +115,15 @@ impl Collector {
             (config.roll_interval / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
         let (wal, writer, recovered) =
             wal::Wal::open(&config.wal_dir(), wal::DEFAULT_SEGMENT_BYTES)?;
+        // Before anything reads or writes the lake: writes committed before a crash become
+        // visible whole.
+        let finished = journal::roll_forward(&config.out, &recovered.commits)?;
+        if finished > 0 {
+            tracing::info!(
+                files = finished,
+                "parquet files of committed writes a crash cut short renamed into place"
+            );
+        }
         let (published_tx, published_rx) = mpsc::unbounded_channel();
         let (inbound, durable_rx) = mpsc::channel(4096);
         let pipeline = pipeline::Pipeline::new(&config, instance, metrics.clone(), published_tx);

@@ -64,6 +64,7 @@ pub struct CollectorMetrics {
     pub wal_bytes: Counter,
     pub wal_errors: Counter,
     pub wal_replayed: Counter,
+    pub wal_published_skipped: Counter,
     pub wal_corrupt: Counter,
     pub wal_segments: Gauge,
     pub runs: Mutex<BTreeMap<Arc<str>, RunGauges>>,
@@ -181,6 +182,11 @@ impl Render for CollectorMetrics {
             "gradtel_collector_wal_replayed_reports_total",
             "Reports replayed from the write-ahead log at start.",
             self.wal_replayed.get(),
+        )
+        .counter(
+            "gradtel_collector_wal_published_skipped_total",
+            "Write-ahead log records not replayed at start: their rows were already published.",
+            self.wal_published_skipped.get(),
         )
         .counter(
             "gradtel_collector_wal_corrupt_total",

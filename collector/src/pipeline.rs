@@ -3,10 +3,11 @@
 //!
 //! New reports arrive from the durability stage ([`crate::durable`]), already logged or being
 //! logged. A tick releases straggling steps and rolls files; file writes run on the blocking
-//! pool while the pipeline goes on assembling (one write per run at a time), and each
-//! published file's reports are reported back so their log segments can be deleted.
+//! pool while the pipeline goes on assembling (one write per run at a time): all tables of a
+//! write are committed together in the publication journal ([`crate::journal`]), and each
+//! write's reports are then reported back so their log segments can be deleted.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,6 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::CollectorConfig;
 use crate::assembler::{Assembler, Assembly};
+use crate::journal::{self, Logged, Published};
 use crate::live::Live;
 use crate::metrics::CollectorMetrics;
 use crate::report::Report;
@@ -24,12 +26,21 @@ use crate::tables::{Tables, steps};
 
 pub enum Inbound {
     Report(Box<Report>),
+    /// Sent once at start, before any replayed report: the runs the write-ahead log holds
+    /// reports of (their crashed writes' temporary files are deleted), and the steps a
+    /// previous process published (a report for one is late).
+    Recovered {
+        runs: Vec<Arc<str>>,
+        released: Vec<(Arc<str>, u64)>,
+    },
     /// Release every pending step, write every buffer, then answer.
     Drain(oneshot::Sender<()>),
 }
 
 pub struct Pipeline {
     pub out: PathBuf,
+    /// Where the publication journals live (the write-ahead log's directory).
+    pub wal_dir: PathBuf,
     pub instance: String,
     pub assembler: Assembler,
     pub sink: Sink,
@@ -54,23 +65,40 @@ struct Written {
     published: Vec<(u64, usize)>,
     /// Tables whose rows could not be encoded: (table, rows, why).
     unencodable: Vec<(&'static str, usize, sink::SinkError)>,
+    /// Committed in the journal, but a rename or directory sync failed: the next start
+    /// finishes it from the journal, which must stay until then.
+    unfinished: Option<sink::SinkError>,
 }
 
-/// A finished write: the run, the log segments of its reports, and what happened.
+/// A finished write: the run, and what happened with its reports.
 struct Flushed {
     run: Arc<str>,
-    segments: Vec<u64>,
     started: Instant,
-    written: Result<WriteOutcome, tokio::task::JoinError>,
+    written: Result<(WriteOutcome, Vec<Logged>), tokio::task::JoinError>,
 }
 
 /// Write each table of a run's rows as one file (all under the same `name`, in their own
-/// partitions). A table whose file is published leaves `rows` at once, so a retry after a
-/// failure never writes its rows twice; the acks wait until every table is published. Rows
-/// that cannot be encoded would fail the same way on every retry, holding the run's acks (and
-/// its log) forever: they are dropped, and returned to be counted and logged.
-fn write_tables(out: &Path, run: &str, name: &str, mut rows: Tables) -> WriteOutcome {
+/// partitions), publishing them all or none: every file is written and synced under its
+/// temporary name, the write is committed in the journal of each log segment holding one of
+/// `reports`, and only then are the files renamed into place. A failure before the commit
+/// removes the temporary files and leaves `rows` whole for a retry; rows that cannot be
+/// encoded would fail the same way on every retry, holding the run's acks (and its log)
+/// forever: they are dropped, and returned to be counted and logged.
+fn write_tables(
+    out: &Path,
+    wal_dir: &Path,
+    run: &str,
+    name: &str,
+    mut rows: Tables,
+    reports: &[Logged],
+) -> WriteOutcome {
     let mut done = Written::default();
+    let mut staged: Vec<(&'static str, sink::Staged, usize)> = Vec::new();
+    let discard = |staged: &[(&str, sink::Staged, usize)]| {
+        for (_, s, _) in staged {
+            let _ = std::fs::remove_file(&s.tmp);
+        }
+    };
     for table in rows.names() {
         let batches = match rows
             .batches(table)
@@ -84,20 +112,76 @@ fn write_tables(out: &Path, run: &str, name: &str, mut rows: Tables) -> WriteOut
                 continue;
             }
         };
-        let result = (|| {
-            let dir = sink::partition_dir(out, run, table)?;
-            let (_, size) = sink::write_file(&dir, name, &batches)?;
-            Ok::<_, sink::SinkError>((size, batches.iter().map(|b| b.num_rows()).sum()))
-        })();
-        match result {
-            Ok(p) => {
-                rows.clear(table);
-                done.published.push(p);
+        let n = batches.iter().map(|b| b.num_rows()).sum();
+        match sink::partition_dir(out, run, table)
+            .and_then(|d| sink::write_temp(&d, name, &batches))
+        {
+            Ok(s) => staged.push((table, s, n)),
+            Err(e) => {
+                discard(&staged);
+                return (Err(e), done, rows);
             }
-            Err(e) => return (Err(e), done, rows),
+        }
+    }
+    if let Err(e) = commit(out, wal_dir, run, &staged, reports) {
+        discard(&staged);
+        return (Err(e), done, rows);
+    }
+    let mut dirs: Vec<&Path> = Vec::new();
+    for (table, s, n) in &staged {
+        rows.clear(table);
+        match sink::publish(s) {
+            Ok(()) => done.published.push((s.size, *n)),
+            Err(e) => {
+                done.unfinished.get_or_insert(e);
+            }
+        }
+        if let Some(d) = s.dest.parent()
+            && !dirs.contains(&d)
+        {
+            dirs.push(d);
+        }
+    }
+    for d in dirs {
+        if let Err(e) = sink::sync_dir(d) {
+            done.unfinished.get_or_insert(e);
         }
     }
     (Ok(()), done, rows)
+}
+
+/// The commit point of a write: its files and reports in the journal of every segment holding
+/// one of the reports (rows that come from no logged report need none).
+fn commit(
+    out: &Path,
+    wal_dir: &Path,
+    run: &str,
+    staged: &[(&str, sink::Staged, usize)],
+    reports: &[Logged],
+) -> Result<(), sink::SinkError> {
+    let mut by_segment: BTreeMap<u64, Vec<Published>> = BTreeMap::new();
+    for l in reports {
+        by_segment.entry(l.segment).or_default().push(l.report);
+    }
+    let rel = |p: &Path| {
+        p.strip_prefix(out)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let files: Vec<(String, String)> = staged
+        .iter()
+        .map(|(_, s, _)| (rel(&s.tmp), rel(&s.dest)))
+        .collect();
+    for (segment, reports) in by_segment {
+        let c = journal::Commit {
+            run: run.to_string(),
+            reports,
+            files: files.clone(),
+        };
+        journal::append(wal_dir, segment, &c)?;
+    }
+    Ok(())
 }
 
 fn unix_nanos() -> i64 {
@@ -117,6 +201,7 @@ impl Pipeline {
     ) -> Self {
         Self {
             out: config.out.clone(),
+            wal_dir: config.wal_dir(),
             instance,
             assembler: Assembler::new(config.straggler_timeout, config.max_pending_steps),
             sink: Sink::new(config.roll_rows, config.roll_interval),
@@ -136,6 +221,7 @@ impl Pipeline {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Inbound::Report(r)) => self.on_report(*r),
+                    Some(Inbound::Recovered { runs, released }) => self.recovered(&runs, &released),
                     Some(Inbound::Drain(done)) => {
                         let all = self.assembler.drain();
                         self.on_assemblies(all);
@@ -167,6 +253,18 @@ impl Pipeline {
         }
     }
 
+    fn recovered(&mut self, runs: &[Arc<str>], released: &[(Arc<str>, u64)]) {
+        for (run, step) in released {
+            self.assembler.mark_released(run, *step);
+        }
+        for run in runs {
+            let removed = sink::remove_temp_files(&self.out, run);
+            if removed > 0 {
+                tracing::info!(run = %run, files = removed, "temporary files of writes a crash cut short deleted");
+            }
+        }
+    }
+
     fn on_report(&mut self, r: Report) {
         let done = self.assembler.add(r);
         self.on_assemblies(done);
@@ -190,7 +288,7 @@ impl Pipeline {
             }
             let mut tables = self.live.observe(&a, &mut rows, now);
             tables.steps = rows;
-            self.sink.append(a.run_id.clone(), tables, a.segments);
+            self.sink.append(a.run_id.clone(), tables, a.reports);
         }
     }
 
@@ -203,10 +301,8 @@ impl Pipeline {
         let Some(buf) = self.sink.take(&run) else {
             return;
         };
-        if buf.rows.is_empty() {
-            let _ = self.published.send(buf.segments);
-            return;
-        }
+        // Reports without rows still go through a write: their commit keeps a replay from
+        // making rows of them.
         self.files += 1;
         let name = format!(
             "part-{}-{}-{:06}.parquet",
@@ -214,18 +310,20 @@ impl Pipeline {
             self.instance,
             self.files
         );
-        let out = self.out.clone();
+        let (out, wal_dir) = (self.out.clone(), self.wal_dir.clone());
         let run_for_write = run.clone();
         let rows = buf.rows;
         self.in_flight.insert(run.clone());
-        let write = move || write_tables(&out, &run_for_write, &name, rows);
-        let segments = buf.segments;
+        let reports = buf.reports;
+        let write = move || {
+            let w = write_tables(&out, &wal_dir, &run_for_write, &name, rows, &reports);
+            (w, reports)
+        };
         let started = Instant::now();
         self.writes.spawn(async move {
             let written = tokio::task::spawn_blocking(write).await;
             Flushed {
                 run,
-                segments,
                 started,
                 written,
             }
@@ -235,12 +333,11 @@ impl Pipeline {
     fn finish_flush(&mut self, f: Flushed) {
         let Flushed {
             run,
-            segments,
             started,
             written,
         } = f;
         self.in_flight.remove(&run);
-        let (result, done, rows) = match written {
+        let ((result, done, rows), reports) = match written {
             Ok(x) => x,
             Err(e) => {
                 // The blocking task panicked or was cancelled; the rows went with it. Their
@@ -261,10 +358,20 @@ impl Pipeline {
             self.metrics.rows_written.add(*n as u64);
         }
         match result {
+            Ok(()) if done.unfinished.is_some() => {
+                // Committed: the rows must not be written again, and the journal that lets the
+                // next start finish the renames must stay, so the reports are not released.
+                self.metrics.write_errors.inc();
+                if let Some(e) = &done.unfinished {
+                    tracing::error!(error = %e, run = %run, "parquet files committed but not all renamed into place; the next start publishes them from the journal");
+                }
+            }
             Ok(()) => {
                 self.metrics.flush.record(started.elapsed());
                 tracing::debug!(run = %run, files = published.len(), "parquet files published");
-                let _ = self.published.send(segments);
+                let _ = self
+                    .published
+                    .send(reports.iter().map(|l| l.segment).collect());
             }
             Err(e) => {
                 self.metrics.write_errors.inc();
@@ -273,7 +380,7 @@ impl Pipeline {
                     run,
                     Buffer {
                         rows,
-                        segments,
+                        reports,
                         ..Default::default()
                     },
                 );
@@ -304,7 +411,7 @@ mod tests {
             world_size: 1,
             shard_count: 1,
             parts: vec![Report::for_test(0, 1, 1, &[("fc.w", &[1.0, -2.0][..])])],
-            segments: vec![],
+            reports: vec![],
             late: false,
         };
         Tables {
@@ -313,12 +420,168 @@ mod tests {
         }
     }
 
+    fn logged(segment: u64, seq: u64) -> Logged {
+        Logged {
+            segment,
+            report: Published {
+                rank: 0,
+                shard: 0,
+                epoch: 1,
+                seq,
+                step: 1,
+            },
+        }
+    }
+
+    /// Steps and alerts rows: two tables, written in that order.
+    fn two_tables() -> Tables {
+        let mut rows = step_rows();
+        rows.alerts.push(crate::tables::alerts::AlertRow {
+            run_id: "r".into(),
+            step: 1,
+            kind: "straggler",
+            ..Default::default()
+        });
+        rows
+    }
+
+    fn files_under(dir: &Path) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    let p = e.path();
+                    found.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn a_write_commits_its_reports_in_each_segments_journal_then_publishes() {
+        let (out, wal) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let reports = [logged(3, 1), logged(4, 2), logged(3, 3)];
+        let (result, done, left) = write_tables(
+            out.path(),
+            wal.path(),
+            "r",
+            "p.parquet",
+            two_tables(),
+            &reports,
+        );
+        assert!(result.is_ok() && done.unfinished.is_none() && left.is_empty());
+        assert_eq!(done.published.len(), 2);
+        assert_eq!(
+            files_under(out.path()),
+            [
+                "run=r/table=alerts/p.parquet",
+                "run=r/table=steps/p.parquet"
+            ]
+        );
+        let files = vec![
+            (
+                "run=r/table=steps/.p.parquet.tmp".to_string(),
+                "run=r/table=steps/p.parquet".to_string(),
+            ),
+            (
+                "run=r/table=alerts/.p.parquet.tmp".to_string(),
+                "run=r/table=alerts/p.parquet".to_string(),
+            ),
+        ];
+        let (three, torn) = journal::read(wal.path(), 3).unwrap();
+        assert!(!torn);
+        assert_eq!(three.len(), 1);
+        assert_eq!(three[0].run, "r");
+        assert_eq!(three[0].reports, vec![reports[0].report, reports[2].report]);
+        assert_eq!(three[0].files, files);
+        let (four, _) = journal::read(wal.path(), 4).unwrap();
+        assert_eq!(four[0].reports, vec![reports[1].report]);
+        assert_eq!(four[0].files, files);
+    }
+
+    #[test]
+    fn a_write_failing_before_its_commit_leaves_nothing_and_keeps_its_rows() {
+        let (out, wal) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // The alerts partition cannot be made (a file has its name), after steps was written.
+        std::fs::create_dir_all(out.path().join("run=r")).unwrap();
+        std::fs::write(out.path().join("run=r").join("table=alerts"), b"").unwrap();
+        let rows = two_tables();
+        let n = rows.len();
+        let (result, done, left) = write_tables(
+            out.path(),
+            wal.path(),
+            "r",
+            "p.parquet",
+            rows,
+            &[logged(3, 1)],
+        );
+        assert!(result.is_err());
+        assert!(done.published.is_empty());
+        assert_eq!(left.len(), n, "every row kept for the retry");
+        assert_eq!(files_under(out.path()), ["run=r/table=alerts"]);
+        assert!(journal::segments(wal.path()).is_empty(), "no commit");
+    }
+
+    #[test]
+    fn a_commit_whose_renames_a_crash_cut_short_is_published_at_the_next_start() {
+        let (out, wal) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // What a write leaves when the process dies between its commit and its renames.
+        let rows = two_tables();
+        let mut staged = Vec::new();
+        for table in rows.names() {
+            let dir = sink::partition_dir(out.path(), "r", table).unwrap();
+            let s = sink::write_temp(&dir, "p.parquet", &rows.batches(table).unwrap()).unwrap();
+            staged.push((table, s, 1));
+        }
+        commit(out.path(), wal.path(), "r", &staged, &[logged(1, 1)]).unwrap();
+        assert!(files_under(out.path()).iter().all(|f| f.ends_with(".tmp")));
+
+        let (_, _, recovered) = crate::wal::Wal::open(wal.path(), 1 << 20).unwrap();
+        assert_eq!(recovered.commits.len(), 1);
+        assert_eq!(
+            journal::roll_forward(out.path(), &recovered.commits).unwrap(),
+            2
+        );
+        assert_eq!(
+            files_under(out.path()),
+            [
+                "run=r/table=alerts/p.parquet",
+                "run=r/table=steps/p.parquet"
+            ]
+        );
+        // The journal outlived its segment (never written): it is retired like one.
+        let (mut wal_side, _, _) = crate::wal::Wal::open(wal.path(), 1 << 20).unwrap();
+        assert_eq!(wal_side.retire(None), vec![1]);
+    }
+
+    #[test]
+    fn temporary_files_of_a_crashed_write_are_deleted() {
+        let out = tempfile::tempdir().unwrap();
+        let dir = sink::partition_dir(out.path(), "r", "steps").unwrap();
+        let rows = step_rows();
+        let batches = rows.batches(steps::TABLE).unwrap();
+        sink::write_temp(&dir, "part-1-a-000001.parquet", &batches).unwrap();
+        sink::write_file(&dir, "part-1-a-000002.parquet", &batches).unwrap();
+        assert_eq!(sink::remove_temp_files(out.path(), "other"), 0);
+        assert_eq!(sink::remove_temp_files(out.path(), "r"), 1);
+        assert_eq!(
+            files_under(out.path()),
+            ["run=r/table=steps/part-1-a-000002.parquet"]
+        );
+    }
+
     #[test]
     fn rows_that_cannot_be_encoded_are_dropped_not_retried() {
         let dir = tempfile::tempdir().unwrap();
         let rows = step_rows();
         let n = rows.steps.len();
-        let (result, done, left) = write_tables(dir.path(), "r", "p.parquet", rows);
+        let (result, done, left) =
+            write_tables(dir.path(), dir.path(), "r", "p.parquet", rows, &[]);
         assert!(result.is_ok());
         assert_eq!(done.published.len(), 1);
         assert_eq!(done.published[0].1, n);
@@ -326,7 +589,8 @@ mod tests {
 
         let mut rows = step_rows();
         rows.poisoned = Some(steps::TABLE);
-        let (result, done, left) = write_tables(dir.path(), "r", "q.parquet", rows);
+        let (result, done, left) =
+            write_tables(dir.path(), dir.path(), "r", "q.parquet", rows, &[]);
         assert!(result.is_ok(), "a retry would fail the same way");
         assert!(done.published.is_empty() && left.is_empty());
         assert_eq!(done.unencodable.len(), 1);

@@ -7,6 +7,8 @@ use std::time::Instant;
 use gradtel_proto::v1::ShardReport;
 use gradtel_stats::SparseSummary;
 
+use crate::journal::{Logged, Published};
+
 /// Identity of one agent incarnation: acks and deduplication are keyed on it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AgentKey {
@@ -69,6 +71,20 @@ pub struct Report {
 }
 
 impl Report {
+    /// Where this report is logged and who it is, for the publication journal.
+    pub fn logged(&self) -> Logged {
+        Logged {
+            segment: self.wal_segment,
+            report: Published {
+                rank: self.key.rank,
+                shard: self.key.shard,
+                epoch: self.key.epoch,
+                seq: self.seq,
+                step: self.step,
+            },
+        }
+    }
+
     /// A report of run "r" for tests: `world_size` ranks, one shard, the given tensors' values.
     #[cfg(test)]
     pub fn for_test(rank: u32, world_size: u32, step: u64, tensors: &[(&str, &[f64])]) -> Self {

@@ -3,7 +3,9 @@
 //! A file is written as `.<name>.tmp` (hidden: Spark, DuckDB globs `*.parquet` and Hive readers
 //! skip it), synced, renamed to `part-<ms>-<instance>-<n>.parquet`, and the directory is synced,
 //! so a reader sees a whole file or none and a crash never leaves a half-written file visible.
-//! Only after that are the rows' reports released from the write-ahead log (DESIGN.md §3.6–3.7).
+//! The pipeline writes all tables of a flush this way and commits them together through the
+//! publication journal ([`crate::journal`]) before renaming any; only after that are the rows'
+//! reports released from the write-ahead log (DESIGN.md §3.6–3.7).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -17,6 +19,7 @@ use parquet::arrow::{ArrowSchemaConverter, ArrowWriter};
 use parquet::basic::{Compression, Encoding, Type as PhysicalType, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
 
+use crate::journal::Logged;
 use crate::tables::Tables;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,14 +36,15 @@ pub enum SinkError {
     NoRows,
     #[error("record batch {index} of a file has another schema than the first: {schema}")]
     SchemaMismatch { index: usize, schema: String },
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
 }
 
-/// Rows of one run waiting for their files, with the write-ahead log segment of every report
-/// they come from.
+/// Rows of one run waiting for their files, with every logged report they come from.
 #[derive(Debug, Default)]
 pub struct Buffer {
     pub rows: Tables,
-    pub segments: Vec<u64>,
+    pub reports: Vec<Logged>,
     pub since: Option<Instant>,
 }
 
@@ -59,11 +63,11 @@ impl Sink {
         }
     }
 
-    pub fn append(&mut self, run: Arc<str>, rows: Tables, segments: Vec<u64>) {
+    pub fn append(&mut self, run: Arc<str>, rows: Tables, reports: Vec<Logged>) {
         let b = self.buffers.entry(run).or_default();
         b.since.get_or_insert_with(Instant::now);
         b.rows.append(rows);
-        b.segments.extend(segments);
+        b.reports.extend(reports);
     }
 
     /// Runs whose buffer should be written now.
@@ -71,7 +75,7 @@ impl Sink {
         self.buffers
             .iter()
             .filter(|(_, b)| {
-                !(b.segments.is_empty() && b.rows.is_empty())
+                !(b.reports.is_empty() && b.rows.is_empty())
                     && (b.rows.len() >= self.roll_rows
                         || b.since
                             .is_some_and(|s| now.duration_since(s) >= self.roll_interval))
@@ -92,19 +96,22 @@ impl Sink {
     pub fn restore(&mut self, run: Arc<str>, mut failed: Buffer) {
         if let Some(newer) = self.buffers.remove(&run) {
             failed.rows.append(newer.rows);
-            failed.segments.extend(newer.segments);
+            failed.reports.extend(newer.reports);
         }
         self.buffers.insert(run, failed);
     }
 }
 
-/// Directory of one (run, table) partition under `root`.
-pub fn partition_dir(root: &Path, run: &str, table: &str) -> Result<PathBuf, SinkError> {
+/// Directory of one run's partitions under `root`.
+pub fn run_dir(root: &Path, run: &str) -> Result<PathBuf, SinkError> {
     // The run id was validated on arrival; checking again here keeps this function safe alone.
     gradtel_proto::validate_run_id(run).map_err(|_| SinkError::BadRunId(run.to_string()))?;
-    Ok(root
-        .join(format!("run={run}"))
-        .join(format!("table={table}")))
+    Ok(root.join(format!("run={run}")))
+}
+
+/// Directory of one (run, table) partition under `root`.
+pub fn partition_dir(root: &Path, run: &str, table: &str) -> Result<PathBuf, SinkError> {
+    Ok(run_dir(root, run)?.join(format!("table={table}")))
 }
 
 /// Write `batches` (one schema) as one Parquet file in `dir`, atomically. Returns the path and
@@ -114,16 +121,34 @@ pub fn write_file(
     name: &str,
     batches: &[RecordBatch],
 ) -> Result<(PathBuf, u64), SinkError> {
+    let staged = write_temp(dir, name, batches)?;
+    publish(&staged)?;
+    sync_dir(dir)?;
+    Ok((staged.dest, staged.size))
+}
+
+/// A file written and synced under its hidden temporary name, not yet visible.
+#[derive(Debug)]
+pub struct Staged {
+    pub tmp: PathBuf,
+    pub dest: PathBuf,
+    pub size: u64,
+}
+
+/// The hidden name a file `name` is written under until it is published.
+pub fn temp_name(name: &str) -> String {
+    format!(".{name}.tmp")
+}
+
+/// Write `batches` (one schema) as the file `name` in `dir`, under its temporary name, and
+/// sync it; [`publish`] makes it visible.
+pub fn write_temp(dir: &Path, name: &str, batches: &[RecordBatch]) -> Result<Staged, SinkError> {
     let Some(batch) = batches.first() else {
         return Err(SinkError::NoRows);
     };
     check_schema(batches)?;
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SinkError::Io { path, source }
-    };
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let tmp = dir.join(format!(".{name}.tmp"));
+    let tmp = dir.join(temp_name(name));
     let dest = dir.join(name);
     let file = File::create(&tmp).map_err(io_err(&tmp))?;
     let props = column_properties(
@@ -144,18 +169,60 @@ pub fn write_file(
         }
         let file = w.into_inner()?;
         file.sync_all().map_err(io_err(&tmp))?;
-        Ok::<_, SinkError>(())
+        file.metadata().map_err(io_err(&tmp)).map(|m| m.len())
     })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
+    match result {
+        Ok(size) => Ok(Staged { tmp, dest, size }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    std::fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+}
+
+/// Rename a staged file into place. The caller syncs its directory ([`sync_dir`]) once for
+/// all the files it publishes there.
+pub fn publish(staged: &Staged) -> Result<(), SinkError> {
+    std::fs::rename(&staged.tmp, &staged.dest).map_err(io_err(&staged.dest))
+}
+
+pub fn sync_dir(dir: &Path) -> Result<(), SinkError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))?;
-    let size = std::fs::metadata(&dest).map_err(io_err(&dest))?.len();
-    Ok((dest, size))
+        .map_err(io_err(dir))
+}
+
+/// Delete the hidden temporary files a crashed write left in `run`'s partitions under `root`
+/// (after [`crate::journal::roll_forward`] has published the committed ones). Returns how many.
+pub fn remove_temp_files(root: &Path, run: &str) -> usize {
+    let Ok(run_dir) = run_dir(root, run) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for table in std::fs::read_dir(&run_dir).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(table.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = f.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".part-")
+                && name.ends_with(".parquet.tmp")
+                && std::fs::remove_file(f.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SinkError + '_ {
+    move |source| SinkError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Whether `batches` can be one file: the writer takes the first batch's schema for the file,

@@ -24,9 +24,13 @@
 //! from offset 0, no header) are still replayed: as a first record's length the magic would
 //! read ≈ 1.1 GB, above any record.
 //!
-//! Guarantee: a report whose ack was sent is in a synced segment or in a published Parquet file.
-//! Delivery stays at-least-once: a segment part of whose reports were already published when
-//! the collector crashed is replayed whole, so those rows can be written twice.
+//! Each segment has a publication journal beside it ([`crate::journal`]) naming its reports
+//! whose rows are already in Parquet; replay skips those. The journals of the last
+//! [`KEPT_JOURNALS`] retired segments are kept, so that resends of their reports after a restart
+//! (an ack lost in the crash) are still known as duplicates; older ones are deleted.
+//!
+//! Guarantee: a report whose ack was sent is in a synced segment or in a published Parquet file,
+//! and a report in a segment is published once.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -40,6 +44,8 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 const MAX_RECORD: usize = crate::MAX_MESSAGE_BYTES;
 /// Finished segments kept for reuse (each up to the segment size on disk).
 pub const SPARE_SEGMENTS: usize = 2;
+/// Publication journals of retired segments kept, newest first (see `Wal::prune_journals`).
+pub const KEPT_JOURNALS: usize = 4;
 const MAGIC: [u8; 8] = *b"GTWAL\x00\x02\x00";
 /// Magic and segment id.
 const FILE_HEADER: usize = 16;
@@ -52,6 +58,8 @@ const LEGACY_HEADER: usize = 8;
 pub enum WalError {
     #[error("write-ahead log I/O on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
@@ -95,6 +103,11 @@ pub struct Recovered {
     pub records: Vec<Record>,
     /// Segments whose end was torn or corrupt (the rest of that segment is skipped).
     pub corrupt: u64,
+    /// The writes their journals name: their reports are published, and their files are
+    /// renamed into place if a crash cut that short.
+    pub commits: Vec<crate::journal::Commit>,
+    /// Journals whose end was torn (a crash mid-append: that write never became visible).
+    pub journals_torn: u64,
 }
 
 /// The file side of the log: appends records and syncs them. It is moved to the blocking pool
@@ -257,17 +270,27 @@ impl Wal {
                 name.strip_suffix(".wal")?.parse().ok()
             })
             .collect();
+        let logs: std::collections::BTreeSet<u64> = ids.iter().copied().collect();
+        // A journal whose segment is gone (retired, or never synced) still names published
+        // reports; listing its id retires it with the others.
+        ids.extend(crate::journal::segments(dir));
         ids.sort_unstable();
+        ids.dedup();
         let mut recovered = Recovered::default();
         for &id in &ids {
-            let path = segment_path(dir, id);
-            let mut bytes = Vec::new();
-            File::open(&path)
-                .and_then(|mut f| f.read_to_end(&mut bytes))
-                .map_err(io_err(&path))?;
-            let (records, torn) = parse_segment(id, &bytes::Bytes::from(bytes));
-            recovered.records.extend(records);
-            recovered.corrupt += u64::from(torn);
+            if logs.contains(&id) {
+                let path = segment_path(dir, id);
+                let mut bytes = Vec::new();
+                File::open(&path)
+                    .and_then(|mut f| f.read_to_end(&mut bytes))
+                    .map_err(io_err(&path))?;
+                let (records, torn) = parse_segment(id, &bytes::Bytes::from(bytes));
+                recovered.records.extend(records);
+                recovered.corrupt += u64::from(torn);
+            }
+            let (commits, torn) = crate::journal::read(dir, id)?;
+            recovered.commits.extend(commits);
+            recovered.journals_torn += u64::from(torn);
         }
         let wal = Wal {
             dir: dir.to_path_buf(),
@@ -342,7 +365,25 @@ impl Wal {
                 tracing::warn!(error = %e, path = %path.display(), "cannot retire a finished WAL segment");
             }
         }
+        if !done.is_empty() {
+            self.prune_journals();
+        }
         done
+    }
+
+    /// Delete the journals of retired segments but the newest [`KEPT_JOURNALS`]. Those few
+    /// still name recently published reports: an agent whose ack the crash lost resends one,
+    /// and the next start must know it is a duplicate. A journal whose segment file is still
+    /// there (its deletion failed) stays, since that segment will be replayed.
+    fn prune_journals(&self) {
+        let mut retired: Vec<u64> = crate::journal::segments(&self.dir)
+            .into_iter()
+            .filter(|s| !self.outstanding.contains_key(s) && !segment_path(&self.dir, *s).exists())
+            .collect();
+        retired.sort_unstable();
+        for &seg in retired.iter().rev().skip(KEPT_JOURNALS) {
+            crate::journal::remove(&self.dir, seg);
+        }
     }
 
     /// Segments still holding reports whose rows are not published.
@@ -447,6 +488,49 @@ mod tests {
         // Retired segments are kept as spares, up to the pool's size; the rest are deleted.
         assert_eq!(spares(dir.path()).len(), SPARE_SEGMENTS);
         assert!(!segment_path(dir.path(), 3).exists());
+    }
+
+    #[test]
+    fn journals_of_the_newest_retired_segments_are_kept_and_read_back() {
+        use crate::journal::{self, Commit, Published};
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, mut w, _) = Wal::open(dir.path(), 60).unwrap();
+        // One 56-byte frame per segment: segments 1..=7.
+        let batch: Vec<Record> = (0..7u8).map(|i| rec(&mut wal, &[i; 40])).collect();
+        w.commit(&batch).unwrap();
+        let commit = |seq| Commit {
+            run: "r".into(),
+            reports: vec![Published {
+                rank: 0,
+                shard: 0,
+                epoch: 1,
+                seq,
+                step: seq,
+            }],
+            files: vec![],
+        };
+        for r in &batch {
+            journal::append(dir.path(), r.segment, &commit(r.segment)).unwrap();
+        }
+        for seg in 1..=6 {
+            wal.published(seg);
+        }
+        assert_eq!(wal.retire(Some(7)), (1..=6).collect::<Vec<_>>());
+        // 7 is live; of the retired, the newest four journals stay.
+        assert_eq!(
+            {
+                let mut s = journal::segments(dir.path());
+                s.sort();
+                s
+            },
+            vec![3, 4, 5, 6, 7]
+        );
+        drop((wal, w));
+        let (_, _, found) = Wal::open(dir.path(), 60).unwrap();
+        assert_eq!(found.records.len(), 1, "segment 7 only");
+        let mut seqs: Vec<u64> = found.commits.iter().map(|c| c.reports[0].seq).collect();
+        seqs.sort();
+        assert_eq!(seqs, vec![3, 4, 5, 6, 7], "every kept journal is read");
     }
 
     /// A recycled segment's file holds the records of its previous life past the new ones:

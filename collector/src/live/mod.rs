@@ -508,7 +508,7 @@ mod tests {
                 world_size: 3,
                 shard_count: 1,
                 parts,
-                segments: vec![],
+                reports: vec![],
                 late: false,
             };
             let (mut rows, _) = crate::tables::steps::build_rows(&a, 0);

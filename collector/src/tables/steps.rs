@@ -384,7 +384,7 @@ mod tests {
                 part(0, &[("fc1.weight", &[1.0, -2.0]), ("fc1.bias", &[0.5])]),
                 part(2, &[("fc1.weight", &[3.0, 4.0]), ("fc1.bias", &[-0.5])]),
             ],
-            segments: vec![],
+            reports: vec![],
             late: false,
         };
         let (rows, errors) = build_rows(&a, 0);
@@ -433,7 +433,7 @@ mod tests {
                 loss,
                 ..Report::for_test(0, 1, step, &tensors)
             }],
-            segments: vec![],
+            reports: vec![],
             late: false,
         };
         let mut tables = Tables {
