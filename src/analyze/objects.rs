@@ -11,7 +11,7 @@
 //!   tails, optionally Clauset's bootstrap p-value, and K², JB.
 //! * Spectrum: the latest snapshot of each sketch in `spectra` (slope, R², window).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use gradtel_stats::powerlaw::{self, FitOptions, Prepared};
@@ -95,13 +95,15 @@ struct TensorRow<'a> {
     moments: Moments,
 }
 
-/// Call `f` on every non-late tensor row of `steps` that `keep(step, tensor)` accepts.
+/// Call `f` on every non-late tensor row of `steps` that `keep(step, tensor)` accepts, once per
+/// (step, tensor): a repeat of a row (a lake some writer wrote a step into twice) is skipped.
 fn for_each_tensor_row(
     lake: &Path,
     run: &str,
     keep: impl Fn(u64, &str) -> bool,
     mut f: impl FnMut(TensorRow),
 ) -> anyhow::Result<()> {
+    let mut seen: HashSet<(u64, String)> = HashSet::new();
     lake::for_each_batch(lake, run, "steps", |b| {
         let kind = b.strs("scope_kind")?;
         let scope = b.strs("scope")?;
@@ -115,7 +117,11 @@ fn for_each_tensor_row(
         let m = [b.f64s("m2")?, b.f64s("m3")?, b.f64s("m4")?];
         for i in 0..b.rows() {
             let s = step[i].unwrap_or(0);
-            if kind[i] != "tensor" || late[i] || !keep(s, &scope[i]) {
+            if kind[i] != "tensor"
+                || late[i]
+                || !keep(s, &scope[i])
+                || !seen.insert((s, scope[i].clone()))
+            {
                 continue;
             }
             f(TensorRow {
@@ -222,10 +228,12 @@ pub fn series(lake: &Path, run: &str, sel: &Selection) -> anyhow::Result<Series>
     Ok(out)
 }
 
-/// Iteration-wise and SGN value lists of one coordinate, in step order.
+/// Iteration-wise and SGN value lists of one coordinate, in step order. A rank's value of a
+/// step counts once, however many rows repeat it.
 pub fn coordinate_samples(obs: &[Obs]) -> (Vec<f64>, Vec<f64>) {
     let mut sorted = obs.to_vec();
     sorted.sort_by_key(|o| (o.step, o.rank));
+    sorted.dedup_by_key(|o| (o.step, o.rank));
     let mut iteration = Vec::new();
     let mut sgn = Vec::new();
     for vals in sorted.chunk_by(|a, b| a.step == b.step) {
@@ -548,5 +556,19 @@ mod tests {
         assert_eq!(it, vec![2.0, 5.0]);
         let s = 2f64.sqrt();
         assert_eq!(sgn, vec![-s, s]);
+    }
+
+    #[test]
+    fn a_repeated_row_counts_once() {
+        let o = |step, rank, value| Obs {
+            step,
+            rank,
+            value,
+            local: true,
+        };
+        let once = [o(0, 0, 1.0), o(0, 1, 3.0), o(1, 0, 2.0), o(1, 1, 6.0)];
+        let mut twice = once.to_vec();
+        twice.extend([o(0, 1, 3.0), o(1, 0, 2.0), o(1, 0, 2.0)]);
+        assert_eq!(coordinate_samples(&twice), coordinate_samples(&once));
     }
 }
