@@ -3,6 +3,8 @@ the lake read back with pyarrow."""
 
 import os
 import pathlib
+import re
+import urllib.request
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -81,3 +83,12 @@ def stop_and_read(collector, agents, run_id, table):
         assert a.stop() == 0
     assert collector.stop() == 0
     return read_table(collector.out, run_id, table)
+
+
+def metric(collector, name):
+    """The value of the unlabelled sample ``name`` in the collector's /metrics (it was started
+    with ``--metrics``)."""
+    text = urllib.request.urlopen(f"http://{collector.metrics}/metrics", timeout=10).read()
+    m = re.search(rf"^{name} (\S+)$", text.decode(), re.M)
+    assert m, f"{name} not in /metrics"
+    return float(m.group(1))

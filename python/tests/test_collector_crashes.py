@@ -5,17 +5,16 @@ log segment whose reports were partly published used to write those rows again â
 
 import collections
 import os
-import re
 import socket
 import threading
 import time
-import urllib.request
 
 import numpy as np
 import pyarrow.dataset as pds
 
 from gradtel import Client, Tensor
 from gradtel.sidecar import Agent, Collector
+from conftest import metric
 
 RUN = "crashes"
 LAYOUT = [Tensor("enc.w", (40, 5)), Tensor("enc.b", (1,)), Tensor("dec.w", (300,)),
@@ -27,12 +26,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def metric(text, name):
-    m = re.search(rf"^{name} (\S+)$", text, re.M)
-    assert m, f"{name} not in /metrics"
-    return float(m.group(1))
 
 
 def test_a_collector_killed_and_restarted_mid_run_writes_every_step_once(tmp_path):
@@ -77,7 +70,7 @@ def test_a_collector_killed_and_restarted_mid_run_writes_every_step_once(tmp_pat
         for a in agents:
             assert a.stop() == 0
         col = collector[0]
-        text = urllib.request.urlopen(f"http://{col.metrics}/metrics", timeout=10).read().decode()
+        write_errors = metric(col, "gradtel_collector_write_errors_total")
         assert col.stop() == 0
     finally:
         stop.set()
@@ -87,7 +80,7 @@ def test_a_collector_killed_and_restarted_mid_run_writes_every_step_once(tmp_pat
             if p.alive():
                 p.kill()
     assert len(kills) >= 2, "the run outlived too few crashes to test anything"
-    assert metric(text, "gradtel_collector_write_errors_total") == 0
+    assert write_errors == 0
 
     steps = pds.dataset(f"{lake}/run={RUN}/table=steps", format="parquet").to_table()
     model = collections.Counter(
