@@ -530,6 +530,63 @@ fn rows_published_before_a_crash_are_not_written_again() {
     assert_eq!(got, want, "every step once: {written:?}");
 }
 
+#[test]
+fn a_stragglers_report_replayed_after_a_crash_is_still_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lake");
+    let args = [
+        "--straggler-timeout",
+        "300ms",
+        "--roll-interval",
+        "200ms",
+        "--metrics",
+        "127.0.0.1:0",
+    ];
+    let report = |rank, epoch| ShardReport {
+        run_id: "late".into(),
+        rank,
+        world_size: 2,
+        agent_epoch: epoch,
+        ..wal_reports(0..1).remove(0)
+    };
+    let (collector, url, _) = start_collector_with_metrics(&out, "127.0.0.1:0", &args);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ok = vec![ack::Status::Accepted as i32];
+    assert_eq!(rt.block_on(send_reports(&url, vec![report(0, 3)])), ok);
+    // Released without rank 1 after the straggler timeout, and published.
+    wait_for_rows(&out, 1, Duration::from_secs(30));
+    // Rank 1's report arrives late and is logged; the crash comes before its row is written.
+    assert_eq!(rt.block_on(send_reports(&url, vec![report(1, 4)])), ok);
+    drop(collector);
+
+    let (collector, _, metrics) = start_collector_with_metrics(&out, "127.0.0.1:0", &args);
+    let addr = metrics.expect("metrics address");
+    // Rank 0's segment was retired with its rows (only its journal is left); rank 1's report
+    // is replayed from the log.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(
+        &http_get(&addr, "/metrics").1,
+        "gradtel_collector_wal_replayed_reports_total",
+    ) < 1.0
+    {
+        assert!(std::time::Instant::now() < deadline, "nothing replayed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Past the straggler timeout and a roll: a report taken for a new step would be out now.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(collector.terminate().success());
+    let mut got: Vec<(u64, bool)> = rows(&read_batches(&out))
+        .into_iter()
+        .map(|r| (r.step, r.late))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![(0, false), (0, true)],
+        "one step row and one late row"
+    );
+}
+
 /// Nice value of every thread of `pid` (field 19 of /proc/PID/task/TID/stat).
 fn thread_niceness(pid: u32) -> Vec<i64> {
     std::fs::read_dir(format!("/proc/{pid}/task"))

@@ -8,7 +8,8 @@
 //! reports back the log segments whose rows it has published, and finished segments are deleted.
 //!
 //! At start the records a previous process left are replayed: registered as durable (so an
-//! agent's resend is answered DUPLICATE) and passed to the pipeline before any new report.
+//! agent's resend is answered DUPLICATE) and passed to the pipeline before any new report —
+//! except those a publication journal ([`crate::journal`]) names, whose rows are published.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -89,8 +90,8 @@ impl Durable {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Inbound::Report(r)) => self.on_report(*r).await,
-                    // Only this stage sends it, to the pipeline.
-                    Some(Inbound::Recovered { .. }) => {}
+                    // Only this stage sends these, to the pipeline.
+                    Some(Inbound::Released(_) | Inbound::RemoveTemps(_)) => {}
                     Some(Inbound::Drain(done)) => {
                         self.settle_commits().await;
                         let (tx, rx) = oneshot::channel();
@@ -149,9 +150,18 @@ impl Durable {
         }
         released.sort_unstable();
         released.dedup();
+        // Before any replayed report: a straggler's report of a published step is late.
+        if self
+            .pipeline
+            .send(Inbound::Released(released))
+            .await
+            .is_err()
+        {
+            return;
+        }
         let n = recovered.records.len();
         let mut runs = BTreeSet::new();
-        let mut replay = Vec::new();
+        let mut skipped = 0;
         for rec in recovered.records {
             let decoded =
                 <gradtel_proto::v1::ShardReport as prost::Message>::decode(rec.payload.clone())
@@ -169,22 +179,12 @@ impl Durable {
             runs.insert(r.key.run_id.clone());
             if self.dedup.arrive(&r.key, r.seq) != Seen::New {
                 self.metrics.wal_published_skipped.inc();
+                skipped += 1;
                 continue;
             }
             self.dedup.made_durable(&r.key, r.seq);
             self.wal.adopt(rec.segment);
             r.wal_segment = rec.segment;
-            replay.push(r);
-        }
-        let skipped = n - replay.len();
-        let recovered = Inbound::Recovered {
-            runs: runs.into_iter().collect(),
-            released,
-        };
-        if self.pipeline.send(recovered).await.is_err() {
-            return;
-        }
-        for r in replay {
             if self
                 .pipeline
                 .send(Inbound::Report(Box::new(r)))
@@ -194,6 +194,10 @@ impl Durable {
                 return;
             }
         }
+        let _ = self
+            .pipeline
+            .send(Inbound::RemoveTemps(runs.into_iter().collect()))
+            .await;
         self.retire();
         if n > 0 {
             tracing::info!(

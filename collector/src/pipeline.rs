@@ -26,13 +26,12 @@ use crate::tables::{Tables, steps};
 
 pub enum Inbound {
     Report(Box<Report>),
-    /// Sent once at start, before any replayed report: the runs the write-ahead log holds
-    /// reports of (their crashed writes' temporary files are deleted), and the steps a
-    /// previous process published (a report for one is late).
-    Recovered {
-        runs: Vec<Arc<str>>,
-        released: Vec<(Arc<str>, u64)>,
-    },
+    /// Sent once at start, before any replayed report: the steps a previous process
+    /// published (a report for one is late).
+    Released(Vec<(Arc<str>, u64)>),
+    /// Sent once at start, after the replayed reports: the runs the write-ahead log held
+    /// reports of, whose crashed writes' temporary files are deleted (not this process's).
+    RemoveTemps(Vec<Arc<str>>),
     /// Release every pending step, write every buffer, then answer.
     Drain(oneshot::Sender<()>),
 }
@@ -221,7 +220,12 @@ impl Pipeline {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Inbound::Report(r)) => self.on_report(*r),
-                    Some(Inbound::Recovered { runs, released }) => self.recovered(&runs, &released),
+                    Some(Inbound::Released(steps)) => {
+                        for (run, step) in &steps {
+                            self.assembler.mark_released(run, *step);
+                        }
+                    }
+                    Some(Inbound::RemoveTemps(runs)) => self.remove_temps(&runs),
                     Some(Inbound::Drain(done)) => {
                         let all = self.assembler.drain();
                         self.on_assemblies(all);
@@ -253,12 +257,9 @@ impl Pipeline {
         }
     }
 
-    fn recovered(&mut self, runs: &[Arc<str>], released: &[(Arc<str>, u64)]) {
-        for (run, step) in released {
-            self.assembler.mark_released(run, *step);
-        }
+    fn remove_temps(&self, runs: &[Arc<str>]) {
         for run in runs {
-            let removed = sink::remove_temp_files(&self.out, run);
+            let removed = sink::remove_temp_files(&self.out, run, &self.instance);
             if removed > 0 {
                 tracing::info!(run = %run, files = removed, "temporary files of writes a crash cut short deleted");
             }
@@ -567,11 +568,16 @@ mod tests {
         let batches = rows.batches(steps::TABLE).unwrap();
         sink::write_temp(&dir, "part-1-a-000001.parquet", &batches).unwrap();
         sink::write_file(&dir, "part-1-a-000002.parquet", &batches).unwrap();
-        assert_eq!(sink::remove_temp_files(out.path(), "other"), 0);
-        assert_eq!(sink::remove_temp_files(out.path(), "r"), 1);
+        // This process's own write in flight stays.
+        sink::write_temp(&dir, "part-2-b-000001.parquet", &batches).unwrap();
+        assert_eq!(sink::remove_temp_files(out.path(), "other", "b"), 0);
+        assert_eq!(sink::remove_temp_files(out.path(), "r", "b"), 1);
         assert_eq!(
             files_under(out.path()),
-            ["run=r/table=steps/part-1-a-000002.parquet"]
+            [
+                "run=r/table=steps/.part-2-b-000001.parquet.tmp",
+                "run=r/table=steps/part-1-a-000002.parquet"
+            ]
         );
     }
 

@@ -193,8 +193,10 @@ pub fn sync_dir(dir: &Path) -> Result<(), SinkError> {
 }
 
 /// Delete the hidden temporary files a crashed write left in `run`'s partitions under `root`
-/// (after [`crate::journal::roll_forward`] has published the committed ones). Returns how many.
-pub fn remove_temp_files(root: &Path, run: &str) -> usize {
+/// (after [`crate::journal::roll_forward`] has published the committed ones), but those of
+/// the collector instance `own` (`part-<ms>-<instance>-<n>`: its writes in flight). Returns
+/// how many.
+pub fn remove_temp_files(root: &Path, run: &str, own: &str) -> usize {
     let Ok(run_dir) = run_dir(root, run) else {
         return 0;
     };
@@ -209,6 +211,7 @@ pub fn remove_temp_files(root: &Path, run: &str) -> usize {
             let name = name.to_string_lossy();
             if name.starts_with(".part-")
                 && name.ends_with(".parquet.tmp")
+                && !name.contains(&format!("-{own}-"))
                 && std::fs::remove_file(f.path()).is_ok()
             {
                 removed += 1;
