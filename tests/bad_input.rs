@@ -587,6 +587,92 @@ fn a_stragglers_report_replayed_after_a_crash_is_still_late() {
     );
 }
 
+#[test]
+fn a_collector_that_cannot_write_parquet_pauses_its_intake_at_the_limit_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lake");
+    std::fs::create_dir_all(&out).unwrap();
+    // A file where the run's partitions go: every Parquet write of the run fails.
+    let blocker = out.join("run=bp");
+    std::fs::write(&blocker, b"").unwrap();
+    let args = ["--max-unpublished-mb", "1", "--metrics", "127.0.0.1:0"];
+    let (collector, url, metrics) = start_collector_with_metrics(&out, "127.0.0.1:0", &args);
+    let addr = metrics.expect("metrics address");
+    let gauge = |name: &str| metric(&http_get(&addr, "/metrics").1, name);
+    // 40 reports of ≈ 64 kB (a projection of 8,192 values): 2.6 MB, over the 1 MB limit.
+    const N: u64 = 40;
+    let reports: Vec<ShardReport> = wal_reports(0..N)
+        .into_iter()
+        .map(|r| ShardReport {
+            run_id: "bp".into(),
+            projection: Some(gradtel_proto::v1::Projection {
+                kind: gradtel_proto::v1::projection::Kind::RotatedCountSketch as i32,
+                seed: 7,
+                dim: 8192,
+                values: (0..8192).map(|i| f64::from(i) * 1e-3).collect(),
+                coordinates: 1 << 20,
+            }),
+            ..r
+        })
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (acked_tx, acked_rx) = std::sync::mpsc::channel();
+    let sender = rt.spawn(async move {
+        let mut client = CollectClient::connect(url).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(N as usize);
+        for r in reports {
+            tx.send(r).await.unwrap();
+        }
+        let mut acks = client
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        while let Ok(Some(a)) = acks.message().await {
+            assert_eq!(a.status, ack::Status::Accepted as i32);
+            let _ = acked_tx.send(a.seq);
+        }
+        drop(tx);
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while gauge("gradtel_collector_intake_paused") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the intake never paused"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(gauge("gradtel_collector_unpublished_bytes") > f64::from(1 << 20));
+    std::thread::sleep(Duration::from_millis(500));
+    let acked_while_paused = acked_rx.try_iter().count() as u64;
+    assert!(
+        (16..N).contains(&acked_while_paused),
+        "{acked_while_paused} of {N} acknowledged: the log stops taking reports past 1 MB"
+    );
+    assert!(gauge("gradtel_collector_write_errors_total") > 0.0);
+
+    // The disk is back: the writes go through, the log's segment retires, the rest comes in.
+    std::fs::remove_file(&blocker).unwrap();
+    let mut acked = acked_while_paused;
+    while acked < N {
+        assert!(
+            acked_rx.recv_timeout(Duration::from_secs(20)).is_ok(),
+            "only {acked} of {N} acknowledged after the disk came back"
+        );
+        acked += 1;
+    }
+    assert_eq!(gauge("gradtel_collector_intake_paused"), 0.0);
+    assert!(collector.terminate().success());
+    sender.abort();
+    let steps: std::collections::BTreeSet<u64> =
+        rows(&read_batches(&out)).iter().map(|r| r.step).collect();
+    assert_eq!(
+        steps,
+        (0..N).collect(),
+        "every report's step written once the disk is back"
+    );
+}
+
 /// Nice value of every thread of `pid` (field 19 of /proc/PID/task/TID/stat).
 fn thread_niceness(pid: u32) -> Vec<i64> {
     std::fs::read_dir(format!("/proc/{pid}/task"))

@@ -59,6 +59,13 @@ pub struct CollectorConfig {
     #[arg(long, default_value_t = 4096)]
     pub max_pending_steps: usize,
 
+    /// Most megabytes of acknowledged reports whose rows are not yet in Parquet (the
+    /// write-ahead log's live segments). Beyond it the collector stops taking in reports until
+    /// writes catch up: agents keep theirs and, when their queues fill, drop whole steps and
+    /// count them. Bounds the collector's memory and disk when Parquet cannot be written.
+    #[arg(long, env = "GRADTEL_COLLECTOR_MAX_UNPUBLISHED_MB", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_unpublished_mb: u64,
+
     /// Serve Prometheus metrics on this address at /metrics (and /healthz).
     #[arg(long, env = "GRADTEL_COLLECTOR_METRICS")]
     pub metrics: Option<SocketAddr>,
@@ -270,6 +277,7 @@ impl CollectorConfig {
             estimators_nice: 10,
             runtime_threads: None,
             max_pending_steps: 4096,
+            max_unpublished_mb: 2048,
             metrics: None,
             config: None,
             file: FileConfig::default(),

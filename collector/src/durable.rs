@@ -44,6 +44,9 @@ pub struct Durable {
     committing_from: Option<u64>,
     /// After a failed commit, none is tried before this.
     commit_after: Option<Instant>,
+    /// Most unpublished bytes before new reports are left waiting, and whether they are.
+    max_unpublished: u64,
+    paused: bool,
 }
 
 /// A finished commit.
@@ -61,6 +64,7 @@ impl Durable {
         metrics: Arc<CollectorMetrics>,
         pipeline: mpsc::Sender<Inbound>,
         (wal, writer): (Wal, Writer),
+        max_unpublished: u64,
     ) -> Self {
         Self {
             dedup: Dedup::default(),
@@ -74,44 +78,78 @@ impl Durable {
             commit: JoinSet::new(),
             committing_from: None,
             commit_after: None,
+            max_unpublished,
+            paused: false,
         }
     }
 
-    /// Replay `recovered`, then serve: reports from the streams on `rx`, published segments
-    /// from the pipeline on `published`.
+    /// Replay `recovered`, then serve: reports from the streams on `rx` (left waiting there
+    /// while the unpublished bytes are over the limit: the streams then stop reading, and the
+    /// agents keep their reports), drain requests on `drains`, published segments from the
+    /// pipeline on `published`.
     pub async fn run(
         mut self,
         recovered: Recovered,
         mut rx: mpsc::Receiver<Inbound>,
+        mut drains: mpsc::Receiver<oneshot::Sender<()>>,
         mut published: mpsc::UnboundedReceiver<Vec<u64>>,
     ) {
         self.replay(recovered).await;
+        self.update_paused();
         loop {
             tokio::select! {
-                msg = rx.recv() => match msg {
+                msg = rx.recv(), if !self.paused => match msg {
                     Some(Inbound::Report(r)) => self.on_report(*r).await,
-                    // Only this stage sends these, to the pipeline.
-                    Some(Inbound::Released(_) | Inbound::RemoveTemps(_)) => {}
-                    Some(Inbound::Drain(done)) => {
-                        self.settle_commits().await;
-                        let (tx, rx) = oneshot::channel();
-                        if self.pipeline.send(Inbound::Drain(tx)).await.is_ok() {
-                            let _ = rx.await;
-                        }
-                        while let Ok(segments) = published.try_recv() {
-                            self.published(segments);
-                        }
-                        let _ = done.send(());
-                    }
+                    // Drains come on their own channel; the rest only this stage sends.
+                    Some(_) => {}
                     None => break,
                 },
+                Some(done) = drains.recv() => {
+                    // What the streams handed over before the drain goes first, unless the
+                    // intake is paused: then it stays unacknowledged, and its agents resend it.
+                    while !self.paused
+                        && let Ok(Inbound::Report(r)) = rx.try_recv()
+                    {
+                        self.on_report(*r).await;
+                        self.update_paused();
+                    }
+                    self.settle_commits().await;
+                    let (tx, done_rx) = oneshot::channel();
+                    if self.pipeline.send(Inbound::Drain(tx)).await.is_ok() {
+                        let _ = done_rx.await;
+                    }
+                    while let Ok(segments) = published.try_recv() {
+                        self.published(segments);
+                    }
+                    let _ = done.send(());
+                }
                 Some(segments) = published.recv() => self.published(segments),
                 Some(done) = self.commit.join_next(), if !self.commit.is_empty() => {
                     self.finish_commit(done);
                 }
             }
             self.start_commit();
+            self.update_paused();
         }
+    }
+
+    fn update_paused(&mut self) {
+        let bytes = self.wal.unpublished_bytes();
+        let paused = bytes > self.max_unpublished;
+        if paused != self.paused {
+            if paused {
+                tracing::warn!(
+                    bytes,
+                    limit = self.max_unpublished,
+                    "reports not yet in Parquet are over the limit; new reports wait until writes catch up"
+                );
+            } else {
+                tracing::info!(bytes, "intake resumed");
+            }
+            self.paused = paused;
+        }
+        self.metrics.unpublished_bytes.set(bytes as i64);
+        self.metrics.intake_paused.set(i64::from(paused));
     }
 
     /// Feed the reports a previous process logged: they are durable already (their acks were
@@ -183,7 +221,7 @@ impl Durable {
                 continue;
             }
             self.dedup.made_durable(&r.key, r.seq);
-            self.wal.adopt(rec.segment);
+            self.wal.adopt(rec.segment, rec.payload.len());
             r.wal_segment = rec.segment;
             if self
                 .pipeline

@@ -63,8 +63,10 @@ pub struct Collector {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     metrics: Arc<CollectorMetrics>,
-    /// Reports and drain requests into the durability stage.
+    /// Reports into the durability stage.
     inbound: mpsc::Sender<Inbound>,
+    /// Drain requests to it (apart, so that a paused intake cannot hold them up).
+    drains: mpsc::Sender<oneshot::Sender<()>>,
     durable: JoinHandle<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     stop: watch::Sender<bool>,
@@ -74,9 +76,9 @@ use pipeline::Inbound;
 
 /// Ask the durability stage and the pipeline behind it to write everything pending and wait
 /// until they have.
-async fn drain(inbound: &mpsc::Sender<Inbound>) {
+async fn drain(drains: &mpsc::Sender<oneshot::Sender<()>>) {
     let (tx, rx) = oneshot::channel();
-    if inbound.send(Inbound::Drain(tx)).await.is_ok() {
+    if drains.send(tx).await.is_ok() {
         let _ = rx.await;
     }
 }
@@ -126,6 +128,7 @@ impl Collector {
         }
         let (published_tx, published_rx) = mpsc::unbounded_channel();
         let (inbound, durable_rx) = mpsc::channel(4096);
+        let (drains, drains_rx) = mpsc::channel(4);
         let pipeline = pipeline::Pipeline::new(&config, instance, metrics.clone(), published_tx);
         // The estimators hold their thread for milliseconds per step; on a thread of their own
         // they never delay the streams or an ack behind them.
@@ -143,11 +146,16 @@ impl Collector {
                 estimators.block_on(pipeline.run(pipeline_rx, tick))
             })
             .map_err(CollectorError::Runtime)?;
-        let durable =
-            tokio::spawn(
-                durable::Durable::new(router.clone(), metrics.clone(), pipeline_tx, (wal, writer))
-                    .run(recovered, durable_rx, published_rx),
-            );
+        let durable = tokio::spawn(
+            durable::Durable::new(
+                router.clone(),
+                metrics.clone(),
+                pipeline_tx,
+                (wal, writer),
+                config.max_unpublished_mb.saturating_mul(1 << 20),
+            )
+            .run(recovered, durable_rx, drains_rx, published_rx),
+        );
         let service = service::CollectService {
             inbound: inbound.clone(),
             router,
@@ -184,6 +192,7 @@ impl Collector {
             metrics_addr,
             metrics,
             inbound,
+            drains,
             durable,
             server,
             stop,
@@ -206,7 +215,7 @@ impl Collector {
 
     /// Write everything pending now (steps still waiting for ranks are written as they stand).
     pub async fn drain(&self) {
-        drain(&self.inbound).await;
+        drain(&self.drains).await;
     }
 
     /// Stop accepting streams, write everything pending, and stop. Open agent streams are given
@@ -217,7 +226,7 @@ impl Collector {
         if tokio::time::timeout(grace, &mut server).await.is_err() {
             server.abort();
         }
-        drain(&self.inbound).await;
+        drain(&self.drains).await;
         // The pipeline's thread ends when the durability stage, its only sender, is gone.
         drop(self.inbound);
         self.durable.abort();

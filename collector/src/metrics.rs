@@ -67,6 +67,8 @@ pub struct CollectorMetrics {
     pub wal_published_skipped: Counter,
     pub wal_corrupt: Counter,
     pub wal_segments: Gauge,
+    pub unpublished_bytes: Gauge,
+    pub intake_paused: Gauge,
     pub runs: Mutex<BTreeMap<Arc<str>, RunGauges>>,
 }
 
@@ -197,6 +199,16 @@ impl Render for CollectorMetrics {
             "gradtel_collector_wal_segments",
             "Write-ahead log segments holding reports not yet in Parquet.",
             self.wal_segments.get(),
+        )
+        .gauge(
+            "gradtel_collector_unpublished_bytes",
+            "Bytes of acknowledged reports in write-ahead log segments not yet retired.",
+            self.unpublished_bytes.get(),
+        )
+        .gauge(
+            "gradtel_collector_intake_paused",
+            "1 while new reports wait: the unpublished bytes are over --max-unpublished-mb.",
+            self.intake_paused.get(),
         );
         if let Ok(runs) = self.runs.lock() {
             render_runs(&mut e, &runs);

@@ -379,10 +379,12 @@ impl Pipeline {
                 tracing::error!(error = %e, run = %run, "parquet write failed; will retry");
                 self.sink.restore(
                     run,
+                    // Retried a roll interval from now: with no new rows (an intake paused
+                    // until writes catch up) nothing else would make it due.
                     Buffer {
                         rows,
                         reports,
-                        ..Default::default()
+                        since: Some(Instant::now()),
                     },
                 );
             }

@@ -255,6 +255,10 @@ pub struct Wal {
     current: u64,
     current_bytes: u64,
     outstanding: BTreeMap<u64, u64>,
+    /// Bytes of the records of each segment not yet retired, and their total: what the log
+    /// holds that is not yet in Parquet, give or take the published part of a live segment.
+    bytes: BTreeMap<u64, u64>,
+    unpublished: u64,
 }
 
 impl Wal {
@@ -300,6 +304,8 @@ impl Wal {
             // Every old segment is listed, so one left without a readable record is deleted
             // by the first retire.
             outstanding: ids.iter().map(|&id| (id, 0)).collect(),
+            bytes: BTreeMap::new(),
+            unpublished: 0,
         };
         // Spares beyond the pool (a smaller pool than the last process's) are deleted.
         for extra in spares(dir).into_iter().skip(SPARE_SEGMENTS) {
@@ -322,12 +328,24 @@ impl Wal {
         }
         self.current_bytes += frame;
         *self.outstanding.entry(self.current).or_default() += 1;
+        self.add_bytes(self.current, frame);
         self.current
     }
 
-    /// Count a replayed record of an older segment as outstanding.
-    pub fn adopt(&mut self, segment: u64) {
+    /// Count a replayed record of `len` bytes of an older segment as outstanding.
+    pub fn adopt(&mut self, segment: u64, len: usize) {
         *self.outstanding.entry(segment).or_default() += 1;
+        self.add_bytes(segment, (len + HEADER) as u64);
+    }
+
+    fn add_bytes(&mut self, segment: u64, bytes: u64) {
+        *self.bytes.entry(segment).or_default() += bytes;
+        self.unpublished += bytes;
+    }
+
+    /// Bytes of records in segments not yet retired.
+    pub fn unpublished_bytes(&self) -> u64 {
+        self.unpublished
     }
 
     /// The rows of one report of `segment` are published.
@@ -349,6 +367,7 @@ impl Wal {
             .collect();
         for &seg in &done {
             self.outstanding.remove(&seg);
+            self.unpublished -= self.bytes.remove(&seg).unwrap_or(0);
             if seg == self.current {
                 self.current += 1;
                 self.current_bytes = 0;
@@ -464,15 +483,22 @@ mod tests {
         // 56-byte frames, 120-byte segments: two records per segment.
         let segs: Vec<u64> = batch.iter().map(|r| r.segment).collect();
         assert_eq!(segs, vec![1, 1, 2, 2, 3]);
+        assert_eq!(wal.unpublished_bytes(), 5 * 56);
         w.commit(&batch).unwrap();
         wal.published(1);
         wal.published(1);
         wal.published(2);
         assert_eq!(wal.retire(Some(3)), vec![1]);
+        assert_eq!(
+            wal.unpublished_bytes(),
+            3 * 56,
+            "a segment's bytes go with it"
+        );
         // A segment stays while records may still be staged or written for it.
         wal.published(2);
         wal.published(3);
         assert_eq!(wal.retire(Some(3)), vec![2]);
+        assert_eq!(wal.unpublished_bytes(), 56);
         drop((wal, w));
 
         let (_, _, found) = Wal::open(dir.path(), 120).unwrap();
@@ -480,7 +506,7 @@ mod tests {
         assert_eq!(payloads, vec![4], "segment 3 was never retired");
         assert_eq!(found.corrupt, 0);
         let (mut wal, _, _) = Wal::open(dir.path(), 120).unwrap();
-        wal.adopt(3);
+        wal.adopt(3, 40);
         wal.published(3);
         assert_eq!(wal.retire(None), vec![3]);
         let (_, _, empty) = Wal::open(dir.path(), 120).unwrap();
