@@ -127,6 +127,8 @@ impl Durable {
                 Some(done) = self.commit.join_next(), if !self.commit.is_empty() => {
                     self.finish_commit(done);
                 }
+                // Paused with the pipeline and the drain requests gone: nothing can resume it.
+                else => break,
             }
             self.start_commit();
             self.update_paused();
