@@ -136,6 +136,28 @@ pub struct Agent {
     socket: PathBuf,
 }
 
+/// Bind a listening Unix socket at `path` so that the path appears only once connections are
+/// accepted: bound and listening under a temporary name beside it, then renamed into place.
+/// Binding at the path itself creates the file a moment before `listen`, and a client that
+/// waits for the file (the Python sidecar, the tests) could be refused in between. Falls back
+/// to binding in place if the temporary name cannot be bound (too long for a socket address).
+fn bind_then_publish(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    match tokio::net::UnixListener::bind(&tmp) {
+        Ok(l) => match std::fs::rename(&tmp, path) {
+            Ok(()) => Ok(l),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        },
+        Err(_) => tokio::net::UnixListener::bind(path),
+    }
+}
+
 impl Agent {
     /// Bind the Ingest socket (replacing a stale socket file) and start serving and shipping.
     pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
@@ -151,7 +173,7 @@ impl Agent {
             std::fs::remove_file(&config.socket)
                 .map_err(listen_err(config.socket.display().to_string()))?;
         }
-        let uds = tokio::net::UnixListener::bind(&config.socket)
+        let uds = bind_then_publish(&config.socket)
             .map_err(listen_err(config.socket.display().to_string()))?;
         let service = IngestService {
             state: state.clone(),
@@ -240,5 +262,33 @@ impl Agent {
             );
         }
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind_then_publish;
+
+    #[test]
+    fn the_socket_path_appears_listening_and_replaces_a_stale_file() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("agent.sock");
+            std::fs::write(&path, b"stale").unwrap();
+            let listener = bind_then_publish(&path).unwrap();
+            // Connectable as soon as the path is there, and only the path is left.
+            let client = tokio::net::UnixStream::connect(&path).await;
+            assert!(client.is_ok(), "{client:?}");
+            assert!(listener.accept().await.is_ok());
+            let names: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, vec![std::ffi::OsString::from("agent.sock")]);
+        });
     }
 }

@@ -7,8 +7,9 @@
 //!
 //! * a write puts each table's file under a hidden temporary name and syncs it, then appends a
 //!   [`Commit`] — the run, every report the rows come from, and each file's temporary and final
-//!   name — to the journal of each log segment holding one of those reports, syncs that, and
-//!   only then renames the files into place. The journal record is the commit point: a crash
+//!   name — to the journal of the newest log segment holding one of those reports, syncs that,
+//!   and only then renames the files into place. The journal record is the commit point (one
+//!   record, so a failed append commits nothing): a crash
 //!   before it leaves only hidden temporary files (deleted at the next start) and the reports
 //!   replayed; a crash after it is finished at the next start by renaming whatever is still
 //!   temporary ([`roll_forward`]). So the tables of one write are published all or none.
@@ -16,11 +17,13 @@
 //!   as durable, so an agent's resend of one is answered DUPLICATE — even one whose log record
 //!   had not been synced when its rows were published.
 //!
-//! A segment's journal is `<dir>/<segment:020>.pub`. When the segment is retired (every report
-//! in it published) its journal is kept a while longer (`wal::KEPT_JOURNALS` of them): a crash
-//! can cut off the acks of just-published reports, and their resends must still be duplicates. Records are framed like the log's: `len: u32
-//! LE, crc32: u32 LE, payload`; a torn last record (a crash mid-append) fails its check and
-//! ends the file, and since its renames never started, nothing it names is visible.
+//! A segment's journal is `<dir>/<segment:020>.pub`. It is kept after its segment is retired
+//! (every report in it published) while any older segment is still in the log (its commits
+//! may name that segment's reports), and then among the newest `wal::KEPT_JOURNALS`: a crash
+//! can cut off the acks of just-published reports, and their resends must still be
+//! duplicates. Records are framed like the log's: `len: u32 LE, crc32: u32 LE, payload`; a
+//! torn last record (a crash mid-append) fails its check and ends the file, and since its
+//! renames never started, nothing it names is visible.
 //!
 //! Payload: the run id (`u16` length, bytes), the report count (`u32`) and each report's
 //! `rank: u32, shard: u32, epoch: u64, seq: u64, step: u64`, the file count (`u16`) and each

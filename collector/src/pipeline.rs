@@ -7,7 +7,7 @@
 //! write are committed together in the publication journal ([`crate::journal`]), and each
 //! write's reports are then reported back so their log segments can be deleted.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::CollectorConfig;
 use crate::assembler::{Assembler, Assembly};
-use crate::journal::{self, Logged, Published};
+use crate::journal::{self, Logged};
 use crate::live::Live;
 use crate::metrics::CollectorMetrics;
 use crate::report::Report;
@@ -149,8 +149,11 @@ fn write_tables(
     (Ok(()), done, rows)
 }
 
-/// The commit point of a write: its files and reports in the journal of every segment holding
-/// one of the reports (rows that come from no logged report need none).
+/// The commit point of a write: one record naming its files and reports, in the journal of
+/// the newest log segment holding one of the reports (rows that come from no logged report
+/// need none). One record, so a failed append commits nothing; the journal outlives every
+/// older segment still in the log (`Wal::prune_journals`), so replay sees it wherever the
+/// reports are logged.
 fn commit(
     out: &Path,
     wal_dir: &Path,
@@ -158,29 +161,24 @@ fn commit(
     staged: &[(&str, sink::Staged, usize)],
     reports: &[Logged],
 ) -> Result<(), sink::SinkError> {
-    let mut by_segment: BTreeMap<u64, Vec<Published>> = BTreeMap::new();
-    for l in reports {
-        by_segment.entry(l.segment).or_default().push(l.report);
-    }
+    let Some(newest) = reports.iter().map(|l| l.segment).max() else {
+        return Ok(());
+    };
     let rel = |p: &Path| {
         p.strip_prefix(out)
             .unwrap_or(p)
             .to_string_lossy()
             .into_owned()
     };
-    let files: Vec<(String, String)> = staged
-        .iter()
-        .map(|(_, s, _)| (rel(&s.tmp), rel(&s.dest)))
-        .collect();
-    for (segment, reports) in by_segment {
-        let c = journal::Commit {
-            run: run.to_string(),
-            reports,
-            files: files.clone(),
-        };
-        journal::append(wal_dir, segment, &c)?;
-    }
-    Ok(())
+    let c = journal::Commit {
+        run: run.to_string(),
+        reports: reports.iter().map(|l| l.report).collect(),
+        files: staged
+            .iter()
+            .map(|(_, s, _)| (rel(&s.tmp), rel(&s.dest)))
+            .collect(),
+    };
+    Ok(journal::append(wal_dir, newest, &c)?)
 }
 
 fn unix_nanos() -> i64 {
@@ -426,7 +424,7 @@ mod tests {
     fn logged(segment: u64, seq: u64) -> Logged {
         Logged {
             segment,
-            report: Published {
+            report: journal::Published {
                 rank: 0,
                 shard: 0,
                 epoch: 1,
@@ -466,7 +464,7 @@ mod tests {
     }
 
     #[test]
-    fn a_write_commits_its_reports_in_each_segments_journal_then_publishes() {
+    fn a_write_commits_its_reports_in_the_newest_segments_journal_then_publishes() {
         let (out, wal) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let reports = [logged(3, 1), logged(4, 2), logged(3, 3)];
         let (result, done, left) = write_tables(
@@ -496,14 +494,16 @@ mod tests {
                 "run=r/table=alerts/p.parquet".to_string(),
             ),
         ];
-        let (three, torn) = journal::read(wal.path(), 3).unwrap();
+        assert_eq!(
+            journal::segments(wal.path()),
+            vec![4],
+            "one record, one journal"
+        );
+        let (four, torn) = journal::read(wal.path(), 4).unwrap();
         assert!(!torn);
-        assert_eq!(three.len(), 1);
-        assert_eq!(three[0].run, "r");
-        assert_eq!(three[0].reports, vec![reports[0].report, reports[2].report]);
-        assert_eq!(three[0].files, files);
-        let (four, _) = journal::read(wal.path(), 4).unwrap();
-        assert_eq!(four[0].reports, vec![reports[1].report]);
+        assert_eq!(four.len(), 1);
+        assert_eq!(four[0].run, "r");
+        assert_eq!(four[0].reports, reports.map(|l| l.report));
         assert_eq!(four[0].files, files);
     }
 

@@ -24,10 +24,11 @@
 //! from offset 0, no header) are still replayed: as a first record's length the magic would
 //! read ≈ 1.1 GB, above any record.
 //!
-//! Each segment has a publication journal beside it ([`crate::journal`]) naming its reports
-//! whose rows are already in Parquet; replay skips those. The journals of the last
-//! [`KEPT_JOURNALS`] retired segments are kept, so that resends of their reports after a restart
-//! (an ack lost in the crash) are still known as duplicates; older ones are deleted.
+//! Each segment may have a publication journal beside it ([`crate::journal`]): the commits of
+//! the writes whose newest report it holds, naming reports whose rows are already in Parquet;
+//! replay skips those. A retired segment's journal is kept while an older segment is still in
+//! the log, and then among the last [`KEPT_JOURNALS`], so that resends of their reports after a
+//! restart (an ack lost in the crash) are still known as duplicates; older ones are deleted.
 //!
 //! Guarantee: a report whose ack was sent is in a synced segment or in a published Parquet file,
 //! and a report in a segment is published once.
@@ -390,14 +391,22 @@ impl Wal {
         done
     }
 
-    /// Delete the journals of retired segments but the newest [`KEPT_JOURNALS`]. Those few
-    /// still name recently published reports: an agent whose ack the crash lost resends one,
-    /// and the next start must know it is a duplicate. A journal whose segment file is still
-    /// there (its deletion failed) stays, since that segment will be replayed.
+    /// Delete the journals of retired segments older than every segment still in the log, but
+    /// the newest [`KEPT_JOURNALS`] of them. A write's commit goes to the journal of the newest
+    /// segment among its reports, so a journal must outlive every older segment still in the
+    /// log (it may name their reports); and the newest few still name recently published
+    /// reports: an agent whose ack a crash lost resends one, and the next start must know it is
+    /// a duplicate. A journal whose segment file is still there (its deletion failed) stays,
+    /// since that segment will be replayed.
     fn prune_journals(&self) {
+        let oldest_live = self.outstanding.keys().next().copied().unwrap_or(u64::MAX);
         let mut retired: Vec<u64> = crate::journal::segments(&self.dir)
             .into_iter()
-            .filter(|s| !self.outstanding.contains_key(s) && !segment_path(&self.dir, *s).exists())
+            .filter(|&s| {
+                s < oldest_live
+                    && !self.outstanding.contains_key(&s)
+                    && !segment_path(&self.dir, s).exists()
+            })
             .collect();
         retired.sort_unstable();
         for &seg in retired.iter().rev().skip(KEPT_JOURNALS) {
@@ -538,19 +547,21 @@ mod tests {
         for r in &batch {
             journal::append(dir.path(), r.segment, &commit(r.segment)).unwrap();
         }
-        for seg in 1..=6 {
+        let journals = || {
+            let mut s = journal::segments(dir.path());
+            s.sort();
+            s
+        };
+        for seg in 2..=6 {
             wal.published(seg);
         }
-        assert_eq!(wal.retire(Some(7)), (1..=6).collect::<Vec<_>>());
+        assert_eq!(wal.retire(Some(7)), (2..=6).collect::<Vec<_>>());
+        // Segment 1 is still in the log: a newer journal may name its reports, so all stay.
+        assert_eq!(journals(), (1..=7).collect::<Vec<_>>());
+        wal.published(1);
+        assert_eq!(wal.retire(Some(7)), vec![1]);
         // 7 is live; of the retired, the newest four journals stay.
-        assert_eq!(
-            {
-                let mut s = journal::segments(dir.path());
-                s.sort();
-                s
-            },
-            vec![3, 4, 5, 6, 7]
-        );
+        assert_eq!(journals(), vec![3, 4, 5, 6, 7]);
         drop((wal, w));
         let (_, _, found) = Wal::open(dir.path(), 60).unwrap();
         assert_eq!(found.records.len(), 1, "segment 7 only");
