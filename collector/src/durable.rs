@@ -159,13 +159,6 @@ impl Durable {
     /// those the publication journals name, whose rows are in Parquet already: they are only
     /// registered as durable, and their steps as released.
     async fn replay(&mut self, recovered: Recovered) {
-        self.metrics.wal_corrupt.add(recovered.corrupt);
-        if recovered.corrupt > 0 {
-            tracing::warn!(
-                segments = recovered.corrupt,
-                "write-ahead log segments ended in a torn or corrupt record; the rest of each was skipped"
-            );
-        }
         if recovered.journals_torn > 0 {
             tracing::warn!(
                 journals = recovered.journals_torn,
@@ -199,40 +192,42 @@ impl Durable {
         {
             return;
         }
-        let n = recovered.records.len();
+        let (mut n, mut skipped, mut torn) = (0, 0, 0);
         let mut runs = BTreeSet::new();
-        let mut skipped = 0;
-        for rec in recovered.records {
-            let decoded =
-                <gradtel_proto::v1::ShardReport as prost::Message>::decode(rec.payload.clone())
-                    .map_err(|e| e.to_string())
-                    .and_then(crate::report::decode);
-            let mut r = match decoded {
-                Ok(r) => r,
-                Err(reason) => {
-                    self.metrics.wal_corrupt.inc();
-                    tracing::warn!(%reason, segment = rec.segment, "unreadable report in the write-ahead log skipped");
+        let recovered = Arc::new(recovered);
+        // One segment in memory at a time, read on the blocking pool.
+        for &id in &recovered.segments {
+            let reader = recovered.clone();
+            let read = tokio::task::spawn_blocking(move || reader.read(id))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            let records = match read {
+                Ok((records, cut)) => {
+                    torn += u64::from(cut);
+                    records
+                }
+                Err(error) => {
+                    // Kept for the next start: counted as holding a report, it is never retired.
+                    self.wal.adopt(id, 0);
+                    self.metrics.wal_errors.inc();
+                    tracing::error!(segment = id, %error, "cannot read a write-ahead log segment; it is kept for the next start");
                     continue;
                 }
             };
-            self.metrics.wal_replayed.inc();
-            runs.insert(r.key.run_id.clone());
-            if self.dedup.arrive(&r.key, r.seq) != Seen::New {
-                self.metrics.wal_published_skipped.inc();
-                skipped += 1;
-                continue;
+            n += records.len();
+            for rec in records {
+                if !self.replay_record(rec, &mut runs, &mut skipped).await {
+                    return;
+                }
             }
-            self.dedup.made_durable(&r.key, r.seq);
-            self.wal.adopt(rec.segment, rec.payload.len());
-            r.wal_segment = rec.segment;
-            if self
-                .pipeline
-                .send(Inbound::Report(Box::new(r)))
-                .await
-                .is_err()
-            {
-                return;
-            }
+        }
+        self.metrics.wal_corrupt.add(torn);
+        if torn > 0 {
+            tracing::warn!(
+                segments = torn,
+                "write-ahead log segments ended in a torn or corrupt record; the rest of each was skipped"
+            );
         }
         let _ = self
             .pipeline
@@ -246,6 +241,41 @@ impl Durable {
                 "write-ahead log replayed"
             );
         }
+    }
+
+    /// Replay one logged report (see [`Self::replay`]); false once the pipeline is gone.
+    async fn replay_record(
+        &mut self,
+        rec: Record,
+        runs: &mut BTreeSet<Arc<str>>,
+        skipped: &mut u64,
+    ) -> bool {
+        let decoded =
+            <gradtel_proto::v1::ShardReport as prost::Message>::decode(rec.payload.clone())
+                .map_err(|e| e.to_string())
+                .and_then(crate::report::decode);
+        let mut r = match decoded {
+            Ok(r) => r,
+            Err(reason) => {
+                self.metrics.wal_corrupt.inc();
+                tracing::warn!(%reason, segment = rec.segment, "unreadable report in the write-ahead log skipped");
+                return true;
+            }
+        };
+        self.metrics.wal_replayed.inc();
+        runs.insert(r.key.run_id.clone());
+        if self.dedup.arrive(&r.key, r.seq) != Seen::New {
+            self.metrics.wal_published_skipped.inc();
+            *skipped += 1;
+            return true;
+        }
+        self.dedup.made_durable(&r.key, r.seq);
+        self.wal.adopt(rec.segment, rec.payload.len());
+        r.wal_segment = rec.segment;
+        self.pipeline
+            .send(Inbound::Report(Box::new(r)))
+            .await
+            .is_ok()
     }
 
     async fn on_report(&mut self, mut r: Report) {

@@ -98,17 +98,43 @@ pub struct Record {
     pub payload: bytes::Bytes,
 }
 
-/// What replay found in the segments a previous process left.
+/// What a previous process left: the log segments to replay, read one at a time
+/// ([`Recovered::read`]) so that replay holds one segment in memory, not the whole log.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    pub records: Vec<Record>,
-    /// Segments whose end was torn or corrupt (the rest of that segment is skipped).
-    pub corrupt: u64,
+    dir: PathBuf,
+    /// Segments to replay, oldest first.
+    pub segments: Vec<u64>,
     /// The writes their journals name: their reports are published, and their files are
     /// renamed into place if a crash cut that short.
     pub commits: Vec<crate::journal::Commit>,
     /// Journals whose end was torn (a crash mid-append: that write never became visible).
     pub journals_torn: u64,
+}
+
+impl Recovered {
+    /// The whole records of log segment `id`, and whether its end was torn or corrupt (the
+    /// rest of it is then skipped).
+    pub fn read(&self, id: u64) -> Result<(Vec<Record>, bool), WalError> {
+        let path = segment_path(&self.dir, id);
+        let mut bytes = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(io_err(&path))?;
+        Ok(parse_segment(id, &bytes::Bytes::from(bytes)))
+    }
+
+    /// Every segment's records, and how many segments were torn.
+    #[cfg(test)]
+    fn read_all(&self) -> (Vec<Record>, u64) {
+        let mut out = (Vec::new(), 0);
+        for &id in &self.segments {
+            let (records, torn) = self.read(id).unwrap();
+            out.0.extend(records);
+            out.1 += u64::from(torn);
+        }
+        out
+    }
 }
 
 /// The file side of the log: appends records and syncs them. It is moved to the blocking pool
@@ -281,18 +307,12 @@ impl Wal {
         ids.extend(crate::journal::segments(dir));
         ids.sort_unstable();
         ids.dedup();
-        let mut recovered = Recovered::default();
+        let mut recovered = Recovered {
+            dir: dir.to_path_buf(),
+            segments: logs.iter().copied().collect(),
+            ..Recovered::default()
+        };
         for &id in &ids {
-            if logs.contains(&id) {
-                let path = segment_path(dir, id);
-                let mut bytes = Vec::new();
-                File::open(&path)
-                    .and_then(|mut f| f.read_to_end(&mut bytes))
-                    .map_err(io_err(&path))?;
-                let (records, torn) = parse_segment(id, &bytes::Bytes::from(bytes));
-                recovered.records.extend(records);
-                recovered.corrupt += u64::from(torn);
-            }
             let (commits, torn) = crate::journal::read(dir, id)?;
             recovered.commits.extend(commits);
             recovered.journals_torn += u64::from(torn);
@@ -487,7 +507,7 @@ mod tests {
     fn records_survive_a_reopen_and_finished_segments_are_retired() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, mut w, rec0) = Wal::open(dir.path(), 120).unwrap();
-        assert!(rec0.records.is_empty());
+        assert!(rec0.read_all().0.is_empty());
         let batch: Vec<Record> = (0..5u8).map(|i| rec(&mut wal, &[i; 40])).collect();
         // 56-byte frames, 120-byte segments: two records per segment.
         let segs: Vec<u64> = batch.iter().map(|r| r.segment).collect();
@@ -511,15 +531,15 @@ mod tests {
         drop((wal, w));
 
         let (_, _, found) = Wal::open(dir.path(), 120).unwrap();
-        let payloads: Vec<u8> = found.records.iter().map(|r| r.payload[0]).collect();
+        let payloads: Vec<u8> = found.read_all().0.iter().map(|r| r.payload[0]).collect();
         assert_eq!(payloads, vec![4], "segment 3 was never retired");
-        assert_eq!(found.corrupt, 0);
+        assert_eq!(found.read_all().1, 0);
         let (mut wal, _, _) = Wal::open(dir.path(), 120).unwrap();
         wal.adopt(3, 40);
         wal.published(3);
         assert_eq!(wal.retire(None), vec![3]);
         let (_, _, empty) = Wal::open(dir.path(), 120).unwrap();
-        assert!(empty.records.is_empty());
+        assert!(empty.read_all().0.is_empty());
         // Retired segments are kept as spares, up to the pool's size; the rest are deleted.
         assert_eq!(spares(dir.path()).len(), SPARE_SEGMENTS);
         assert!(!segment_path(dir.path(), 3).exists());
@@ -564,7 +584,7 @@ mod tests {
         assert_eq!(journals(), vec![3, 4, 5, 6, 7]);
         drop((wal, w));
         let (_, _, found) = Wal::open(dir.path(), 60).unwrap();
-        assert_eq!(found.records.len(), 1, "segment 7 only");
+        assert_eq!(found.read_all().0.len(), 1, "segment 7 only");
         let mut seqs: Vec<u64> = found.commits.iter().map(|c| c.reports[0].seq).collect();
         seqs.sort();
         assert_eq!(seqs, vec![3, 4, 5, 6, 7], "every kept journal is read");
@@ -601,15 +621,15 @@ mod tests {
         );
         drop((wal, w));
         let (_, _, found) = Wal::open(dir.path(), 1 << 20).unwrap();
-        let payloads: Vec<u8> = found.records.iter().map(|r| r.payload[0]).collect();
+        let payloads: Vec<u8> = found.read_all().0.iter().map(|r| r.payload[0]).collect();
         assert_eq!(payloads, vec![10, 11]);
-        assert_eq!(found.corrupt, 0);
+        assert_eq!(found.read_all().1, 0);
 
         // A spare renamed to a new segment's name, then a crash before its first commit.
         std::fs::rename(segment_path(dir.path(), 2), segment_path(dir.path(), 7)).unwrap();
         let (_, _, found) = Wal::open(dir.path(), 1 << 20).unwrap();
-        assert!(found.records.is_empty());
-        assert_eq!(found.corrupt, 0);
+        assert!(found.read_all().0.is_empty());
+        assert_eq!(found.read_all().1, 0);
     }
 
     /// Segments written by the first format (no header, 8-byte record headers) still replay.
@@ -624,9 +644,10 @@ mod tests {
         }
         std::fs::write(segment_path(dir.path(), 4), &bytes).unwrap();
         let (mut wal, mut w, found) = Wal::open(dir.path(), 1 << 20).unwrap();
-        let payloads: Vec<&[u8]> = found.records.iter().map(|r| &r.payload[..]).collect();
+        let records = found.read_all().0;
+        let payloads: Vec<&[u8]> = records.iter().map(|r| &r.payload[..]).collect();
         assert_eq!(payloads, vec![&b"first"[..], &b"second report"[..]]);
-        assert_eq!(found.corrupt, 0);
+        assert_eq!(found.read_all().1, 0);
         // New records go to a new segment, in the current format.
         let r = rec(&mut wal, b"third");
         assert_eq!(r.segment, 5);
@@ -651,9 +672,9 @@ mod tests {
         w.commit(&b).unwrap();
         drop((wal, w));
         let (_, _, found) = Wal::open(dir.path(), 200).unwrap();
-        let payloads: Vec<u8> = found.records.iter().map(|r| r.payload[0]).collect();
+        let payloads: Vec<u8> = found.read_all().0.iter().map(|r| r.payload[0]).collect();
         assert_eq!(payloads, vec![0, 1, 2, 2, 3, 4, 5, 3, 4, 5]);
-        assert_eq!(found.corrupt, 0);
+        assert_eq!(found.read_all().1, 0);
     }
 
     /// A group commit of more pieces than one `writev` takes (1,024 on Linux) is written
@@ -669,8 +690,9 @@ mod tests {
         let expected: usize = batch.iter().map(|r| HEADER + r.payload.len()).sum();
         assert_eq!(written, expected as u64);
         let (_, _, found) = Wal::open(dir.path(), 1 << 30).unwrap();
-        assert_eq!(found.corrupt, 0);
-        let got: Vec<&[u8]> = found.records.iter().map(|r| &r.payload[..]).collect();
+        assert_eq!(found.read_all().1, 0);
+        let records = found.read_all().0;
+        let got: Vec<&[u8]> = records.iter().map(|r| &r.payload[..]).collect();
         let want: Vec<&[u8]> = batch.iter().map(|r| &r.payload[..]).collect();
         assert_eq!(got, want);
     }
@@ -686,21 +708,21 @@ mod tests {
         // A crash mid-record: the last record lost 3 bytes.
         std::fs::write(&path, &whole[..whole.len() - 3]).unwrap();
         let (_, _, found) = Wal::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(found.records.len(), 2);
-        assert_eq!(found.corrupt, 1);
+        assert_eq!(found.read_all().0.len(), 2);
+        assert_eq!(found.read_all().1, 1);
         // A flipped payload bit fails the CRC.
         let mut bad = whole.clone();
         bad[FILE_HEADER + HEADER + 2] ^= 1;
         std::fs::write(&path, &bad).unwrap();
         let (_, _, found) = Wal::open(dir.path(), 1 << 20).unwrap();
-        assert!(found.records.is_empty());
-        assert_eq!(found.corrupt, 1);
+        assert!(found.read_all().0.is_empty());
+        assert_eq!(found.read_all().1, 1);
         // An absurd length fails without reading past the end.
         let mut huge = whole;
         huge[FILE_HEADER..FILE_HEADER + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         std::fs::write(&path, &huge).unwrap();
         let (_, _, found) = Wal::open(dir.path(), 1 << 20).unwrap();
-        assert!(found.records.is_empty());
-        assert_eq!(found.corrupt, 1);
+        assert!(found.read_all().0.is_empty());
+        assert_eq!(found.read_all().1, 1);
     }
 }
