@@ -58,6 +58,7 @@ fn main() -> anyhow::Result<()> {
             rows.push(CoordRow {
                 run_id: run.clone(),
                 step: step as u64,
+                trajectory: 0,
                 rank: 0,
                 tensor: tensors[j % tensors.len()].clone(),
                 index: (j / tensors.len()) as u64,

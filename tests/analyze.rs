@@ -249,6 +249,131 @@ fn planted_structure_through_the_real_collector_is_recovered() {
     );
 }
 
+/// A job resumed from a checkpoint under the same run id: two ranks report steps 0–29 with
+/// Gaussian gradients, then go back to step 20 and report 20–39 with Pareto-tailed ones. The
+/// collector merges the resumed steps across ranks again, in a new trajectory (none is taken as
+/// a late report), and `gradtel analyze` counts each step once, from its latest trajectory.
+#[test]
+fn a_resumed_run_is_assembled_again_and_its_latest_trajectory_counts() {
+    let (world, n) = (2usize, 2_000u64);
+    let mut h = Harness::start(
+        "resumed",
+        world as u32,
+        &[("p.weight", n)],
+        "",
+        &[],
+        &["--track-count", "30"],
+    );
+    let mut r = SplitMix64::new(5);
+    let trajectories = [(0..30u64, false), (20..40u64, true)];
+    for (steps, pareto) in trajectories.clone() {
+        for step in steps {
+            for rank in 0..world {
+                let p: Vec<f32> = (0..n)
+                    .map(|_| {
+                        let v = if pareto { r.pareto(1.5) } else { r.normal() };
+                        (if r.uniform() < 0.5 { -v } else { v }) as f32
+                    })
+                    .collect();
+                h.push(rank, step, &[("p.weight", &p)]);
+            }
+        }
+    }
+    h.wait_steps(50);
+    let text = common::http_get(&h.metrics, "/metrics").1;
+    assert_eq!(
+        common::metric(&text, "gradtel_collector_trajectories_resumed_total"),
+        1.0
+    );
+    assert_eq!(
+        common::metric(&text, "gradtel_collector_reports_late_total"),
+        0.0
+    );
+    let lake = h.finish(50).to_path_buf();
+
+    // Every step of both trajectories merged from both ranks; the resumed ones labelled.
+    let model: Vec<_> = common::records(&common::read_table(&lake, "steps"))
+        .into_iter()
+        .filter(|r| r.s("scope_kind") == "model")
+        .collect();
+    assert_eq!(model.len(), 50);
+    let mut first = Vec::new();
+    let mut resumed = std::collections::BTreeMap::new();
+    for row in &model {
+        assert_eq!(row.b("late"), Some(false));
+        assert_eq!(row.n("ranks_reported"), Some(2.0));
+        let (step, t) = (row.n("step").unwrap() as u64, row.n("trajectory").unwrap());
+        if t == 0.0 {
+            first.push(step);
+        } else {
+            resumed.insert(step, t);
+        }
+    }
+    first.sort();
+    assert_eq!(first, (0..30).collect::<Vec<_>>());
+    assert_eq!(
+        resumed.keys().copied().collect::<Vec<_>>(),
+        (20..40).collect::<Vec<_>>()
+    );
+    let labels: std::collections::BTreeSet<u64> = resumed.values().map(|&t| t as u64).collect();
+    assert_eq!(labels.len(), 1, "one resumed trajectory: {labels:?}");
+    // coords rows carry the label too: steps 20–29 were tracked in both trajectories.
+    let coords = common::records(&common::read_table(&lake, "coords"));
+    let of_step_25: std::collections::BTreeSet<u64> = coords
+        .iter()
+        .filter(|r| r.n("step") == Some(25.0))
+        .map(|r| r.n("trajectory").unwrap() as u64)
+        .collect();
+    assert_eq!(of_step_25.len(), 2);
+
+    // analyze: 40 steps, 20–39 from the resumed (Pareto) trajectory, 0–19 from the first.
+    let out = lake.parent().unwrap().join("report");
+    let a = gradtel(&[
+        "analyze",
+        lake.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    let mut alpha_by_step = std::collections::BTreeMap::new();
+    let mut dim = csv::Reader::from_path(out.join("dimension.csv")).unwrap();
+    let headers = dim.headers().unwrap().clone();
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let (step_col, alpha_col) = (col("step"), col("alpha"));
+    for rec in dim.records() {
+        let rec = rec.unwrap();
+        let step: u64 = rec[step_col].parse().unwrap();
+        let alpha: f64 = rec[alpha_col].parse().unwrap_or(f64::NAN);
+        assert!(
+            alpha_by_step.insert(step, alpha).is_none(),
+            "step {step} twice"
+        );
+    }
+    assert_eq!(alpha_by_step.len(), 40);
+    for (step, alpha) in &alpha_by_step {
+        if *step >= 20 {
+            assert!(
+                (alpha - 2.5).abs() < 0.4,
+                "step {step}: α {alpha} (Pareto expected)"
+            );
+        } else {
+            assert!(
+                alpha.is_nan() || *alpha >= 3.5,
+                "step {step}: α {alpha} (Gaussian values expected)"
+            );
+        }
+    }
+    // Each tracked coordinate's series: 40 steps (20 from each trajectory), not 50.
+    let mut it = csv::Reader::from_path(out.join("iteration.csv")).unwrap();
+    let n_col = it.headers().unwrap().iter().position(|h| h == "n").unwrap();
+    let mut series = 0;
+    for rec in it.records() {
+        assert_eq!(&rec.unwrap()[n_col], "40");
+        series += 1;
+    }
+    assert!(series > 10, "{series} tracked coordinates");
+}
+
 /// A valid PNG of the figure size with more than a background and one colour.
 fn check_png(path: &std::path::Path) {
     let decoder = png::Decoder::new(std::fs::File::open(path).expect("png exists"));
@@ -315,10 +440,17 @@ fn a_planted_spectrum_slope_is_reported_and_a_mistyped_column_is_a_clear_error()
     // A `steps` file whose `scope_kind` column holds numbers: the error names the table, the
     // file, the column and both types.
     let bad = lake.join("run=spectrum/table=steps/part-zz-bad.parquet");
-    let batch = arrow::array::RecordBatch::try_from_iter([(
-        "scope_kind",
-        std::sync::Arc::new(arrow::array::UInt64Array::from(vec![1u64])) as arrow::array::ArrayRef,
-    )])
+    let batch = arrow::array::RecordBatch::try_from_iter([
+        (
+            "step",
+            std::sync::Arc::new(arrow::array::UInt64Array::from(vec![1u64]))
+                as arrow::array::ArrayRef,
+        ),
+        (
+            "scope_kind",
+            std::sync::Arc::new(arrow::array::UInt64Array::from(vec![1u64])),
+        ),
+    ])
     .unwrap();
     let mut w = parquet::arrow::ArrowWriter::try_new(
         std::fs::File::create(&bad).unwrap(),

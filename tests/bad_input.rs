@@ -461,14 +461,6 @@ fn acknowledged_reports_survive_a_collector_crash_in_the_write_ahead_log() {
     assert_eq!(rows(&read_batches(&out)).len(), 5, "nothing written twice");
 }
 
-/// The value of an unlabelled sample in Prometheus text.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
-}
-
 #[test]
 fn rows_published_before_a_crash_are_not_written_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -706,4 +698,66 @@ fn agent_yields_the_cpu_to_training_at_the_requested_niceness() {
     );
     let nice = thread_niceness(chosen.child.id());
     assert!(nice.iter().all(|&n| n == asked), "{nice:?} != {asked}");
+}
+
+/// A job resumed from a checkpoint after the collector crashed: the restarted collector takes
+/// the steps its predecessor published from the publication journals, so the resumed ranks'
+/// reports of steps 5-9 start a new trajectory, merged across both ranks, not late rows.
+#[test]
+fn a_job_resumed_after_a_collector_crash_is_told_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lake");
+    let args = [
+        "--straggler-timeout",
+        "1h",
+        "--roll-interval",
+        "100ms",
+        "--metrics",
+        "127.0.0.1:0",
+    ];
+    let reports = |rank: u32, epoch: u64, steps: std::ops::Range<u64>| -> Vec<ShardReport> {
+        wal_reports(steps.clone())
+            .into_iter()
+            .zip(1..)
+            .map(|(r, seq)| ShardReport {
+                run_id: "resumed".into(),
+                rank,
+                world_size: 2,
+                agent_epoch: epoch,
+                seq,
+                ..r
+            })
+            .collect()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let send_ranks = |url: &str, epoch: u64, steps: std::ops::Range<u64>| {
+        for rank in 0..2 {
+            let acks = rt.block_on(send_reports(url, reports(rank, epoch, steps.clone())));
+            assert!(acks.iter().all(|&a| a == ack::Status::Accepted as i32));
+        }
+    };
+    let (collector, url, _) = start_collector_with_metrics(&out, "127.0.0.1:0", &args);
+    send_ranks(&url, 1, 0..10);
+    wait_for_rows(&out, 10, Duration::from_secs(30));
+    drop(collector);
+
+    let (collector, url, metrics) = start_collector_with_metrics(&out, "127.0.0.1:0", &args);
+    send_ranks(&url, 2, 5..15);
+    wait_for_rows(&out, 20, Duration::from_secs(30));
+    let text = http_get(&metrics.expect("metrics address"), "/metrics").1;
+    assert_eq!(
+        metric(&text, "gradtel_collector_trajectories_resumed_total"),
+        1.0
+    );
+    assert_eq!(metric(&text, "gradtel_collector_reports_late_total"), 0.0);
+    assert!(collector.terminate().success());
+    let mut got: Vec<(u64, bool, bool, u32)> = rows(&read_batches(&out))
+        .into_iter()
+        .map(|r| (r.step, r.u("trajectory") > 0, r.late, r.ranks_reported))
+        .collect();
+    got.sort();
+    let mut want: Vec<_> = (0..10).map(|s| (s, false, false, 2)).collect();
+    want.extend((5..15).map(|s| (s, true, false, 2)));
+    want.sort();
+    assert_eq!(got, want);
 }

@@ -55,7 +55,7 @@ fn main() {
     for step in 0..steps {
         for rank in 0..RANKS {
             let value: Vec<f32> = (0..TRACKED).map(|_| (0.01 * r.normal()) as f32).collect();
-            coords.push_group(&run, step, rank, &tensor, true, false, &index, &value);
+            coords.push_group(&run, (step, 0), rank, &tensor, true, false, &index, &value);
             columns.0.extend_from_slice(&index);
             columns.1.extend_from_slice(&value);
         }

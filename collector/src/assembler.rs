@@ -5,6 +5,20 @@
 //! stands and its missing ranks are recorded. A report for a step that was already released is
 //! released alone, marked late, so nothing acknowledged is lost. Memory is bounded by
 //! `max_pending` steps and by a bounded memory of released steps per run.
+//!
+//! A training job resumed from a checkpoint under the same run id goes back over steps it has
+//! reported already. Each (rank, shard) reports its steps in increasing order, so a report for a
+//! step below the highest one its (rank, shard) has reported starts a new *trajectory* of the
+//! run for that (rank, shard); the other ranks join it when they go back too. The steps a
+//! previous collector published count as reported (from the publication journals), so a resume
+//! is recognised across a collector restart too; while the write-ahead log is replayed, only a
+//! step already released counts (a step that waited for a straggler is replayed after later
+//! steps that were published). A trajectory is labelled with the collector's clock (Unix ns)
+//! when it first saw one of its ranks go back (0 for the run's first one, and for the one its
+//! ranks are in when a collector starts), and steps are assembled per (trajectory, step): the
+//! resumed job's steps are merged across ranks and estimated like any other, not taken as late
+//! reports, and every row says which trajectory it belongs to, so a reader keeps the latest of
+//! each step.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -29,6 +43,9 @@ pub struct Assembly {
     /// repeats of a (rank, shard) that were not merged (an agent restarted mid-step).
     pub reports: Vec<Logged>,
     pub late: bool,
+    /// The run's trajectory the step belongs to: 0 for the first, else the Unix ns at which the
+    /// collector first saw a rank go back to an earlier step (see the module header).
+    pub trajectory: u64,
 }
 
 struct Pending {
@@ -39,17 +56,80 @@ struct Pending {
     first_at: Instant,
 }
 
+/// (trajectory, step) of a run.
+type StepKey = (u64, u64);
+
 #[derive(Default)]
 struct Released {
-    set: HashSet<u64>,
-    order: VecDeque<u64>,
+    set: HashSet<StepKey>,
+    order: VecDeque<StepKey>,
+}
+
+/// The trajectories of one run, as its (rank, shard)s go back to earlier steps.
+struct Trajectories {
+    /// Per (rank, shard): the highest step it reported in its current trajectory, and that
+    /// trajectory's position in `labels`.
+    sources: HashMap<(u32, u32), (u64, usize)>,
+    /// Each trajectory's label, in the order they began; the first is 0.
+    labels: Vec<u64>,
+}
+
+impl Default for Trajectories {
+    fn default() -> Self {
+        Self {
+            sources: HashMap::new(),
+            labels: vec![0],
+        }
+    }
+}
+
+impl Trajectories {
+    /// The label of the trajectory a report of `step` by (rank, shard) belongs to, and whether
+    /// it began one (no other rank had gone back that far in the run's trajectories yet).
+    ///
+    /// A rank goes back when it reports a step below its highest one, and `counts` says the
+    /// step may be a resume (see [`Assembler::add`]). Equal steps are not one (an agent that
+    /// restarted mid-step may report one twice).
+    fn place(
+        &mut self,
+        (rank, shard, step): (u32, u32, u64),
+        counts: impl Fn(StepKey) -> bool,
+        now_ns: impl FnOnce() -> u64,
+    ) -> (u64, bool) {
+        let (highest, at) = self.sources.entry((rank, shard)).or_insert((step, 0));
+        let mut began = false;
+        if step < *highest && self.labels[..=*at].iter().any(|&l| counts((l, step))) {
+            *at += 1;
+            if *at == self.labels.len() {
+                let last = self.labels.last().copied().unwrap_or(0);
+                self.labels.push(now_ns().max(last + 1));
+                began = true;
+            }
+            *highest = step;
+        } else {
+            *highest = (*highest).max(step);
+        }
+        (self.labels[*at], began)
+    }
+
+    /// A step a previous process published for (rank, shard), in the first trajectory.
+    fn seed(&mut self, rank: u32, shard: u32, step: u64) {
+        let (highest, _) = self.sources.entry((rank, shard)).or_insert((step, 0));
+        *highest = (*highest).max(step);
+    }
 }
 
 pub struct Assembler {
     timeout: Duration,
     max_pending: usize,
-    pending: HashMap<(Arc<str>, u64), Pending>,
+    pending: HashMap<(Arc<str>, u64, u64), Pending>,
     released: HashMap<Arc<str>, Released>,
+    trajectories: HashMap<Arc<str>, Trajectories>,
+    /// Trajectories begun (resumed jobs seen), for the metrics.
+    resumes: u64,
+    /// Between [`Assembler::begin_replay`] and [`Assembler::end_replay`]: the reports come from
+    /// the write-ahead log of a previous process.
+    replaying: bool,
 }
 
 impl Assembler {
@@ -59,7 +139,15 @@ impl Assembler {
             max_pending: max_pending.max(1),
             pending: HashMap::new(),
             released: HashMap::new(),
+            trajectories: HashMap::new(),
+            resumes: 0,
+            replaying: false,
         }
+    }
+
+    /// Trajectories begun so far: reports of a resumed job going back over reported steps.
+    pub fn resumes(&self) -> u64 {
+        self.resumes
     }
 
     pub fn pending_len(&self) -> usize {
@@ -72,11 +160,30 @@ impl Assembler {
         let run = r.key.run_id.clone();
         let step = r.step;
         let logged = r.logged();
-        if self
-            .released
-            .get(&run)
-            .is_some_and(|rel| rel.set.contains(&step))
-        {
+        // Live, a (rank, shard)'s steps arrive in increasing order unless its job was resumed.
+        // Replayed, a step that waited for a straggler comes after later steps that were
+        // published before the crash: there only a step released already (by this trajectory
+        // or an earlier one) is a resume.
+        let (released, replaying) = (self.released.get(&run), self.replaying);
+        let (trajectory, began) = match self.trajectories.get_mut(&run) {
+            Some(t) => t.place(
+                (r.key.rank, r.key.shard, step),
+                |k| !replaying || released.is_some_and(|rel| rel.set.contains(&k)),
+                unix_nanos,
+            ),
+            None => {
+                let mut t = Trajectories::default();
+                t.sources.insert((r.key.rank, r.key.shard), (step, 0));
+                self.trajectories.insert(run.clone(), t);
+                (0, false)
+            }
+        };
+        let late = released.is_some_and(|rel| rel.set.contains(&(trajectory, step)));
+        if began {
+            self.resumes += 1;
+            tracing::info!(run = %run, rank = r.key.rank, shard = r.key.shard, step, trajectory, "a rank went back to an earlier step: the run was resumed, its steps from here on form a new trajectory");
+        }
+        if late {
             return vec![Assembly {
                 run_id: run,
                 step,
@@ -85,10 +192,11 @@ impl Assembler {
                 parts: vec![r],
                 reports: vec![logged],
                 late: true,
+                trajectory,
             }];
         }
         let mut out = Vec::new();
-        let key = (run.clone(), step);
+        let key = (run.clone(), trajectory, step);
         if !self.pending.contains_key(&key)
             && self.pending.len() >= self.max_pending
             && let Some(oldest) = self
@@ -136,12 +244,14 @@ impl Assembler {
         keys.iter().filter_map(|k| self.release(k)).collect()
     }
 
-    fn release(&mut self, key: &(Arc<str>, u64)) -> Option<Assembly> {
+    fn release(&mut self, key: &(Arc<str>, u64, u64)) -> Option<Assembly> {
         let p = self.pending.remove(key)?;
-        self.mark_released(&key.0, key.1);
+        let (run, trajectory, step) = key;
+        self.released_of(run).insert((*trajectory, *step));
         Some(Assembly {
-            run_id: key.0.clone(),
-            step: key.1,
+            run_id: run.clone(),
+            step: *step,
+            trajectory: *trajectory,
             world_size: p.world_size,
             shard_count: p.shard_count,
             parts: p.parts.into_values().collect(),
@@ -150,19 +260,54 @@ impl Assembler {
         })
     }
 
-    /// Remember that `step` of `run` was released, so a report for it is late: also told of
-    /// the steps a previous process published (their reports are not replayed).
-    pub fn mark_released(&mut self, run: &Arc<str>, step: u64) {
-        let rel = self.released.entry(run.clone()).or_default();
-        if rel.set.insert(step) {
-            rel.order.push_back(step);
-            if rel.order.len() > RELEASED_MEMORY
-                && let Some(old) = rel.order.pop_front()
+    /// Told of a report a previous process published (its rows are in Parquet, it is not
+    /// replayed): its step is released, so a straggler's report of it is late, and its
+    /// (rank, shard) has reported it, so going back below it is a resume. This process numbers
+    /// trajectories afresh: the steps count as its first trajectory's.
+    pub fn mark_published(&mut self, run: &Arc<str>, rank: u32, shard: u32, step: u64) {
+        self.released_of(run).insert((0, step));
+        if !self.trajectories.contains_key(run) {
+            self.trajectories
+                .insert(run.clone(), Trajectories::default());
+        }
+        if let Some(t) = self.trajectories.get_mut(run) {
+            t.seed(rank, shard, step);
+        }
+    }
+
+    /// The reports that follow are replayed from the write-ahead log, until
+    /// [`Assembler::end_replay`].
+    pub fn begin_replay(&mut self) {
+        self.replaying = true;
+    }
+
+    /// The write-ahead log's reports are all replayed.
+    pub fn end_replay(&mut self) {
+        self.replaying = false;
+    }
+
+    fn released_of(&mut self, run: &Arc<str>) -> &mut Released {
+        self.released.entry(run.clone()).or_default()
+    }
+}
+
+impl Released {
+    fn insert(&mut self, key: StepKey) {
+        if self.set.insert(key) {
+            self.order.push_back(key);
+            if self.order.len() > RELEASED_MEMORY
+                && let Some(old) = self.order.pop_front()
             {
-                rel.set.remove(&old);
+                self.set.remove(&old);
             }
         }
     }
+}
+
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[cfg(test)]
@@ -219,5 +364,107 @@ mod tests {
         let done = a.add(report(1, 7, 1));
         assert_eq!(done[0].parts.len(), 2);
         assert_eq!(done[0].reports.len(), 3);
+        // The same step again is a repeat, not a resumed job.
+        assert_eq!((done[0].trajectory, a.resumes()), (0, 0));
+    }
+
+    /// Steps 0..6 of two ranks, then both go back to step 3 (a job resumed from a checkpoint):
+    /// its steps are assembled across the ranks again, in a new trajectory, not taken as late.
+    #[test]
+    fn a_resumed_job_starts_a_trajectory_the_other_ranks_join() {
+        let mut a = Assembler::new(Duration::from_secs(60), 16);
+        for step in 0..6 {
+            assert!(a.add(report(0, step, step + 1)).is_empty());
+            let done = a.add(report(1, step, step + 1));
+            assert_eq!((done.len(), done[0].trajectory), (1, 0));
+        }
+        let before = unix_nanos();
+        assert!(
+            a.add(report(0, 3, 7)).is_empty(),
+            "rank 1 has not resumed yet"
+        );
+        assert_eq!(a.resumes(), 1);
+        let done = a.add(report(1, 3, 7));
+        assert_eq!(done.len(), 1);
+        let t = done[0].trajectory;
+        assert!(!done[0].late);
+        assert_eq!(done[0].parts.len(), 2);
+        assert!(
+            t >= before,
+            "labelled with the clock when the rewind was seen"
+        );
+        assert_eq!(a.resumes(), 1, "rank 1 joined rank 0's trajectory");
+        // The resumed job goes on past the first one's last step in the same trajectory.
+        for step in 4..8 {
+            a.add(report(0, step, step + 4));
+            let done = a.add(report(1, step, step + 4));
+            assert_eq!((done[0].trajectory, done[0].late), (t, false));
+        }
+        // Resumed a second time: a later label.
+        a.add(report(0, 2, 12));
+        let done = a.add(report(1, 2, 12));
+        assert!(done[0].trajectory > t);
+        assert_eq!(a.resumes(), 2);
+    }
+
+    /// After a restart: steps a previous process published are told first, then the log's
+    /// unpublished reports are replayed. A step that waited for a straggler while later steps
+    /// were published is not a resume; a resumed job's report of a published step is.
+    #[test]
+    fn replayed_reports_below_published_steps_are_a_resume_only_over_released_steps() {
+        let mut a = Assembler::new(Duration::from_secs(60), 16);
+        let run: Arc<str> = "r".into();
+        a.begin_replay();
+        for step in [7, 9] {
+            for rank in 0..2 {
+                a.mark_published(&run, rank, 0, step);
+            }
+        }
+        // Step 8 of rank 0 was pending (rank 1 had dropped it) when 9 was published.
+        assert!(a.add(report(0, 8, 3)).is_empty());
+        assert_eq!(a.resumes(), 0);
+        // A resumed job's step 7 (published by the previous process): a new trajectory.
+        assert!(a.add(report(0, 7, 4)).is_empty());
+        assert_eq!(a.resumes(), 1);
+        let done = a.add(report(1, 7, 4));
+        assert_eq!(done.len(), 1);
+        assert!(!done[0].late && done[0].trajectory > 0);
+        assert_eq!(done[0].parts.len(), 2);
+        // Live again: going back below the highest step is a resume even where this process
+        // never saw the step (the journals of long-published steps are pruned).
+        a.end_replay();
+        a.add(report(0, 9, 5));
+        assert!(a.add(report(0, 2, 6)).is_empty());
+        assert_eq!(a.resumes(), 2);
+    }
+
+    /// A rank that straggles in the first trajectory is still late there while another rank
+    /// has already gone back: only its own steps going back move it.
+    #[test]
+    fn a_straggler_of_the_first_trajectory_stays_late_in_it() {
+        let mut a = Assembler::new(Duration::from_millis(0), 16);
+        for step in 3..5 {
+            a.add(report(1, step, step));
+            assert_eq!(a.add(report(0, step, step)).len(), 1);
+        }
+        assert!(a.add(report(0, 5, 2)).is_empty());
+        assert_eq!(
+            a.expire(Instant::now()).len(),
+            1,
+            "step 5 released without rank 1"
+        );
+        assert!(
+            a.add(report(0, 3, 3)).is_empty(),
+            "rank 0 resumed at step 3"
+        );
+        let late = a.add(report(1, 5, 2));
+        assert_eq!(late.len(), 1);
+        assert!(late[0].late);
+        assert_eq!(late[0].trajectory, 0);
+        // Rank 1 then goes back too and joins rank 0's step 3.
+        let done = a.add(report(1, 3, 3));
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].parts.len(), 2);
+        assert!(done[0].trajectory > 0);
     }
 }

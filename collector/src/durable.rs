@@ -178,7 +178,7 @@ impl Durable {
                 if self.dedup.arrive(&key, p.seq) == Seen::New {
                     self.dedup.made_durable(&key, p.seq);
                 }
-                released.push((run.clone(), p.step));
+                released.push((run.clone(), p.rank, p.shard, p.step));
             }
         }
         released.sort_unstable();

@@ -48,6 +48,7 @@ pub struct CollectorMetrics {
     pub reports_late: Counter,
     pub steps_assembled: Counter,
     pub steps_incomplete: Counter,
+    pub trajectories_resumed: Counter,
     pub merge_errors: Counter,
     pub rows_written: Counter,
     pub files_written: Counter,
@@ -104,6 +105,11 @@ impl Render for CollectorMetrics {
             "gradtel_collector_steps_incomplete_total",
             "Steps written with missing ranks or shards.",
             self.steps_incomplete.get(),
+        )
+        .counter(
+            "gradtel_collector_trajectories_resumed_total",
+            "New trajectories of a run: a rank went back to a step it had reported (a job resumed from a checkpoint).",
+            self.trajectories_resumed.get(),
         )
         .counter(
             "gradtel_collector_merge_errors_total",

@@ -26,11 +26,13 @@ use crate::tables::{Tables, steps};
 
 pub enum Inbound {
     Report(Box<Report>),
-    /// Sent once at start, before any replayed report: the steps a previous process
-    /// published (a report for one is late).
-    Released(Vec<(Arc<str>, u64)>),
-    /// Sent once at start, after the replayed reports: the runs the write-ahead log held
-    /// reports of, whose crashed writes' temporary files are deleted (not this process's).
+    /// Sent once at start, before any replayed report: the (run, rank, shard, step) of every
+    /// report a previous process published (a report for one of those steps is late, and a
+    /// rank going back below them was resumed).
+    Released(Vec<(Arc<str>, u32, u32, u64)>),
+    /// Sent once at start, after the replayed reports (the replay is over): the runs the
+    /// write-ahead log held reports of, whose crashed writes' temporary files are deleted (not
+    /// this process's).
     RemoveTemps(Vec<Arc<str>>),
     /// Release every pending step, write every buffer, then answer.
     Drain(oneshot::Sender<()>),
@@ -219,11 +221,15 @@ impl Pipeline {
                 msg = rx.recv() => match msg {
                     Some(Inbound::Report(r)) => self.on_report(*r),
                     Some(Inbound::Released(steps)) => {
-                        for (run, step) in &steps {
-                            self.assembler.mark_released(run, *step);
+                        self.assembler.begin_replay();
+                        for (run, rank, shard, step) in &steps {
+                            self.assembler.mark_published(run, *rank, *shard, *step);
                         }
                     }
-                    Some(Inbound::RemoveTemps(runs)) => self.remove_temps(&runs),
+                    Some(Inbound::RemoveTemps(runs)) => {
+                        self.assembler.end_replay();
+                        self.remove_temps(&runs);
+                    }
                     Some(Inbound::Drain(done)) => {
                         let all = self.assembler.drain();
                         self.on_assemblies(all);
@@ -265,7 +271,11 @@ impl Pipeline {
     }
 
     fn on_report(&mut self, r: Report) {
+        let resumes = self.assembler.resumes();
         let done = self.assembler.add(r);
+        self.metrics
+            .trajectories_resumed
+            .add(self.assembler.resumes() - resumes);
         self.on_assemblies(done);
     }
 
@@ -286,6 +296,12 @@ impl Pipeline {
                 tracing::error!(run = %a.run_id, step = a.step, errors, "summaries left out of a merge");
             }
             let mut tables = self.live.observe(&a, &mut rows, now);
+            for r in &mut tables.tails {
+                r.trajectory = a.trajectory;
+            }
+            for r in &mut tables.sgn {
+                r.trajectory = a.trajectory;
+            }
             tables.steps = rows;
             self.sink.append(a.run_id.clone(), tables, a.reports);
         }
@@ -414,6 +430,7 @@ mod tests {
             parts: vec![Report::for_test(0, 1, 1, &[("fc.w", &[1.0, -2.0][..])])],
             reports: vec![],
             late: false,
+            trajectory: 0,
         };
         Tables {
             steps: build_rows(&a, 0).0,

@@ -304,12 +304,17 @@ def _push_layout(client: Client, step: int, flat: np.ndarray, layout: list) -> N
 class Watcher:
     """What the watch functions return: counts steps and pushes through the client."""
 
-    def __init__(self, client: Client, every: int):
+    def __init__(self, client: Client, every: int, start_step: int = 0):
         if every < 1:
             raise GradtelError("every must be ≥ 1")
+        if start_step < 0:
+            raise GradtelError("start_step must be ≥ 0")
         self.client = client
         self.every = every
-        self.step = 0
+        #: The step the next ``end_step`` closes. A job resumed from a checkpoint starts at the
+        #: checkpoint's step (``start_step=``), so its steps line up with the first run's and
+        #: the collector takes them as a resumed trajectory of the same run (README).
+        self.step = start_step
         #: While True no step is reported (evaluation, or a run measuring what the telemetry
         #: costs in blocks of steps with and without it); in data-parallel runs every rank
         #: must pause on the same steps.
@@ -435,12 +440,14 @@ def watch(
     every: int = 1,
     params: ParamFilter = None,
     track_count: Optional[int] = None,
+    start_step: int = 0,
 ) -> Watcher:
     """Report the gradients of ``model``'s parameters (all trainable ones, or those ``params``
-    selects: a list of names or a predicate ``(name, param) → bool``) every ``every`` steps."""
+    selects: a list of names or a predicate ``(name, param) → bool``) every ``every`` steps.
+    Steps count from ``start_step`` (a job resumed from a checkpoint: the checkpoint's step)."""
+    w = Watcher(client, every, start_step)
     named = [(_strip(n), p) for n, p in _select(model, params)]
     client.register(_layout(named, track_count))
-    w = Watcher(client, every)
     post_accumulate = hasattr(torch.Tensor, "register_post_accumulate_grad_hook")
     for name, p in named:
         if post_accumulate:
@@ -571,20 +578,22 @@ def watch_ddp(
     params: ParamFilter = None,
     track_count: Optional[int] = None,
     process_group=None,
+    start_step: int = 0,
 ) -> Watcher:
     """Report every rank's local (pre-all-reduce) gradient through a DDP communication hook, then
-    all-reduce as DDP does by default. Register before the first forward pass."""
+    all-reduce as DDP does by default. Register before the first forward pass. Steps count from
+    ``start_step`` (a job resumed from a checkpoint: the checkpoint's step)."""
+    w = Watcher(client, every, start_step)
     named = [(_strip(n), p) for n, p in _select(ddp_model, params)]
     client.register(_layout(named, track_count))
-    w = Watcher(client, every)
     state = _DDPState(w, {id(p): n for n, p in named}, process_group)
     ddp_model.register_comm_hook(state, _ddp_hook)
     return w
 
 
 class _FSDPWatcher(Watcher):
-    def __init__(self, client: Client, every: int, flats: list):
-        super().__init__(client, every)
+    def __init__(self, client: Client, every: int, flats: list, start_step: int = 0):
+        super().__init__(client, every, start_step)
         self.flats = flats  # (flat parameter, [(name, param_index, start, end, shard_offset)])
 
     def _before_end(self) -> None:
@@ -603,16 +612,20 @@ def watch_fsdp(
     *,
     every: int = 1,
     track_count: Optional[int] = None,
+    start_step: int = 0,
 ) -> Watcher:
     """Report, at each ``end_step``, the coordinates of every original parameter that this rank's
     FSDP shard holds (the reduce-scattered gradient, with ``owned`` ranges in the layout so the
     collector merges the shards into the full gradient). Needs torch ≥ 2.1 (``use_orig_params``
-    either way); call ``end_step`` after backward and before ``zero_grad``.
+    either way); call ``end_step`` after backward and before ``zero_grad``. Steps count from
+    ``start_step`` (a job resumed from a checkpoint: the checkpoint's step).
 
     The ranks' reports are shards of one reduced gradient, so the client is
     ``Client(run_id, rank=0, world_size=1, shard=dist.get_rank(), shard_count=world)``."""
     import torch.distributed as dist
 
+    if every < 1 or start_step < 0:
+        raise GradtelError("every must be ≥ 1 and start_step ≥ 0")
     if dist.is_initialized() and client.shard_count != dist.get_world_size():
         raise GradtelError(
             "FSDP shards the gradient over the process group: create the client with "
@@ -649,7 +662,7 @@ def watch_fsdp(
     if not layout:
         raise GradtelError("no FSDP flat parameter with a local shard found")
     client.register(layout)
-    return _FSDPWatcher(client, every, flats)
+    return _FSDPWatcher(client, every, flats, start_step)
 
 
 __all__ = ["watch", "watch_ddp", "watch_fsdp", "Watcher"]

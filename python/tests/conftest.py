@@ -28,7 +28,7 @@ def _binaries():
 def collector(tmp_path):
     c = Collector(
         str(tmp_path / "lake"),
-        extra=["--roll-interval", "200ms", "--straggler-timeout", "3s"],
+        extra=["--roll-interval", "200ms", "--straggler-timeout", "3s", "--metrics", "127.0.0.1:0"],
     )
     yield c
     if c.alive():

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -73,6 +74,44 @@ def test_watch_single_process_reports_the_grads(collector, agent_factory):
     assert len(coords) == 3 * (20 * 30 + 30), "every coordinate is tracked at this budget"
     for c in coords:
         assert c["value"] == grads[c["step"]][c["tensor"]][c["index"]]
+
+
+def test_a_job_resumed_from_a_checkpoint_is_a_new_trajectory_of_its_run(collector, agent_factory):
+    """A first job reports steps 0-7; a second one, resumed from the checkpoint of step 4, starts
+    its watcher there (``start_step=4``) and reports 4-9 under the same run id. The collector
+    sees the rank go back and writes the resumed steps as a new trajectory of the run."""
+    from conftest import metric
+
+    agent = agent_factory()
+    torch.manual_seed(1)
+    model = torch.nn.Linear(10, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    bad = gradtel.Client("py-resume", socket=agent.socket)
+    with pytest.raises(gradtel.GradtelError):
+        watch(model, bad, start_step=-1)
+    bad.close()
+
+    def job(start, stop):
+        w = watch(model, gradtel.Client("py-resume", socket=agent.socket), start_step=start)
+        for _ in range(start, stop):
+            opt.zero_grad()
+            model(torch.randn(8, 10)).pow(2).mean().backward()
+            opt.step()
+            w.end_step()
+        stats = w.close()
+        assert stats.steps_delivered == stop - start, stats
+
+    job(0, 8)
+    job(4, 10)
+    deadline = time.monotonic() + 30
+    while metric(collector, "gradtel_collector_trajectories_resumed_total") < 1:
+        assert time.monotonic() < deadline, "the resume was not recognised"
+        time.sleep(0.05)
+    steps = stop_and_read(collector, [agent], "py-resume", "steps").to_pylist()
+    model_rows = sorted(
+        (r["step"], r["trajectory"] > 0) for r in steps if r["scope_kind"] == "model")
+    assert model_rows == sorted([(s, False) for s in range(8)] + [(s, True) for s in range(4, 10)])
+    assert not any(r["late"] for r in steps)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

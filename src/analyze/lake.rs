@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float32Type, Float64Type, UInt32Type, UInt64Type};
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// Runs present in the lake (directories `run=<id>` holding at least one table).
@@ -82,14 +83,39 @@ pub fn for_each_batch(
     lake: &Path,
     run: &str,
     table: &str,
+    f: impl FnMut(&Batch) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    for_each_batch_of(lake, run, table, None, f)
+}
+
+/// As [`for_each_batch`], reading only the named top-level columns when `columns` is given
+/// (a name a file lacks is left out of its batches).
+pub fn for_each_batch_of(
+    lake: &Path,
+    run: &str,
+    table: &str,
+    columns: Option<&[&str]>,
     mut f: impl FnMut(&Batch) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     for path in files(lake, run, table)? {
         let file = File::open(&path).with_context(|| format!("open {}", path.display()))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        let mut builder = ParquetRecordBatchReaderBuilder::try_new(file)
             .with_context(|| format!("{} is not a Parquet file", path.display()))?
-            .with_batch_size(8192)
-            .build()?;
+            .with_batch_size(8192);
+        if let Some(names) = columns {
+            let schema = builder.parquet_schema();
+            let roots: Vec<usize> = schema
+                .root_schema()
+                .get_fields()
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| names.contains(&f.name()))
+                .map(|(i, _)| i)
+                .collect();
+            let mask = ProjectionMask::roots(schema, roots);
+            builder = builder.with_projection(mask);
+        }
+        let reader = builder.build()?;
         for batch in reader {
             let batch = batch.with_context(|| format!("reading {}", path.display()))?;
             f(&Batch {
@@ -154,6 +180,12 @@ impl<'a> Batch<'a> {
     pub fn strs(&self, name: &str) -> anyhow::Result<Vec<String>> {
         let c = self.column(name, &[DataType::Utf8])?.as_string::<i32>();
         Ok((0..c.len()).map(|i| c.value(i).to_string()).collect())
+    }
+
+    /// Whether the batch has a column of this name (a lake written by an older collector may
+    /// lack a later one).
+    pub fn has(&self, name: &str) -> bool {
+        self.batch.column_by_name(name).is_some()
     }
 
     /// Unsigned integer column (u32 or u64) as u64; nulls as `None`.

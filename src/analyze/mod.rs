@@ -111,10 +111,18 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<Analysis> {
         },
     };
     let pattern = args.tensors.as_deref().map(Pattern::new);
+    let trajectories = objects::Trajectories::read(&args.lake, &run)?;
+    if trajectories.resumed_steps() > 0 {
+        tracing::info!(
+            steps = trajectories.resumed_steps(),
+            "steps the run reported again after a resume: their latest trajectory counts"
+        );
+    }
     let mut sel = Selection {
         steps: args.steps,
         tensors: pattern.as_ref(),
         partition: (0, 1),
+        trajectories: &trajectories,
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let opts = TestOptions {

@@ -60,6 +60,56 @@ pub struct Selection<'a> {
     pub steps: Option<(u64, u64)>,
     pub tensors: Option<&'a glob_lite::Pattern>,
     pub partition: (u64, u64),
+    pub trajectories: &'a Trajectories,
+}
+
+/// The trajectory each step of a run counts from. A job resumed from a checkpoint under the
+/// same run id reports the steps since the checkpoint again, and the collector writes them in
+/// a new trajectory of the run (a larger `trajectory` value): the latest trajectory of a step
+/// is the training that went on, so only its rows count.
+#[derive(Debug, Default)]
+pub struct Trajectories(HashMap<u64, u64>);
+
+impl Trajectories {
+    /// From the `steps` table: each step's largest `trajectory` (0 throughout a lake written
+    /// before the column existed).
+    pub fn read(lake: &Path, run: &str) -> anyhow::Result<Self> {
+        let mut latest: HashMap<u64, u64> = HashMap::new();
+        let columns = ["step", "trajectory"];
+        lake::for_each_batch_of(lake, run, "steps", Some(&columns), |b| {
+            let step = b.u64s("step")?;
+            let trajectory = trajectories(b)?;
+            for (s, t) in step.iter().zip(trajectory) {
+                let t_max = latest.entry(s.unwrap_or(0)).or_default();
+                *t_max = (*t_max).max(t);
+            }
+            Ok(())
+        })?;
+        latest.retain(|_, t| *t > 0);
+        Ok(Self(latest))
+    }
+
+    /// Whether a row of `step` in `trajectory` counts.
+    fn current(&self, step: u64, trajectory: u64) -> bool {
+        self.0.get(&step).is_none_or(|&t| trajectory >= t)
+    }
+
+    /// Steps reported in more than one trajectory.
+    pub fn resumed_steps(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// The `trajectory` column of a batch, 0 where the file has none.
+fn trajectories(b: &lake::Batch) -> anyhow::Result<Vec<u64>> {
+    Ok(if b.has("trajectory") {
+        b.u64s("trajectory")?
+            .into_iter()
+            .map(|t| t.unwrap_or(0))
+            .collect()
+    } else {
+        vec![0; b.rows()]
+    })
 }
 
 impl Selection<'_> {
@@ -95,12 +145,14 @@ struct TensorRow<'a> {
     moments: Moments,
 }
 
-/// Call `f` on every non-late tensor row of `steps` that `keep(step, tensor)` accepts, once per
-/// (step, tensor): a repeat of a row (a lake some writer wrote a step into twice) is skipped.
+/// Call `f` on every non-late tensor row of `steps` that `keep(step, tensor)` accepts and that
+/// is of its step's latest trajectory, once per (step, tensor): a repeat of a row (a lake some
+/// writer wrote a step into twice) is skipped.
 fn for_each_tensor_row(
     lake: &Path,
     run: &str,
     keep: impl Fn(u64, &str) -> bool,
+    latest: &Trajectories,
     mut f: impl FnMut(TensorRow),
 ) -> anyhow::Result<()> {
     let mut seen: HashSet<(u64, String)> = HashSet::new();
@@ -108,6 +160,7 @@ fn for_each_tensor_row(
         let kind = b.strs("scope_kind")?;
         let scope = b.strs("scope")?;
         let step = b.u64s("step")?;
+        let trajectory = trajectories(b)?;
         let late = b.bools("late")?;
         let precision = b.u64s("hist_precision_bits")?;
         let index = b.u64_lists("hist_index")?;
@@ -119,6 +172,7 @@ fn for_each_tensor_row(
             let s = step[i].unwrap_or(0);
             if kind[i] != "tensor"
                 || late[i]
+                || !latest.current(s, trajectory[i])
                 || !keep(s, &scope[i])
                 || !seen.insert((s, scope[i].clone()))
             {
@@ -149,7 +203,7 @@ fn for_each_tensor_row(
 pub fn dimension(lake: &Path, run: &str, sel: &Selection) -> anyhow::Result<Vec<Sample>> {
     let mut out = Vec::new();
     let keep = |s: u64, t: &str| sel.step(s) && sel.tensor(t);
-    for_each_tensor_row(lake, run, keep, |row| {
+    for_each_tensor_row(lake, run, keep, sel.trajectories, |row| {
         let mut sample = Sample {
             object: "dimension",
             step: Some(row.step),
@@ -205,9 +259,13 @@ pub fn series(lake: &Path, run: &str, sel: &Selection) -> anyhow::Result<Series>
         let index = b.u64s("index")?;
         let value = b.f64s("value")?;
         let local = b.bools("local")?;
+        let trajectory = trajectories(&b)?;
         for i in 0..b.rows() {
             let s = step[i].unwrap_or(0);
-            if !sel.step(s) || !sel.tensor(&tensor[i]) {
+            if !sel.step(s)
+                || !sel.tensor(&tensor[i])
+                || !sel.trajectories.current(s, trajectory[i])
+            {
                 continue;
             }
             let (Some(v), Some(j), Some(r)) = (value[i], index[i], rank[i]) else {
@@ -397,10 +455,12 @@ pub fn histogram_of(
     step: u64,
 ) -> anyhow::Result<Option<LogHistogram>> {
     let mut found = None;
+    let latest = Trajectories::read(lake, run)?;
     for_each_tensor_row(
         lake,
         run,
         |s, t| s == step && t == tensor,
+        &latest,
         |row| found = row.histogram.ok(),
     )?;
     Ok(found)

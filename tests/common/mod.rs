@@ -349,6 +349,14 @@ pub fn records(batches: &[RecordBatch]) -> Vec<Record> {
     out
 }
 
+/// The value of an unlabelled sample in Prometheus text.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
 /// `GET path` over plain HTTP/1.1; returns (status code, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};

@@ -119,7 +119,14 @@ impl Live {
             for t in &p.tracked {
                 let name = &names[t.name.as_str()];
                 out.coords.push_group(
-                    &run, a.step, p.key.rank, name, p.local, a.late, &t.index, &t.value,
+                    &run,
+                    (a.step, a.trajectory),
+                    p.key.rank,
+                    name,
+                    p.local,
+                    a.late,
+                    &t.index,
+                    &t.value,
                 );
             }
         }
@@ -510,6 +517,7 @@ mod tests {
                 parts,
                 reports: vec![],
                 late: false,
+                trajectory: 0,
             };
             let (mut rows, _) = crate::tables::steps::build_rows(&a, 0);
             all.append(live.observe(&a, &mut rows, 0));

@@ -30,6 +30,8 @@ pub const TABLE: &str = "coords";
 pub struct CoordRow {
     pub run_id: Arc<str>,
     pub step: u64,
+    /// The run's trajectory the step belongs to (`Assembly::trajectory`).
+    pub trajectory: u64,
     pub rank: u32,
     pub tensor: Arc<str>,
     /// Flattened (row-major) coordinate within the tensor.
@@ -46,6 +48,7 @@ pub struct CoordRow {
 struct Group {
     run_id: Arc<str>,
     step: u64,
+    trajectory: u64,
     rank: u32,
     tensor: Arc<str>,
     local: bool,
@@ -98,7 +101,7 @@ impl Coords {
     pub fn push_group(
         &mut self,
         run_id: &Arc<str>,
-        step: u64,
+        (step, trajectory): (u64, u64),
         rank: u32,
         tensor: &Arc<str>,
         local: bool,
@@ -117,6 +120,7 @@ impl Coords {
         c.groups.push(Group {
             run_id: run_id.clone(),
             step,
+            trajectory,
             rank,
             tensor: tensor.clone(),
             local,
@@ -131,8 +135,9 @@ impl Coords {
         if let Some(c) = self.chunks.last_mut()
             && let Some(g) = c.groups.last_mut()
             && g.end == c.index.len()
-            && (&*g.run_id, g.step, g.rank, &*g.tensor, g.local, g.late)
-                == (&*r.run_id, r.step, r.rank, &*r.tensor, r.local, r.late)
+            && (&*g.run_id, g.step, g.trajectory, g.rank, &*g.tensor)
+                == (&*r.run_id, r.step, r.trajectory, r.rank, &*r.tensor)
+            && (g.local, g.late) == (r.local, r.late)
         {
             c.index.push(r.index);
             c.value.push(r.value);
@@ -142,7 +147,7 @@ impl Coords {
         }
         self.push_group(
             &r.run_id,
-            r.step,
+            (r.step, r.trajectory),
             r.rank,
             &r.tensor,
             r.local,
@@ -193,6 +198,7 @@ impl Coords {
             r.map(move |i| CoordRow {
                 run_id: g.run_id.clone(),
                 step: g.step,
+                trajectory: g.trajectory,
                 rank: g.rank,
                 tensor: g.tensor.clone(),
                 index: c.index[i],
@@ -288,6 +294,12 @@ fn batch_of(chunks: &[Chunk]) -> Result<RecordBatch, ArrowError> {
         (
             "step",
             Arc::new(UInt64Array::from_iter_values(groups().map(|g| g.step))) as ArrayRef,
+        ),
+        (
+            "trajectory",
+            Arc::new(UInt64Array::from_iter_values(
+                groups().map(|g| g.trajectory),
+            )),
         ),
         (
             "rank",
@@ -388,6 +400,7 @@ mod tests {
         Columns::new(rows)
             .str("run_id", |r| &r.run_id)
             .u64("step", |r| r.step)
+            .u64("trajectory", |r| r.trajectory)
             .u32("rank", |r| r.rank)
             .str("tensor", |r| &r.tensor)
             .u64("index", |r| r.index)
@@ -398,14 +411,15 @@ mod tests {
             .expect("batch")
     }
 
-    /// (run, step, rank, tensor, local, late, (index, value) pairs) of one group.
-    type GroupSpec = (u8, u64, u32, u8, bool, bool, Vec<(u64, f32)>);
+    /// (run, step, trajectory, rank, tensor, local, late, (index, value) pairs) of one group.
+    type GroupSpec = (u8, u64, u64, u32, u8, bool, bool, Vec<(u64, f32)>);
 
     fn groups() -> impl Strategy<Value = Vec<GroupSpec>> {
         proptest::collection::vec(
             (
                 0u8..3,
                 0u64..1000,
+                0u64..3,
                 0u32..8,
                 0u8..4,
                 any::<bool>(),
@@ -417,14 +431,24 @@ mod tests {
     }
 
     fn fill(c: &mut Coords, rows: &mut Vec<CoordRow>, gs: &[GroupSpec]) {
-        for (run, step, rank, tensor, local, late, vals) in gs {
+        for (run, step, trajectory, rank, tensor, local, late, vals) in gs {
             let run: Arc<str> = format!("run-{run}").into();
             let tensor: Arc<str> = format!("layer{tensor}.weight").into();
             let (index, value): (Vec<u64>, Vec<f32>) = vals.iter().copied().unzip();
-            c.push_group(&run, *step, *rank, &tensor, *local, *late, &index, &value);
+            c.push_group(
+                &run,
+                (*step, *trajectory),
+                *rank,
+                &tensor,
+                *local,
+                *late,
+                &index,
+                &value,
+            );
             rows.extend(vals.iter().map(|&(index, value)| CoordRow {
                 run_id: run.clone(),
                 step: *step,
+                trajectory: *trajectory,
                 rank: *rank,
                 tensor: tensor.clone(),
                 index,
@@ -448,7 +472,7 @@ mod tests {
             prop_assert_eq!(ca.len(), rows.len());
             prop_assert_eq!(ca.rows().collect::<Vec<_>>(), rows.clone());
             let batch = ca.to_batch().expect("batch");
-            prop_assert_eq!(batch.num_rows(), a.iter().chain(&b).filter(|g| !g.6.is_empty()).count());
+            prop_assert_eq!(batch.num_rows(), a.iter().chain(&b).filter(|g| !g.7.is_empty()).count());
             let (got, want) = (explode(&batch).expect("explode"), by_rows(&rows));
             prop_assert_eq!(got.schema(), want.schema());
             // Compared as bits: NaN values must come through too.
@@ -506,9 +530,9 @@ mod tests {
     fn a_row_per_report_tensor_with_its_values_as_lists() {
         let mut c = Coords::default();
         let (run, a, b): (Arc<str>, Arc<str>, Arc<str>) = ("r".into(), "a".into(), "b".into());
-        c.push_group(&run, 7, 0, &a, true, false, &[1, 5], &[0.5, -1.0]);
-        c.push_group(&run, 7, 1, &a, true, false, &[1, 5], &[0.25, 2.0]);
-        c.push_group(&run, 7, 1, &b, false, true, &[3], &[4.0]);
+        c.push_group(&run, (7, 0), 0, &a, true, false, &[1, 5], &[0.5, -1.0]);
+        c.push_group(&run, (7, 0), 1, &a, true, false, &[1, 5], &[0.25, 2.0]);
+        c.push_group(&run, (7, 0), 1, &b, false, true, &[3], &[4.0]);
         let batch = c.to_batch().expect("batch");
         assert_eq!(batch.num_rows(), 3);
         let list = |name: &str, row: usize| {
@@ -542,8 +566,9 @@ mod tests {
         // A batch already a row per value (the earlier layout) passes through.
         assert_eq!(explode(&flat).expect("explode"), flat);
         // Lists of different lengths in one row are refused.
+        let v = batch.schema().index_of("value").expect("value column");
         let mut cols = batch.columns().to_vec();
-        cols[5] = Arc::new(ListArray::new(
+        cols[v] = Arc::new(ListArray::new(
             Arc::new(Field::new("item", DataType::Float32, false)),
             OffsetBuffer::from_lengths([2, 1, 2]),
             Arc::new(Float32Array::from(vec![0.0; 5])),
@@ -553,7 +578,7 @@ mod tests {
         assert!(explode(&bad).is_err());
         // Lists whose values start at different offsets of their arrays pair by position.
         let mut shifted = batch.columns().to_vec();
-        shifted[5] = Arc::new(ListArray::new(
+        shifted[v] = Arc::new(ListArray::new(
             Arc::new(Field::new("item", DataType::Float32, false)),
             OffsetBuffer::new(ScalarBuffer::from(vec![1, 3, 5, 6])),
             Arc::new(Float32Array::from(vec![9.0, 0.5, -1.0, 0.25, 2.0, 4.0])),
@@ -565,7 +590,7 @@ mod tests {
             explode(&batch).expect("explode")
         );
         // A row without lists is refused.
-        cols[5] = Arc::new(ListArray::new(
+        cols[v] = Arc::new(ListArray::new(
             Arc::new(Field::new("item", DataType::Float32, false)),
             OffsetBuffer::from_lengths([2, 2, 1]),
             Arc::new(Float32Array::from(vec![0.0; 5])),
@@ -577,7 +602,7 @@ mod tests {
             .iter()
             .map(|f| f.as_ref().clone())
             .collect();
-        fields[5] = fields[5].clone().with_nullable(true);
+        fields[v] = fields[v].clone().with_nullable(true);
         let bad = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).expect("batch");
         assert!(explode(&bad).is_err());
     }
@@ -586,8 +611,8 @@ mod tests {
     fn lists_of_unequal_length_keep_the_pairs() {
         let mut c = Coords::default();
         let (run, t): (Arc<str>, Arc<str>) = ("r".into(), "t".into());
-        c.push_group(&run, 1, 0, &t, true, false, &[4, 5, 6], &[0.5, 1.5]);
-        c.push_group(&run, 1, 0, &t, true, false, &[], &[]);
+        c.push_group(&run, (1, 0), 0, &t, true, false, &[4, 5, 6], &[0.5, 1.5]);
+        c.push_group(&run, (1, 0), 0, &t, true, false, &[], &[]);
         assert_eq!(c.len(), 2);
         let rows: Vec<_> = c.rows().map(|r| (r.index, r.value)).collect();
         assert_eq!(rows, [(4, 0.5), (5, 1.5)]);

@@ -20,6 +20,8 @@ pub const TABLE: &str = "sgn";
 pub struct SgnRow {
     pub run_id: Arc<str>,
     pub step: u64,
+    /// The run's trajectory the step belongs to (`Assembly::trajectory`).
+    pub trajectory: u64,
     /// `tensor` or `model` (tracked coordinates), or `projection` (the sketched full gradient).
     pub scope_kind: &'static str,
     pub scope: String,
@@ -48,6 +50,7 @@ pub fn to_batch(rows: &[SgnRow]) -> Result<RecordBatch, ArrowError> {
     Columns::new(rows)
         .str("run_id", |r| &r.run_id)
         .u64("step", |r| r.step)
+        .u64("trajectory", |r| r.trajectory)
         .str("scope_kind", |r| r.scope_kind)
         .str("scope", |r| &r.scope)
         .u32("ranks", |r| r.ranks)

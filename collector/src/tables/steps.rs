@@ -30,6 +30,8 @@ pub fn layer_of(name: &str) -> &str {
 pub struct StepRow {
     pub run_id: Arc<str>,
     pub step: u64,
+    /// The run's trajectory (`Assembly::trajectory`).
+    pub trajectory: u64,
     pub scope_kind: &'static str,
     pub scope: String,
     pub local: bool,
@@ -230,6 +232,7 @@ pub fn build_rows(a: &Assembly, assembled_at_ns: i64) -> (Vec<StepRow>, u64) {
     let row = |kind: &'static str, scope: String, acc: Acc| StepRow {
         run_id: a.run_id.clone(),
         step: a.step,
+        trajectory: a.trajectory,
         scope_kind: kind,
         scope,
         local: a.parts.iter().all(|p| p.local),
@@ -302,6 +305,7 @@ pub fn to_batch(rows: &[StepRow]) -> Result<RecordBatch, ArrowError> {
     let mut c = Columns::new(rows)
         .str("run_id", |r| &r.run_id)
         .u64("step", |r| r.step)
+        .u64("trajectory", |r| r.trajectory)
         .str("scope_kind", |r| r.scope_kind)
         .str("scope", |r| &r.scope)
         .bool("local", |r| r.local)
@@ -386,6 +390,7 @@ mod tests {
             ],
             reports: vec![],
             late: false,
+            trajectory: 0,
         };
         let (rows, errors) = build_rows(&a, 0);
         assert_eq!(errors, 0);
@@ -435,6 +440,7 @@ mod tests {
             }],
             reports: vec![],
             late: false,
+            trajectory: 0,
         };
         let mut tables = Tables {
             steps: build_rows(&assembly(1, Some(0.5)), 0).0,

@@ -27,6 +27,8 @@ pub const TABLE: &str = "tails";
 pub struct TailRow {
     pub run_id: Arc<str>,
     pub step: u64,
+    /// The run's trajectory the step belongs to (`Assembly::trajectory`).
+    pub trajectory: u64,
     pub object: &'static str,
     pub scope_kind: &'static str,
     pub scope: String,
@@ -60,6 +62,7 @@ pub fn to_batch(rows: &[TailRow]) -> Result<RecordBatch, ArrowError> {
     Columns::new(rows)
         .str("run_id", |r| &r.run_id)
         .u64("step", |r| r.step)
+        .u64("trajectory", |r| r.trajectory)
         .str("object", |r| r.object)
         .str("scope_kind", |r| r.scope_kind)
         .str("scope", |r| &r.scope)
