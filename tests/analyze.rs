@@ -291,6 +291,21 @@ fn a_resumed_run_is_assembled_again_and_its_latest_trajectory_counts() {
     );
     let lake = h.finish(50).to_path_buf();
 
+    // One `resumed` alert: the first rank back, from step 29 to step 20.
+    let resumed: Vec<_> = common::records(&common::read_table(&lake, "alerts"))
+        .into_iter()
+        .filter(|r| r.s("kind") == "resumed")
+        .collect();
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(
+        (
+            resumed[0].n("step"),
+            resumed[0].n("value"),
+            resumed[0].n("threshold")
+        ),
+        (Some(20.0), Some(20.0), Some(29.0))
+    );
+
     // Every step of both trajectories merged from both ranks; the resumed ones labelled.
     let model: Vec<_> = common::records(&common::read_table(&lake, "steps"))
         .into_iter()

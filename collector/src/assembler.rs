@@ -56,6 +56,18 @@ struct Pending {
     first_at: Instant,
 }
 
+/// A run's new trajectory: the first of its ranks to go back, and where from and to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resume {
+    pub run_id: Arc<str>,
+    pub rank: u32,
+    pub shard: u32,
+    /// The highest step the rank had reported, and the step it went back to.
+    pub from: u64,
+    pub to: u64,
+    pub trajectory: u64,
+}
+
 /// (trajectory, step) of a run.
 type StepKey = (u64, u64);
 
@@ -84,8 +96,9 @@ impl Default for Trajectories {
 }
 
 impl Trajectories {
-    /// The label of the trajectory a report of `step` by (rank, shard) belongs to, and whether
-    /// it began one (no other rank had gone back that far in the run's trajectories yet).
+    /// The label of the trajectory a report of `step` by (rank, shard) belongs to, and, when it
+    /// began one (no other rank had gone back that far in the run's trajectories yet), the
+    /// highest step the rank had reported before.
     ///
     /// A rank goes back when it reports a step below its highest one, and `counts` says the
     /// step may be a resume (see [`Assembler::add`]). Equal steps are not one (an agent that
@@ -95,15 +108,15 @@ impl Trajectories {
         (rank, shard, step): (u32, u32, u64),
         counts: impl Fn(StepKey) -> bool,
         now_ns: impl FnOnce() -> u64,
-    ) -> (u64, bool) {
+    ) -> (u64, Option<u64>) {
         let (highest, at) = self.sources.entry((rank, shard)).or_insert((step, 0));
-        let mut began = false;
+        let mut began = None;
         if step < *highest && self.labels[..=*at].iter().any(|&l| counts((l, step))) {
             *at += 1;
             if *at == self.labels.len() {
                 let last = self.labels.last().copied().unwrap_or(0);
                 self.labels.push(now_ns().max(last + 1));
-                began = true;
+                began = Some(*highest);
             }
             *highest = step;
         } else {
@@ -125,8 +138,8 @@ pub struct Assembler {
     pending: HashMap<(Arc<str>, u64, u64), Pending>,
     released: HashMap<Arc<str>, Released>,
     trajectories: HashMap<Arc<str>, Trajectories>,
-    /// Trajectories begun (resumed jobs seen), for the metrics.
-    resumes: u64,
+    /// Trajectories begun since [`Assembler::take_resumes`] last took them.
+    resumes: Vec<Resume>,
     /// Between [`Assembler::begin_replay`] and [`Assembler::end_replay`]: the reports come from
     /// the write-ahead log of a previous process.
     replaying: bool,
@@ -140,14 +153,15 @@ impl Assembler {
             pending: HashMap::new(),
             released: HashMap::new(),
             trajectories: HashMap::new(),
-            resumes: 0,
+            resumes: Vec::new(),
             replaying: false,
         }
     }
 
-    /// Trajectories begun so far: reports of a resumed job going back over reported steps.
-    pub fn resumes(&self) -> u64 {
-        self.resumes
+    /// The trajectories begun since the last call: resumed jobs going back over reported
+    /// steps.
+    pub fn take_resumes(&mut self) -> Vec<Resume> {
+        std::mem::take(&mut self.resumes)
     }
 
     pub fn pending_len(&self) -> usize {
@@ -175,13 +189,19 @@ impl Assembler {
                 let mut t = Trajectories::default();
                 t.sources.insert((r.key.rank, r.key.shard), (step, 0));
                 self.trajectories.insert(run.clone(), t);
-                (0, false)
+                (0, None)
             }
         };
         let late = released.is_some_and(|rel| rel.set.contains(&(trajectory, step)));
-        if began {
-            self.resumes += 1;
-            tracing::info!(run = %run, rank = r.key.rank, shard = r.key.shard, step, trajectory, "a rank went back to an earlier step: the run was resumed, its steps from here on form a new trajectory");
+        if let Some(from) = began {
+            self.resumes.push(Resume {
+                run_id: run.clone(),
+                rank: r.key.rank,
+                shard: r.key.shard,
+                from,
+                to: step,
+                trajectory,
+            });
         }
         if late {
             return vec![Assembly {
@@ -314,6 +334,12 @@ fn unix_nanos() -> u64 {
 mod tests {
     use super::*;
 
+    /// Trajectories begun so far.
+    fn resumes(a: &mut Assembler, seen: &mut Vec<Resume>) -> usize {
+        seen.extend(a.take_resumes());
+        seen.len()
+    }
+
     fn report(rank: u32, step: u64, seq: u64) -> Report {
         Report {
             seq,
@@ -356,6 +382,7 @@ mod tests {
 
     #[test]
     fn a_repeated_rank_is_acked_but_merged_once() {
+        let mut seen = Vec::new();
         let mut a = Assembler::new(Duration::from_secs(60), 16);
         a.add(report(0, 7, 1));
         let mut again = report(0, 7, 1);
@@ -365,13 +392,14 @@ mod tests {
         assert_eq!(done[0].parts.len(), 2);
         assert_eq!(done[0].reports.len(), 3);
         // The same step again is a repeat, not a resumed job.
-        assert_eq!((done[0].trajectory, a.resumes()), (0, 0));
+        assert_eq!((done[0].trajectory, resumes(&mut a, &mut seen)), (0, 0));
     }
 
     /// Steps 0..6 of two ranks, then both go back to step 3 (a job resumed from a checkpoint):
     /// its steps are assembled across the ranks again, in a new trajectory, not taken as late.
     #[test]
     fn a_resumed_job_starts_a_trajectory_the_other_ranks_join() {
+        let mut seen = Vec::new();
         let mut a = Assembler::new(Duration::from_secs(60), 16);
         for step in 0..6 {
             assert!(a.add(report(0, step, step + 1)).is_empty());
@@ -383,7 +411,7 @@ mod tests {
             a.add(report(0, 3, 7)).is_empty(),
             "rank 1 has not resumed yet"
         );
-        assert_eq!(a.resumes(), 1);
+        assert_eq!(resumes(&mut a, &mut seen), 1);
         let done = a.add(report(1, 3, 7));
         assert_eq!(done.len(), 1);
         let t = done[0].trajectory;
@@ -393,7 +421,22 @@ mod tests {
             t >= before,
             "labelled with the clock when the rewind was seen"
         );
-        assert_eq!(a.resumes(), 1, "rank 1 joined rank 0's trajectory");
+        assert_eq!(
+            resumes(&mut a, &mut seen),
+            1,
+            "rank 1 joined rank 0's trajectory"
+        );
+        assert_eq!(
+            seen[0],
+            Resume {
+                run_id: "r".into(),
+                rank: 0,
+                shard: 0,
+                from: 5,
+                to: 3,
+                trajectory: t
+            }
+        );
         // The resumed job goes on past the first one's last step in the same trajectory.
         for step in 4..8 {
             a.add(report(0, step, step + 4));
@@ -404,7 +447,7 @@ mod tests {
         a.add(report(0, 2, 12));
         let done = a.add(report(1, 2, 12));
         assert!(done[0].trajectory > t);
-        assert_eq!(a.resumes(), 2);
+        assert_eq!(resumes(&mut a, &mut seen), 2);
     }
 
     /// After a restart: steps a previous process published are told first, then the log's
@@ -412,6 +455,7 @@ mod tests {
     /// were published is not a resume; a resumed job's report of a published step is.
     #[test]
     fn replayed_reports_below_published_steps_are_a_resume_only_over_released_steps() {
+        let mut seen = Vec::new();
         let mut a = Assembler::new(Duration::from_secs(60), 16);
         let run: Arc<str> = "r".into();
         a.begin_replay();
@@ -422,10 +466,10 @@ mod tests {
         }
         // Step 8 of rank 0 was pending (rank 1 had dropped it) when 9 was published.
         assert!(a.add(report(0, 8, 3)).is_empty());
-        assert_eq!(a.resumes(), 0);
+        assert_eq!(resumes(&mut a, &mut seen), 0);
         // A resumed job's step 7 (published by the previous process): a new trajectory.
         assert!(a.add(report(0, 7, 4)).is_empty());
-        assert_eq!(a.resumes(), 1);
+        assert_eq!(resumes(&mut a, &mut seen), 1);
         let done = a.add(report(1, 7, 4));
         assert_eq!(done.len(), 1);
         assert!(!done[0].late && done[0].trajectory > 0);
@@ -435,7 +479,7 @@ mod tests {
         a.end_replay();
         a.add(report(0, 9, 5));
         assert!(a.add(report(0, 2, 6)).is_empty());
-        assert_eq!(a.resumes(), 2);
+        assert_eq!(resumes(&mut a, &mut seen), 2);
     }
 
     /// A rank that straggles in the first trajectory is still late there while another rank

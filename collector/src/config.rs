@@ -159,6 +159,8 @@ pub struct AlertConfig {
     pub slope_change: f64,
     /// A rank missing from a step released after the straggler timeout.
     pub straggler: bool,
+    /// A run's ranks going back over reported steps (a job resumed from a checkpoint).
+    pub resumed: bool,
 }
 
 impl Default for AlertConfig {
@@ -172,6 +174,7 @@ impl Default for AlertConfig {
             tail_change_factor: 2.0,
             slope_change: 0.5,
             straggler: true,
+            resumed: true,
         }
     }
 }

@@ -271,11 +271,13 @@ impl Pipeline {
     }
 
     fn on_report(&mut self, r: Report) {
-        let resumes = self.assembler.resumes();
         let done = self.assembler.add(r);
-        self.metrics
-            .trajectories_resumed
-            .add(self.assembler.resumes() - resumes);
+        for resume in self.assembler.take_resumes() {
+            self.metrics.trajectories_resumed.inc();
+            if let Some(tables) = self.live.resumed(&resume, unix_nanos()) {
+                self.sink.append(resume.run_id, tables, Vec::new());
+            }
+        }
         self.on_assemblies(done);
     }
 

@@ -10,6 +10,7 @@
 //! | `tail_change` | that index is more than `tail_change_factor` times above or below the median of the previous `norm_window` steps |
 //! | `slope_change` | a covariance spectrum's slope moves by more than `slope_change` between snapshots |
 //! | `straggler` | a rank is missing from a step released after the straggler timeout |
+//! | `resumed` | a rank went back over steps it had reported: the job was resumed from a checkpoint (raised by `Live::resumed` when the assembler begins a trajectory) |
 //!
 //! The robust z-score is `(x − median)/(1.4826 · MAD)` (`gradtel_stats::robust`): a spike cannot
 //! mask itself by inflating the scale it is judged against, as it would with a mean and SD.

@@ -26,11 +26,12 @@ use std::sync::Arc;
 
 use gradtel_stats::{Moments, normality};
 
-use crate::assembler::Assembly;
+use crate::assembler::{Assembly, Resume};
 use crate::config::FileConfig;
 use crate::metrics::{CollectorMetrics, RunGauges};
 use crate::report::TrackedPart;
 use crate::tables::Tables;
+use crate::tables::alerts::AlertRow;
 use crate::tables::sgn::SgnRow;
 use crate::tables::steps::StepRow;
 
@@ -429,6 +430,41 @@ impl Live {
             tracing::warn!(run = %al.run_id, step = al.step, kind = al.kind, "{}", al.message);
         }
         out
+    }
+}
+
+impl Live {
+    /// The `resumed` alert of a run's new trajectory (a job resumed from a checkpoint): the
+    /// first of its ranks that went back, and from which step to which. None when the alert
+    /// is off.
+    pub fn resumed(&mut self, r: &Resume, now_ns: i64) -> Option<Tables> {
+        if !self.cfg.alerts.resumed {
+            return None;
+        }
+        let row = AlertRow {
+            run_id: r.run_id.clone(),
+            step: r.to,
+            raised_at_ns: now_ns,
+            kind: "resumed",
+            severity: "warning",
+            scope_kind: "rank",
+            scope: r.rank.to_string(),
+            value: Some(r.to as f64),
+            threshold: Some(r.from as f64),
+            message: format!(
+                "run resumed: rank {} (shard {}) went back from step {} to step {}; its steps from there form trajectory {}",
+                r.rank, r.shard, r.from, r.to, r.trajectory
+            ),
+        };
+        tracing::warn!(run = %row.run_id, step = row.step, kind = row.kind, "{}", row.message);
+        if let Ok(mut all) = self.metrics.runs.lock() {
+            let g = all.entry(r.run_id.clone()).or_default();
+            *g.alerts_total.entry(row.kind).or_default() += 1;
+        }
+        Some(Tables {
+            alerts: vec![row],
+            ..Tables::default()
+        })
     }
 }
 

@@ -14,7 +14,8 @@ pub struct AlertRow {
     pub run_id: Arc<str>,
     pub step: u64,
     pub raised_at_ns: i64,
-    /// `nonfinite`, `norm_spike`, `tail_collapse`, `tail_change`, `slope_change`, `straggler`.
+    /// `nonfinite`, `norm_spike`, `tail_collapse`, `tail_change`, `slope_change`, `straggler`,
+    /// `resumed`.
     pub kind: &'static str,
     /// `critical` (training is broken) or `warning`.
     pub severity: &'static str,
