@@ -4,6 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+use crate::AgentError;
+
 /// Default seeds: any fixed values work, as long as every rank of a run uses the same.
 pub const DEFAULT_TRACK_SEED: u64 = 0x6772_6164_7465_6c01;
 pub const DEFAULT_SKETCH_SEED: u64 = 0x6772_6164_7465_6c02;
@@ -30,13 +34,31 @@ pub struct AgentConfig {
     #[arg(long, env = "GRADTEL_AGENT_TCP")]
     pub tcp: Option<SocketAddr>,
 
-    /// Collector endpoint the reports are streamed to.
+    /// Collector endpoint the reports are streamed to: `http://…` plain gRPC, `https://…` TLS
+    /// (with `--collector-ca`).
     #[arg(
         long,
         env = "GRADTEL_COLLECTOR",
         default_value = "http://127.0.0.1:4317"
     )]
     pub collector: String,
+
+    /// PEM CA certificate the collector's certificate must chain to (needed for `https://`).
+    #[arg(long, env = "GRADTEL_COLLECTOR_CA")]
+    pub collector_ca: Option<PathBuf>,
+
+    /// Name the collector's certificate must carry, when it is not the endpoint's host.
+    #[arg(long, env = "GRADTEL_COLLECTOR_TLS_NAME")]
+    pub collector_tls_name: Option<String>,
+
+    /// PEM certificate (with `--tls-key`) the agent presents to a collector that requires
+    /// mutual TLS (`--tls-client-ca` there).
+    #[arg(long, env = "GRADTEL_AGENT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "GRADTEL_AGENT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 
     /// How many of the largest |g| per tensor shard and step to keep (feeds tail indices).
     #[arg(long, default_value_t = 64)]
@@ -101,12 +123,57 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// The TLS settings of the collector stream, read from the PEM files and checked: None for
+    /// an `http://` collector. TLS settings for a plain endpoint, or an `https://` one without
+    /// a CA to check it against, are refused rather than silently ignored or failing at every
+    /// reconnection.
+    pub fn client_tls(&self) -> Result<Option<ClientTlsConfig>, AgentError> {
+        use gradtel_proto::tls::read_pem;
+        let pem = |p: &std::path::Path| read_pem(p).map_err(|e| AgentError::Tls(e.to_string()));
+        let https = self.collector.starts_with("https://");
+        let any = self.collector_ca.is_some()
+            || self.collector_tls_name.is_some()
+            || self.tls_cert.is_some();
+        if !https {
+            return if any {
+                Err(AgentError::Tls(format!(
+                    "TLS options given, but the collector {} is plain http:// (use https://)",
+                    self.collector
+                )))
+            } else {
+                Ok(None)
+            };
+        }
+        let Some(ca) = &self.collector_ca else {
+            return Err(AgentError::Tls(format!(
+                "{} needs --collector-ca (the PEM CA certificate its certificate chains to)",
+                self.collector
+            )));
+        };
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem(ca)?));
+        if let Some(name) = &self.collector_tls_name {
+            tls = tls.domain_name(name.clone());
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            tls = tls.identity(Identity::from_pem(pem(cert)?, pem(key)?));
+        }
+        // Built once here so that a bad key or certificate is an error now.
+        Endpoint::from_shared(self.collector.clone())
+            .and_then(|e| e.tls_config(tls.clone()))
+            .map_err(|e| AgentError::Tls(format!("{}: {e}", self.collector)))?;
+        Ok(Some(tls))
+    }
+
     /// Defaults with the given socket and collector, for embedding (tests, demo).
     pub fn new(socket: PathBuf, collector: String) -> Self {
         Self {
             socket,
             tcp: None,
             collector,
+            collector_ca: None,
+            collector_tls_name: None,
+            tls_cert: None,
+            tls_key: None,
             top_k: 64,
             hist_precision: gradtel_stats::loghist::DEFAULT_PRECISION_BITS,
             queue: 256,

@@ -95,6 +95,8 @@ pub enum AgentError {
     Stats(#[from] gradtel_stats::StatsError),
     #[error("internal lock poisoned")]
     Poisoned,
+    #[error("collector TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {what}: {source}")]
     Listen {
         what: String,
@@ -121,7 +123,7 @@ impl From<AgentError> for tonic::Status {
             | Payload(_) => tonic::Status::invalid_argument(msg),
             NotRegistered => tonic::Status::failed_precondition(msg),
             UnknownTensor(_) => tonic::Status::not_found(msg),
-            Stats(_) | Poisoned | Listen { .. } => tonic::Status::internal(msg),
+            Stats(_) | Poisoned | Listen { .. } | Tls(_) => tonic::Status::internal(msg),
         }
     }
 }
@@ -161,6 +163,8 @@ fn bind_then_publish(path: &std::path::Path) -> std::io::Result<tokio::net::Unix
 impl Agent {
     /// Bind the Ingest socket (replacing a stale socket file) and start serving and shipping.
     pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
+        // Before anything starts: bad TLS material fails the start, not every reconnection.
+        let tls = config.client_tls()?;
         let metrics = Arc::new(AgentMetrics::default());
         let (queue_tx, queue_rx) = mpsc::channel(config.queue.max(1));
         let state = Arc::new(AgentState::new(config.clone(), metrics.clone(), queue_tx));
@@ -218,6 +222,7 @@ impl Agent {
         let shipper = tokio::spawn(
             shipper::Shipper {
                 collector: config.collector.clone(),
+                tls,
                 max_inflight: config.max_inflight.max(1),
                 max_backoff: config.max_backoff,
                 metrics: metrics.clone(),

@@ -14,7 +14,7 @@ use gradtel_proto::v1::collect_client::CollectClient;
 use gradtel_proto::v1::{Ack, ShardReport, ack};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::metrics::AgentMetrics;
 
@@ -27,6 +27,8 @@ pub struct ShipperReport {
 
 pub struct Shipper {
     pub collector: String,
+    /// For an `https://` collector (`AgentConfig::client_tls`).
+    pub tls: Option<ClientTlsConfig>,
     pub max_inflight: usize,
     pub max_backoff: Duration,
     pub metrics: Arc<AgentMetrics>,
@@ -99,7 +101,11 @@ impl Shipper {
     async fn connect(
         &self,
     ) -> Result<CollectClient<tonic::transport::Channel>, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(self.collector.clone())?
+        let mut endpoint = Endpoint::from_shared(self.collector.clone())?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .connect()

@@ -70,6 +70,21 @@ pub struct CollectorConfig {
     #[arg(long, env = "GRADTEL_COLLECTOR_METRICS")]
     pub metrics: Option<SocketAddr>,
 
+    /// PEM certificate (chain) the Collect service presents: with `--tls-key` it serves TLS
+    /// only, and agents connect to `https://…` with `--collector-ca`. Without it the service is
+    /// plain gRPC, for loopback or a network trusted as it is.
+    #[arg(long, env = "GRADTEL_COLLECTOR_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "GRADTEL_COLLECTOR_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate: agents must present a certificate it signed (mutual TLS; agent
+    /// `--tls-cert`/`--tls-key`), others are refused at the handshake.
+    #[arg(long, env = "GRADTEL_COLLECTOR_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// TOML file with `[live]` (online estimators) and `[alerts]` (health alerts) sections.
     #[arg(long, env = "GRADTEL_COLLECTOR_CONFIG")]
     pub config: Option<PathBuf>,
@@ -193,6 +208,8 @@ pub enum ConfigError {
     },
     #[error("{}: {what}", path.display())]
     Invalid { path: PathBuf, what: String },
+    #[error("TLS: {0}")]
+    Pem(#[from] gradtel_proto::tls::PemError),
 }
 
 impl FileConfig {
@@ -261,6 +278,21 @@ impl CollectorConfig {
         )
     }
 
+    /// The Collect service's TLS settings, read from the PEM files; None when it serves plain
+    /// gRPC.
+    pub fn server_tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, ConfigError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        use gradtel_proto::tls::read_pem;
+        let identity = tonic::transport::Identity::from_pem(read_pem(cert)?, read_pem(key)?);
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.tls_client_ca {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read_pem(ca)?));
+        }
+        Ok(Some(tls))
+    }
+
     /// Where the write-ahead log lives.
     pub fn wal_dir(&self) -> PathBuf {
         self.wal_dir
@@ -282,6 +314,9 @@ impl CollectorConfig {
             max_pending_steps: 4096,
             max_unpublished_mb: 2048,
             metrics: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             config: None,
             file: FileConfig::default(),
         }

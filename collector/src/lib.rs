@@ -57,6 +57,10 @@ pub enum CollectorError {
     Journal(#[from] journal::JournalError),
     #[error("cannot start the pipeline thread: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("TLS of the Collect service: {0}")]
+    Tls(tonic::transport::Error),
 }
 
 pub struct Collector {
@@ -86,6 +90,11 @@ async fn drain(drains: &mpsc::Sender<oneshot::Sender<()>>) {
 impl Collector {
     /// Bind, then serve until [`Collector::shutdown`].
     pub async fn start(config: CollectorConfig) -> Result<Collector, CollectorError> {
+        // Before anything starts: a bad certificate or key fails the start, not a handshake.
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = config.server_tls()? {
+            builder = builder.tls_config(tls).map_err(CollectorError::Tls)?;
+        }
         std::fs::create_dir_all(&config.out).map_err(|source| CollectorError::Out {
             path: config.out.clone(),
             source,
@@ -175,7 +184,7 @@ impl Collector {
             None => None,
         };
         let server = tokio::spawn(
-            tonic::transport::Server::builder()
+            builder
                 .add_service(
                     CollectServer::new(service)
                         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -186,7 +195,12 @@ impl Collector {
                     stopped(stop_rx),
                 ),
         );
-        tracing::info!(%addr, out = %config.out.display(), "collector started");
+        let tls = match (&config.tls_cert, &config.tls_client_ca) {
+            (None, _) => "off",
+            (Some(_), None) => "on",
+            (Some(_), Some(_)) => "mutual",
+        };
+        tracing::info!(%addr, out = %config.out.display(), tls, "collector started");
         Ok(Collector {
             addr,
             metrics_addr,

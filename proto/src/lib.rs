@@ -10,6 +10,7 @@
 pub mod hist;
 pub mod logged;
 pub mod packed;
+pub mod tls;
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {

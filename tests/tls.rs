@@ -1,0 +1,260 @@
+//! The Collect stream over TLS, through real agent and collector processes: certificates from
+//! a throwaway CA (rcgen); a report crosses only with the right CA, and, when the collector
+//! asks for client certificates, only from an agent that presents one the CA signed. Bad TLS
+//! settings stop a daemon at start with an error naming what is wrong.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use gradtel_client::{IngestClient, StepScalars, TensorData, TensorDecl};
+use gradtel_proto::v1::Dtype;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+
+/// PEM files of a CA, a server certificate for 127.0.0.1, and a client certificate.
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: PathBuf,
+    server: (PathBuf, PathBuf),
+    client: (PathBuf, PathBuf),
+}
+
+fn make_pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let write = |name: &str, pem: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    };
+    let leaf = |name: &str, sans: &[&str], usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().unwrap();
+        let mut p =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        p.extended_key_usages = vec![usage];
+        let cert = p.signed_by(&key, &ca).unwrap();
+        (
+            write(&format!("{name}.pem"), cert.pem()),
+            write(&format!("{name}-key.pem"), key.serialize_pem()),
+        )
+    };
+    let server = leaf(
+        "server",
+        &["127.0.0.1", "localhost"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let client = leaf(
+        "client",
+        &["gradtel-agent"],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    let ca_path = write("ca.pem", ca.pem());
+    Pki {
+        _dir: dir,
+        ca: ca_path,
+        server,
+        client,
+    }
+}
+
+/// Register run `run` on the agent at `sock` and push steps 0..steps of one small tensor.
+fn push_steps(sock: &Path, run: &str, steps: u64) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = IngestClient::connect_uds(sock).await.unwrap();
+        let decl = TensorDecl {
+            name: "w".into(),
+            shape: vec![64],
+            dtype: Dtype::F32,
+            owned: None,
+            track_count: None,
+        };
+        c.register(run, 0, 1, 0, 1, &[decl]).await.unwrap();
+        let values: Vec<f32> = (0..64).map(|i| i as f32 * 0.01).collect();
+        for step in 0..steps {
+            let data = [TensorData::from_f32("w", 0, &values)];
+            c.push_step(step, &data, false, StepScalars::default())
+                .await
+                .unwrap();
+        }
+    });
+}
+
+/// Model rows of `run` in the lake under `out`.
+fn model_rows(out: &Path, run: &str) -> usize {
+    rows(&read_batches(out))
+        .iter()
+        .filter(|r| r.run_id == run && r.scope_kind == "model")
+        .count()
+}
+
+fn tls_url(url: &str) -> String {
+    url.replacen("http://", "https://", 1)
+}
+
+#[test]
+fn reports_cross_only_over_tls_checked_against_the_collectors_ca() {
+    let pki = make_pki();
+    let other = make_pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lake");
+    let (cert, key) = (
+        pki.server.0.to_str().unwrap(),
+        pki.server.1.to_str().unwrap(),
+    );
+    let (_collector, url) =
+        start_collector(&out, "127.0.0.1:0", &["--tls-cert", cert, "--tls-key", key]);
+    let https = tls_url(&url);
+    let ca = pki.ca.to_str().unwrap();
+    let sock = |n: &str| dir.path().join(format!("{n}.sock"));
+    let _good = start_agent(&sock("good"), &https, &["--collector-ca", ca]);
+    // Plain gRPC to a TLS port, and TLS checked against another CA: neither may deliver.
+    let _plain = start_agent(&sock("plain"), &url, &[]);
+    let other_ca = other.ca.to_str().unwrap();
+    let mut wrong = start_agent(&sock("wrong"), &https, &["--collector-ca", other_ca]);
+    push_steps(&sock("plain"), "plain", 3);
+    push_steps(&sock("wrong"), "wrong", 3);
+    push_steps(&sock("good"), "good", 3);
+    wait_for_rows(&out, 3, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(model_rows(&out, "good"), 3);
+    assert_eq!(model_rows(&out, "plain"), 0);
+    assert_eq!(model_rows(&out, "wrong"), 0);
+    assert!(wrong.alive(), "a failed handshake is retried, not fatal");
+}
+
+#[test]
+fn mutual_tls_takes_reports_only_from_agents_with_a_certificate_the_ca_signed() {
+    let pki = make_pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lake");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (cert, key, ca) = (s(&pki.server.0), s(&pki.server.1), s(&pki.ca));
+    let (_collector, url) = start_collector(
+        &out,
+        "127.0.0.1:0",
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &ca,
+        ],
+    );
+    let https = tls_url(&url);
+    let sock = |n: &str| dir.path().join(format!("{n}.sock"));
+    let (ccert, ckey) = (s(&pki.client.0), s(&pki.client.1));
+    let _with = start_agent(
+        &sock("with"),
+        &https,
+        &[
+            "--collector-ca",
+            &ca,
+            "--tls-cert",
+            &ccert,
+            "--tls-key",
+            &ckey,
+        ],
+    );
+    let _without = start_agent(&sock("without"), &https, &["--collector-ca", &ca]);
+    push_steps(&sock("without"), "without", 2);
+    push_steps(&sock("with"), "with", 2);
+    wait_for_rows(&out, 2, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(model_rows(&out, "with"), 2);
+    assert_eq!(model_rows(&out, "without"), 0);
+}
+
+/// Run a daemon that must refuse to start; returns its stderr.
+fn refused(bin: &str, args: &[&str]) -> String {
+    let out = Command::new(bin)
+        .args(args)
+        .env("GRADTEL_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{bin} {args:?} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_tls_settings_stop_the_daemons_at_start_with_a_clear_error() {
+    let pki = make_pki();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("a.sock");
+    let sock = sock.to_str().unwrap();
+    let ca = pki.ca.to_str().unwrap();
+    let agent = env!("CARGO_BIN_EXE_gradtel-agent");
+    let e = refused(
+        agent,
+        &["--socket", sock, "--collector", "https://127.0.0.1:1"],
+    );
+    assert!(e.contains("--collector-ca"), "{e}");
+    let e = refused(
+        agent,
+        &[
+            "--socket",
+            sock,
+            "--collector",
+            "http://127.0.0.1:1",
+            "--collector-ca",
+            ca,
+        ],
+    );
+    assert!(e.contains("plain http://"), "{e}");
+    let der = dir.path().join("ca.der");
+    std::fs::write(&der, [0x30u8, 0x82, 0x01, 0x0a]).unwrap();
+    let e = refused(
+        agent,
+        &[
+            "--socket",
+            sock,
+            "--collector",
+            "https://127.0.0.1:1",
+            "--collector-ca",
+            der.to_str().unwrap(),
+        ],
+    );
+    assert!(e.contains("ca.der") && e.contains("not a PEM file"), "{e}");
+
+    let out = dir.path().join("lake");
+    let collector = env!("CARGO_BIN_EXE_gradtel-collector");
+    // The key in place of the certificate: rustls finds no certificate in it.
+    let e = refused(
+        collector,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--out",
+            out.to_str().unwrap(),
+            "--tls-cert",
+            pki.server.1.to_str().unwrap(),
+            "--tls-key",
+            pki.server.1.to_str().unwrap(),
+        ],
+    );
+    assert!(e.contains("TLS"), "{e}");
+    // A certificate without its key is refused by the flags themselves.
+    let e = refused(
+        collector,
+        &[
+            "--out",
+            out.to_str().unwrap(),
+            "--tls-cert",
+            pki.server.0.to_str().unwrap(),
+        ],
+    );
+    assert!(e.contains("--tls-key"), "{e}");
+}
