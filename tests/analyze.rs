@@ -350,6 +350,10 @@ fn a_resumed_run_is_assembled_again_and_its_latest_trajectory_counts() {
         out.to_str().unwrap(),
     ]);
     assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["resumed_steps"], 10, "steps 20-29");
+    assert!(String::from_utf8_lossy(&a.stdout).contains("10 steps were reported again"));
     let mut alpha_by_step = std::collections::BTreeMap::new();
     let mut dim = csv::Reader::from_path(out.join("dimension.csv")).unwrap();
     let headers = dim.headers().unwrap().clone();

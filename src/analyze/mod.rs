@@ -77,6 +77,8 @@ pub struct Analysis {
     /// The latest snapshot of each sketch, and every snapshot.
     pub spectra: Vec<objects::SpectrumSnapshot>,
     pub all_spectra: Vec<objects::SpectrumSnapshot>,
+    /// Steps a resumed job reported again (each counted once, from its latest trajectory).
+    pub resumed_steps: usize,
 }
 
 pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<Analysis> {
@@ -112,12 +114,6 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<Analysis> {
     };
     let pattern = args.tensors.as_deref().map(Pattern::new);
     let trajectories = objects::Trajectories::read(&args.lake, &run)?;
-    if trajectories.resumed_steps() > 0 {
-        tracing::info!(
-            steps = trajectories.resumed_steps(),
-            "steps the run reported again after a resume: their latest trajectory counts"
-        );
-    }
     let mut sel = Selection {
         steps: args.steps,
         tensors: pattern.as_ref(),
@@ -179,16 +175,24 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<Analysis> {
         sgn_standardised,
         spectra,
         all_spectra,
+        resumed_steps: trajectories.resumed_steps(),
     })
 }
 
 pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
     let a = analyze(&args)?;
-    let md = report::markdown(&a.run, &a.summary, args.bootstrap);
+    let mut md = report::markdown(&a.run, &a.summary, args.bootstrap);
+    if a.resumed_steps > 0 {
+        md.push_str(&format!(
+            "\n{} steps were reported again by a job resumed from a checkpoint; each counts once, from its latest trajectory (docs/parquet.md, \"Resumed runs\").\n",
+            a.resumed_steps
+        ));
+    }
     let json = serde_json::to_string_pretty(&serde_json::json!({
         "run": a.run,
         "summary": a.summary,
         "spectra": a.spectra,
+        "resumed_steps": a.resumed_steps,
     }))?;
     let csv = report::csv(&a.summary)?;
     match args.format {

@@ -68,35 +68,47 @@ pub struct Selection<'a> {
 /// a new trajectory of the run (a larger `trajectory` value): the latest trajectory of a step
 /// is the training that went on, so only its rows count.
 #[derive(Debug, Default)]
-pub struct Trajectories(HashMap<u64, u64>);
+pub struct Trajectories {
+    /// A step's largest trajectory, where it is not 0.
+    latest: HashMap<u64, u64>,
+    /// Steps written in more than one trajectory.
+    repeated: usize,
+}
 
 impl Trajectories {
     /// From the `steps` table: each step's largest `trajectory` (0 throughout a lake written
     /// before the column existed).
     pub fn read(lake: &Path, run: &str) -> anyhow::Result<Self> {
-        let mut latest: HashMap<u64, u64> = HashMap::new();
+        // (smallest, largest) trajectory of each step.
+        let mut range: HashMap<u64, (u64, u64)> = HashMap::new();
         let columns = ["step", "trajectory"];
         lake::for_each_batch_of(lake, run, "steps", Some(&columns), |b| {
             let step = b.u64s("step")?;
             let trajectory = trajectories(b)?;
             for (s, t) in step.iter().zip(trajectory) {
-                let t_max = latest.entry(s.unwrap_or(0)).or_default();
-                *t_max = (*t_max).max(t);
+                let r = range.entry(s.unwrap_or(0)).or_insert((t, t));
+                *r = (r.0.min(t), r.1.max(t));
             }
             Ok(())
         })?;
-        latest.retain(|_, t| *t > 0);
-        Ok(Self(latest))
+        Ok(Self {
+            repeated: range.values().filter(|(lo, hi)| lo < hi).count(),
+            latest: range
+                .into_iter()
+                .filter(|(_, (_, hi))| *hi > 0)
+                .map(|(s, (_, hi))| (s, hi))
+                .collect(),
+        })
     }
 
     /// Whether a row of `step` in `trajectory` counts.
     fn current(&self, step: u64, trajectory: u64) -> bool {
-        self.0.get(&step).is_none_or(|&t| trajectory >= t)
+        self.latest.get(&step).is_none_or(|&t| trajectory >= t)
     }
 
     /// Steps reported in more than one trajectory.
     pub fn resumed_steps(&self) -> usize {
-        self.0.len()
+        self.repeated
     }
 }
 
