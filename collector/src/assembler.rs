@@ -286,13 +286,10 @@ impl Assembler {
     /// trajectories afresh: the steps count as its first trajectory's.
     pub fn mark_published(&mut self, run: &Arc<str>, rank: u32, shard: u32, step: u64) {
         self.released_of(run).insert((0, step));
-        if !self.trajectories.contains_key(run) {
-            self.trajectories
-                .insert(run.clone(), Trajectories::default());
-        }
-        if let Some(t) = self.trajectories.get_mut(run) {
-            t.seed(rank, shard, step);
-        }
+        self.trajectories
+            .entry(run.clone())
+            .or_default()
+            .seed(rank, shard, step);
     }
 
     /// The reports that follow are replayed from the write-ahead log, until

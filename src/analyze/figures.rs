@@ -70,7 +70,8 @@ fn ccdf(lake: &Path, a: &Analysis) -> anyhow::Result<Figure> {
     let picks = [of.first(), of.last()];
     for sample in picks.into_iter().flatten() {
         let Some(step) = sample.step else { continue };
-        let Some(h) = super::objects::histogram_of(lake, &a.run, &tensor, step)? else {
+        let Some(h) = super::objects::histogram_of(lake, &a.run, (&tensor, step), &a.trajectories)?
+        else {
             continue;
         };
         let n = h.total() as f64;

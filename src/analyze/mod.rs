@@ -77,8 +77,8 @@ pub struct Analysis {
     /// The latest snapshot of each sketch, and every snapshot.
     pub spectra: Vec<objects::SpectrumSnapshot>,
     pub all_spectra: Vec<objects::SpectrumSnapshot>,
-    /// Steps a resumed job reported again (each counted once, from its latest trajectory).
-    pub resumed_steps: usize,
+    /// Each step's latest trajectory (a resumed job's steps count once, from it).
+    pub trajectories: objects::Trajectories,
 }
 
 pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<Analysis> {
@@ -175,24 +175,25 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<Analysis> {
         sgn_standardised,
         spectra,
         all_spectra,
-        resumed_steps: trajectories.resumed_steps(),
+        trajectories,
     })
 }
 
 pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
     let a = analyze(&args)?;
     let mut md = report::markdown(&a.run, &a.summary, args.bootstrap);
-    if a.resumed_steps > 0 {
+    let resumed_steps = a.trajectories.resumed_steps();
+    if resumed_steps > 0 {
         md.push_str(&format!(
             "\n{} steps were reported again by a job resumed from a checkpoint; each counts once, from its latest trajectory (docs/parquet.md, \"Resumed runs\").\n",
-            a.resumed_steps
+            resumed_steps
         ));
     }
     let json = serde_json::to_string_pretty(&serde_json::json!({
         "run": a.run,
         "summary": a.summary,
         "spectra": a.spectra,
-        "resumed_steps": a.resumed_steps,
+        "resumed_steps": resumed_steps,
     }))?;
     let csv = report::csv(&a.summary)?;
     match args.format {

@@ -459,20 +459,20 @@ pub fn coordinates(
     out
 }
 
-/// The |g| histogram of one tensor at one step (for the CCDF figure).
+/// The |g| histogram of one tensor at one step, from the step's latest trajectory (for the
+/// CCDF figure).
 pub fn histogram_of(
     lake: &Path,
     run: &str,
-    tensor: &str,
-    step: u64,
+    (tensor, step): (&str, u64),
+    latest: &Trajectories,
 ) -> anyhow::Result<Option<LogHistogram>> {
     let mut found = None;
-    let latest = Trajectories::read(lake, run)?;
     for_each_tensor_row(
         lake,
         run,
         |s, t| s == step && t == tensor,
-        &latest,
+        latest,
         |row| found = row.histogram.ok(),
     )?;
     Ok(found)
