@@ -42,6 +42,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .build(),
             )
             .build()]);
+    // The agent's side of Collect, with a codec that sends each report as the bytes its spool
+    // already holds (src/encoded.rs); same route and wire format.
+    let encoded = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("encoded");
+    std::fs::create_dir_all(&encoded)?;
+    tonic_build::manual::Builder::new()
+        .build_server(false)
+        .out_dir(&encoded)
+        .compile(&[tonic_build::manual::Service::builder()
+            .name("Collect")
+            .package("gradtel.v1")
+            .method(
+                tonic_build::manual::Method::builder()
+                    .name("stream")
+                    .route_name("Stream")
+                    .input_type("crate::encoded::EncodedReport")
+                    .output_type("crate::v1::Ack")
+                    .codec_path("crate::encoded::EncodedCodec")
+                    .client_streaming()
+                    .server_streaming()
+                    .build(),
+            )
+            .build()]);
     println!("cargo:rerun-if-changed=gradtel");
     Ok(())
 }

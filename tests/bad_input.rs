@@ -292,7 +292,20 @@ fn full_queue_drops_whole_steps_and_a_late_collector_gets_the_rest() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let socket = dir.path().join("a.sock");
-    let mut agent = start_agent(&socket, &url, &["--queue", "3", "--max-backoff", "200ms"]);
+    // Room for 3 steps in the queue and one in the spool, which takes reports off the queue
+    // while the collector is away.
+    let mut agent = start_agent(
+        &socket,
+        &url,
+        &[
+            "--queue",
+            "3",
+            "--max-inflight",
+            "1",
+            "--max-backoff",
+            "200ms",
+        ],
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dropped = rt.block_on(async {
         let mut c = IngestClient::connect_uds(&socket).await.unwrap();
@@ -311,7 +324,7 @@ fn full_queue_drops_whole_steps_and_a_late_collector_gets_the_rest() {
         }
         dropped
     });
-    // The queue holds 3 steps (the shipper may hold one more in flight before connecting).
+    // The queue holds 3 steps, the spool one more once the shipper has moved it there.
     assert!((6..=7).contains(&dropped), "dropped {dropped}");
     let (mut collector, _) = start_collector(&out, &format!("127.0.0.1:{port}"), &[]);
     let kept = 10 - dropped as usize;

@@ -117,6 +117,21 @@ pub struct AgentConfig {
     #[arg(long, env = "GRADTEL_SKETCH_SEED", default_value_t = DEFAULT_SKETCH_SEED)]
     pub sketch_seed: u64,
 
+    /// Directory of the on-disk spool, which keeps every report until the collector
+    /// acknowledges it, so that a restarted agent sends what its predecessor could not.
+    /// Default: the socket path with `.spool` appended. One agent per spool (it is locked).
+    #[arg(long, env = "GRADTEL_AGENT_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Keep unacknowledged reports in memory only (a killed agent loses them).
+    #[arg(long, env = "GRADTEL_AGENT_NO_SPOOL", conflicts_with = "spool_dir")]
+    pub no_spool: bool,
+
+    /// Largest size of the spool on disk, in MiB. When full the agent stops taking reports off
+    /// its queue, and the queue's overflow is dropped and counted.
+    #[arg(long, env = "GRADTEL_AGENT_SPOOL_MAX_MIB", default_value_t = 1024)]
+    pub spool_max_mib: u64,
+
     /// Longest wait between reconnection attempts to the collector.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     pub max_backoff: Duration,
@@ -164,6 +179,18 @@ impl AgentConfig {
         Ok(Some(tls))
     }
 
+    /// The spool directory in use, if any (`--spool-dir`, else beside the socket).
+    pub fn spool_path(&self) -> Option<PathBuf> {
+        if self.no_spool {
+            return None;
+        }
+        Some(self.spool_dir.clone().unwrap_or_else(|| {
+            let mut p = self.socket.as_os_str().to_owned();
+            p.push(".spool");
+            PathBuf::from(p)
+        }))
+    }
+
     /// Defaults with the given socket and collector, for embedding (tests, demo).
     pub fn new(socket: PathBuf, collector: String) -> Self {
         Self {
@@ -186,6 +213,9 @@ impl AgentConfig {
             sketch_dim: 256,
             sketch_kind: SketchKind::CountSketch,
             sketch_seed: DEFAULT_SKETCH_SEED,
+            spool_dir: None,
+            no_spool: false,
+            spool_max_mib: 1024,
             max_backoff: Duration::from_secs(5),
         }
     }

@@ -7,6 +7,7 @@
 //! * [`service`]: the Ingest gRPC service; decodes raw f32/f16/bf16 chunks into summaries.
 //! * [`shared`]: the client's optional shared memory region for payloads.
 //! * [`steps`]: per-step, per-tensor accumulation until EndStep.
+//! * [`spool`]: unacknowledged reports on disk, replayed by the next agent.
 //! * [`shipper`]: the at-least-once Collect stream with resend after reconnect.
 //! * [`config`], [`metrics`]: flags and self-measurement.
 
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod service;
 pub mod shared;
 pub mod shipper;
+pub mod spool;
 pub mod steps;
 
 use std::path::PathBuf;
@@ -95,6 +97,8 @@ pub enum AgentError {
     Stats(#[from] gradtel_stats::StatsError),
     #[error("internal lock poisoned")]
     Poisoned,
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
     #[error("collector TLS: {0}")]
     Tls(String),
     #[error("cannot listen on {what}: {source}")]
@@ -123,7 +127,7 @@ impl From<AgentError> for tonic::Status {
             | Payload(_) => tonic::Status::invalid_argument(msg),
             NotRegistered => tonic::Status::failed_precondition(msg),
             UnknownTensor(_) => tonic::Status::not_found(msg),
-            Stats(_) | Poisoned | Listen { .. } | Tls(_) => tonic::Status::internal(msg),
+            Stats(_) | Poisoned | Listen { .. } | Tls(_) | Spool(_) => tonic::Status::internal(msg),
         }
     }
 }
@@ -166,6 +170,26 @@ impl Agent {
         // Before anything starts: bad TLS material fails the start, not every reconnection.
         let tls = config.client_tls()?;
         let metrics = Arc::new(AgentMetrics::default());
+        // Also before serving: a spool another agent holds fails the start.
+        let spool = match config.spool_path() {
+            None => spool::Spool::in_memory(),
+            Some(dir) => {
+                let (spool, found) = spool::Spool::open(
+                    &dir,
+                    config.spool_max_mib.saturating_mul(1 << 20),
+                    spool::DEFAULT_SEGMENT_BYTES,
+                )?;
+                metrics.spool_replayed.add(found.replayed as u64);
+                metrics.spool_lost.add(found.lost as u64);
+                metrics.reports_inflight.set(spool.len() as i64);
+                metrics.spool_bytes.set(spool.bytes() as i64);
+                if found.replayed > 0 || found.lost > 0 {
+                    tracing::info!(spool = %dir.display(), replayed = found.replayed,
+                        cut_segments = found.lost, "reports a previous agent left unacknowledged will be sent");
+                }
+                spool
+            }
+        };
         let (queue_tx, queue_rx) = mpsc::channel(config.queue.max(1));
         let state = Arc::new(AgentState::new(config.clone(), metrics.clone(), queue_tx));
         let (stop_servers, stop_rx) = watch::channel(false);
@@ -227,7 +251,7 @@ impl Agent {
                 max_backoff: config.max_backoff,
                 metrics: metrics.clone(),
             }
-            .run(queue_rx, shipper_rx),
+            .run(queue_rx, shipper_rx, spool),
         );
         tracing::info!(socket = %config.socket.display(), collector = %config.collector, epoch = state.epoch, "agent started");
         Ok(Agent {
@@ -260,10 +284,16 @@ impl Agent {
         let _ = self.stop_shipper.send(Some(Instant::now() + drain));
         let report = self.shipper.await.unwrap_or_default();
         let _ = std::fs::remove_file(&self.socket);
-        if report.unacknowledged > 0 {
+        if report.unacknowledged > report.spooled {
             tracing::warn!(
-                unacknowledged = report.unacknowledged,
-                "agent stopped with reports the collector never acknowledged"
+                lost = report.unacknowledged - report.spooled,
+                "agent stopped with reports the collector never acknowledged and the spool could not keep"
+            );
+        }
+        if report.spooled > 0 {
+            tracing::info!(
+                spooled = report.spooled,
+                "reports not yet acknowledged stay in the spool for the next agent"
             );
         }
         report

@@ -19,6 +19,11 @@ pub struct AgentMetrics {
     pub reports_rejected: Counter,
     pub collector_connects: Counter,
     pub collector_connect_failures: Counter,
+    pub spool_replayed: Counter,
+    pub spool_lost: Counter,
+    pub spool_write_errors: Counter,
+    pub spool_read_errors: Counter,
+    pub spool_bytes: Gauge,
     pub reports_inflight: Gauge,
     pub queue_depth: Gauge,
     pub chunk_summarize: Latency,
@@ -50,7 +55,12 @@ impl Render for AgentMetrics {
             .counter("gradtel_agent_reports_rejected_total", "Reports the collector refused for good.", self.reports_rejected.get())
             .counter("gradtel_agent_collector_connects_total", "Streams opened to the collector.", self.collector_connects.get())
             .counter("gradtel_agent_collector_connect_failures_total", "Failed attempts to reach the collector.", self.collector_connect_failures.get())
-            .gauge("gradtel_agent_reports_inflight", "Reports sent and not yet acknowledged.", self.reports_inflight.get())
+            .counter("gradtel_agent_spool_replayed_total", "Unacknowledged reports a previous agent left in the spool, taken in at start to be sent again.", self.spool_replayed.get())
+            .counter("gradtel_agent_spool_lost_total", "Spool segments found at start ending in a record cut short or corrupt (that record and any after it are not sent).", self.spool_lost.get())
+            .counter("gradtel_agent_spool_write_errors_total", "Reports the spool could not write (kept in memory only instead).", self.spool_write_errors.get())
+            .counter("gradtel_agent_spool_read_errors_total", "Spooled reports that could not be read back for a resend.", self.spool_read_errors.get())
+            .gauge("gradtel_agent_spool_bytes", "Bytes of spool segments on disk.", self.spool_bytes.get())
+            .gauge("gradtel_agent_reports_inflight", "Reports taken off the queue and not yet acknowledged (held in the spool).", self.reports_inflight.get())
             .gauge("gradtel_agent_queue_depth", "Finished steps waiting to be sent.", self.queue_depth.get())
             .latency("gradtel_agent_chunk_summarize_seconds", "Time to decode and summarise one chunk.", &self.chunk_summarize)
             .latency("gradtel_agent_report_ack_seconds", "Time from first send of a report to its acknowledgement.", &self.report_ack);

@@ -1,28 +1,37 @@
 //! Ships queued reports to the collector over one Collect stream, at least once.
 //!
-//! Every report stays in `inflight` until the collector acknowledges it as durable. After a
-//! disconnect the shipper reconnects with exponential backoff and sends every unacknowledged
-//! report again, oldest first. When `max_inflight` reports are outstanding it stops taking from
-//! the queue, so a slow or absent collector makes the *queue* fill, and the Ingest side drops new
-//! steps there (counted) rather than the agent growing without bound.
+//! A report taken off the queue goes into the [`Spool`] first (on disk unless `--no-spool`) and
+//! stays there until the collector acknowledges it as durable. After a disconnect the shipper
+//! reconnects with exponential backoff and sends every unacknowledged report again, oldest
+//! first; while the collector is unreachable it goes on taking reports into the spool. When the
+//! spool holds `max_inflight` reports (or its byte budget) it stops taking from the queue, so a
+//! slow or absent collector makes the *queue* fill, and the Ingest side drops new steps there
+//! (counted) rather than the agent growing without bound. What the spool holds at shutdown
+//! waits on disk for the next agent.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gradtel_proto::v1::collect_client::CollectClient;
+use gradtel_proto::encoded::EncodedReport;
+use gradtel_proto::encoded::collect_client::CollectClient;
 use gradtel_proto::v1::{Ack, ShardReport, ack};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::metrics::AgentMetrics;
+use crate::spool::Spool;
+
+/// How often a spool with new records is synced, and the stop condition checked.
+const TICK: Duration = Duration::from_millis(50);
 
 /// Outcome of a shipper run, for the caller's summary.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ShipperReport {
-    /// Reports never acknowledged when the shipper stopped (they were lost with it).
+    /// Reports never acknowledged when the shipper stopped.
     pub unacknowledged: usize,
+    /// Of those, the ones kept in the on-disk spool for the next agent (the rest are lost).
+    pub spooled: usize,
 }
 
 pub struct Shipper {
@@ -35,13 +44,9 @@ pub struct Shipper {
 }
 
 /// Once stopping, the shipper is done when nothing is left or the drain deadline passed.
-fn drained(
-    stop: Option<Instant>,
-    queue: &mpsc::Receiver<ShardReport>,
-    inflight: &BTreeMap<u64, (ShardReport, Instant)>,
-) -> bool {
+fn drained(stop: Option<Instant>, queue: &mpsc::Receiver<ShardReport>, spool: &Spool) -> bool {
     stop.is_some_and(|deadline| {
-        (queue.is_empty() && inflight.is_empty()) || Instant::now() >= deadline
+        (queue.is_empty() && spool.is_empty()) || Instant::now() >= deadline
     })
 }
 
@@ -57,24 +62,25 @@ impl Shipper {
         self,
         mut queue: mpsc::Receiver<ShardReport>,
         mut stop: watch::Receiver<Option<Instant>>,
+        mut spool: Spool,
     ) -> ShipperReport {
-        let mut inflight: BTreeMap<u64, (ShardReport, Instant)> = BTreeMap::new();
         let mut backoff = Duration::from_millis(50);
+        let mut syncing: Option<tokio::task::JoinHandle<()>> = None;
         loop {
-            if drained(*stop.borrow(), &queue, &inflight) {
+            if drained(*stop.borrow(), &queue, &spool) {
                 break;
             }
             match self.connect().await {
                 Ok(client) => {
                     backoff = Duration::from_millis(50);
                     match self
-                        .stream(client, &mut queue, &mut inflight, &mut stop)
+                        .stream(client, &mut queue, &mut spool, &mut stop, &mut syncing)
                         .await
                     {
                         StreamEnd::Drained => break,
                         StreamEnd::Disconnected => {
                             tracing::warn!(
-                                unacked = inflight.len(),
+                                unacked = spool.len(),
                                 "collector stream ended; reconnecting"
                             );
                         }
@@ -85,16 +91,69 @@ impl Shipper {
                     tracing::debug!(error = %e, collector = %self.collector, "collector unreachable");
                 }
             }
+            // While the collector is away, reports still move from the queue into the spool,
+            // where they survive the agent.
             let sleep = tokio::time::sleep(backoff);
-            tokio::select! {
-                _ = sleep => {}
-                _ = stop.changed() => {}
+            tokio::pin!(sleep);
+            let mut tick = tokio::time::interval(TICK);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    _ = stop.changed() => break,
+                    Some(report) = queue.recv(), if spool.has_room(self.max_inflight) => {
+                        self.take(&mut spool, &report);
+                    }
+                    _ = tick.tick() => self.sync(&mut spool, &mut syncing),
+                }
             }
             backoff = (backoff * 2).min(self.max_backoff);
         }
-        self.metrics.reports_inflight.set(inflight.len() as i64);
+        // What is still queued at the end is kept too, as far as the spool has room.
+        while spool.has_room(self.max_inflight) {
+            match queue.try_recv() {
+                Ok(report) => {
+                    self.take(&mut spool, &report);
+                }
+                Err(_) => break,
+            }
+        }
+        if let Some(s) = syncing.take() {
+            let _ = s.await;
+        }
+        let held = spool.len();
+        let spooled = spool.held_on_disk();
+        self.metrics.reports_inflight.set(held as i64);
+        spool.close();
         ShipperReport {
-            unacknowledged: inflight.len() + queue.len(),
+            unacknowledged: held + queue.len(),
+            spooled,
+        }
+    }
+
+    /// Move a report from the queue into the spool; its encoding, to send.
+    fn take(&self, spool: &mut Spool, report: &ShardReport) -> EncodedReport {
+        self.metrics.queue_depth.add(-1);
+        let errors = spool.write_errors;
+        let encoded = spool.push(report);
+        self.metrics
+            .spool_write_errors
+            .add(spool.write_errors - errors);
+        self.metrics.reports_inflight.set(spool.len() as i64);
+        self.metrics.spool_bytes.set(spool.bytes() as i64);
+        encoded
+    }
+
+    /// Sync what was appended since the last sync, off the async threads, one sync at a time.
+    fn sync(&self, spool: &mut Spool, syncing: &mut Option<tokio::task::JoinHandle<()>>) {
+        if syncing.as_ref().is_some_and(|s| !s.is_finished()) {
+            return;
+        }
+        if let Some(file) = spool.take_sync() {
+            *syncing = Some(tokio::task::spawn_blocking(move || {
+                if let Err(e) = file.sync_data() {
+                    tracing::warn!(error = %e, "spool sync failed");
+                }
+            }));
         }
     }
 
@@ -117,20 +176,33 @@ impl Shipper {
         &self,
         mut client: CollectClient<tonic::transport::Channel>,
         queue: &mut mpsc::Receiver<ShardReport>,
-        inflight: &mut BTreeMap<u64, (ShardReport, Instant)>,
+        spool: &mut Spool,
         stop: &mut watch::Receiver<Option<Instant>>,
+        syncing: &mut Option<tokio::task::JoinHandle<()>>,
     ) -> StreamEnd {
-        let (tx, rx) = mpsc::channel::<ShardReport>(256);
-        // Resends go first, in seq order. The channel is fresh, so they are queued before any
-        // new report; sending happens concurrently with opening the call below.
-        let resend: Vec<ShardReport> = inflight.values().map(|(r, _)| r.clone()).collect();
+        let (tx, rx) = mpsc::channel::<EncodedReport>(256);
+        // Resends go first, oldest first. The channel is fresh, so they are queued before any
+        // new report; they are read back from the spool on a blocking thread while the call
+        // below opens.
+        let resend = spool.unacknowledged();
         let resend_count = resend.len() as u64;
         let feeder = {
             let tx = tx.clone();
-            tokio::spawn(async move {
-                for r in resend {
-                    if tx.send(r).await.is_err() {
-                        break;
+            let metrics = self.metrics.clone();
+            tokio::task::spawn_blocking(move || {
+                for stored in resend {
+                    match stored.load() {
+                        Ok(r) => {
+                            if tx.blocking_send(r).is_err() {
+                                break;
+                            }
+                        }
+                        // Only a segment deleted under the feeder, once all its reports were
+                        // acknowledged, or a disk failing under it, gets here.
+                        Err(e) => {
+                            metrics.spool_read_errors.inc();
+                            tracing::warn!(error = %e, "spooled report not resent");
+                        }
                     }
                 }
             })
@@ -138,7 +210,8 @@ impl Shipper {
         let mut acks = match client.stream(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(status) => {
-                feeder.abort();
+                // The feeder ends when its channel's receiver is dropped with the call.
+                drop(feeder);
                 tracing::warn!(%status, "collector refused the stream");
                 self.metrics.collector_connect_failures.inc();
                 return StreamEnd::Disconnected;
@@ -150,28 +223,28 @@ impl Shipper {
         if resend_count > 0 {
             tracing::info!(resent = resend_count, "resending unacknowledged reports");
         }
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut tick = tokio::time::interval(TICK);
         loop {
-            self.metrics.reports_inflight.set(inflight.len() as i64);
+            self.metrics.reports_inflight.set(spool.len() as i64);
             tokio::select! {
                 msg = acks.message() => match msg {
-                    Ok(Some(a)) => self.on_ack(a, inflight),
+                    Ok(Some(a)) => self.on_ack(a, spool),
                     Ok(None) => return StreamEnd::Disconnected,
                     Err(status) => {
                         tracing::warn!(%status, "collector stream failed");
                         return StreamEnd::Disconnected;
                     }
                 },
-                Some(report) = queue.recv(), if inflight.len() < self.max_inflight => {
-                    self.metrics.queue_depth.add(-1);
-                    inflight.insert(report.seq, (report.clone(), Instant::now()));
-                    if tx.send(report).await.is_err() {
+                Some(report) = queue.recv(), if spool.has_room(self.max_inflight) => {
+                    let encoded = self.take(spool, &report);
+                    if tx.send(encoded).await.is_err() {
                         return StreamEnd::Disconnected;
                     }
                     self.metrics.reports_sent.inc();
                 }
                 _ = tick.tick() => {
-                    if drained(*stop.borrow_and_update(), queue, inflight) {
+                    self.sync(spool, syncing);
+                    if drained(*stop.borrow_and_update(), queue, spool) {
                         return StreamEnd::Drained;
                     }
                 }
@@ -179,17 +252,17 @@ impl Shipper {
         }
     }
 
-    fn on_ack(&self, a: Ack, inflight: &mut BTreeMap<u64, (ShardReport, Instant)>) {
+    fn on_ack(&self, a: Ack, spool: &mut Spool) {
         let status = ack::Status::try_from(a.status).unwrap_or(ack::Status::Unspecified);
         match status {
             ack::Status::Accepted | ack::Status::Duplicate => {
-                if let Some((_, sent)) = inflight.remove(&a.seq) {
+                if let Some(sent) = spool.ack(a.agent_epoch, a.seq) {
                     self.metrics.reports_acked.inc();
                     self.metrics.report_ack.record(sent.elapsed());
                 }
             }
             ack::Status::Rejected => {
-                if inflight.remove(&a.seq).is_some() {
+                if spool.ack(a.agent_epoch, a.seq).is_some() {
                     self.metrics.reports_rejected.inc();
                 }
                 tracing::error!(seq = a.seq, reason = %a.reason, "collector rejected a report");
@@ -198,5 +271,6 @@ impl Shipper {
                 tracing::warn!(seq = a.seq, "ack without status ignored");
             }
         }
+        self.metrics.spool_bytes.set(spool.bytes() as i64);
     }
 }

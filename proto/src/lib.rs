@@ -2,11 +2,13 @@
 //!
 //! * [`v1::ingest_server`] / [`v1::ingest_client`]: training process → local agent.
 //! * [`v1::collect_server`] / [`v1::collect_client`]: agent → collector;
-//!   [`logged::collect_server`]: the same service, keeping each report's bytes (the collector's).
+//!   [`logged::collect_server`]: the same service, keeping each report's bytes (the collector's);
+//!   [`encoded::collect_client`]: the same service, sending reports already encoded (the agent's).
 //!
 //! The `.proto` files are the documentation of every field; this crate adds only the minor
 //! revision constant and helpers that belong to the wire format itself.
 
+pub mod encoded;
 pub mod hist;
 pub mod logged;
 pub mod packed;

@@ -14,8 +14,12 @@ The agent computes, per step and tensor: count, mean and central moments to orde
 max |g|, NaN/Inf counts, a log-bucketed |g| histogram (relative error 2^-(p+1)) and the top-k |g|,
 and ships one report per step to the collector (--collector), at least once.
 
-The training process is never blocked: if the collector is slow or gone, finished steps are
-dropped at the agent's queue and counted (gradtel_agent_steps_dropped_queue_full_total).";
+Reports stay in an on-disk spool (--spool-dir, by default beside the socket) until the
+collector acknowledges them; an agent started on the same spool sends what its predecessor left.
+
+The training process is never blocked: if the collector is slow or gone and the spool is full,
+finished steps are dropped at the agent's queue and counted
+(gradtel_agent_steps_dropped_queue_full_total).";
 
 const EXAMPLES: &str = "\
 Examples:
@@ -65,11 +69,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     gradtel::wait_for_signal().await;
     tracing::info!("signal received; draining");
     let report = agent.shutdown(cli.drain).await;
-    if report.unacknowledged > 0 {
-        anyhow::bail!(
-            "{} reports were never acknowledged by the collector",
-            report.unacknowledged
-        );
+    let lost = report.unacknowledged - report.spooled;
+    if lost > 0 {
+        anyhow::bail!("{lost} reports were never acknowledged by the collector and are lost");
     }
     Ok(())
 }

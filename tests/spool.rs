@@ -1,0 +1,164 @@
+//! The agent's on-disk spool, through real processes: an agent SIGKILLed while holding reports
+//! the collector never acknowledged hands them to the agent started after it.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use gradtel_client::{IngestClient, StepScalars, TensorData, TensorDecl};
+use gradtel_proto::v1::Dtype;
+
+const RUN: &str = "spooled";
+
+/// Register as rank 0 of 1 and push `steps`, each fully ended.
+fn push_steps(rt: &tokio::runtime::Runtime, socket: &Path, steps: std::ops::Range<u64>) {
+    rt.block_on(async {
+        let mut c = IngestClient::connect_uds(socket).await.unwrap();
+        let decl = TensorDecl {
+            name: "w".into(),
+            shape: vec![1000],
+            dtype: Dtype::F32,
+            owned: None,
+            track_count: None,
+        };
+        c.register(RUN, 0, 1, 0, 1, &[decl]).await.unwrap();
+        for step in steps {
+            let v: Vec<f32> = (0..1000)
+                .map(|i| ((i as f32 + step as f32) * 0.37).sin())
+                .collect();
+            let resp = c
+                .push_step(
+                    step,
+                    &[TensorData::from_f32("w", 0, &v)],
+                    false,
+                    StepScalars::default(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(resp.steps_dropped, 0);
+        }
+    });
+}
+
+fn agent_metric(addr: &str, name: &str) -> f64 {
+    // The metrics endpoint opens just after the Ingest socket appears.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "no metrics on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    metric(&http_get(addr, "/metrics").1, name)
+}
+
+/// Wait until the agent's `name` reaches `want`.
+fn wait_metric(addr: &str, name: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = agent_metric(addr, name);
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} = {got}, never {want}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Steps 0–19 are ended while no collector listens; the agent is SIGKILLed; then a collector
+/// starts, a new agent on the same socket starts, and steps 20–29 follow. Returns the steps in
+/// the lake (model rows: step, trajectory, late) and what the second agent replayed.
+fn kill_an_agent_holding_reports(agent_extra: &[&str]) -> (Vec<(u64, u64, bool)>, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lake");
+    let socket = dir.path().join("rank0.sock");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut args = vec!["--metrics", metrics.as_str()];
+    args.extend_from_slice(agent_extra);
+    let agent = start_agent(&socket, &url, &args);
+    push_steps(&rt, &socket, 0..20);
+    // Every ended step has left the queue for the spool (no collector to send it to).
+    wait_metric(&metrics, "gradtel_agent_reports_inflight", 20.0);
+    wait_metric(&metrics, "gradtel_agent_queue_depth", 0.0);
+    drop(agent); // SIGKILL
+
+    let listen = format!("127.0.0.1:{port}");
+    let (collector, _) = start_collector(&out, &listen, &["--straggler-timeout", "1h"]);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut args = vec!["--metrics", metrics.as_str()];
+    args.extend_from_slice(agent_extra);
+    let agent = start_agent(&socket, &url, &args);
+    let replayed = agent_metric(&metrics, "gradtel_agent_spool_replayed_total");
+    push_steps(&rt, &socket, 20..30);
+    wait_metric(&metrics, "gradtel_agent_reports_inflight", 0.0);
+    assert!(agent.terminate().success());
+    assert!(collector.terminate().success());
+    let mut steps: Vec<(u64, u64, bool)> = rows(&read_batches(&out))
+        .into_iter()
+        .filter(|r| r.scope_kind == "model")
+        .map(|r| (r.step, r.u("trajectory"), r.late))
+        .collect();
+    steps.sort();
+    (steps, replayed)
+}
+
+#[test]
+fn an_agent_killed_with_reports_unacknowledged_hands_them_to_the_next() {
+    let (steps, replayed) = kill_an_agent_holding_reports(&[]);
+    assert_eq!(replayed, 20.0);
+    // Every step once, in the run's one trajectory: the replayed steps went ahead of the new
+    // agent's, so the collector saw each rank's steps in order.
+    let want: Vec<(u64, u64, bool)> = (0..30).map(|s| (s, 0, false)).collect();
+    assert_eq!(steps, want);
+}
+
+#[test]
+fn without_a_spool_the_same_kill_loses_the_reports() {
+    let (steps, replayed) = kill_an_agent_holding_reports(&["--no-spool"]);
+    assert_eq!(replayed, 0.0);
+    let want: Vec<(u64, u64, bool)> = (20..30).map(|s| (s, 0, false)).collect();
+    assert_eq!(steps, want);
+}
+
+#[test]
+fn two_agents_cannot_share_a_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let spool_arg = spool.to_str().unwrap();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let first = start_agent(
+        &dir.path().join("a.sock"),
+        &url,
+        &["--spool-dir", spool_arg],
+    );
+    let second = Command::new(env!("CARGO_BIN_EXE_gradtel-agent"))
+        .args(["--socket", dir.path().join("b.sock").to_str().unwrap()])
+        .args(["--collector", &url, "--spool-dir", spool_arg])
+        .stdout(Stdio::null())
+        .output()
+        .expect("run gradtel-agent");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(
+        stderr.contains("in use by another agent")
+            && stderr.contains(&format!("pid {}", first.child.id())),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("b.sock").exists(),
+        "it refused before serving"
+    );
+    // The first agent's spool is intact: it stops cleanly and leaves no segment behind.
+    assert!(first.terminate().success());
+    let left: Vec<_> = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
