@@ -12,6 +12,8 @@ use gradtel_client::{IngestClient, StepScalars, TensorData, TensorDecl};
 use gradtel_proto::v1::Dtype;
 
 const RUN: &str = "spooled";
+/// Steps the killed agent holds.
+const HELD: u64 = 300;
 
 /// Register as rank 0 of 1 and push `steps`, each fully ended.
 fn push_steps(rt: &tokio::runtime::Runtime, socket: &Path, steps: std::ops::Range<u64>) {
@@ -66,8 +68,10 @@ fn wait_metric(addr: &str, name: &str, want: f64) {
     }
 }
 
-/// Steps 0–19 are ended while no collector listens; the agent is SIGKILLed; then a collector
-/// starts, a new agent on the same socket starts, and steps 20–29 follow. Returns the steps in
+/// Steps 0–299 are ended while no collector listens (more than the shipper's send channel
+/// holds, so the new agent's reports could overtake them if they were not held back); the agent
+/// is SIGKILLed; then a collector starts, a new agent on the same socket starts, and steps
+/// 300–319 follow at once. Returns the steps in
 /// the lake (model rows: step, trajectory, late) and what the second agent replayed.
 fn kill_an_agent_holding_reports(agent_extra: &[&str]) -> (Vec<(u64, u64, bool)>, f64) {
     let dir = tempfile::tempdir().unwrap();
@@ -81,9 +85,9 @@ fn kill_an_agent_holding_reports(agent_extra: &[&str]) -> (Vec<(u64, u64, bool)>
     let mut args = vec!["--metrics", metrics.as_str()];
     args.extend_from_slice(agent_extra);
     let agent = start_agent(&socket, &url, &args);
-    push_steps(&rt, &socket, 0..20);
+    push_steps(&rt, &socket, 0..HELD);
     // Every ended step has left the queue for the spool (no collector to send it to).
-    wait_metric(&metrics, "gradtel_agent_reports_inflight", 20.0);
+    wait_metric(&metrics, "gradtel_agent_reports_inflight", HELD as f64);
     wait_metric(&metrics, "gradtel_agent_queue_depth", 0.0);
     drop(agent); // SIGKILL
 
@@ -94,7 +98,7 @@ fn kill_an_agent_holding_reports(agent_extra: &[&str]) -> (Vec<(u64, u64, bool)>
     args.extend_from_slice(agent_extra);
     let agent = start_agent(&socket, &url, &args);
     let replayed = agent_metric(&metrics, "gradtel_agent_spool_replayed_total");
-    push_steps(&rt, &socket, 20..30);
+    push_steps(&rt, &socket, HELD..HELD + 20);
     wait_metric(&metrics, "gradtel_agent_reports_inflight", 0.0);
     assert!(agent.terminate().success());
     assert!(collector.terminate().success());
@@ -110,10 +114,10 @@ fn kill_an_agent_holding_reports(agent_extra: &[&str]) -> (Vec<(u64, u64, bool)>
 #[test]
 fn an_agent_killed_with_reports_unacknowledged_hands_them_to_the_next() {
     let (steps, replayed) = kill_an_agent_holding_reports(&[]);
-    assert_eq!(replayed, 20.0);
+    assert_eq!(replayed, HELD as f64);
     // Every step once, in the run's one trajectory: the replayed steps went ahead of the new
     // agent's, so the collector saw each rank's steps in order.
-    let want: Vec<(u64, u64, bool)> = (0..30).map(|s| (s, 0, false)).collect();
+    let want: Vec<(u64, u64, bool)> = (0..HELD + 20).map(|s| (s, 0, false)).collect();
     assert_eq!(steps, want);
 }
 
@@ -121,7 +125,7 @@ fn an_agent_killed_with_reports_unacknowledged_hands_them_to_the_next() {
 fn without_a_spool_the_same_kill_loses_the_reports() {
     let (steps, replayed) = kill_an_agent_holding_reports(&["--no-spool"]);
     assert_eq!(replayed, 0.0);
-    let want: Vec<(u64, u64, bool)> = (20..30).map(|s| (s, 0, false)).collect();
+    let want: Vec<(u64, u64, bool)> = (HELD..HELD + 20).map(|s| (s, 0, false)).collect();
     assert_eq!(steps, want);
 }
 

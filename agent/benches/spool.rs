@@ -118,7 +118,7 @@ fn main() {
             let (mut spool, _) = Spool::open(&dir, 1 << 40, DEFAULT_SEGMENT_BYTES).expect("spool");
             let t = Instant::now();
             for r in &rs {
-                black_box(spool.push(r));
+                black_box(spool.push(r, true));
                 if sync && let Some(f) = spool.take_sync() {
                     f.sync_data().expect("sync");
                 }

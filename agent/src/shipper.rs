@@ -101,7 +101,7 @@ impl Shipper {
                     _ = &mut sleep => break,
                     _ = stop.changed() => break,
                     Some(report) = queue.recv(), if spool.has_room(self.max_inflight) => {
-                        self.take(&mut spool, &report);
+                        self.take(&mut spool, &report, false);
                     }
                     _ = tick.tick() => self.sync(&mut spool, &mut syncing),
                 }
@@ -112,7 +112,7 @@ impl Shipper {
         while spool.has_room(self.max_inflight) {
             match queue.try_recv() {
                 Ok(report) => {
-                    self.take(&mut spool, &report);
+                    self.take(&mut spool, &report, false);
                 }
                 Err(_) => break,
             }
@@ -131,10 +131,10 @@ impl Shipper {
     }
 
     /// Move a report from the queue into the spool; its encoding, to send.
-    fn take(&self, spool: &mut Spool, report: &ShardReport) -> EncodedReport {
+    fn take(&self, spool: &mut Spool, report: &ShardReport, sending: bool) -> EncodedReport {
         self.metrics.queue_depth.add(-1);
         let errors = spool.write_errors;
-        let encoded = spool.push(report);
+        let encoded = spool.push(report, sending);
         self.metrics
             .spool_write_errors
             .add(spool.write_errors - errors);
@@ -181,12 +181,12 @@ impl Shipper {
         syncing: &mut Option<tokio::task::JoinHandle<()>>,
     ) -> StreamEnd {
         let (tx, rx) = mpsc::channel::<EncodedReport>(256);
-        // Resends go first, oldest first. The channel is fresh, so they are queued before any
-        // new report; they are read back from the spool on a blocking thread while the call
-        // below opens.
-        let resend = spool.unacknowledged();
-        let resend_count = resend.len() as u64;
-        let feeder = {
+        // What the spool holds goes first, oldest first, read back on a blocking thread while
+        // the call below opens; new reports wait until all of it is queued (the collector takes
+        // a rank's step below one it has seen as a job resumed from a checkpoint).
+        let (resend, sent_before) = spool.take_for_sending();
+        let (resend_count, retried) = (resend.len() as u64, sent_before as u64);
+        let mut feeder = {
             let tx = tx.clone();
             let metrics = self.metrics.clone();
             tokio::task::spawn_blocking(move || {
@@ -218,15 +218,21 @@ impl Shipper {
             }
         };
         self.metrics.collector_connects.inc();
-        self.metrics.reports_retried.add(resend_count);
+        self.metrics.reports_retried.add(retried);
         self.metrics.reports_sent.add(resend_count);
         if resend_count > 0 {
-            tracing::info!(resent = resend_count, "resending unacknowledged reports");
+            tracing::info!(
+                sent = resend_count,
+                resent = retried,
+                "sending the spool's unacknowledged reports"
+            );
         }
+        let mut fed = false;
         let mut tick = tokio::time::interval(TICK);
         loop {
             self.metrics.reports_inflight.set(spool.len() as i64);
             tokio::select! {
+                _ = &mut feeder, if !fed => fed = true,
                 msg = acks.message() => match msg {
                     Ok(Some(a)) => self.on_ack(a, spool),
                     Ok(None) => return StreamEnd::Disconnected,
@@ -235,8 +241,8 @@ impl Shipper {
                         return StreamEnd::Disconnected;
                     }
                 },
-                Some(report) = queue.recv(), if spool.has_room(self.max_inflight) => {
-                    let encoded = self.take(spool, &report);
+                Some(report) = queue.recv(), if fed && spool.has_room(self.max_inflight) => {
+                    let encoded = self.take(spool, &report, true);
                     if tx.send(encoded).await.is_err() {
                         return StreamEnd::Disconnected;
                     }

@@ -121,6 +121,8 @@ struct Entry {
     stored: Stored,
     key: (u64, u64),
     since: Instant,
+    /// Sent at least once (or, taken over from a previous agent, perhaps sent).
+    sent: bool,
 }
 
 struct Segment {
@@ -333,6 +335,7 @@ impl Spool {
                         },
                         key: (r.epoch, r.seq),
                         since: now,
+                        sent: true,
                     },
                 );
             }
@@ -403,8 +406,8 @@ impl Spool {
     }
 
     /// Keep `report` until it is acknowledged (on disk, written before this returns); its
-    /// encoding, to send.
-    pub fn push(&mut self, report: &ShardReport) -> EncodedReport {
+    /// encoding, to send. `sent`: whether the caller sends it now.
+    pub fn push(&mut self, report: &ShardReport, sent: bool) -> EncodedReport {
         let order = self.next_order;
         self.next_order += 1;
         let key = (report.agent_epoch, report.seq);
@@ -429,6 +432,7 @@ impl Spool {
                 stored,
                 key,
                 since: Instant::now(),
+                sent,
             },
         );
         payload
@@ -455,6 +459,20 @@ impl Spool {
     /// Every held report's place, oldest first, for resending.
     pub fn unacknowledged(&self) -> Vec<Stored> {
         self.entries.values().map(|e| e.stored.clone()).collect()
+    }
+
+    /// [`Self::unacknowledged`], to be sent now: also how many of them were sent before.
+    pub fn take_for_sending(&mut self) -> (Vec<Stored>, usize) {
+        let mut before = 0;
+        let list = self
+            .entries
+            .values_mut()
+            .map(|e| {
+                before += usize::from(std::mem::replace(&mut e.sent, true));
+                e.stored.clone()
+            })
+            .collect();
+        (list, before)
     }
 
     /// A handle to sync, if something was appended since the last call.
@@ -643,7 +661,7 @@ mod tests {
             let (mut spool, found) = Spool::open(dir.path(), 1 << 30, 1 << 20).unwrap();
             assert_eq!(found, Recovered::default());
             for r in &sent {
-                spool.push(r);
+                spool.push(r, true);
             }
             for seq in [2, 5, 7] {
                 assert!(spool.ack(7, seq).is_some());
@@ -675,7 +693,7 @@ mod tests {
         {
             let (mut spool, _) = Spool::open(dir.path(), 1 << 30, 1 << 20).unwrap();
             for s in 1..=3 {
-                spool.push(&report(100, s, 0));
+                spool.push(&report(100, s, 0), true);
             }
         }
         {
@@ -683,7 +701,7 @@ mod tests {
             assert_eq!(found.replayed, 3);
             // The next agent has an epoch of its own and numbers its reports from 1 again.
             for s in 1..=2 {
-                spool.push(&report(5, s, 0));
+                spool.push(&report(5, s, 0), true);
             }
             assert!(spool.ack(100, 1).is_some());
         }
@@ -725,7 +743,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut spool, _) = Spool::open(dir.path(), 1 << 30, 1_000).unwrap();
         for s in 1..=20 {
-            spool.push(&report(1, s, 200));
+            spool.push(&report(1, s, 200), true);
         }
         let segs = segments(dir.path()).len();
         assert!(
@@ -755,7 +773,7 @@ mod tests {
         {
             let (mut spool, _) = Spool::open(dir.path(), 1 << 30, 1 << 20).unwrap();
             for s in 1..=5 {
-                spool.push(&report(1, s, 50));
+                spool.push(&report(1, s, 50), true);
             }
         }
         let seg = segments(dir.path()).remove(0);
@@ -796,7 +814,7 @@ mod tests {
         let mut pushed = 0;
         while spool.has_room(usize::MAX) {
             pushed += 1;
-            spool.push(&report(1, pushed, 200));
+            spool.push(&report(1, pushed, 200), true);
         }
         assert!(
             (7..=9).contains(&pushed),
@@ -814,16 +832,37 @@ mod tests {
         );
         spool.ack(1, pushed);
         assert!(spool.has_room(usize::MAX));
-        spool.push(&report(1, pushed + 1, 200));
+        spool.push(&report(1, pushed + 1, 200), true);
         assert_eq!(spool.len(), 1);
         assert!(!Spool::in_memory().has_room(0), "the count bound holds too");
+    }
+
+    #[test]
+    fn resends_count_only_reports_sent_before() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut spool, _) = Spool::open(dir.path(), 1 << 30, 1 << 20).unwrap();
+            spool.push(&report(1, 1, 0), true);
+        }
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 30, 1 << 20).unwrap();
+        // Taken while the collector was away: never sent.
+        spool.push(&report(2, 1, 0), false);
+        spool.push(&report(2, 2, 0), false);
+        let (list, before) = spool.take_for_sending();
+        assert_eq!(
+            (list.len(), before),
+            (3, 1),
+            "the replayed one may have been sent"
+        );
+        let (_, before) = spool.take_for_sending();
+        assert_eq!(before, 3);
     }
 
     #[test]
     fn in_memory_the_same_bookkeeping_holds() {
         let mut spool = Spool::in_memory();
         for s in 1..=4 {
-            spool.push(&report(3, s, 0));
+            spool.push(&report(3, s, 0), true);
         }
         spool.ack(3, 2);
         let seqs: Vec<u64> = loaded(&spool).iter().map(|r| r.seq).collect();
@@ -865,7 +904,7 @@ mod tests {
                     Op::Push(pad) => {
                         seq += 1;
                         let r = report(epoch, seq, pad);
-                        spool.push(&r);
+                        spool.push(&r, true);
                         model.push(r);
                     }
                     Op::Ack(i) if !model.is_empty() => {
