@@ -85,6 +85,29 @@ pub struct CollectorConfig {
     #[arg(long, env = "GRADTEL_COLLECTOR_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Upload every published Parquet file to this S3 location, `s3://bucket/prefix`, keeping
+    /// the lake's layout under the prefix (credentials from `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY` and optionally `AWS_SESSION_TOKEN`).
+    #[arg(long, env = "GRADTEL_COLLECTOR_UPLOAD")]
+    pub upload: Option<gradtel_s3::S3Location>,
+
+    /// The S3 endpoint: `https://s3.<region>.amazonaws.com` by default, or an S3-compatible
+    /// server's `http(s)://host:port` (MinIO, Ceph). Path-style requests.
+    #[arg(long, env = "GRADTEL_S3_ENDPOINT", requires = "upload")]
+    pub s3_endpoint: Option<String>,
+
+    /// Region of the bucket (signed into every request).
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+
+    /// PEM CA bundle to trust for an `https://` endpoint instead of the system's.
+    #[arg(long, env = "GRADTEL_S3_CA", requires = "upload")]
+    pub s3_ca: Option<PathBuf>,
+
+    /// Delete each Parquet file from the local lake once it is uploaded.
+    #[arg(long, requires = "upload")]
+    pub upload_delete_local: bool,
+
     /// TOML file with `[live]` (online estimators) and `[alerts]` (health alerts) sections.
     #[arg(long, env = "GRADTEL_COLLECTOR_CONFIG")]
     pub config: Option<PathBuf>,
@@ -293,6 +316,31 @@ impl CollectorConfig {
         Ok(Some(tls))
     }
 
+    /// The S3 client of `--upload`, checked (endpoint, credentials, CA); None without it.
+    pub fn upload_client(&self) -> Result<Option<gradtel_s3::S3Client>, gradtel_s3::S3Error> {
+        let Some(location) = &self.upload else {
+            return Ok(None);
+        };
+        let endpoint = self
+            .s3_endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", self.s3_region));
+        let var = |k: &str| std::env::var(k).unwrap_or_default();
+        let creds = gradtel_s3::Credentials {
+            access_key_id: var("AWS_ACCESS_KEY_ID"),
+            secret_access_key: var("AWS_SECRET_ACCESS_KEY"),
+            session_token: std::env::var("AWS_SESSION_TOKEN").ok(),
+        };
+        gradtel_s3::S3Client::new(
+            &endpoint,
+            location.clone(),
+            &self.s3_region,
+            creds,
+            self.s3_ca.as_deref(),
+        )
+        .map(Some)
+    }
+
     /// Where the write-ahead log lives.
     pub fn wal_dir(&self) -> PathBuf {
         self.wal_dir
@@ -317,6 +365,11 @@ impl CollectorConfig {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            upload: None,
+            s3_endpoint: None,
+            s3_region: "us-east-1".into(),
+            s3_ca: None,
+            upload_delete_local: false,
             config: None,
             file: FileConfig::default(),
         }

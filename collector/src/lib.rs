@@ -23,6 +23,7 @@ pub mod report;
 pub mod service;
 pub mod sink;
 pub mod tables;
+pub mod upload;
 pub mod wal;
 
 use std::net::SocketAddr;
@@ -61,6 +62,8 @@ pub enum CollectorError {
     Config(#[from] config::ConfigError),
     #[error("TLS of the Collect service: {0}")]
     Tls(tonic::transport::Error),
+    #[error("--upload: {0}")]
+    Upload(#[from] gradtel_s3::S3Error),
 }
 
 pub struct Collector {
@@ -74,7 +77,12 @@ pub struct Collector {
     durable: JoinHandle<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     stop: watch::Sender<bool>,
+    /// The object-store upload (`--upload`) and its own stop, given after the last write.
+    uploader: Option<(watch::Sender<bool>, JoinHandle<()>)>,
 }
+
+/// How long a stopping collector keeps uploading what it wrote last.
+const UPLOAD_DRAIN: Duration = Duration::from_secs(30);
 
 use pipeline::Inbound;
 
@@ -95,6 +103,8 @@ impl Collector {
         if let Some(tls) = config.server_tls()? {
             builder = builder.tls_config(tls).map_err(CollectorError::Tls)?;
         }
+        // Before anything starts: a bad endpoint, CA or missing credentials fail the start.
+        let upload = config.upload_client()?;
         std::fs::create_dir_all(&config.out).map_err(|source| CollectorError::Out {
             path: config.out.clone(),
             source,
@@ -200,8 +210,23 @@ impl Collector {
             (Some(_), None) => "on",
             (Some(_), Some(_)) => "mutual",
         };
+        let uploader = upload.map(|client| {
+            let (tx, rx) = watch::channel(false);
+            let task = tokio::spawn(
+                upload::Uploader {
+                    out: config.out.clone(),
+                    client,
+                    delete_local: config.upload_delete_local,
+                    interval: config.roll_interval.max(Duration::from_millis(200)),
+                    metrics: metrics.clone(),
+                }
+                .run(rx, UPLOAD_DRAIN),
+            );
+            (tx, task)
+        });
         tracing::info!(%addr, out = %config.out.display(), tls, "collector started");
         Ok(Collector {
+            uploader,
             addr,
             metrics_addr,
             metrics,
@@ -244,6 +269,10 @@ impl Collector {
         // The pipeline's thread ends when the durability stage, its only sender, is gone.
         drop(self.inbound);
         self.durable.abort();
+        if let Some((stop, task)) = self.uploader {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
         tracing::info!("collector stopped");
     }
 }

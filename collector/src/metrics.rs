@@ -70,6 +70,10 @@ pub struct CollectorMetrics {
     pub wal_segments: Gauge,
     pub unpublished_bytes: Gauge,
     pub intake_paused: Gauge,
+    pub uploaded_files: Counter,
+    pub uploaded_bytes: Counter,
+    pub upload_errors: Counter,
+    pub upload_pending: Gauge,
     pub runs: Mutex<BTreeMap<Arc<str>, RunGauges>>,
 }
 
@@ -215,6 +219,26 @@ impl Render for CollectorMetrics {
             "gradtel_collector_intake_paused",
             "1 while new reports wait: the unpublished bytes are over --max-unpublished-mb.",
             self.intake_paused.get(),
+        )
+        .counter(
+            "gradtel_collector_uploaded_files_total",
+            "Parquet files uploaded to the object store (--upload).",
+            self.uploaded_files.get(),
+        )
+        .counter(
+            "gradtel_collector_uploaded_bytes_total",
+            "Bytes of Parquet files uploaded to the object store.",
+            self.uploaded_bytes.get(),
+        )
+        .counter(
+            "gradtel_collector_upload_errors_total",
+            "Uploads that failed (retried at the next scan).",
+            self.upload_errors.get(),
+        )
+        .gauge(
+            "gradtel_collector_upload_pending_files",
+            "Published files not yet uploaded, at the last scan.",
+            self.upload_pending.get(),
         );
         if let Ok(runs) = self.runs.lock() {
             render_runs(&mut e, &runs);
