@@ -126,6 +126,12 @@ fn main() -> anyhow::Result<()> {
         seed: 0,
         memory_mb: env("GRADTEL_BENCH_MEMORY_MB", 2048) as u64,
         format: Format::Md,
+        s3: gradtel::analyze::remote::S3Args {
+            s3_endpoint: None,
+            s3_region: "us-east-1".into(),
+            s3_ca: None,
+            s3_cache: None,
+        },
     };
     let t = Instant::now();
     let a = analyze(&args)?;

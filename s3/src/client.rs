@@ -1,5 +1,6 @@
-//! `PutObject` against S3 or an S3-compatible server, over HTTP/1.1 (plain, or TLS through
-//! rustls), with path-style URLs (`endpoint/bucket/key`), one connection per request.
+//! `PutObject`, `GetObject` and `ListObjectsV2` against S3 or an S3-compatible server, over
+//! HTTP/1.1 (plain, or TLS through rustls), with path-style URLs (`endpoint/bucket/key`), one
+//! connection per request.
 //!
 //! The collector uploads a few files per roll interval, so a connection per request costs
 //! nothing that matters and leaves no pool to go stale across a server restart. An object
@@ -42,9 +43,10 @@ pub enum S3Error {
         endpoint: String,
         source: hyper::Error,
     },
-    #[error("{endpoint} answered {status} to PUT {key}: {body}")]
+    #[error("{endpoint} answered {status} to {method} {key}: {body}")]
     Status {
         endpoint: String,
+        method: String,
         key: String,
         status: u16,
         body: String,
@@ -226,8 +228,47 @@ impl S3Client {
 
     /// PUT `body` at `key`; Ok once the server answered 200.
     pub async fn put(&self, key: &str, body: Bytes) -> Result<(), S3Error> {
+        self.call("PUT", key, &[], body).await.map(|_| ())
+    }
+
+    /// The object at `key`.
+    pub async fn get(&self, key: &str) -> Result<Bytes, S3Error> {
+        self.call("GET", key, &[], Bytes::new()).await
+    }
+
+    /// Every key under `prefix` (ListObjectsV2, page after page), in the store's order (UTF-8
+    /// binary order for S3).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, S3Error> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut query = vec![
+                ("list-type", "2".to_string()),
+                ("prefix", prefix.to_string()),
+            ];
+            if let Some(t) = &token {
+                query.push(("continuation-token", t.clone()));
+            }
+            let body = self.call("GET", "", &query, Bytes::new()).await?;
+            let page = ListPage::parse(&String::from_utf8_lossy(&body));
+            keys.extend(page.keys);
+            match page.next {
+                Some(t) if page.truncated => token = Some(t),
+                _ => return Ok(keys),
+            }
+        }
+    }
+
+    /// One signed request on the bucket (`key` empty: the bucket itself); the body of a 200.
+    async fn call(
+        &self,
+        method: &str,
+        key: &str,
+        query: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<Bytes, S3Error> {
         let timeout = self.timeout;
-        tokio::time::timeout(timeout, self.put_inner(key, body))
+        tokio::time::timeout(timeout, self.call_inner(method, key, query, body))
             .await
             .map_err(|_| S3Error::Timeout {
                 endpoint: self.endpoint.clone(),
@@ -235,8 +276,19 @@ impl S3Client {
             })?
     }
 
-    async fn put_inner(&self, key: &str, body: Bytes) -> Result<(), S3Error> {
-        let uri = format!("/{}/{}", self.location.bucket, sigv4::uri_encode(key, true));
+    async fn call_inner(
+        &self,
+        method: &str,
+        key: &str,
+        query: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<Bytes, S3Error> {
+        let uri = if key.is_empty() {
+            format!("/{}", self.location.bucket)
+        } else {
+            format!("/{}/{}", self.location.bucket, sigv4::uri_encode(key, true))
+        };
+        let query = sigv4::canonical_query(query);
         let default_port = if self.tls.is_some() { 443 } else { 80 };
         let host = if self.port == default_port {
             self.host.clone()
@@ -260,9 +312,9 @@ impl S3Client {
         let auth = sigv4::authorization(
             &self.creds,
             &sigv4::Request {
-                method: "PUT",
+                method,
                 canonical_uri: &uri,
-                canonical_query: "",
+                canonical_query: &query,
                 headers: &headers,
                 payload_sha256: &hash,
                 amz_date: &date,
@@ -270,7 +322,12 @@ impl S3Client {
                 service: "s3",
             },
         );
-        let mut req = hyper::Request::builder().method("PUT").uri(&uri);
+        let target = if query.is_empty() {
+            uri.clone()
+        } else {
+            format!("{uri}?{query}")
+        };
+        let mut req = hyper::Request::builder().method(method).uri(&target);
         for (n, v) in &headers {
             req = req.header(*n, *v);
         }
@@ -305,26 +362,71 @@ impl S3Client {
             }
         };
         let status = response.status().as_u16();
-        if status == 200 {
-            return Ok(());
-        }
         let body = response
             .into_body()
             .collect()
             .await
-            .map(|b| {
-                String::from_utf8_lossy(&b.to_bytes())
-                    .chars()
-                    .take(500)
-                    .collect()
-            })
-            .unwrap_or_default();
+            .map_err(|source| S3Error::Http {
+                endpoint: self.endpoint.clone(),
+                source,
+            })?
+            .to_bytes();
+        if status == 200 {
+            return Ok(body);
+        }
         Err(S3Error::Status {
             endpoint: self.endpoint.clone(),
+            method: method.to_string(),
             key: key.to_string(),
             status,
-            body,
+            body: String::from_utf8_lossy(&body).chars().take(500).collect(),
         })
+    }
+}
+
+/// One page of a ListObjectsV2 answer. Read by scanning for its few elements: the keys
+/// gradtel writes need no more of XML than its five predefined entities.
+#[derive(Debug, Default, PartialEq)]
+struct ListPage {
+    keys: Vec<String>,
+    truncated: bool,
+    next: Option<String>,
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+fn elements<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find(&open) {
+        let after = &rest[i + open.len()..];
+        let Some(j) = after.find(&close) else { break };
+        out.push(&after[..j]);
+        rest = &after[j + close.len()..];
+    }
+    out
+}
+
+impl ListPage {
+    fn parse(xml: &str) -> ListPage {
+        ListPage {
+            keys: elements(xml, "Contents")
+                .into_iter()
+                .flat_map(|c| elements(c, "Key"))
+                .map(unescape)
+                .collect(),
+            truncated: elements(xml, "IsTruncated").first() == Some(&"true"),
+            next: elements(xml, "NextContinuationToken")
+                .first()
+                .map(|t| unescape(t)),
+        }
     }
 }
 
@@ -414,6 +516,27 @@ mod tests {
         let e = S3Client::new("https://h", loc, "r", creds(), Some(&dir)).unwrap_err();
         let _ = std::fs::remove_file(&dir);
         assert!(matches!(e, S3Error::Roots { .. }), "{e}");
+    }
+
+    #[test]
+    fn list_pages_give_their_keys_and_continuation() {
+        let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>lake</Name>
+<Prefix>p/</Prefix><KeyCount>2</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated>
+<Contents><Key>p/run=a/table=steps/x.parquet</Key><Size>10</Size></Contents>
+<Contents><Key>p/a&amp;b</Key><Size>3</Size></Contents>
+<NextContinuationToken>1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM=</NextContinuationToken>
+</ListBucketResult>"#;
+        assert_eq!(
+            ListPage::parse(xml),
+            ListPage {
+                keys: vec!["p/run=a/table=steps/x.parquet".into(), "p/a&b".into()],
+                truncated: true,
+                next: Some("1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM=".into()),
+            }
+        );
+        let last = "<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>";
+        assert_eq!(ListPage::parse(last), ListPage::default());
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ pub mod figures;
 pub mod lake;
 pub mod objects;
 pub mod plots;
+pub mod remote;
 pub mod report;
 
 use std::path::PathBuf;
@@ -24,7 +25,8 @@ pub enum Format {
 
 #[derive(Debug, clap::Args)]
 pub struct AnalyzeArgs {
-    /// The collector's output root (the directory holding `run=<id>/`).
+    /// The collector's output root (the directory holding `run=<id>/`), or the S3 location it
+    /// uploaded the lake to (`s3://bucket/prefix`, see `--s3-endpoint`).
     pub lake: PathBuf,
     /// Run to analyse (needed when the lake holds several).
     #[arg(long)]
@@ -51,6 +53,8 @@ pub struct AnalyzeArgs {
     /// Format of the summary on stdout.
     #[arg(long, value_enum, default_value_t = Format::Md)]
     pub format: Format,
+    #[command(flatten)]
+    pub s3: remote::S3Args,
 }
 
 fn parse_steps(s: &str) -> Result<(u64, u64), String> {
@@ -179,7 +183,10 @@ pub fn analyze(args: &AnalyzeArgs) -> anyhow::Result<Analysis> {
     })
 }
 
-pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
+pub fn run(mut args: AnalyzeArgs) -> anyhow::Result<()> {
+    // Held to the end: a temporary copy of an S3 lake is removed when it is dropped.
+    let local = remote::local(&args.lake, args.run.as_deref(), &args.s3)?;
+    args.lake = local.path.clone();
     let a = analyze(&args)?;
     let mut md = report::markdown(&a.run, &a.summary, args.bootstrap);
     let resumed_steps = a.trajectories.resumed_steps();
