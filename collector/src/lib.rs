@@ -148,7 +148,16 @@ impl Collector {
         let (published_tx, published_rx) = mpsc::unbounded_channel();
         let (inbound, durable_rx) = mpsc::channel(4096);
         let (drains, drains_rx) = mpsc::channel(4);
-        let pipeline = pipeline::Pipeline::new(&config, instance, metrics.clone(), published_tx);
+        let mut pipeline =
+            pipeline::Pipeline::new(&config, instance, metrics.clone(), published_tx);
+        let uploads = match upload {
+            Some(client) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                pipeline = pipeline.with_uploads(tx);
+                Some((client, rx))
+            }
+            None => None,
+        };
         // The estimators hold their thread for milliseconds per step; on a thread of their own
         // they never delay the streams or an ack behind them.
         let nice = config.estimators_nice;
@@ -210,17 +219,17 @@ impl Collector {
             (Some(_), None) => "on",
             (Some(_), Some(_)) => "mutual",
         };
-        let uploader = upload.map(|client| {
+        let uploader = uploads.map(|(client, files)| {
             let (tx, rx) = watch::channel(false);
             let task = tokio::spawn(
                 upload::Uploader {
                     out: config.out.clone(),
                     client,
                     delete_local: config.upload_delete_local,
-                    interval: config.roll_interval.max(Duration::from_millis(200)),
+                    retry: config.roll_interval.max(Duration::from_millis(200)),
                     metrics: metrics.clone(),
                 }
-                .run(rx, UPLOAD_DRAIN),
+                .run(files, rx, UPLOAD_DRAIN),
             );
             (tx, task)
         });

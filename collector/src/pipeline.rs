@@ -53,6 +53,7 @@ pub struct Pipeline {
     in_flight: HashSet<Arc<str>>,
     /// Log segments of published reports, back to the durability stage.
     published: mpsc::UnboundedSender<Vec<u64>>,
+    uploads: Option<mpsc::UnboundedSender<PathBuf>>,
 }
 
 /// What a write did: its result, what it published or dropped, and the rows not yet published
@@ -62,8 +63,8 @@ type WriteOutcome = (Result<(), sink::SinkError>, Written, Tables);
 /// The tables a write is done with.
 #[derive(Default)]
 struct Written {
-    /// (bytes, rows) of each published file.
-    published: Vec<(u64, usize)>,
+    /// (bytes, rows, path) of each published file.
+    published: Vec<(u64, usize, PathBuf)>,
     /// Tables whose rows could not be encoded: (table, rows, why).
     unencodable: Vec<(&'static str, usize, sink::SinkError)>,
     /// Committed in the journal, but a rename or directory sync failed: the next start
@@ -132,7 +133,7 @@ fn write_tables(
     for (table, s, n) in &staged {
         rows.clear(table);
         match sink::publish(s) {
-            Ok(()) => done.published.push((s.size, *n)),
+            Ok(()) => done.published.push((s.size, *n, s.dest.clone())),
             Err(e) => {
                 done.unfinished.get_or_insert(e);
             }
@@ -210,7 +211,14 @@ impl Pipeline {
             writes: JoinSet::new(),
             in_flight: HashSet::new(),
             published,
+            uploads: None,
         }
+    }
+
+    /// Also name every published file on `uploads` (the object-store uploader's queue).
+    pub fn with_uploads(mut self, uploads: mpsc::UnboundedSender<PathBuf>) -> Self {
+        self.uploads = Some(uploads);
+        self
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<Inbound>, tick: Duration) {
@@ -369,10 +377,14 @@ impl Pipeline {
             tracing::error!(run = %run, table, rows = n, error = %e, "rows that cannot be encoded dropped");
         }
         let published = done.published;
-        for (size, n) in &published {
+        for (size, n, path) in &published {
             self.metrics.files_written.inc();
             self.metrics.bytes_written.add(*size);
             self.metrics.rows_written.add(*n as u64);
+            // Whatever else happened to the write, this file is in place: upload it.
+            if let Some(up) = &self.uploads {
+                let _ = up.send(path.clone());
+            }
         }
         match result {
             Ok(()) if done.unfinished.is_some() => {
