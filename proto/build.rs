@@ -22,33 +22,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The collector's side of Collect, generated a second time with a codec that keeps each
     // report's bytes beside the decoded message (for its write-ahead log); same route, so the
     // agents' generated client talks to it unchanged.
-    let logged = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("logged");
-    std::fs::create_dir_all(&logged)?;
-    tonic_build::manual::Builder::new()
-        .build_client(false)
-        .out_dir(&logged)
-        .compile(&[tonic_build::manual::Service::builder()
-            .name("Collect")
-            .package("gradtel.v1")
-            .method(
-                tonic_build::manual::Method::builder()
-                    .name("stream")
-                    .route_name("Stream")
-                    .input_type("crate::logged::LoggedReport")
-                    .output_type("crate::v1::Ack")
-                    .codec_path("crate::logged::LoggedCodec")
-                    .client_streaming()
-                    .server_streaming()
-                    .build(),
-            )
-            .build()]);
+    collect_with_codec("logged", "LoggedReport", "LoggedCodec", Side::Server)?;
     // The agent's side of Collect, with a codec that sends each report as the bytes its spool
     // already holds (src/encoded.rs); same route and wire format.
-    let encoded = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("encoded");
-    std::fs::create_dir_all(&encoded)?;
+    collect_with_codec("encoded", "EncodedReport", "EncodedCodec", Side::Client)?;
+    println!("cargo:rerun-if-changed=gradtel");
+    Ok(())
+}
+
+enum Side {
+    Server,
+    Client,
+}
+
+/// One side of `gradtel.v1.Collect` generated into `$OUT_DIR/<module>/` with the codec
+/// `crate::<module>::<codec>` and reports of type `crate::<module>::<input>`.
+fn collect_with_codec(
+    module: &str,
+    input: &str,
+    codec: &str,
+    side: Side,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join(module);
+    std::fs::create_dir_all(&dir)?;
     tonic_build::manual::Builder::new()
-        .build_server(false)
-        .out_dir(&encoded)
+        .build_client(matches!(side, Side::Client))
+        .build_server(matches!(side, Side::Server))
+        .out_dir(&dir)
         .compile(&[tonic_build::manual::Service::builder()
             .name("Collect")
             .package("gradtel.v1")
@@ -56,14 +56,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tonic_build::manual::Method::builder()
                     .name("stream")
                     .route_name("Stream")
-                    .input_type("crate::encoded::EncodedReport")
+                    .input_type(format!("crate::{module}::{input}"))
                     .output_type("crate::v1::Ack")
-                    .codec_path("crate::encoded::EncodedCodec")
+                    .codec_path(format!("crate::{module}::{codec}"))
                     .client_streaming()
                     .server_streaming()
                     .build(),
             )
             .build()]);
-    println!("cargo:rerun-if-changed=gradtel");
     Ok(())
 }

@@ -11,6 +11,8 @@
 //!
 //! Run: `cargo bench -p gradtel-agent --bench spool`. Results: bench/RESULTS.md.
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,20 +49,11 @@ fn reports(tensors: usize, numel: u64, steps: u64) -> Vec<ShardReport> {
             ..Default::default()
         })
         .expect("register");
-    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    let mut s = common::SEED;
     let mut out = Vec::new();
     for step in 0..steps {
         for n in &names {
-            let bytes: Vec<u8> = (0..numel)
-                .flat_map(|_| {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
-                    let u = (s >> 40) as f32 / (1u64 << 24) as f32;
-                    let v = ((s >> 16) & 0xFF_FFFF) as f32 / (1u64 << 24) as f32 + 1e-6;
-                    ((u - 0.5) * 1e-3 / v.powf(0.8)).to_le_bytes()
-                })
-                .collect();
+            let bytes = common::heavy_tailed_bytes(numel, &mut s);
             state
                 .add_chunk(&GradientChunk {
                     step,

@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench -p gradtel-agent --bench step_cost`. Results: bench/RESULTS.md.
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,18 +36,8 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1 << 18);
-    // Heavy-tailed values spanning many binades, like real gradients.
-    let mut s = 0x2545_F491_4F6C_DD1Du64;
-    let bytes: Vec<u8> = (0..N)
-        .flat_map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
-            let v = ((s >> 16) & 0xFF_FFFF) as f32 / (1u64 << 24) as f32 + 1e-6;
-            ((u - 0.5) * 1e-3 / v.powf(0.8)).to_le_bytes()
-        })
-        .collect();
+    let mut seed = common::SEED;
+    let bytes = common::heavy_tailed_bytes(N, &mut seed);
     let chunks: Vec<GradientChunk> = (0..N.div_ceil(chunk))
         .map(|i| {
             let a = i * chunk;
