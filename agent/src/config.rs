@@ -124,7 +124,8 @@ pub struct AgentConfig {
     pub spool_dir: Option<PathBuf>,
 
     /// Keep unacknowledged reports in memory only (a killed agent loses them).
-    #[arg(long, env = "GRADTEL_AGENT_NO_SPOOL", conflicts_with = "spool_dir")]
+    #[arg(long, env = "GRADTEL_AGENT_NO_SPOOL", conflicts_with = "spool_dir",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub no_spool: bool,
 
     /// Largest size of the spool on disk, in MiB. When full the agent stops taking reports off

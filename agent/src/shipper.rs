@@ -22,8 +22,20 @@ use tonic::transport::{ClientTlsConfig, Endpoint};
 use crate::metrics::AgentMetrics;
 use crate::spool::Spool;
 
-/// How often a spool with new records is synced, and the stop condition checked.
+/// How often the stop condition is checked.
 const TICK: Duration = Duration::from_millis(50);
+
+/// Longest time between a spool write and its sync. A killed agent loses nothing without a
+/// sync (the page cache holds the writes); the sync bounds what a power loss takes. Each one
+/// costs the agent's process ≈ a millisecond of kernel time on a VM disk, so not every tick:
+/// synced every 50 ms, the spool measured ≈ 0.1 ms more agent CPU per DDP step.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// The spool's background sync: one at a time, at most every [`SYNC_EVERY`].
+struct Syncer {
+    task: Option<tokio::task::JoinHandle<()>>,
+    last: Instant,
+}
 
 /// Outcome of a shipper run, for the caller's summary.
 #[derive(Debug, Clone, Copy, Default)]
@@ -65,7 +77,10 @@ impl Shipper {
         mut spool: Spool,
     ) -> ShipperReport {
         let mut backoff = Duration::from_millis(50);
-        let mut syncing: Option<tokio::task::JoinHandle<()>> = None;
+        let mut syncing = Syncer {
+            task: None,
+            last: Instant::now(),
+        };
         loop {
             if drained(*stop.borrow(), &queue, &spool) {
                 break;
@@ -117,7 +132,7 @@ impl Shipper {
                 Err(_) => break,
             }
         }
-        if let Some(s) = syncing.take() {
+        if let Some(s) = syncing.task.take() {
             let _ = s.await;
         }
         let held = spool.len();
@@ -143,13 +158,17 @@ impl Shipper {
         encoded
     }
 
-    /// Sync what was appended since the last sync, off the async threads, one sync at a time.
-    fn sync(&self, spool: &mut Spool, syncing: &mut Option<tokio::task::JoinHandle<()>>) {
-        if syncing.as_ref().is_some_and(|s| !s.is_finished()) {
+    /// Sync what was appended since the last sync, off the async threads, one sync at a time
+    /// and at most every [`SYNC_EVERY`].
+    fn sync(&self, spool: &mut Spool, syncing: &mut Syncer) {
+        if syncing.task.as_ref().is_some_and(|s| !s.is_finished())
+            || syncing.last.elapsed() < SYNC_EVERY
+        {
             return;
         }
         if let Some(file) = spool.take_sync() {
-            *syncing = Some(tokio::task::spawn_blocking(move || {
+            syncing.last = Instant::now();
+            syncing.task = Some(tokio::task::spawn_blocking(move || {
                 if let Err(e) = file.sync_data() {
                     tracing::warn!(error = %e, "spool sync failed");
                 }
@@ -178,7 +197,7 @@ impl Shipper {
         queue: &mut mpsc::Receiver<ShardReport>,
         spool: &mut Spool,
         stop: &mut watch::Receiver<Option<Instant>>,
-        syncing: &mut Option<tokio::task::JoinHandle<()>>,
+        syncing: &mut Syncer,
     ) -> StreamEnd {
         let (tx, rx) = mpsc::channel::<EncodedReport>(256);
         // What the spool holds goes first, oldest first, read back on a blocking thread while

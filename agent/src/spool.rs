@@ -22,7 +22,7 @@
 //! * A report is written (`write(2)`) before it is first sent, so every report the collector
 //!   may not have made durable is in the spool until its ack comes back: killing the agent loses
 //!   nothing it took off the queue. The segment is synced (`fdatasync`) by the shipper at most
-//!   every 50 ms after a write, which bounds what a power loss can take.
+//!   every second after a write, which bounds what a power loss can take.
 //! * At start the next agent replays the unacknowledged reports, oldest first. A record cut
 //!   short by a crash mid-write, or one whose CRC does not match, ends that segment's replay and
 //!   is counted (`gradtel_agent_spool_lost_total`); the records before it are replayed.
