@@ -450,7 +450,9 @@ impl Spool {
         let Some(entry) = self.entries.remove(&order) else {
             return;
         };
-        self.by_key.remove(&entry.key);
+        if self.by_key.get(&entry.key) == Some(&order) {
+            self.by_key.remove(&entry.key);
+        }
         if let (Some(disk), Stored::Disk { .. }) = (self.disk.as_mut(), &entry.stored) {
             disk.acknowledged(order);
         }
@@ -856,6 +858,21 @@ mod tests {
         );
         let (_, before) = spool.take_for_sending();
         assert_eq!(before, 3);
+    }
+
+    #[test]
+    fn a_report_pushed_twice_is_held_once_and_acknowledged_once() {
+        let mut spool = Spool::in_memory();
+        spool.push(&report(1, 1, 0), true);
+        spool.push(&report(1, 1, 5), true);
+        assert_eq!(spool.len(), 1);
+        assert_eq!(
+            loaded(&spool)[0].run_id,
+            report(1, 1, 5).run_id,
+            "the newer copy"
+        );
+        assert!(spool.ack(1, 1).is_some());
+        assert!(spool.is_empty());
     }
 
     #[test]
