@@ -179,6 +179,75 @@ fn mutual_tls_takes_reports_only_from_agents_with_a_certificate_the_ca_signed() 
 }
 
 /// Run a daemon that must refuse to start; returns its stderr.
+/// Poll until `f` holds, or panic after 30 s.
+fn wait(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_rotated_certificate_is_served_without_a_restart() {
+    let first = make_pki();
+    let second = make_pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lake");
+    let (cert, key) = (dir.path().join("tls.pem"), dir.path().join("tls-key.pem"));
+    std::fs::copy(&first.server.0, &cert).unwrap();
+    std::fs::copy(&first.server.1, &key).unwrap();
+    let (_collector, url, metrics) = start_collector_with_metrics(
+        &out,
+        "127.0.0.1:0",
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--tls-reload-interval",
+            "100ms",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let metrics = metrics.expect("metrics address");
+    let counter = |name: &str| metric(&http_get(&metrics, "/metrics").1, name);
+    let https = tls_url(&url);
+    let sock = |n: &str| dir.path().join(format!("{n}.sock"));
+    // An agent that trusts only the CA of the certificate to come delivers nothing yet.
+    let second_ca = second.ca.to_str().unwrap();
+    let _next = start_agent(
+        &sock("next"),
+        &https,
+        &["--collector-ca", second_ca, "--max-backoff", "200ms"],
+    );
+    push_steps(&sock("next"), "rotated", 4);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(model_rows(&out, "rotated"), 0);
+    assert!(counter("gradtel_collector_tls_handshake_errors_total") > 0.0);
+    // The rotation, as certificate managers do it: new files renamed over the old ones.
+    for (from, to) in [(&second.server.0, &cert), (&second.server.1, &key)] {
+        let tmp = to.with_extension("new");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, to).unwrap();
+    }
+    wait("the rotated certificate was never served", || {
+        model_rows(&out, "rotated") == 4
+    });
+    assert!(counter("gradtel_collector_tls_reloads_total") >= 1.0);
+    // A broken rewrite keeps the certificate served: counted, and agents still deliver.
+    std::fs::write(&cert, b"-----BEGIN CERTIFICATE-----\ntruncated").unwrap();
+    wait("a broken certificate file was not noticed", || {
+        counter("gradtel_collector_tls_reload_errors_total") >= 1.0
+    });
+    let _later = start_agent(&sock("later"), &https, &["--collector-ca", second_ca]);
+    push_steps(&sock("later"), "after-a-bad-rewrite", 3);
+    wait("no agent could connect after a broken rewrite", || {
+        model_rows(&out, "after-a-bad-rewrite") == 3
+    });
+}
+
 fn refused(bin: &str, args: &[&str]) -> String {
     let out = Command::new(bin)
         .args(args)

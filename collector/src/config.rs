@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -84,6 +85,11 @@ pub struct CollectorConfig {
     /// `--tls-cert`/`--tls-key`), others are refused at the handshake.
     #[arg(long, env = "GRADTEL_COLLECTOR_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+
+    /// How often the certificate and key files are checked: a rotated pair is served to new
+    /// connections without a restart.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub tls_reload_interval: Duration,
 
     /// Upload every published Parquet file to this S3 location, `s3://bucket/prefix`, keeping
     /// the lake's layout under the prefix (credentials from `AWS_ACCESS_KEY_ID`,
@@ -301,19 +307,15 @@ impl CollectorConfig {
         )
     }
 
-    /// The Collect service's TLS settings, read from the PEM files; None when it serves plain
-    /// gRPC.
-    pub fn server_tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, ConfigError> {
+    /// The Collect service's TLS settings, read from the PEM files (the certificate pair
+    /// re-read when it changes, [`crate::tls`]); None when it serves plain gRPC.
+    pub fn server_tls(&self) -> Result<Option<crate::tls::ServerTls>, crate::tls::TlsError> {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
             return Ok(None);
         };
-        use gradtel_proto::tls::read_pem;
-        let identity = tonic::transport::Identity::from_pem(read_pem(cert)?, read_pem(key)?);
-        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &self.tls_client_ca {
-            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read_pem(ca)?));
-        }
-        Ok(Some(tls))
+        let certs = Arc::new(crate::tls::Reloading::open(cert, key)?);
+        let config = crate::tls::server_config(certs.clone(), self.tls_client_ca.as_deref())?;
+        Ok(Some((config, certs)))
     }
 
     /// The S3 client of `--upload`, checked (endpoint, credentials, CA); None without it.
@@ -365,6 +367,7 @@ impl CollectorConfig {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            tls_reload_interval: Duration::from_secs(30),
             upload: None,
             s3_endpoint: None,
             s3_region: "us-east-1".into(),

@@ -23,6 +23,7 @@ pub mod report;
 pub mod service;
 pub mod sink;
 pub mod tables;
+pub mod tls;
 pub mod upload;
 pub mod wal;
 
@@ -61,7 +62,7 @@ pub enum CollectorError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error("TLS of the Collect service: {0}")]
-    Tls(tonic::transport::Error),
+    Tls(#[from] tls::TlsError),
     #[error("--upload: {0}")]
     Upload(#[from] gradtel_s3::S3Error),
 }
@@ -99,10 +100,7 @@ impl Collector {
     /// Bind, then serve until [`Collector::shutdown`].
     pub async fn start(config: CollectorConfig) -> Result<Collector, CollectorError> {
         // Before anything starts: a bad certificate or key fails the start, not a handshake.
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = config.server_tls()? {
-            builder = builder.tls_config(tls).map_err(CollectorError::Tls)?;
-        }
+        let tls = config.server_tls()?;
         // Before anything starts: a bad endpoint, CA or missing credentials fail the start.
         let upload = config.upload_client()?;
         std::fs::create_dir_all(&config.out).map_err(|source| CollectorError::Out {
@@ -202,18 +200,31 @@ impl Collector {
             ),
             None => None,
         };
-        let server = tokio::spawn(
-            builder
-                .add_service(
-                    CollectServer::new(service)
-                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                        .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        let collect = CollectServer::new(service)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let mut builder = tonic::transport::Server::builder();
+        let server = match tls {
+            None => tokio::spawn(builder.add_service(collect).serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                stopped(stop_rx),
+            )),
+            Some((server_config, certs)) => {
+                tokio::spawn(tls::watch(
+                    certs,
+                    config.tls_reload_interval,
+                    metrics.clone(),
+                    stop_rx.clone(),
+                ));
+                let incoming =
+                    tls::incoming(listener, server_config, metrics.clone(), stop_rx.clone());
+                tokio::spawn(
+                    builder
+                        .add_service(collect)
+                        .serve_with_incoming_shutdown(incoming, stopped(stop_rx)),
                 )
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    stopped(stop_rx),
-                ),
-        );
+            }
+        };
         let tls = match (&config.tls_cert, &config.tls_client_ca) {
             (None, _) => "off",
             (Some(_), None) => "on",

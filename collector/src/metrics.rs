@@ -74,6 +74,9 @@ pub struct CollectorMetrics {
     pub uploaded_bytes: Counter,
     pub upload_errors: Counter,
     pub upload_pending: Gauge,
+    pub tls_reloads: Counter,
+    pub tls_reload_errors: Counter,
+    pub tls_handshake_errors: Counter,
     pub runs: Mutex<BTreeMap<Arc<str>, RunGauges>>,
 }
 
@@ -234,6 +237,21 @@ impl Render for CollectorMetrics {
             "gradtel_collector_upload_errors_total",
             "Uploads that failed (retried at the next scan).",
             self.upload_errors.get(),
+        )
+        .counter(
+            "gradtel_collector_tls_reloads_total",
+            "Times a changed certificate or key file was read and served to new connections.",
+            self.tls_reloads.get(),
+        )
+        .counter(
+            "gradtel_collector_tls_reload_errors_total",
+            "Checks that found the certificate files changed but unusable (the previous certificate stays).",
+            self.tls_reload_errors.get(),
+        )
+        .counter(
+            "gradtel_collector_tls_handshake_errors_total",
+            "TLS handshakes with agents that failed or timed out.",
+            self.tls_handshake_errors.get(),
         )
         .gauge(
             "gradtel_collector_upload_pending_files",
