@@ -3,47 +3,14 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use gradtel_client::{IngestClient, StepScalars, TensorData, TensorDecl};
-use gradtel_proto::v1::Dtype;
 
 const RUN: &str = "spooled";
 /// Steps the killed agent holds.
 const HELD: u64 = 300;
-
-/// Register as rank 0 of 1 and push `steps`, each fully ended.
-fn push_steps(rt: &tokio::runtime::Runtime, socket: &Path, steps: std::ops::Range<u64>) {
-    rt.block_on(async {
-        let mut c = IngestClient::connect_uds(socket).await.unwrap();
-        let decl = TensorDecl {
-            name: "w".into(),
-            shape: vec![1000],
-            dtype: Dtype::F32,
-            owned: None,
-            track_count: None,
-        };
-        c.register(RUN, 0, 1, 0, 1, &[decl]).await.unwrap();
-        for step in steps {
-            let v: Vec<f32> = (0..1000)
-                .map(|i| ((i as f32 + step as f32) * 0.37).sin())
-                .collect();
-            let resp = c
-                .push_step(
-                    step,
-                    &[TensorData::from_f32("w", 0, &v)],
-                    false,
-                    StepScalars::default(),
-                )
-                .await
-                .unwrap();
-            assert_eq!(resp.steps_dropped, 0);
-        }
-    });
-}
 
 fn agent_metric(addr: &str, name: &str) -> f64 {
     // The metrics endpoint opens just after the Ingest socket appears.
@@ -79,13 +46,12 @@ fn kill_an_agent_holding_reports(agent_extra: &[&str]) -> (Vec<(u64, u64, bool)>
     let socket = dir.path().join("rank0.sock");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let rt = tokio::runtime::Runtime::new().unwrap();
 
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut args = vec!["--metrics", metrics.as_str()];
     args.extend_from_slice(agent_extra);
     let agent = start_agent(&socket, &url, &args);
-    push_steps(&rt, &socket, 0..HELD);
+    push_steps(&socket, RUN, 0..HELD, 1000);
     // Every ended step has left the queue for the spool (no collector to send it to).
     wait_metric(&metrics, "gradtel_agent_reports_inflight", HELD as f64);
     wait_metric(&metrics, "gradtel_agent_queue_depth", 0.0);
@@ -98,7 +64,7 @@ fn kill_an_agent_holding_reports(agent_extra: &[&str]) -> (Vec<(u64, u64, bool)>
     args.extend_from_slice(agent_extra);
     let agent = start_agent(&socket, &url, &args);
     let replayed = agent_metric(&metrics, "gradtel_agent_spool_replayed_total");
-    push_steps(&rt, &socket, HELD..HELD + 20);
+    push_steps(&socket, RUN, HELD..HELD + 20, 1000);
     wait_metric(&metrics, "gradtel_agent_reports_inflight", 0.0);
     assert!(agent.terminate().success());
     assert!(collector.terminate().success());

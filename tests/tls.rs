@@ -10,8 +10,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use gradtel_client::{IngestClient, StepScalars, TensorData, TensorDecl};
-use gradtel_proto::v1::Dtype;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
@@ -69,29 +67,6 @@ fn make_pki() -> Pki {
     }
 }
 
-/// Register run `run` on the agent at `sock` and push steps 0..steps of one small tensor.
-fn push_steps(sock: &Path, run: &str, steps: u64) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let mut c = IngestClient::connect_uds(sock).await.unwrap();
-        let decl = TensorDecl {
-            name: "w".into(),
-            shape: vec![64],
-            dtype: Dtype::F32,
-            owned: None,
-            track_count: None,
-        };
-        c.register(run, 0, 1, 0, 1, &[decl]).await.unwrap();
-        let values: Vec<f32> = (0..64).map(|i| i as f32 * 0.01).collect();
-        for step in 0..steps {
-            let data = [TensorData::from_f32("w", 0, &values)];
-            c.push_step(step, &data, false, StepScalars::default())
-                .await
-                .unwrap();
-        }
-    });
-}
-
 /// Model rows of `run` in the lake under `out`.
 fn model_rows(out: &Path, run: &str) -> usize {
     rows(&read_batches(out))
@@ -124,9 +99,9 @@ fn reports_cross_only_over_tls_checked_against_the_collectors_ca() {
     let _plain = start_agent(&sock("plain"), &url, &[]);
     let other_ca = other.ca.to_str().unwrap();
     let mut wrong = start_agent(&sock("wrong"), &https, &["--collector-ca", other_ca]);
-    push_steps(&sock("plain"), "plain", 3);
-    push_steps(&sock("wrong"), "wrong", 3);
-    push_steps(&sock("good"), "good", 3);
+    push_steps(&sock("plain"), "plain", 0..3, 64);
+    push_steps(&sock("wrong"), "wrong", 0..3, 64);
+    push_steps(&sock("good"), "good", 0..3, 64);
     wait_for_rows(&out, 3, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(model_rows(&out, "good"), 3);
@@ -170,8 +145,8 @@ fn mutual_tls_takes_reports_only_from_agents_with_a_certificate_the_ca_signed() 
         ],
     );
     let _without = start_agent(&sock("without"), &https, &["--collector-ca", &ca]);
-    push_steps(&sock("without"), "without", 2);
-    push_steps(&sock("with"), "with", 2);
+    push_steps(&sock("without"), "without", 0..2, 64);
+    push_steps(&sock("with"), "with", 0..2, 64);
     wait_for_rows(&out, 2, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(model_rows(&out, "with"), 2);
@@ -222,7 +197,7 @@ fn a_rotated_certificate_is_served_without_a_restart() {
         &https,
         &["--collector-ca", second_ca, "--max-backoff", "200ms"],
     );
-    push_steps(&sock("next"), "rotated", 4);
+    push_steps(&sock("next"), "rotated", 0..4, 64);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(model_rows(&out, "rotated"), 0);
     assert!(counter("gradtel_collector_tls_handshake_errors_total") > 0.0);
@@ -242,7 +217,7 @@ fn a_rotated_certificate_is_served_without_a_restart() {
         counter("gradtel_collector_tls_reload_errors_total") >= 1.0
     });
     let _later = start_agent(&sock("later"), &https, &["--collector-ca", second_ca]);
-    push_steps(&sock("later"), "after-a-bad-rewrite", 3);
+    push_steps(&sock("later"), "after-a-bad-rewrite", 0..3, 64);
     wait("no agent could connect after a broken rewrite", || {
         model_rows(&out, "after-a-bad-rewrite") == 3
     });

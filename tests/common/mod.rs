@@ -490,3 +490,35 @@ impl Harness {
         }
     }
 }
+
+/// Register `run` as rank 0 of 1 on the agent at `socket` (one tensor `w` of `numel` values) and
+/// push `steps`, each fully ended, with values that change from step to step; none dropped.
+pub fn push_steps(socket: &Path, run: &str, steps: std::ops::Range<u64>, numel: u64) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = IngestClient::connect_uds(socket).await.unwrap();
+        let decl = TensorDecl {
+            name: "w".into(),
+            shape: vec![numel],
+            dtype: Dtype::F32,
+            owned: None,
+            track_count: None,
+        };
+        c.register(run, 0, 1, 0, 1, &[decl]).await.unwrap();
+        for step in steps {
+            let v: Vec<f32> = (0..numel)
+                .map(|i| ((i as f32 + step as f32) * 0.37).sin())
+                .collect();
+            let resp = c
+                .push_step(
+                    step,
+                    &[TensorData::from_f32("w", 0, &v)],
+                    false,
+                    StepScalars::default(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(resp.steps_dropped, 0);
+        }
+    });
+}
