@@ -458,12 +458,8 @@ impl Spool {
         }
     }
 
-    /// Every held report's place, oldest first, for resending.
-    pub fn unacknowledged(&self) -> Vec<Stored> {
-        self.entries.values().map(|e| e.stored.clone()).collect()
-    }
-
-    /// [`Self::unacknowledged`], to be sent now: also how many of them were sent before.
+    /// Every held report's place, oldest first, to be sent now; also how many of them were
+    /// sent before.
     pub fn take_for_sending(&mut self) -> (Vec<Stored>, usize) {
         let mut before = 0;
         let list = self
@@ -637,9 +633,10 @@ mod tests {
         }
     }
 
-    fn loaded(spool: &Spool) -> Vec<ShardReport> {
+    fn loaded(spool: &mut Spool) -> Vec<ShardReport> {
         spool
-            .unacknowledged()
+            .take_for_sending()
+            .0
             .iter()
             .map(|s| ShardReport::decode(s.load().unwrap().0).unwrap())
             .collect()
@@ -672,7 +669,7 @@ mod tests {
             assert!(spool.ack(8, 1).is_none(), "acks are per epoch");
             // Dropped without `close`, as by a SIGKILL: the lock goes with the process.
         }
-        let (spool, found) = Spool::open(dir.path(), 1 << 30, 1 << 20).unwrap();
+        let (mut spool, found) = Spool::open(dir.path(), 1 << 30, 1 << 20).unwrap();
         assert_eq!(
             found,
             Recovered {
@@ -685,7 +682,7 @@ mod tests {
             .filter(|r| ![2, 5, 7].contains(&r.seq))
             .cloned()
             .collect();
-        assert_eq!(loaded(&spool), want);
+        assert_eq!(loaded(&mut spool), want);
         assert_eq!(spool.held_on_disk(), 7);
     }
 
@@ -707,8 +704,8 @@ mod tests {
             }
             assert!(spool.ack(100, 1).is_some());
         }
-        let (spool, _) = Spool::open(dir.path(), 1 << 30, 1 << 20).unwrap();
-        let keys: Vec<(u64, u64)> = loaded(&spool)
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 30, 1 << 20).unwrap();
+        let keys: Vec<(u64, u64)> = loaded(&mut spool)
             .iter()
             .map(|r| (r.agent_epoch, r.seq))
             .collect();
@@ -783,7 +780,7 @@ mod tests {
         // A crash in the middle of writing the last record.
         std::fs::write(&seg, &bytes[..bytes.len() - 3]).unwrap();
         {
-            let (spool, found) = Spool::open(dir.path(), 1 << 30, 1 << 20).unwrap();
+            let (mut spool, found) = Spool::open(dir.path(), 1 << 30, 1 << 20).unwrap();
             assert_eq!(
                 found,
                 Recovered {
@@ -791,7 +788,7 @@ mod tests {
                     lost: 1
                 }
             );
-            assert_eq!(loaded(&spool).last().unwrap().seq, 4);
+            assert_eq!(loaded(&mut spool).last().unwrap().seq, 4);
         }
         // A flipped bit in the third record's payload: its CRC no longer matches.
         let mut bytes = std::fs::read(&seg).unwrap();
@@ -867,7 +864,7 @@ mod tests {
         spool.push(&report(1, 1, 5), true);
         assert_eq!(spool.len(), 1);
         assert_eq!(
-            loaded(&spool)[0].run_id,
+            loaded(&mut spool)[0].run_id,
             report(1, 1, 5).run_id,
             "the newer copy"
         );
@@ -882,7 +879,7 @@ mod tests {
             spool.push(&report(3, s, 0), true);
         }
         spool.ack(3, 2);
-        let seqs: Vec<u64> = loaded(&spool).iter().map(|r| r.seq).collect();
+        let seqs: Vec<u64> = loaded(&mut spool).iter().map(|r| r.seq).collect();
         assert_eq!(seqs, vec![1, 3, 4]);
         assert_eq!((spool.held_on_disk(), spool.bytes()), (0, 0));
     }
@@ -939,7 +936,7 @@ mod tests {
                         seq = 0;
                     }
                 }
-                prop_assert_eq!(loaded(&spool), model.clone());
+                prop_assert_eq!(loaded(&mut spool), model.clone());
             }
         }
     }

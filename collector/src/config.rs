@@ -237,8 +237,6 @@ pub enum ConfigError {
     },
     #[error("{}: {what}", path.display())]
     Invalid { path: PathBuf, what: String },
-    #[error("TLS: {0}")]
-    Pem(#[from] gradtel_proto::tls::PemError),
 }
 
 impl FileConfig {
@@ -323,21 +321,10 @@ impl CollectorConfig {
         let Some(location) = &self.upload else {
             return Ok(None);
         };
-        let endpoint = self
-            .s3_endpoint
-            .clone()
-            .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", self.s3_region));
-        let var = |k: &str| std::env::var(k).unwrap_or_default();
-        let creds = gradtel_s3::Credentials {
-            access_key_id: var("AWS_ACCESS_KEY_ID"),
-            secret_access_key: var("AWS_SECRET_ACCESS_KEY"),
-            session_token: std::env::var("AWS_SESSION_TOKEN").ok(),
-        };
-        gradtel_s3::S3Client::new(
-            &endpoint,
+        gradtel_s3::S3Client::from_env(
+            self.s3_endpoint.as_deref(),
             location.clone(),
             &self.s3_region,
-            creds,
             self.s3_ca.as_deref(),
         )
         .map(Some)

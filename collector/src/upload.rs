@@ -100,27 +100,18 @@ pub struct Uploader {
     pub metrics: Arc<CollectorMetrics>,
 }
 
-/// Why a round of uploads stopped before the queue was empty.
-enum Stopped {
-    Failed,
-    Deadline,
-}
-
 impl Uploader {
     fn manifest(&self) -> PathBuf {
         self.out.join(MANIFEST)
     }
 
-    /// Upload from the front of `queue` until it is empty, an upload fails, or `deadline`.
-    async fn round(
-        &self,
-        queue: &mut VecDeque<String>,
-        deadline: Option<Instant>,
-    ) -> Result<(), Stopped> {
+    /// Upload from the front of `queue` until it is empty (true), or an upload fails or
+    /// `deadline` passes (false).
+    async fn round(&self, queue: &mut VecDeque<String>, deadline: Option<Instant>) -> bool {
         while let Some(rel) = queue.front() {
             self.metrics.upload_pending.set(queue.len() as i64);
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(Stopped::Deadline);
+                return false;
             }
             let path = self.out.join(rel);
             let body = match tokio::fs::read(&path).await {
@@ -133,7 +124,7 @@ impl Uploader {
                 Err(e) => {
                     self.metrics.upload_errors.inc();
                     tracing::warn!(file = %path.display(), error = %e, "cannot read a file to upload");
-                    return Err(Stopped::Failed);
+                    return false;
                 }
             };
             let bytes = body.len() as u64;
@@ -141,7 +132,7 @@ impl Uploader {
             if let Err(e) = self.client.put(&key, body.into()).await {
                 self.metrics.upload_errors.inc();
                 tracing::warn!(key = %key, error = %e, "upload failed; retried");
-                return Err(Stopped::Failed);
+                return false;
             }
             self.metrics.uploaded_files.inc();
             self.metrics.uploaded_bytes.add(bytes);
@@ -160,7 +151,7 @@ impl Uploader {
             queue.pop_front();
         }
         self.metrics.upload_pending.set(0);
-        Ok(())
+        true
     }
 
     fn enqueue(&self, queue: &mut VecDeque<String>, path: PathBuf) {
@@ -191,10 +182,8 @@ impl Uploader {
         let mut retry_at: Option<Instant> = None;
         loop {
             if retry_at.is_none_or(|t| Instant::now() >= t) {
-                retry_at = match self.round(&mut queue, None).await {
-                    Ok(()) => None,
-                    Err(_) => Some(Instant::now() + self.retry),
-                };
+                retry_at =
+                    (!self.round(&mut queue, None).await).then(|| Instant::now() + self.retry);
             }
             let retry = retry_at.map(tokio::time::Instant::from_std);
             tokio::select! {
@@ -213,7 +202,7 @@ impl Uploader {
         }
         // One pass, bounded: a store that fails now is not waited for (the next start uploads
         // what is left), so that a stopping collector stops.
-        let _ = self.round(&mut queue, Some(Instant::now() + drain)).await;
+        self.round(&mut queue, Some(Instant::now() + drain)).await;
         if !queue.is_empty() {
             tracing::warn!(
                 files = queue.len(),

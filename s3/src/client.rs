@@ -213,6 +213,27 @@ impl S3Client {
         })
     }
 
+    /// [`Self::new`] as the daemons and the CLI configure it: credentials from
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`, and AWS's own
+    /// endpoint for `region` unless `endpoint` names another.
+    pub fn from_env(
+        endpoint: Option<&str>,
+        location: S3Location,
+        region: &str,
+        ca: Option<&std::path::Path>,
+    ) -> Result<S3Client, S3Error> {
+        let endpoint = endpoint
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let var = |k: &str| std::env::var(k).unwrap_or_default();
+        let creds = Credentials {
+            access_key_id: var("AWS_ACCESS_KEY_ID"),
+            secret_access_key: var("AWS_SECRET_ACCESS_KEY"),
+            session_token: std::env::var("AWS_SESSION_TOKEN").ok(),
+        };
+        S3Client::new(&endpoint, location, region, creds, ca)
+    }
+
     pub fn location(&self) -> &S3Location {
         &self.location
     }

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use gradtel_s3::{Credentials, S3Client, S3Location};
+use gradtel_s3::{S3Client, S3Location};
 
 /// Where the S3 lake is and how to reach it.
 #[derive(Debug, Clone, clap::Args)]
@@ -44,20 +44,10 @@ pub fn local(lake: &Path, run: Option<&str>, s3: &S3Args) -> anyhow::Result<Loca
         });
     };
     let location: S3Location = text.parse()?;
-    let endpoint = s3
-        .s3_endpoint
-        .clone()
-        .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", s3.s3_region));
-    let var = |k: &str| std::env::var(k).unwrap_or_default();
-    let client = S3Client::new(
-        &endpoint,
-        location.clone(),
+    let client = S3Client::from_env(
+        s3.s3_endpoint.as_deref(),
+        location,
         &s3.s3_region,
-        Credentials {
-            access_key_id: var("AWS_ACCESS_KEY_ID"),
-            secret_access_key: var("AWS_SECRET_ACCESS_KEY"),
-            session_token: std::env::var("AWS_SESSION_TOKEN").ok(),
-        },
         s3.s3_ca.as_deref(),
     )?;
     let (path, temp) = match &s3.s3_cache {
