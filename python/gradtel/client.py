@@ -41,7 +41,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import grpc
 import numpy as np
 
-from gradtel.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
+from gradtel.v1 import common_pb2, ingest_pb2
 
 log = logging.getLogger("gradtel")
 
@@ -618,7 +618,13 @@ class Client:
                 ("grpc.max_reconnect_backoff_ms", int(max_backoff_s * 1000)),
             ],
         )
-        self._stub = ingest_pb2_grpc.IngestStub(self._channel)
+        # Through the channel itself rather than grpcio-tools' stub, whose code refuses any
+        # grpcio older than the grpcio-tools that wrote it (see gradtel.v1._messages).
+        self._register_rpc = self._channel.unary_unary(
+            "/gradtel.v1.Ingest/Register",
+            request_serializer=ingest_pb2.RegisterRequest.SerializeToString,
+            response_deserializer=ingest_pb2.RegisterResponse.FromString,
+        )
         # Messages are serialised by hand (see _encode_chunk), so the stream takes bytes as is.
         self._push_steps = self._channel.stream_stream(
             "/gradtel.v1.Ingest/PushSteps",
@@ -702,7 +708,7 @@ class Client:
             self._tensors = {t.name: t for t in tensors}
             self._registered = False
         try:
-            resp = self._stub.Register(req, timeout=wait_s, wait_for_ready=True)
+            resp = self._register_rpc(req, timeout=wait_s, wait_for_ready=True)
         except grpc.RpcError as e:
             if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
                 raise GradtelError(f"the agent refused the layout: {e.details()}") from None
@@ -1201,7 +1207,7 @@ class Client:
         if req is None:
             return False
         try:
-            resp = self._stub.Register(req, timeout=1.0, wait_for_ready=True)
+            resp = self._register_rpc(req, timeout=1.0, wait_for_ready=True)
         except grpc.RpcError as e:
             if e.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
                 log.error("gradtel: the agent refused the layout: %s", e.details())
