@@ -472,13 +472,8 @@ class _DDPState:
         self.watcher = watcher
         self.names = names
         self.process_group = process_group
-        # Bucket parameters (their ids, in order) → [(name, offset in the bucket's flat buffer,
-        # numel)] for the watched ones, or None when a gradient is not a plain view of the
-        # buffer. DDP rebuilds its buckets after the first iteration, which gives new keys.
-        # Tuples, so that the client's per-layout plan (Client.stage_many) stays valid.
-        self.layouts: dict[tuple, Optional[tuple]] = {}
-        # Numpy views of CPU bucket buffers, by (address, numel, dtype): see host_view.
-        self.views: dict[tuple, np.ndarray] = {}
+        # Bucket index → (its flat buffer, layout, numpy view of a CPU buffer): see plan.
+        self.buckets: dict[int, tuple] = {}
         # Imported once: an import statement in the hook is a lookup per bucket and step.
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
@@ -499,45 +494,47 @@ class _DDPState:
         except (AttributeError, ImportError, RuntimeError):
             pass
 
-    def allreduce(self, bucket):
-        """What ``allreduce_hook(process_group, bucket)`` returns, the same operations."""
-        buf = bucket.buffer()
+    def allreduce(self, bucket, buf: torch.Tensor):
+        """What ``allreduce_hook(process_group, bucket)`` returns, the same operations
+        (``buf``: the bucket's buffer)."""
         if self.group is None or buf.is_complex():
             return self.allreduce_hook(self.process_group, bucket)
         buf.div_(self.group_size)
         return self.group.allreduce([buf], self.options).get_future().then(_first)
 
-    def layout(self, bucket) -> Optional[tuple]:
-        params = bucket.parameters()
-        key = tuple(map(id, params))
-        if key not in self.layouts:
-            buf = bucket.buffer()
-            base, size, layout = buf.data_ptr(), buf.element_size(), []
-            for p, g in zip(params, bucket.gradients()):
-                name = self.names.get(id(p))
-                if name is None:
-                    continue
-                off, rem = divmod(g.data_ptr() - base, size)
-                if (rem or g.dtype != buf.dtype or g.device != buf.device
-                        or not g.is_contiguous() or off < 0 or off + g.numel() > buf.numel()):
-                    layout = None
-                    break
-                layout.append((name, off, g.numel()))
-            self.layouts[key] = None if layout is None else tuple(layout)
-            # New buckets (DDP rebuilds them after the first step): let the views of the old
-            # buffers, and so the buffers, go.
-            self.views.clear()
-        return self.layouts[key]
+    def plan(self, bucket) -> tuple:
+        """The bucket's flat buffer, the watched gradients' layout in it — ``((name, offset,
+        numel), ...)``, or None when a gradient is not a plain view of the buffer — and the
+        buffer's numpy view when it is on the CPU. Worked out once per bucket buffer: DDP hands
+        the same buffer back every step, and building the key from the bucket's parameters
+        cost more than the rest of the lookup (py-spy). A held buffer's address cannot be a
+        newer buffer's, so a rebuilt bucket (DDP rebuilds them after the first iteration, all
+        at once) always misses. Tuples, so that the client's per-layout plan
+        (Client.stage_many) stays valid."""
+        buf, index = bucket.buffer(), bucket.index()
+        entry = self.buckets.get(index)
+        if entry is not None:
+            held = entry[0]
+            if held is buf or (held.data_ptr() == buf.data_ptr() and held.numel() == buf.numel()
+                               and held.dtype == buf.dtype and held.device == buf.device):
+                return entry
+        layout = self._layout(bucket, buf)
+        view = None if layout is None or buf.is_cuda else _host_view(buf)
+        entry = self.buckets[index] = (buf, layout, view)
+        return entry
 
-    def host_view(self, buf: torch.Tensor) -> np.ndarray:
-        """The numpy view of a CPU bucket buffer, made once: the same buffer comes back every
-        step. A view keeps its buffer alive, so an address found here is never a newer
-        buffer's; the views go when DDP rebuilds its buckets (a new layout, see layout)."""
-        key = (buf.data_ptr(), buf.numel(), buf.dtype)
-        flat = self.views.get(key)
-        if flat is None:
-            flat = self.views[key] = _host_view(buf)
-        return flat
+    def _layout(self, bucket, buf: torch.Tensor) -> Optional[tuple]:
+        base, size, layout = buf.data_ptr(), buf.element_size(), []
+        for p, g in zip(bucket.parameters(), bucket.gradients()):
+            name = self.names.get(id(p))
+            if name is None:
+                continue
+            off, rem = divmod(g.data_ptr() - base, size)
+            if (rem or g.dtype != buf.dtype or g.device != buf.device
+                    or not g.is_contiguous() or off < 0 or off + g.numel() > buf.numel()):
+                return None
+            layout.append((name, off, g.numel()))
+        return tuple(layout)
 
 
 def _first(fut):
@@ -548,21 +545,21 @@ def _ddp_hook(state: _DDPState, bucket):
     w = state.watcher
     staged = None
     if w.active:
-        layout = state.layout(bucket)
+        buf, layout, flat = state.plan(bucket)
         if layout is not None:
             # The bucket's flat buffer holds every local gradient: one view (or one
             # device-to-host copy) for all of them instead of one per parameter.
             if layout:
-                buf = bucket.buffer()
-                flat = None if buf.is_cuda else state.host_view(buf)
                 staged = w._push_bucket(buf, layout, flat)
         else:
             for p, g in zip(bucket.parameters(), bucket.gradients()):
                 name = state.names.get(id(p))
                 if name is not None:
                     w._push(name, g, local=True, side=False)
+    else:
+        buf = bucket.buffer()
     try:
-        return state.allreduce(bucket)
+        return state.allreduce(bucket, buf)
     finally:
         if staged is not None:
             # The local gradients are in the shared region already; queueing them while the
