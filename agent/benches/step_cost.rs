@@ -1,15 +1,16 @@
 //! Agent per-step cost on a 10M-coordinate f32 gradient, through the real Ingest code path
 //! (`AgentState::add_chunk`: decode, summary, tracked coordinates, CountSketch projection;
 //! then `end_step`), against a memory-read baseline over the same bytes measured in the same
-//! run: summing the buffer as u64 words (pure read bandwidth) with the same number of threads.
+//! run: summing the buffer as u64 words (pure read bandwidth) with the same number of threads,
+//! both on persistent worker threads (see `pooled`).
 //!
 //! Run: `cargo bench -p gradtel-agent --bench step_cost`. Results: bench/RESULTS.md.
 
 mod common;
 
 use std::hint::black_box;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use gradtel_agent::service::AgentState;
@@ -18,14 +19,57 @@ use gradtel_proto::v1::{Dtype, EndStep, GradientChunk, RegisterRequest, TensorLa
 
 const N: u64 = 10_000_000;
 
-fn best(reps: usize, mut f: impl FnMut()) -> f64 {
-    let mut best = Duration::MAX;
-    for _ in 0..reps {
-        let t = Instant::now();
-        f();
-        best = best.min(t.elapsed());
-    }
-    best.as_secs_f64()
+const READ_REPS: usize = 5;
+const AGENT_REPS: usize = 3;
+
+/// Runs `job(worker)` on `nt` persistent workers released together, `reps` times: `setup`
+/// before each repetition, `finish` on this thread after all workers are done. Each
+/// repetition's time runs from the release to the end of `finish`; with it, the sum of what
+/// the workers' `job`s returned (their busy seconds).
+///
+/// Persistent, for the read and the agent alike: the agent's ingest tasks run on tokio's
+/// blocking pool, whose threads outlive a step; a thread spawned per step (this bench until
+/// session 22) charged both sides for thread start.
+fn pooled(
+    nt: usize,
+    reps: usize,
+    job: &(dyn Fn(usize) -> f64 + Sync),
+    setup: &mut dyn FnMut(usize),
+    finish: &mut dyn FnMut(),
+) -> Vec<(f64, f64)> {
+    let start = Barrier::new(nt + 1);
+    let done = Barrier::new(nt + 1);
+    let go = AtomicBool::new(true);
+    let busy = Mutex::new(0.0f64);
+    let mut out = Vec::with_capacity(reps);
+    std::thread::scope(|sc| {
+        for w in 0..nt {
+            let (start, done, go, busy) = (&start, &done, &go, &busy);
+            sc.spawn(move || {
+                loop {
+                    start.wait();
+                    if !go.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let b = job(w);
+                    *busy.lock().expect("lock") += b;
+                    done.wait();
+                }
+            });
+        }
+        for rep in 0..reps {
+            setup(rep);
+            *busy.lock().expect("lock") = 0.0;
+            let t = Instant::now();
+            start.wait();
+            done.wait();
+            finish();
+            out.push((t.elapsed().as_secs_f64(), *busy.lock().expect("lock")));
+        }
+        go.store(false, Ordering::Release);
+        start.wait();
+    });
+    out
 }
 
 fn main() {
@@ -74,71 +118,61 @@ fn main() {
         .expect("register");
 
     let read = |nt: usize| {
-        best(5, || {
-            let per = bytes.len().div_ceil(nt).next_multiple_of(8);
-            let total: u64 = std::thread::scope(|sc| {
-                let hs: Vec<_> = bytes
-                    .chunks(per)
-                    .map(|part| {
-                        sc.spawn(move || {
-                            part.chunks_exact(8)
-                                .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
-                                .fold(0u64, u64::wrapping_add)
-                        })
-                    })
-                    .collect();
-                hs.into_iter()
-                    .map(|h| h.join().expect("thread"))
-                    .fold(0, u64::wrapping_add)
-            });
-            black_box(total);
-        })
-    };
-    let mut step = 0u64;
-    // Best of three steps, and the share of its threads' time spent inside `add_chunk`: below
-    // 1, threads waited for work (too few chunks for the threads) or for thread start.
-    let mut agent = |nt: usize| {
-        let mut best = (f64::MAX, 0.0);
-        for _ in 0..3 {
-            step += 1;
-            let st = step;
+        let per = bytes.len().div_ceil(nt).next_multiple_of(8);
+        let job = |w: usize| {
             let t = Instant::now();
-            // Each thread takes the next chunk when it is done with one, as the agent's ingest
-            // tasks do: a fixed split of 40 chunks over 16 threads left 3 threads idle and the
-            // others with 3 chunks each.
-            let next = AtomicUsize::new(0);
-            let busy: f64 = std::thread::scope(|sc| {
-                let hs: Vec<_> = (0..nt)
-                    .map(|_| {
-                        let (state, next, chunks) = (&state, &next, &chunks);
-                        sc.spawn(move || {
-                            let mut busy = Duration::ZERO;
-                            while let Some(c) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) {
-                                let mut c = c.clone();
-                                c.step = st;
-                                let t = Instant::now();
-                                state.add_chunk(&c).expect("chunk");
-                                busy += t.elapsed();
-                            }
-                            busy.as_secs_f64()
-                        })
-                    })
-                    .collect();
-                hs.into_iter().map(|h| h.join().expect("thread")).sum()
-            });
-            state
-                .end_step(&EndStep {
-                    step: st,
-                    ..Default::default()
-                })
-                .expect("end step");
-            let took = t.elapsed().as_secs_f64();
-            while rx.try_recv().is_ok() {}
-            if took < best.0 {
-                best = (took, busy / (nt as f64 * took));
+            let part = bytes.chunks(per).nth(w).unwrap_or(&[]);
+            let s = part
+                .chunks_exact(8)
+                .map(|x| u64::from_le_bytes(x.try_into().expect("8 bytes")))
+                .fold(0u64, u64::wrapping_add);
+            black_box(s);
+            t.elapsed().as_secs_f64()
+        };
+        let reps = pooled(nt, READ_REPS, &job, &mut |_| {}, &mut || {});
+        reps.iter().map(|r| r.0).fold(f64::MAX, f64::min)
+    };
+    // Each repetition is one step: its chunks taken by the workers as they go (as the agent's
+    // ingest tasks do: a fixed split of 40 chunks over 16 threads left 3 threads idle), then
+    // `end_step` on this thread. Best step, and the share of its threads' time spent inside
+    // `add_chunk`: below 1, threads waited for work (too few chunks for the threads).
+    let step = AtomicU64::new(0);
+    let next = AtomicUsize::new(0);
+    let mut agent = |nt: usize| {
+        let job = |_: usize| {
+            let st = step.load(Ordering::Acquire);
+            let mut busy = Duration::ZERO;
+            while let Some(c) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let mut c = c.clone();
+                c.step = st;
+                let t = Instant::now();
+                state.add_chunk(&c).expect("chunk");
+                busy += t.elapsed();
             }
-        }
-        best
+            busy.as_secs_f64()
+        };
+        let reps = pooled(
+            nt,
+            AGENT_REPS,
+            &job,
+            &mut |_| {
+                step.fetch_add(1, Ordering::AcqRel);
+                next.store(0, Ordering::Release);
+            },
+            &mut || {
+                state
+                    .end_step(&EndStep {
+                        step: step.load(Ordering::Acquire),
+                        ..Default::default()
+                    })
+                    .expect("end step");
+                while rx.try_recv().is_ok() {}
+            },
+        );
+        let (took, busy) = reps
+            .into_iter()
+            .fold((f64::MAX, 0.0), |b, r| if r.0 < b.0 { r } else { b });
+        (took, busy / (nt as f64 * took))
     };
     println!(
         "10M f32 coordinates (40 MB), chunks of {chunk} values, threads available: {threads}, \
