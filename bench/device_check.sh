@@ -49,7 +49,7 @@ stages=${GRADTEL_DEVICE_STAGES:-agent ddp collector probe gpu}
 if [ -n "${GRADTEL_DEVICE_SMALL:-}" ]; then
     pairs=1 rounds=1 ddp_steps=60 load_steps=60 gpu_steps="--steps 5"
 else
-    pairs=8 rounds=3 ddp_steps=400 load_steps=600 gpu_steps=""
+    pairs=${GRADTEL_DEVICE_PAIRS:-8} rounds=3 ddp_steps=400 load_steps=600 gpu_steps=""
 fi
 
 { nproc; lscpu | grep -E 'Model name|Thread|Core|Socket|NUMA node\(s\)'; nvidia-smi -L; \
@@ -80,8 +80,10 @@ for stage in $stages; do
         timeout 200 python3 bench/ddp_hook_probe.py --ddp-python python3 \
             --rounds $rounds --steps $ddp_steps ;;
     gpu)
-        timeout 150 python3 bench/gpu_overhead.py --every 1 10 --blocks 2 --transport shared \
-            $gpu_steps ;;
+        # GRADTEL_DEVICE_GPU_ARGS: other gpu_overhead.py arguments (e.g. `--every 10 --variant
+        # hooks copy full`).
+        timeout 150 python3 bench/gpu_overhead.py ${GRADTEL_DEVICE_GPU_ARGS:---every 1 10} \
+            --blocks 2 --transport shared $gpu_steps ;;
     esac 2>&1 | tee "$OUT/$stage.log"
 done
 echo "=== done $(date +%T)"

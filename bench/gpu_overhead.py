@@ -132,6 +132,18 @@ def main() -> int:
             b, m = statistics.mean(base), statistics.mean(watched)
             print(f"  {variant} {transport} every={every}: without gradtel {b * 1e3:.2f} ms, with watch "
                   f"(all parameters) {m * 1e3:.2f} ms: overhead {(m / b - 1) * 100:+.2f} %")
+            # Whether the mean comes from every step or from a few slow ones, and (every > 1)
+            # which steps of the cycle pay: the reported one, or the ones after it.
+            print(f"    median {statistics.median(base) * 1e3:.2f} → "
+                  f"{statistics.median(watched) * 1e3:.2f} ms, max {max(base) * 1e3:.2f} → "
+                  f"{max(watched) * 1e3:.2f} ms")
+            if every > 1:
+                # Each block's timed steps start 3 steps into the cycle (after the warm-up).
+                pos: dict[int, list[float]] = {}
+                for i, t in enumerate(watched):
+                    pos.setdefault((i % args.steps + 3) % every, []).append(t)
+                print("    mean by steps since the reported one: " + ", ".join(
+                    f"{k}: {statistics.mean(v) * 1e3:.1f}" for k, v in sorted(pos.items())))
             print(f"    client: {client.close().summary()}")
     return 0
 
