@@ -341,6 +341,16 @@ class Watcher:
             # The client copies before it returns, so the view may be reused right after.
             self.client.push(self.step, name, _host_view(grad), local=local, offset=offset)
 
+    def _prepare_device(self) -> None:
+        """For gradients on a GPU: the copier, and the client's shared region registered with
+        CUDA as page-locked memory (``cudaHostRegister``) — here, at set-up, not in the first
+        reported step's backward pass: for the default 512 MiB region that took ≈ 0.6 s on
+        the H200 host, one stalled training step (bench/RESULTS.md, session 22)."""
+        with self._lock:
+            if self._copier is None:
+                self._copier = _DeviceCopier(self.client)
+        self._copier._region_usable()
+
     def _push_bucket(
         self, buf: torch.Tensor, layout: tuple, flat: Optional[np.ndarray] = None
     ) -> Optional[Staged]:
@@ -464,6 +474,8 @@ def watch(
                     w._push(name, grad, local=False)
 
             w._handles.append(p.register_hook(hook))
+    if any(p.is_cuda for _, p in named):
+        w._prepare_device()
     return w
 
 
@@ -659,7 +671,10 @@ def watch_fsdp(
     if not layout:
         raise GradtelError("no FSDP flat parameter with a local shard found")
     client.register(layout)
-    return _FSDPWatcher(client, every, flats, start_step)
+    w = _FSDPWatcher(client, every, flats, start_step)
+    if any(flat.is_cuda for flat, _ in flats):
+        w._prepare_device()
+    return w
 
 
 __all__ = ["watch", "watch_ddp", "watch_fsdp", "Watcher"]
