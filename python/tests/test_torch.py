@@ -60,6 +60,8 @@ def test_watch_single_process_reports_the_grads(collector, agent_factory):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for step in range(8):
         w.paused = step in (2, 3)  # step 2 would be reported: paused, it is not
+        # The parameter hooks are attached only for a reported step (steps 0, 4 and 6).
+        assert len(w._handles) == (2 if step in (0, 4, 6) else 0), (step, w._handles)
         opt.zero_grad()
         model(torch.randn(8, 20)).pow(2).mean().backward()
         grads[step] = {n: p.grad.detach().clone().numpy().ravel()
