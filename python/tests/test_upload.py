@@ -1,10 +1,12 @@
-"""The collector's upload of its lake to S3 (``--upload``), against a real S3-compatible server
-(moto's, over HTTP and over TLS), read back with boto3 and pyarrow as a user of the store would.
+"""The collector's upload of its lake to S3 (``--upload``), against real S3-compatible servers
+(moto's, over HTTP and over TLS; s3s-fs, which checks every request's signature), read back
+with boto3, pyarrow and ``gradtel analyze`` as a user of the store would.
 """
 
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -38,12 +40,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_moto(port, tmp_path, tls=None):
-    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    if tls:
-        cmd += ["-c", tls[0], "-k", tls[1]]
-    log = open(tmp_path / f"moto-{port}.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+def start_server(cmd, port, log):
+    """Start an S3 server and wait until it listens on ``port``."""
+    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -52,7 +51,32 @@ def start_moto(port, tmp_path, tls=None):
         except OSError:
             time.sleep(0.1)
     proc.kill()
-    raise AssertionError("moto_server did not start")
+    raise AssertionError(f"{cmd[0]} did not start: {open(log).read()}")
+
+
+def start_moto(port, tmp_path, tls=None):
+    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    if tls:
+        cmd += ["-c", tls[0], "-k", tls[1]]
+    return start_server(cmd, port, tmp_path / f"moto-{port}.log")
+
+
+def s3s_fs():
+    """The s3s-fs binary (scripts/test installs it and names it in GRADTEL_S3S_FS)."""
+    path = os.environ.get("GRADTEL_S3S_FS") or shutil.which("s3s-fs")
+    if path is None:
+        if os.environ.get("GRADTEL_REQUIRE_PYTHON") == "1":
+            raise AssertionError("s3s-fs is not installed: GRADTEL_S3S_FS is unset")
+        pytest.skip("s3s-fs is not installed (cargo install s3s-fs@0.14.1 --features binary)")
+    return path
+
+
+def analyze(where, *extra):
+    """``gradtel analyze`` of a lake (a directory or s3://), as JSON."""
+    r = subprocess.run([binary("gradtel"), "analyze", where, "--run", RUN, "--format", "json",
+                        *extra], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
 
 
 def s3(endpoint, verify=True):
@@ -139,12 +163,6 @@ def test_the_lake_reaches_the_store_once_it_is_up_and_reads_back_the_same(tmp_pa
         manifest = (lake / "_uploaded").read_text().split()
         assert sorted(manifest) == files
         # `gradtel analyze` of the store gives what it gives of the local lake.
-        def analyze(where, *extra):
-            r = subprocess.run([binary("gradtel"), "analyze", where, "--run", RUN,
-                                "--format", "json", *extra],
-                               capture_output=True, text=True, timeout=300)
-            assert r.returncode == 0, r.stderr
-            return json.loads(r.stdout)
         local = analyze(str(lake))
         cache = tmp_path / "cache"
         remote = analyze("s3://gradtel-lake/team/runs", "--s3-endpoint", endpoint,
@@ -260,3 +278,61 @@ def test_bad_upload_settings_stop_the_collector_at_start(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "b")
     r = start("--upload", "s3://lake", "--s3-endpoint", "ftp://host")
     assert r.returncode != 0 and "bad S3 endpoint" in r.stderr, r.stderr
+
+
+def test_a_store_that_checks_signatures_refuses_a_wrong_key_and_takes_the_right_one(
+        tmp_path, monkeypatch):
+    """moto accepts any signature; s3s-fs recomputes each request's AWS Signature Version 4 from
+    its own copy of the secret and refuses a mismatch, so this is where gradtel's signer meets
+    a server's. It stores an object as the file <root>/<bucket>/<key>."""
+    root = tmp_path / "store"
+    (root / "signed").mkdir(parents=True)
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = start_server([s3s_fs(), "--host", "127.0.0.1", "--port", str(port),
+                           "--access-key", KEYS["AWS_ACCESS_KEY_ID"],
+                           "--secret-key", KEYS["AWS_SECRET_ACCESS_KEY"], str(root)],
+                          port, tmp_path / "s3s-fs.log")
+    lake = tmp_path / "lake"
+    config = tmp_path / "collector.toml"
+    config.write_text("[live]\nspectrum_every = 10\n")
+    upload = ["--roll-interval", "200ms", "--metrics", "127.0.0.1:0", "--config", str(config),
+              "--upload", "s3://signed/team/runs", "--s3-endpoint", endpoint]
+
+    def stored():
+        return sorted(str(p.relative_to(root / "signed" / "team" / "runs"))
+                      for p in (root / "signed").rglob("*.parquet"))
+
+    collector = None
+    try:
+        # A wrong secret: every PUT refused (SignatureDoesNotMatch), counted, nothing stored.
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEYS["AWS_ACCESS_KEY_ID"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        collector = Collector(str(lake), extra=upload)
+        run_steps(collector, tmp_path, range(0, 20))
+        wait(lambda: metric(collector, "gradtel_collector_upload_errors_total") > 0,
+             "a wrongly signed upload was not refused")
+        assert metric(collector, "gradtel_collector_uploaded_files_total") == 0
+        assert collector.stop() == 0
+        assert local_files(lake) and stored() == []
+        # The right one: the next collector on the lake uploads what the first could not, then
+        # its own files; every one arrives byte for byte.
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", KEYS["AWS_SECRET_ACCESS_KEY"])
+        collector = Collector(str(lake), extra=upload)
+        run_steps(collector, tmp_path, range(20, 40))
+        assert collector.stop() == 0
+        files = local_files(lake)
+        assert stored() == files
+        for f in files:
+            assert (root / "signed" / "team" / "runs" / f).read_bytes() == (lake / f).read_bytes()
+        # Listing and fetching are signed too: `gradtel analyze` of the store, every step.
+        remote = analyze("s3://signed/team/runs", "--s3-endpoint", endpoint)
+        assert remote == analyze(str(lake)) and remote["summary"], remote
+        # Every tensor at every one of the 40 steps.
+        samples = {r["layer"]: r["samples"] for r in remote["summary"]
+                   if r["object"] == "dimension-wise"}
+        assert samples == {"w": 40, "b": 40, "all": 80}, remote["summary"]
+    finally:
+        if collector is not None and collector.alive():
+            collector.kill()
+        server.kill()
