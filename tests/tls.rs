@@ -202,11 +202,8 @@ fn a_rotated_certificate_is_served_without_a_restart() {
     assert_eq!(model_rows(&out, "rotated"), 0);
     assert!(counter("gradtel_collector_tls_handshake_errors_total") > 0.0);
     // The rotation, as certificate managers do it: new files renamed over the old ones.
-    for (from, to) in [(&second.server.0, &cert), (&second.server.1, &key)] {
-        let tmp = to.with_extension("new");
-        std::fs::copy(from, &tmp).unwrap();
-        std::fs::rename(&tmp, to).unwrap();
-    }
+    rotate(&second.server.0, &cert);
+    rotate(&second.server.1, &key);
     wait("the rotated certificate was never served", || {
         model_rows(&out, "rotated") == 4
     });
@@ -220,6 +217,124 @@ fn a_rotated_certificate_is_served_without_a_restart() {
     push_steps(&sock("later"), "after-a-bad-rewrite", 0..3, 64);
     wait("no agent could connect after a broken rewrite", || {
         model_rows(&out, "after-a-bad-rewrite") == 3
+    });
+}
+
+/// Replace `to` with a copy of `from` the way certificate managers do: a new file renamed over.
+fn rotate(from: &Path, to: &Path) {
+    let tmp = to.with_extension("new");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+#[test]
+fn a_rotated_client_ca_is_required_of_new_agents_without_a_restart() {
+    let first = make_pki();
+    let second = make_pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lake");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let client_ca = dir.path().join("client-ca.pem");
+    std::fs::copy(&first.ca, &client_ca).unwrap();
+    let (_collector, url, metrics) = start_collector_with_metrics(
+        &out,
+        "127.0.0.1:0",
+        &[
+            "--tls-cert",
+            &s(&first.server.0),
+            "--tls-key",
+            &s(&first.server.1),
+            "--tls-client-ca",
+            &s(&client_ca),
+            "--tls-reload-interval",
+            "100ms",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let metrics = metrics.expect("metrics address");
+    let counter = |name: &str| metric(&http_get(&metrics, "/metrics").1, name);
+    let https = tls_url(&url);
+    let sock = |n: &str| dir.path().join(format!("{n}.sock"));
+    let agent = |name: &str, client: &(PathBuf, PathBuf)| {
+        start_agent(
+            &sock(name),
+            &https,
+            &[
+                "--collector-ca",
+                &s(&first.ca),
+                "--tls-cert",
+                &s(&client.0),
+                "--tls-key",
+                &s(&client.1),
+                "--max-backoff",
+                "200ms",
+            ],
+        )
+    };
+    // An agent whose certificate the next CA signed is refused while the first CA is required.
+    let _next = agent("next", &second.client);
+    push_steps(&sock("next"), "next-ca", 0..4, 64);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(model_rows(&out, "next-ca"), 0);
+    assert!(counter("gradtel_collector_tls_handshake_errors_total") > 0.0);
+    // The client CA rotated: the waiting agent gets in on its next attempt, and an agent with a
+    // certificate of the old CA started now is refused.
+    rotate(&second.ca, &client_ca);
+    wait("the rotated client CA was never required", || {
+        model_rows(&out, "next-ca") == 4
+    });
+    assert!(counter("gradtel_collector_tls_reloads_total") >= 1.0);
+    let _old = agent("old", &first.client);
+    push_steps(&sock("old"), "old-ca", 0..2, 64);
+    // A broken rewrite keeps the CA required: counted, and agents of the second CA still
+    // deliver while those of the first stay out.
+    std::fs::write(&client_ca, b"-----BEGIN CERTIFICATE-----\ntruncated").unwrap();
+    wait("a broken client CA file was not noticed", || {
+        counter("gradtel_collector_tls_reload_errors_total") >= 1.0
+    });
+    let _later = agent("later", &second.client);
+    push_steps(&sock("later"), "after-a-bad-rewrite", 0..3, 64);
+    wait("no agent could connect after a broken rewrite", || {
+        model_rows(&out, "after-a-bad-rewrite") == 3
+    });
+    assert_eq!(model_rows(&out, "old-ca"), 0);
+}
+
+#[test]
+fn an_agent_reads_its_rotated_ca_at_its_next_connection() {
+    let first = make_pki();
+    let second = make_pki();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lake");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    // The collector already serves the certificate of the second CA; the agent still trusts
+    // only the first.
+    let (_collector, url) = start_collector(
+        &out,
+        "127.0.0.1:0",
+        &[
+            "--tls-cert",
+            &s(&second.server.0),
+            "--tls-key",
+            &s(&second.server.1),
+        ],
+    );
+    let agent_ca = dir.path().join("agent-ca.pem");
+    std::fs::copy(&first.ca, &agent_ca).unwrap();
+    let sock = dir.path().join("a.sock");
+    let _agent = start_agent(
+        &sock,
+        &tls_url(&url),
+        &["--collector-ca", &s(&agent_ca), "--max-backoff", "200ms"],
+    );
+    push_steps(&sock, "agent-rotated", 0..4, 64);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(model_rows(&out, "agent-rotated"), 0);
+    // The CA file rotated under the running agent: its next attempt trusts the new CA.
+    rotate(&second.ca, &agent_ca);
+    wait("the agent never used its rotated CA", || {
+        model_rows(&out, "agent-rotated") == 4
     });
 }
 

@@ -142,10 +142,8 @@ impl AgentConfig {
     /// The TLS settings of the collector stream, read from the PEM files and checked: None for
     /// an `http://` collector. TLS settings for a plain endpoint, or an `https://` one without
     /// a CA to check it against, are refused rather than silently ignored or failing at every
-    /// reconnection.
-    pub fn client_tls(&self) -> Result<Option<ClientTlsConfig>, AgentError> {
-        use gradtel_proto::tls::read_pem;
-        let pem = |p: &std::path::Path| read_pem(p).map_err(|e| AgentError::Tls(e.to_string()));
+    /// reconnection. The files are read again at each connection ([`ClientTls`]).
+    pub fn client_tls(&self) -> Result<Option<ClientTls>, AgentError> {
         let https = self.collector.starts_with("https://");
         let any = self.collector_ca.is_some()
             || self.collector_tls_name.is_some()
@@ -166,18 +164,18 @@ impl AgentConfig {
                 self.collector
             )));
         };
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem(ca)?));
-        if let Some(name) = &self.collector_tls_name {
-            tls = tls.domain_name(name.clone());
-        }
-        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-            tls = tls.identity(Identity::from_pem(pem(cert)?, pem(key)?));
-        }
-        // Built once here so that a bad key or certificate is an error now.
-        Endpoint::from_shared(self.collector.clone())
-            .and_then(|e| e.tls_config(tls.clone()))
-            .map_err(|e| AgentError::Tls(format!("{}: {e}", self.collector)))?;
-        Ok(Some(tls))
+        let files = ClientTlsFiles {
+            collector: self.collector.clone(),
+            ca: ca.clone(),
+            name: self.collector_tls_name.clone(),
+            identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+        };
+        // Read once here so that a bad key or certificate is an error now.
+        let last = files.load()?;
+        Ok(Some(ClientTls {
+            files,
+            last: std::sync::Mutex::new(last),
+        }))
     }
 
     /// The spool directory in use, if any (`--spool-dir`, else beside the socket).
@@ -219,5 +217,102 @@ impl AgentConfig {
             spool_max_mib: 1024,
             max_backoff: Duration::from_secs(5),
         }
+    }
+}
+
+/// Where the agent's TLS material for the collector stream lives.
+#[derive(Debug, Clone)]
+struct ClientTlsFiles {
+    collector: String,
+    ca: PathBuf,
+    name: Option<String>,
+    identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl ClientTlsFiles {
+    fn load(&self) -> Result<ClientTlsConfig, AgentError> {
+        use gradtel_proto::tls::read_pem;
+        let pem = |p: &std::path::Path| read_pem(p).map_err(|e| AgentError::Tls(e.to_string()));
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem(&self.ca)?));
+        if let Some(name) = &self.name {
+            tls = tls.domain_name(name.clone());
+        }
+        if let Some((cert, key)) = &self.identity {
+            tls = tls.identity(Identity::from_pem(pem(cert)?, pem(key)?));
+        }
+        Endpoint::from_shared(self.collector.clone())
+            .and_then(|e| e.tls_config(tls.clone()))
+            .map_err(|e| AgentError::Tls(format!("{}: {e}", self.collector)))?;
+        Ok(tls)
+    }
+}
+
+/// The agent's TLS settings for the collector stream, read from their files again at every
+/// connection attempt, so that a CA, certificate or key rotated in place (cert-manager, Vault
+/// agents) is used from the next connection on without a restart; a read that fails — a file
+/// half rewritten — keeps the last settings that loaded, and says so.
+#[derive(Debug)]
+pub struct ClientTls {
+    files: ClientTlsFiles,
+    last: std::sync::Mutex<ClientTlsConfig>,
+}
+
+impl ClientTls {
+    /// The settings for the next connection, and the error of the files if they no longer
+    /// load (the settings are then the last ones that did).
+    pub fn current(&self) -> (ClientTlsConfig, Option<AgentError>) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match self.files.load() {
+            Ok(tls) => {
+                *last = tls.clone();
+                (tls, None)
+            }
+            Err(e) => (last.clone(), Some(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificate(path: &std::path::Path) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["collector".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(path, cert.pem()).unwrap();
+    }
+
+    #[test]
+    fn tls_files_are_read_at_each_connection_and_a_broken_one_keeps_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        certificate(&ca);
+        let mut config = AgentConfig::new(
+            dir.path().join("a.sock"),
+            "https://127.0.0.1:4317".to_string(),
+        );
+        config.collector_ca = Some(ca.clone());
+        let tls = config.client_tls().unwrap().expect("https: TLS");
+        let seen = |t: &ClientTls| {
+            let (c, e) = t.current();
+            (format!("{c:?}"), e.map(|e| e.to_string()))
+        };
+        let (first, none) = seen(&tls);
+        assert!(none.is_none());
+        // Rotated in place: the next connection gets the new CA.
+        certificate(&ca);
+        let (second, none) = seen(&tls);
+        assert!(none.is_none());
+        assert_ne!(first, second);
+        // Half rewritten: an error, and the last settings that loaded.
+        std::fs::write(&ca, b"-----BEGIN CERT").unwrap();
+        let (kept, error) = seen(&tls);
+        assert_eq!(kept, second);
+        assert!(error.is_some_and(|e| e.contains("ca.pem")));
+        // At start a broken file is an error, not a fallback.
+        assert!(config.client_tls().is_err());
     }
 }

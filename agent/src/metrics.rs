@@ -19,6 +19,7 @@ pub struct AgentMetrics {
     pub reports_rejected: Counter,
     pub collector_connects: Counter,
     pub collector_connect_failures: Counter,
+    pub tls_reload_errors: Counter,
     pub spool_replayed: Counter,
     pub spool_lost: Counter,
     pub spool_write_errors: Counter,
@@ -55,6 +56,7 @@ impl Render for AgentMetrics {
             .counter("gradtel_agent_reports_rejected_total", "Reports the collector refused for good.", self.reports_rejected.get())
             .counter("gradtel_agent_collector_connects_total", "Streams opened to the collector.", self.collector_connects.get())
             .counter("gradtel_agent_collector_connect_failures_total", "Failed attempts to reach the collector.", self.collector_connect_failures.get())
+            .counter("gradtel_agent_tls_reload_errors_total", "Connection attempts for which the TLS files (CA, certificate, key) did not load: the last ones that did were used.", self.tls_reload_errors.get())
             .counter("gradtel_agent_spool_replayed_total", "Unacknowledged reports a previous agent left in the spool, taken in at start to be sent again.", self.spool_replayed.get())
             .counter("gradtel_agent_spool_lost_total", "Spool segments found at start ending in a record cut short or corrupt (that record and any after it are not sent).", self.spool_lost.get())
             .counter("gradtel_agent_spool_write_errors_total", "Reports the spool could not write (kept in memory only instead).", self.spool_write_errors.get())

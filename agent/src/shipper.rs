@@ -17,7 +17,7 @@ use gradtel_proto::encoded::collect_client::CollectClient;
 use gradtel_proto::v1::{Ack, ShardReport, ack};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{ClientTlsConfig, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::metrics::AgentMetrics;
 use crate::spool::Spool;
@@ -48,8 +48,9 @@ pub struct ShipperReport {
 
 pub struct Shipper {
     pub collector: String,
-    /// For an `https://` collector (`AgentConfig::client_tls`).
-    pub tls: Option<ClientTlsConfig>,
+    /// For an `https://` collector (`AgentConfig::client_tls`): its files are read again at
+    /// each connection attempt.
+    pub tls: Option<crate::config::ClientTls>,
     pub max_inflight: usize,
     pub max_backoff: Duration,
     pub metrics: Arc<AgentMetrics>,
@@ -181,7 +182,12 @@ impl Shipper {
     ) -> Result<CollectClient<tonic::transport::Channel>, tonic::transport::Error> {
         let mut endpoint = Endpoint::from_shared(self.collector.clone())?;
         if let Some(tls) = &self.tls {
-            endpoint = endpoint.tls_config(tls.clone())?;
+            let (config, trouble) = tls.current();
+            if let Some(e) = trouble {
+                self.metrics.tls_reload_errors.inc();
+                tracing::warn!(error = %e, "TLS files cannot be used; connecting with the last ones that could");
+            }
+            endpoint = endpoint.tls_config(config)?;
         }
         let channel = endpoint
             .connect_timeout(Duration::from_secs(2))

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -305,15 +304,13 @@ impl CollectorConfig {
         )
     }
 
-    /// The Collect service's TLS settings, read from the PEM files (the certificate pair
-    /// re-read when it changes, [`crate::tls`]); None when it serves plain gRPC.
+    /// The Collect service's TLS settings, read from the PEM files (re-read when they change,
+    /// [`crate::tls`]); None when it serves plain gRPC.
     pub fn server_tls(&self) -> Result<Option<crate::tls::ServerTls>, crate::tls::TlsError> {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
             return Ok(None);
         };
-        let certs = Arc::new(crate::tls::Reloading::open(cert, key)?);
-        let config = crate::tls::server_config(certs.clone(), self.tls_client_ca.as_deref())?;
-        Ok(Some((config, certs)))
+        crate::tls::ServerTls::open(cert, key, self.tls_client_ca.as_deref()).map(Some)
     }
 
     /// The S3 client of `--upload`, checked (endpoint, credentials, CA); None without it.

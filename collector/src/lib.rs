@@ -209,15 +209,16 @@ impl Collector {
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 stopped(stop_rx),
             )),
-            Some((server_config, certs)) => {
+            Some(server_tls) => {
+                let server_tls = Arc::new(server_tls);
                 tokio::spawn(tls::watch(
-                    certs,
+                    server_tls.clone(),
                     config.tls_reload_interval,
                     metrics.clone(),
                     stop_rx.clone(),
                 ));
                 let incoming =
-                    tls::incoming(listener, server_config, metrics.clone(), stop_rx.clone());
+                    tls::incoming(listener, server_tls, metrics.clone(), stop_rx.clone());
                 tokio::spawn(
                     builder
                         .add_service(collect)

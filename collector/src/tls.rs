@@ -5,8 +5,12 @@
 //! that does not match — keeps the previous certificate, and is logged and counted
 //! (`gradtel_collector_tls_reload_errors_total`) until the files are whole again.
 //!
+//! The client CA of mutual TLS (`--tls-client-ca`) is checked the same way: a changed file is
+//! read again and required of every new connection (connections already made keep the
+//! verdict they were given); a file that does not parse keeps the previous CA, counted alike.
+//!
 //! Handshakes run on tasks of their own, so a slow or silent client cannot hold up the accept
-//! loop; the client CA of mutual TLS (`--tls-client-ca`) is read at start.
+//! loop.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -59,8 +63,64 @@ fn modified(p: &Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
-/// The rustls configuration of the Collect service and the certificate it serves.
-pub type ServerTls = (Arc<ServerConfig>, Arc<Reloading>);
+/// The Collect service's TLS: the certificate it serves and the rustls configuration new
+/// connections get, both replaced when their files change ([`ServerTls::refresh`]).
+#[derive(Debug)]
+pub struct ServerTls {
+    certs: Arc<Reloading>,
+    /// `--tls-client-ca` and its modification time when last read.
+    client_ca: Option<(PathBuf, Mutex<Option<SystemTime>>)>,
+    config: RwLock<Arc<ServerConfig>>,
+}
+
+impl ServerTls {
+    pub fn open(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerTls, TlsError> {
+        let certs = Arc::new(Reloading::open(cert, key)?);
+        let stamp = client_ca.and_then(modified);
+        let config = server_config(certs.clone(), client_ca)?;
+        Ok(ServerTls {
+            certs,
+            client_ca: client_ca.map(|p| (p.to_path_buf(), Mutex::new(stamp))),
+            config: RwLock::new(config),
+        })
+    }
+
+    /// The configuration a connection accepted now gets.
+    pub fn current(&self) -> Option<Arc<ServerConfig>> {
+        self.config.read().ok().map(|c| c.clone())
+    }
+
+    /// Read the certificate pair and the client CA again where their files changed: Ok(true)
+    /// when new connections get something new from now on. An error leaves what it concerns
+    /// as it was (the other file is still taken up).
+    pub fn refresh(&self) -> Result<bool, TlsError> {
+        let certs = self.certs.refresh();
+        let ca = self.refresh_client_ca();
+        match (certs, ca) {
+            (Ok(a), Ok(b)) => Ok(a || b),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        }
+    }
+
+    fn refresh_client_ca(&self) -> Result<bool, TlsError> {
+        let Some((ca, stamp)) = &self.client_ca else {
+            return Ok(false);
+        };
+        let now = modified(ca);
+        let Ok(mut stamp) = stamp.lock() else {
+            return Ok(false);
+        };
+        if *stamp == now {
+            return Ok(false);
+        }
+        let config = server_config(self.certs.clone(), Some(ca))?;
+        *stamp = now;
+        if let Ok(mut c) = self.config.write() {
+            *c = config;
+        }
+        Ok(true)
+    }
+}
 
 /// The served certificate, swapped when its files change.
 #[derive(Debug)]
@@ -141,9 +201,10 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Check the certificate files every `every` until `stop`; counts reloads and failed ones.
+/// Check the certificate and client CA files every `every` until `stop`; counts reloads and
+/// failed ones.
 pub async fn watch(
-    certs: Arc<Reloading>,
+    tls: Arc<ServerTls>,
     every: Duration,
     metrics: Arc<crate::metrics::CollectorMetrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -155,16 +216,16 @@ pub async fn watch(
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let c = certs.clone();
-        match tokio::task::spawn_blocking(move || c.refresh()).await {
+        let t = tls.clone();
+        match tokio::task::spawn_blocking(move || t.refresh()).await {
             Ok(Ok(true)) => {
                 metrics.tls_reloads.inc();
-                tracing::info!(cert = %certs.cert.display(), "TLS certificate reloaded");
+                tracing::info!(cert = %tls.certs.cert.display(), "TLS files reloaded");
             }
             Ok(Ok(false)) => {}
             Ok(Err(e)) => {
                 metrics.tls_reload_errors.inc();
-                tracing::warn!(error = %e, "TLS certificate files changed but cannot be used; the previous certificate is still served");
+                tracing::warn!(error = %e, "TLS files changed but cannot be used; what they held before is still in use");
             }
             Err(e) => tracing::warn!(error = %e, "TLS reload task failed"),
         }
@@ -178,14 +239,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// handshakes are counted and logged, never passed on. Ends at `stop`.
 pub fn incoming(
     listener: tokio::net::TcpListener,
-    config: Arc<ServerConfig>,
+    tls: Arc<ServerTls>,
     metrics: Arc<crate::metrics::CollectorMetrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio_stream::wrappers::ReceiverStream<
     Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
 > {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -206,7 +266,14 @@ pub fn incoming(
                 }
                 _ = tx.closed() => return,
             };
-            let (acceptor, tx, metrics) = (acceptor.clone(), tx.clone(), metrics.clone());
+            // The configuration of the moment: a rotated client CA applies from the next
+            // connection on.
+            let Some(config) = tls.current() else {
+                metrics.tls_handshake_errors.inc();
+                continue;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let (tx, metrics) = (tx.clone(), metrics.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
@@ -250,6 +317,41 @@ mod tests {
         r.current.read().unwrap().cert[0].to_vec()
     }
 
+    fn touch(p: &Path, at: SystemTime) {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(at)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_changed_client_ca_gives_new_connections_a_new_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pair(dir.path(), "server");
+        let (ca, _) = pair(dir.path(), "ca");
+        let tls = ServerTls::open(&cert, &key, Some(&ca)).unwrap();
+        let first = tls.current().unwrap();
+        assert!(!tls.refresh().unwrap(), "nothing changed");
+        assert!(Arc::ptr_eq(&first, &tls.current().unwrap()));
+        let (other, _) = pair(dir.path(), "other-ca");
+        std::fs::copy(&other, &ca).unwrap();
+        let later = SystemTime::now() + Duration::from_secs(5);
+        touch(&ca, later);
+        assert!(tls.refresh().unwrap());
+        let second = tls.current().unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+        // A CA file that does not parse: an error, and the configuration stays.
+        std::fs::write(&ca, b"garbage").unwrap();
+        touch(&ca, later + Duration::from_secs(5));
+        assert!(tls.refresh().is_err());
+        assert!(Arc::ptr_eq(&second, &tls.current().unwrap()));
+        // Without mutual TLS there is no CA to watch.
+        let plain = ServerTls::open(&cert, &key, None).unwrap();
+        assert!(!plain.refresh().unwrap());
+    }
+
     #[test]
     fn changed_files_are_served_and_broken_ones_keep_the_previous_certificate() {
         let dir = tempfile::tempdir().unwrap();
@@ -263,26 +365,15 @@ mod tests {
         std::fs::copy(&c2, &cert).unwrap();
         std::fs::copy(&k2, &key).unwrap();
         let later = SystemTime::now() + Duration::from_secs(5);
-        for p in [&cert, &key] {
-            std::fs::File::options()
-                .write(true)
-                .open(p)
-                .unwrap()
-                .set_modified(later)
-                .unwrap();
-        }
+        touch(&cert, later);
+        touch(&key, later);
         assert!(r.refresh().unwrap());
         let second = served(&r);
         assert_ne!(first, second);
         // Half a rewrite: a key that does not belong to the certificate.
         let (_, k3) = pair(dir.path(), "c");
         std::fs::copy(&k3, &key).unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&key)
-            .unwrap()
-            .set_modified(later + Duration::from_secs(5))
-            .unwrap();
+        touch(&key, later + Duration::from_secs(5));
         let e = r.refresh().unwrap_err().to_string();
         assert!(e.contains("does not match"), "{e}");
         assert_eq!(served(&r), second);

@@ -20,18 +20,21 @@ impl fmt::Display for PemError {
 
 impl std::error::Error for PemError {}
 
-/// The bytes of a PEM file (certificates or a private key), refused when unreadable or when it
-/// holds no `-----BEGIN` block.
+/// The bytes of a PEM file (certificates or a private key), refused when unreadable, when it
+/// holds no `-----BEGIN` block, or when a block does not decode (cut short, not base64): tonic
+/// takes such a file without a word and fails only at the handshake.
 pub fn read_pem(path: &Path) -> Result<Vec<u8>, PemError> {
-    let bytes = std::fs::read(path).map_err(|e| PemError {
+    use rustls_pki_types::pem::{PemObject, SectionKind};
+    let err = |reason: String| PemError {
         path: path.to_path_buf(),
-        reason: format!("cannot read: {e}"),
-    })?;
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
     if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
-        return Err(PemError {
-            path: path.to_path_buf(),
-            reason: "not a PEM file (no -----BEGIN block)".into(),
-        });
+        return Err(err("not a PEM file (no -----BEGIN block)".into()));
+    }
+    for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(&bytes) {
+        section.map_err(|e| err(format!("a PEM block does not decode: {e}")))?;
     }
     Ok(bytes)
 }
@@ -51,6 +54,13 @@ mod tests {
         )
         .unwrap();
         assert!(read_pem(&good).unwrap().starts_with(b"-----BEGIN"));
+        let cut = dir.join("cut.pem");
+        std::fs::write(&cut, "-----BEGIN CERTIFICATE-----\nAA==\n").unwrap();
+        let e = read_pem(&cut).unwrap_err().to_string();
+        assert!(
+            e.contains("cut.pem") && e.contains("does not decode"),
+            "{e}"
+        );
         let der = dir.join("ca.der");
         std::fs::write(&der, [0x30, 0x82, 0x01, 0x0a]).unwrap();
         let e = read_pem(&der).unwrap_err().to_string();
