@@ -91,6 +91,8 @@ def main(argv=None) -> int:
     p.add_argument("--toggle", type=int, default=0, metavar="N",
                    help="(benchmark) report only in every other block of N steps; --stats "
                         "marks which steps were watched")
+    p.add_argument("--bucket-view", action="store_true",
+                   help="DDP(gradient_as_bucket_view=True): gradients are views of the buckets")
     args = p.parse_args(argv)
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -98,7 +100,7 @@ def main(argv=None) -> int:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(args.seed)
     model = SmallCNN()
-    ddp = DDP(model)
+    ddp = DDP(model, gradient_as_bucket_view=args.bucket_view)
 
     watcher = agent = None
     if args.probe == "torch-hook" and args.no_gradtel:

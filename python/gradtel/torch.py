@@ -554,15 +554,29 @@ class _DDPState:
     def allreduce(self, bucket, buf: torch.Tensor):
         """What ``allreduce_hook(process_group, bucket)`` returns, the same operations
         (``buf``: the bucket's buffer)."""
-        if self.group is None or buf.is_complex():
+        if not self.direct(buf):
             return self.allreduce_hook(self.process_group, bucket)
         buf.div_(self.group_size)
         return self.group.allreduce([buf], self.options).get_future().then(_first)
 
+    def direct(self, buf: torch.Tensor) -> bool:
+        """Whether the all-reduce goes through the process group's own binding."""
+        return self.group is not None and not buf.is_complex()
+
+    def allreduce_aside(self, buf: torch.Tensor, scratch: torch.Tensor):
+        """The same all-reduce, of ``buf / group size`` written into ``scratch``, leaving
+        ``buf`` — the rank's local gradients — untouched while it runs, so they can be copied
+        out in its shadow. DDP takes the all-reduced values from the returned tensor (as it does
+        from compression hooks'), so training is unchanged: the same division, the same sum."""
+        torch.div(buf, self.group_size, out=scratch)
+        return self.group.allreduce([scratch], self.options).get_future().then(_first)
+
     def plan(self, bucket) -> tuple:
         """The bucket's flat buffer, the watched gradients' layout in it — ``((name, offset,
-        numel), ...)``, or None when a gradient is not a plain view of the buffer — and the
-        buffer's numpy view when it is on the CPU. Worked out once per bucket buffer: DDP hands
+        numel), ...)``, or None when a gradient is not a plain view of the buffer — the
+        buffer's numpy view when it is on the CPU, and a tensor like it for the all-reduce to
+        work in (see allreduce_aside; None where it is not used). Worked out once per bucket
+        buffer: DDP hands
         the same buffer back every step, and building the key from the bucket's parameters
         cost more than the rest of the lookup (py-spy). A held buffer's address cannot be a
         newer buffer's, so a rebuilt bucket (DDP rebuilds them after the first iteration, all
@@ -577,7 +591,10 @@ class _DDPState:
                 return entry
         layout = self._layout(bucket, buf)
         view = None if layout is None or buf.is_cuda else _host_view(buf)
-        entry = self.buckets[index] = (buf, layout, view)
+        # One more buffer of the bucket's size, on the CPU only: there memory is plentiful, and
+        # the copy out of the bucket is the rank's work that the all-reduce can hide.
+        scratch = torch.empty_like(buf) if view is not None and self.direct(buf) else None
+        entry = self.buckets[index] = (buf, layout, view, scratch)
         return entry
 
     def _layout(self, bucket, buf: torch.Tensor) -> Optional[tuple]:
@@ -602,7 +619,15 @@ def _ddp_hook(state: _DDPState, bucket):
     w = state.watcher
     staged = None
     if w.active:
-        buf, layout, flat = state.plan(bucket)
+        buf, layout, flat, scratch = state.plan(bucket)
+        if layout and scratch is not None:
+            # A CPU bucket: the all-reduce first, into the scratch buffer; the local gradients
+            # stay in the bucket and are copied out and queued while it runs.
+            fut = state.allreduce_aside(buf, scratch)
+            staged = w._push_bucket(buf, layout, flat)
+            if staged is not None:
+                staged.push()
+            return fut
         if layout is not None:
             # The bucket's flat buffer holds every local gradient: one view (or one
             # device-to-host copy) for all of them instead of one per parameter.

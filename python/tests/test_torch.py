@@ -166,12 +166,16 @@ def test_watch_on_a_gpu_copies_gradients_straight_into_the_shared_region(collect
         assert c["value"] == grads[c["step"]][c["tensor"]][c["index"]]
 
 
+# With bucket views DDP's gradients live in the buckets the hook all-reduces aside from, and
+# get the all-reduced values back from the tensor the hook returns.
+@pytest.mark.parametrize("bucket_view", [False, True], ids=["grads-apart", "bucket-view"])
 def test_ddp_reports_each_ranks_local_gradient_and_leaves_training_unchanged(
-    tmp_path, collector, agent_factory
+    tmp_path, collector, agent_factory, bucket_view
 ):
     steps = 120
     agents = [agent_factory(f"agent-{r}.sock", extra=["--track-count", "512"]) for r in range(2)]
     common = ["--steps", str(steps), "--batch", "16", "--seed", "3"]
+    common += ["--bucket-view"] if bucket_view else []
     wait_all(launch(common + [
         "--run-id", "py-ddp", "--socket", str(tmp_path / "agent-{rank}.sock"),
         "--record-local", str(tmp_path / "local-{rank}.npz"),
