@@ -338,6 +338,87 @@ fn an_agent_reads_its_rotated_ca_at_its_next_connection() {
     });
 }
 
+/// `GET path` over TLS from a client that trusts `ca`: the status and the body.
+fn https_get(addr: &str, ca: &Path, path: &str) -> std::io::Result<(u16, String)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut tcp = std::net::TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    tls.read_to_string(&mut text)?;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((code, body.to_string()))
+}
+
+#[test]
+fn metrics_are_served_over_tls_with_the_collectors_certificate() {
+    let pki = make_pki();
+    let other = make_pki();
+    let dir = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (_collector, _url, metrics) = start_collector_with_metrics(
+        &dir.path().join("lake"),
+        "127.0.0.1:0",
+        &[
+            "--tls-cert",
+            &s(&pki.server.0),
+            "--tls-key",
+            &s(&pki.server.1),
+            "--metrics",
+            "127.0.0.1:0",
+            "--metrics-tls",
+        ],
+    );
+    let metrics = metrics.expect("metrics address");
+    let (code, body) = https_get(&metrics, &pki.ca, "/metrics").expect("https GET /metrics");
+    assert_eq!(code, 200);
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|m| m.metric == "gradtel_collector_reports_received_total"),
+        "{body}"
+    );
+    assert_eq!(https_get(&metrics, &pki.ca, "/healthz").unwrap().0, 200);
+    // A client that trusts another CA is refused, and plain HTTP gets no answer.
+    assert!(https_get(&metrics, &other.ca, "/metrics").is_err());
+    use std::io::{Read, Write};
+    let mut plain = std::net::TcpStream::connect(&metrics).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(plain, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut reply = Vec::new();
+    let _ = plain.read_to_end(&mut reply);
+    assert!(!reply.starts_with(b"HTTP/"), "plain HTTP was answered");
+}
+
 fn refused(bin: &str, args: &[&str]) -> String {
     let out = Command::new(bin)
         .args(args)
@@ -416,4 +497,16 @@ fn bad_tls_settings_stop_the_daemons_at_start_with_a_clear_error() {
         ],
     );
     assert!(e.contains("--tls-key"), "{e}");
+    // /metrics over TLS needs the certificate to serve it with.
+    let e = refused(
+        collector,
+        &[
+            "--out",
+            out.to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:0",
+            "--metrics-tls",
+        ],
+    );
+    assert!(e.contains("--tls-cert"), "{e}");
 }

@@ -85,6 +85,12 @@ pub struct CollectorConfig {
     #[arg(long, env = "GRADTEL_COLLECTOR_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Serve `--metrics` over TLS too, with the `--tls-cert` certificate (rotated alike), so
+    /// that Prometheus scrapes it as `https` (no client certificate asked).
+    #[arg(long, env = "GRADTEL_COLLECTOR_METRICS_TLS", requires_all = ["tls_cert", "metrics"],
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub metrics_tls: bool,
+
     /// How often the certificate and key files are checked: a rotated pair is served to new
     /// connections without a restart.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
@@ -351,6 +357,7 @@ impl CollectorConfig {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            metrics_tls: false,
             tls_reload_interval: Duration::from_secs(30),
             upload: None,
             s3_endpoint: None,

@@ -192,13 +192,33 @@ impl Collector {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let metrics_addr = match config.metrics {
-            Some(m) => Some(
+        let tls = tls.map(Arc::new);
+        let metrics_addr = match (config.metrics, &tls) {
+            (Some(m), Some(server_tls)) if config.metrics_tls => {
+                let listener = tokio::net::TcpListener::bind(m)
+                    .await
+                    .map_err(|source| CollectorError::Listen { addr: m, source })?;
+                let listener = tls::MetricsListener::new(
+                    listener,
+                    server_tls,
+                    metrics.clone(),
+                    stop_rx.clone(),
+                )?;
+                let bound = gradtel_telemetry::Listener::local_addr(&listener)
+                    .map_err(|source| CollectorError::Listen { addr: m, source })?;
+                gradtel_telemetry::serve_metrics_on(
+                    listener,
+                    metrics.clone(),
+                    stopped(stop_rx.clone()),
+                );
+                Some(bound)
+            }
+            (Some(m), _) => Some(
                 gradtel_telemetry::serve_metrics(m, metrics.clone(), stopped(stop_rx.clone()))
                     .await
                     .map_err(|source| CollectorError::Listen { addr: m, source })?,
             ),
-            None => None,
+            (None, _) => None,
         };
         let collect = CollectServer::new(service)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -210,15 +230,18 @@ impl Collector {
                 stopped(stop_rx),
             )),
             Some(server_tls) => {
-                let server_tls = Arc::new(server_tls);
                 tokio::spawn(tls::watch(
                     server_tls.clone(),
                     config.tls_reload_interval,
                     metrics.clone(),
                     stop_rx.clone(),
                 ));
-                let incoming =
-                    tls::incoming(listener, server_tls, metrics.clone(), stop_rx.clone());
+                let incoming = tls::incoming(
+                    listener,
+                    move || server_tls.current(),
+                    metrics.clone(),
+                    stop_rx.clone(),
+                );
                 tokio::spawn(
                     builder
                         .add_service(collect)

@@ -90,6 +90,70 @@ impl ServerTls {
         self.config.read().ok().map(|c| c.clone())
     }
 
+    /// The configuration of `/metrics` over TLS (`--metrics-tls`): the same certificate, rotated
+    /// alike, HTTP/1.1, and no client certificate asked (Prometheus scrapes it).
+    pub fn metrics_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(self.certs.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// TLS connections from [`incoming`], as a listener `/metrics` can be served on.
+pub struct MetricsListener {
+    streams: tokio_stream::wrappers::ReceiverStream<
+        Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+    >,
+    addr: std::net::SocketAddr,
+}
+
+impl MetricsListener {
+    pub fn new(
+        listener: tokio::net::TcpListener,
+        tls: &ServerTls,
+        metrics: Arc<crate::metrics::CollectorMetrics>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<MetricsListener, TlsError> {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let config = tls.metrics_config()?;
+        Ok(MetricsListener {
+            streams: incoming(listener, move || Some(config.clone()), metrics, stop),
+            addr,
+        })
+    }
+}
+
+impl gradtel_telemetry::Listener for MetricsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use tokio_stream::StreamExt;
+        loop {
+            match self.streams.next().await {
+                Some(Ok(stream)) => {
+                    let peer = stream.get_ref().0.peer_addr().unwrap_or(self.addr);
+                    return (stream, peer);
+                }
+                Some(Err(_)) => continue,
+                // Stopped: the server's graceful shutdown ends it.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
+impl ServerTls {
     /// Read the certificate pair and the client CA again where their files changed: Ok(true)
     /// when new connections get something new from now on. An error leaves what it concerns
     /// as it was (the other file is still taken up).
@@ -239,7 +303,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// handshakes are counted and logged, never passed on. Ends at `stop`.
 pub fn incoming(
     listener: tokio::net::TcpListener,
-    tls: Arc<ServerTls>,
+    config: impl Fn() -> Option<Arc<ServerConfig>> + Send + 'static,
     metrics: Arc<crate::metrics::CollectorMetrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio_stream::wrappers::ReceiverStream<
@@ -268,7 +332,7 @@ pub fn incoming(
             };
             // The configuration of the moment: a rotated client CA applies from the next
             // connection on.
-            let Some(config) = tls.current() else {
+            let Some(config) = config() else {
                 metrics.tls_handshake_errors.inc();
                 continue;
             };

@@ -177,6 +177,23 @@ pub async fn serve_metrics<R: Render>(
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    serve_metrics_on(listener, metrics, shutdown);
+    Ok(bound)
+}
+
+/// What [`serve_metrics_on`] serves on: a source of connections.
+pub use axum::serve::Listener;
+
+/// The same routes on connections `listener` accepts (a TLS listener, say).
+pub fn serve_metrics_on<L, R>(
+    listener: L,
+    metrics: Arc<R>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+    R: Render,
+{
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -194,7 +211,6 @@ pub async fn serve_metrics<R: Render>(
             tracing::warn!(error = %e, "metrics server stopped");
         }
     });
-    Ok(bound)
 }
 
 #[cfg(test)]
