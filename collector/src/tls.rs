@@ -10,7 +10,8 @@
 //! verdict they were given); a file that does not parse keeps the previous CA, counted alike.
 //!
 //! Handshakes run on tasks of their own, so a slow or silent client cannot hold up the accept
-//! loop.
+//! loop. With `--metrics-tls`, `/metrics` is served through the same machinery
+//! ([`MetricsListener`]) with the same, rotating, certificate.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
