@@ -163,6 +163,15 @@ fn wait(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A collector serving TLS with `tls` (its certificate options), checking its files every
+/// 100 ms, with metrics: the daemon, its `https://` URL and its metrics address.
+fn rotating_collector(out: &Path, tls: &[&str]) -> (Daemon, String, String) {
+    let mut args = tls.to_vec();
+    args.extend(["--tls-reload-interval", "100ms", "--metrics", "127.0.0.1:0"]);
+    let (daemon, url, metrics) = start_collector_with_metrics(out, "127.0.0.1:0", &args);
+    (daemon, tls_url(&url), metrics.expect("metrics address"))
+}
+
 #[test]
 fn a_rotated_certificate_is_served_without_a_restart() {
     let first = make_pki();
@@ -172,23 +181,16 @@ fn a_rotated_certificate_is_served_without_a_restart() {
     let (cert, key) = (dir.path().join("tls.pem"), dir.path().join("tls-key.pem"));
     std::fs::copy(&first.server.0, &cert).unwrap();
     std::fs::copy(&first.server.1, &key).unwrap();
-    let (_collector, url, metrics) = start_collector_with_metrics(
+    let (_collector, https, metrics) = rotating_collector(
         &out,
-        "127.0.0.1:0",
         &[
             "--tls-cert",
             cert.to_str().unwrap(),
             "--tls-key",
             key.to_str().unwrap(),
-            "--tls-reload-interval",
-            "100ms",
-            "--metrics",
-            "127.0.0.1:0",
         ],
     );
-    let metrics = metrics.expect("metrics address");
     let counter = |name: &str| metric(&http_get(&metrics, "/metrics").1, name);
-    let https = tls_url(&url);
     let sock = |n: &str| dir.path().join(format!("{n}.sock"));
     // An agent that trusts only the CA of the certificate to come delivers nothing yet.
     let second_ca = second.ca.to_str().unwrap();
@@ -236,9 +238,8 @@ fn a_rotated_client_ca_is_required_of_new_agents_without_a_restart() {
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let client_ca = dir.path().join("client-ca.pem");
     std::fs::copy(&first.ca, &client_ca).unwrap();
-    let (_collector, url, metrics) = start_collector_with_metrics(
+    let (_collector, https, metrics) = rotating_collector(
         &out,
-        "127.0.0.1:0",
         &[
             "--tls-cert",
             &s(&first.server.0),
@@ -246,15 +247,9 @@ fn a_rotated_client_ca_is_required_of_new_agents_without_a_restart() {
             &s(&first.server.1),
             "--tls-client-ca",
             &s(&client_ca),
-            "--tls-reload-interval",
-            "100ms",
-            "--metrics",
-            "127.0.0.1:0",
         ],
     );
-    let metrics = metrics.expect("metrics address");
     let counter = |name: &str| metric(&http_get(&metrics, "/metrics").1, name);
-    let https = tls_url(&url);
     let sock = |n: &str| dir.path().join(format!("{n}.sock"));
     let agent = |name: &str, client: &(PathBuf, PathBuf)| {
         start_agent(
