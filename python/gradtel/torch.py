@@ -529,7 +529,8 @@ class _DDPState:
         self.watcher = watcher
         self.names = names
         self.process_group = process_group
-        # Bucket index → (its flat buffer, layout, numpy view of a CPU buffer): see plan.
+        # Bucket index → (its flat buffer, layout, numpy view of a CPU buffer, the buffer the
+        # all-reduce works in): see plan.
         self.buckets: dict[int, tuple] = {}
         # Imported once: an import statement in the hook is a lookup per bucket and step.
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
@@ -576,9 +577,8 @@ class _DDPState:
         numel), ...)``, or None when a gradient is not a plain view of the buffer — the
         buffer's numpy view when it is on the CPU, and a tensor like it for the all-reduce to
         work in (see allreduce_aside; None where it is not used). Worked out once per bucket
-        buffer: DDP hands
-        the same buffer back every step, and building the key from the bucket's parameters
-        cost more than the rest of the lookup (py-spy). A held buffer's address cannot be a
+        buffer: DDP hands the same buffer back every step, and building the key from the
+        bucket's parameters cost more than the rest of the lookup (py-spy). A held buffer's address cannot be a
         newer buffer's, so a rebuilt bucket (DDP rebuilds them after the first iteration, all
         at once) always misses. Tuples, so that the client's per-layout plan
         (Client.stage_many) stays valid."""
@@ -593,7 +593,8 @@ class _DDPState:
         view = None if layout is None or buf.is_cuda else _host_view(buf)
         # One more buffer of the bucket's size, on the CPU only: there memory is plentiful, and
         # the copy out of the bucket is the rank's work that the all-reduce can hide.
-        scratch = torch.empty_like(buf) if view is not None and self.direct(buf) else None
+        scratch = (torch.empty_like(buf) if layout and view is not None and self.direct(buf)
+                   else None)
         entry = self.buckets[index] = (buf, layout, view, scratch)
         return entry
 
