@@ -195,17 +195,16 @@ impl Collector {
         let tls = tls.map(Arc::new);
         let metrics_addr = match (config.metrics, &tls) {
             (Some(m), Some(server_tls)) if config.metrics_tls => {
-                let listener = tokio::net::TcpListener::bind(m)
-                    .await
-                    .map_err(|source| CollectorError::Listen { addr: m, source })?;
+                let listen = |source| CollectorError::Listen { addr: m, source };
+                let listener = tokio::net::TcpListener::bind(m).await.map_err(listen)?;
+                let bound = listener.local_addr().map_err(listen)?;
                 let listener = tls::MetricsListener::new(
                     listener,
+                    bound,
                     server_tls,
                     metrics.clone(),
                     stop_rx.clone(),
                 )?;
-                let bound = gradtel_telemetry::Listener::local_addr(&listener)
-                    .map_err(|source| CollectorError::Listen { addr: m, source })?;
                 gradtel_telemetry::serve_metrics_on(
                     listener,
                     metrics.clone(),

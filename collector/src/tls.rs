@@ -102,59 +102,7 @@ impl ServerTls {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
-}
 
-/// TLS connections from [`incoming`], as a listener `/metrics` can be served on.
-pub struct MetricsListener {
-    streams: tokio_stream::wrappers::ReceiverStream<
-        Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
-    >,
-    addr: std::net::SocketAddr,
-}
-
-impl MetricsListener {
-    pub fn new(
-        listener: tokio::net::TcpListener,
-        tls: &ServerTls,
-        metrics: Arc<crate::metrics::CollectorMetrics>,
-        stop: tokio::sync::watch::Receiver<bool>,
-    ) -> Result<MetricsListener, TlsError> {
-        let addr = listener
-            .local_addr()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
-        let config = tls.metrics_config()?;
-        Ok(MetricsListener {
-            streams: incoming(listener, move || Some(config.clone()), metrics, stop),
-            addr,
-        })
-    }
-}
-
-impl gradtel_telemetry::Listener for MetricsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        use tokio_stream::StreamExt;
-        loop {
-            match self.streams.next().await {
-                Some(Ok(stream)) => {
-                    let peer = stream.get_ref().0.peer_addr().unwrap_or(self.addr);
-                    return (stream, peer);
-                }
-                Some(Err(_)) => continue,
-                // Stopped: the server's graceful shutdown ends it.
-                None => std::future::pending::<()>().await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
-    }
-}
-
-impl ServerTls {
     /// Read the certificate pair and the client CA again where their files changed: Ok(true)
     /// when new connections get something new from now on. An error leaves what it concerns
     /// as it was (the other file is still taken up).
@@ -184,6 +132,55 @@ impl ServerTls {
             *c = config;
         }
         Ok(true)
+    }
+}
+
+/// TLS connections from [`incoming`], as a listener `/metrics` can be served on.
+pub struct MetricsListener {
+    streams: tokio_stream::wrappers::ReceiverStream<
+        Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+    >,
+    addr: std::net::SocketAddr,
+}
+
+impl MetricsListener {
+    /// `listener`'s connections (bound to `addr`) with `tls`'s metrics configuration.
+    pub fn new(
+        listener: tokio::net::TcpListener,
+        addr: std::net::SocketAddr,
+        tls: &ServerTls,
+        metrics: Arc<crate::metrics::CollectorMetrics>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<MetricsListener, TlsError> {
+        let config = tls.metrics_config()?;
+        Ok(MetricsListener {
+            streams: incoming(listener, move || Some(config.clone()), metrics, stop),
+            addr,
+        })
+    }
+}
+
+impl gradtel_telemetry::Listener for MetricsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use tokio_stream::StreamExt;
+        loop {
+            match self.streams.next().await {
+                Some(Ok(stream)) => {
+                    let peer = stream.get_ref().0.peer_addr().unwrap_or(self.addr);
+                    return (stream, peer);
+                }
+                Some(Err(_)) => continue,
+                // Stopped: the server's graceful shutdown ends it.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
     }
 }
 
