@@ -12,9 +12,9 @@
 //!   - `M4 = M4_A + M4_B + δ⁴ n_A n_B (n_A² − n_A n_B + n_B²) / n³
 //!          + 6δ² (n_A² M2_B + n_B² M2_A) / n² + 4δ (n_A M3_B − n_B M3_A) / n`
 //!
-//! * Blocks of f32 values ([`Moments::from_f32_block`], the agent's path): power sums of the
-//!   deviations from a shift near the mean, converted exactly to central sums; the shift keeps
-//!   them clear of the cancellation that raw power sums suffer.
+//! * f32 values ([`ShiftedSums`], the agent's path): power sums of the deviations from a shift
+//!   near the mean, converted exactly to central sums; the shift keeps them clear of the
+//!   cancellation that raw power sums suffer.
 //!
 //! Guarantee: merging is exact in real arithmetic, so `merge(summary(A), summary(B))` equals
 //! `summary(A ++ B)`; in floating point the two agree to a few ulps of the moment's scale
@@ -113,69 +113,6 @@ impl Moments {
         }
     }
 
-    /// Summarise a block of at most [`F32_BLOCK`] f32 values from power sums about `shift`,
-    /// and return `Σ x²` with it. With `e = Σ(x − c)/n` (c the shift) the central sums follow
-    /// exactly: `M2 = S2 − n e²`, `M3 = S3 − 3e S2 + 2n e³`,
-    /// `M4 = S4 − 4e S3 + 6e² S2 − 3n e⁴`. Rounding grows with `e²/variance`, so callers shift
-    /// by an estimate of the mean (the running mean, or a value of the block): gradients'
-    /// blocks then have `|e|` well below the spread, and the result agrees with the two-pass
-    /// [`Self::from_block`] to a few ulps.
-    ///
-    /// `Σ x² = S2 + 2c S1 + n c²` exactly. While `4n c² ≤ S2` — the shift within half the
-    /// block's spread about it, as for gradients, whose mean is far below their spread — every
-    /// term is at most a few times `Σ x²` (|2c S1| ≤ n c² + S2, and `‖x‖ ≥ √S2 − √n |c|`), so
-    /// the identity is good to about ten ulps and saves a pass and a scratch block (≈ 25 % of
-    /// this function's time); otherwise the squares are summed.
-    ///
-    /// The deviations go to an aligned scratch block, zero-padded to the full block (zeros add
-    /// nothing to any sum), and each sum is then its own fixed-length loop over 16 lanes (lane
-    /// i takes the values at i mod 16), the lanes added pairwise at the end: such loops compile
-    /// to whole vectors with enough independent additions to fill the pipeline, where one loop
-    /// for all the sums compiles to scalar code, and so do two sums per loop (measured slower).
-    #[inline(always)]
-    pub fn from_f32_block(xs: &[f32], shift: f64, scratch: &mut F32BlockScratch) -> (Self, f64) {
-        assert!(
-            xs.len() <= F32_BLOCK,
-            "blocks hold at most {F32_BLOCK} values"
-        );
-        if xs.is_empty() {
-            return (Self::new(), 0.0);
-        }
-        let dev = &mut scratch.dev.0;
-        for (d, &x) in dev.iter_mut().zip(xs) {
-            *d = f64::from(x) - shift;
-        }
-        dev[xs.len()..].fill(0.0);
-        let s1 = lanes16_sum(dev, |d| d);
-        let s2 = lanes16_sum(dev, |d| d * d);
-        let s3 = lanes16_sum(dev, |d| d * d * d);
-        let s4 = lanes16_sum(dev, |d| {
-            let d2 = d * d;
-            d2 * d2
-        });
-        let n = xs.len() as f64;
-        let sq = if 4.0 * n * shift * shift <= s2 {
-            s2 + 2.0 * shift * s1 + n * shift * shift
-        } else {
-            // The shift is far from the values (a constant block, or one far from the running
-            // mean): the identity would cancel, so the squares are summed.
-            for (d, &x) in dev.iter_mut().zip(xs) {
-                *d = f64::from(x);
-            }
-            lanes16_sum(dev, |x| x * x)
-        };
-        let e = s1 / n;
-        let e2 = e * e;
-        let moments = Self {
-            n: xs.len() as u64,
-            mean: shift + e,
-            m2: (s2 - n * e2).max(0.0),
-            m3: s3 - 3.0 * e * s2 + 2.0 * n * e2 * e,
-            m4: (s4 - 4.0 * e * s3 + 6.0 * e2 * s2 - 3.0 * n * e2 * e2).max(0.0),
-        };
-        (moments, sq)
-    }
-
     /// Add one value (Terriberry's update).
     #[inline]
     pub fn push(&mut self, x: f64) {
@@ -254,45 +191,130 @@ impl Moments {
     }
 }
 
-/// Values per block of [`Moments::from_f32_block`].
-pub const F32_BLOCK: usize = 256;
+/// Lanes of [`ShiftedSums`]: lane i takes the values at i mod 16.
+const LANES: usize = 16;
 
-/// Scratch of [`Moments::from_f32_block`], kept by the caller across blocks (clearing it per
-/// block would cost as much as the sums). Aligned so that every vector store is whole.
+/// Power sums `S_p = Σ (x − c)^p`, p = 1..4, of f32 values about a fixed shift c, kept in
+/// [`LANES`] lanes across any number of [`Self::add`] calls and converted once, by
+/// [`Self::finish`], into central sums: with `e = S1/n`, exactly `M2 = S2 − n e²`,
+/// `M3 = S3 − 3e S2 + 2n e³`, `M4 = S4 − 4e S3 + 6e² S2 − 3n e⁴`. Rounding grows with
+/// `e²/variance`, so callers shift by an estimate of the mean (the running mean, or a value
+/// of the data): gradients then have `|e|` well below the spread, and the result agrees with
+/// the two-pass [`Moments::from_block`] to a few ulps.
+///
+/// Why lanes kept across calls: the agent adds a decode block at a time in pieces of 256
+/// values; folding the lanes and merging (Pébay, with its divisions) per piece had cost as
+/// much as the sums themselves. The four sums run in one loop, their lanes in registers.
 #[derive(Debug, Clone)]
-pub struct F32BlockScratch {
-    dev: Aligned,
+pub struct ShiftedSums {
+    shift: f64,
+    n: u64,
+    s1: [f64; LANES],
+    s2: [f64; LANES],
+    s3: [f64; LANES],
+    s4: [f64; LANES],
 }
 
-#[derive(Debug, Clone)]
-#[repr(C, align(64))]
-struct Aligned([f64; F32_BLOCK]);
-
-impl Default for F32BlockScratch {
-    fn default() -> Self {
+impl ShiftedSums {
+    pub fn new(shift: f64) -> Self {
         Self {
-            dev: Aligned([0.0; F32_BLOCK]),
+            shift,
+            n: 0,
+            s1: [0.0; LANES],
+            s2: [0.0; LANES],
+            s3: [0.0; LANES],
+            s4: [0.0; LANES],
         }
+    }
+
+    pub fn shift(&self) -> f64 {
+        self.shift
+    }
+
+    /// Add the values' power sums. Each call starts again at lane 0.
+    #[inline(always)]
+    pub fn add(&mut self, xs: &[f32]) {
+        // Local copies indexed only by constants stay in registers for the whole loop.
+        let (mut a1, mut a2, mut a3, mut a4) = (self.s1, self.s2, self.s3, self.s4);
+        let c = self.shift;
+        let mut row = |d: [f64; LANES]| {
+            for j in 0..LANES {
+                let d2 = d[j] * d[j];
+                a1[j] += d[j];
+                a2[j] += d2;
+                a3[j] += d2 * d[j];
+                a4[j] += d2 * d2;
+            }
+        };
+        let (rows, rest) = xs.as_chunks::<LANES>();
+        for r in rows {
+            row(r.map(|x| f64::from(x) - c));
+        }
+        if !rest.is_empty() {
+            // Zero deviations add nothing.
+            let mut d = [0.0f64; LANES];
+            for (d, &x) in d.iter_mut().zip(rest) {
+                *d = f64::from(x) - c;
+            }
+            row(d);
+        }
+        (self.s1, self.s2, self.s3, self.s4) = (a1, a2, a3, a4);
+        self.n += xs.len() as u64;
+    }
+
+    /// The moments of the values added, and their `Σ x²` when the identity
+    /// `Σ x² = S2 + 2c S1 + n c²` is accurate: while `4n c² ≤ S2` — the shift within half the
+    /// values' spread about it, as for gradients, whose mean is far below their spread — every
+    /// term is at most a few times `Σ x²` (|2c S1| ≤ n c² + S2, and `‖x‖ ≥ √S2 − √n |c|`), so
+    /// it is good to about ten ulps. `None` otherwise (a constant block, or one far from the
+    /// shift): the caller sums the squares ([`sum_sq_f32`]).
+    pub fn finish(&self) -> (Moments, Option<f64>) {
+        if self.n == 0 {
+            return (Moments::new(), Some(0.0));
+        }
+        let [s1, s2, s3, s4] = [self.s1, self.s2, self.s3, self.s4].map(fold_lanes);
+        let (n, c) = (self.n as f64, self.shift);
+        let sq = (4.0 * n * c * c <= s2).then_some(s2 + 2.0 * c * s1 + n * c * c);
+        let e = s1 / n;
+        let e2 = e * e;
+        let moments = Moments {
+            n: self.n,
+            mean: c + e,
+            m2: (s2 - n * e2).max(0.0),
+            m3: s3 - 3.0 * e * s2 + 2.0 * n * e2 * e,
+            m4: (s4 - 4.0 * e * s3 + 6.0 * e2 * s2 - 3.0 * n * e2 * e2).max(0.0),
+        };
+        (moments, sq)
     }
 }
 
-/// Σ f(x) over a full block in 16 lanes (lane i takes the values at i mod 16), the lanes then
-/// added pairwise.
+/// `Σ x²` of f32 values in [`LANES`] lanes.
 #[inline(always)]
-fn lanes16_sum(xs: &[f64; F32_BLOCK], f: impl Fn(f64) -> f64) -> f64 {
-    const L: usize = 16;
-    let mut acc = [0.0f64; L];
-    // With the lanes behind a reference LLVM vectorises the loop whole; summed in the same
-    // function as the fold, it packs them two by two.
-    add_lanes(&mut acc, xs, f);
-    let mut width = L;
+pub fn sum_sq_f32(xs: &[f32]) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let (rows, rest) = xs.as_chunks::<LANES>();
+    for r in rows {
+        for j in 0..LANES {
+            acc[j] += f64::from(r[j]) * f64::from(r[j]);
+        }
+    }
+    for (a, &x) in acc.iter_mut().zip(rest) {
+        *a += f64::from(x) * f64::from(x);
+    }
+    fold_lanes(acc)
+}
+
+/// The lanes added pairwise.
+#[inline(always)]
+fn fold_lanes(mut a: [f64; LANES]) -> f64 {
+    let mut width = LANES;
     while width > 1 {
         width /= 2;
         for i in 0..width {
-            acc[i] += acc[i + width];
+            a[i] += a[i + width];
         }
     }
-    acc[0]
+    a[0]
 }
 
 /// Add f(x) of the values at i mod L into `acc[i]`; `xs.len()` is a multiple of L.
@@ -387,7 +409,6 @@ mod tests {
         let tiny: Vec<f32> = (0..256).map(|_| (unif() * 1e-6) as f32).collect();
         let constant = vec![3.0f32; 100];
         let zeros = vec![0.0f32; 17];
-        let mut scratch = F32BlockScratch::default();
         for (xs, shifts) in [
             (&gradient, [0.0, 1e-7, 1e-2, -5.0]),
             (&offset, [1e3, 999.9, 0.0, 1e6]),
@@ -397,13 +418,52 @@ mod tests {
         ] {
             let want = exact(xs);
             for shift in shifts {
-                let (m, sq) = Moments::from_f32_block(xs, shift, &mut scratch);
+                let mut sums = ShiftedSums::new(shift);
+                sums.add(xs);
+                let (m, sq) = sums.finish();
                 assert_eq!(m.n, xs.len() as u64);
+                // The identity where it holds, else the direct sum the caller takes.
+                let far = 4.0 * xs.len() as f64 * shift * shift > 4.0 * want + 1e-300;
+                assert!(
+                    !far || sq.is_none(),
+                    "shift {shift}: the identity taken far out"
+                );
+                let sq = sq.unwrap_or_else(|| sum_sq_f32(xs));
                 assert!(
                     (sq - want).abs() <= 1e-14 * want,
                     "shift {shift}: {sq} against {want}"
                 );
             }
+        }
+    }
+
+    /// Sums kept across calls of uneven lengths (each restarting at lane 0) give the two-pass
+    /// moments of all the values, for shifts at the first value, the mean and a few deviations off it.
+    #[test]
+    fn shifted_sums_across_calls_match_two_pass() {
+        let mut r = crate::rng::SplitMix64::new(3);
+        let xs: Vec<f32> = (0..5000)
+            .map(|_| (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.3)
+            .map(|u| (u * u * u * 1e-2 + 1e-4) as f32)
+            .collect();
+        let wide: Vec<f64> = xs.iter().map(|&x| f64::from(x)).collect();
+        let (mean, m2, m3, m4) = two_pass(&wide);
+        for shift in [wide[0], mean, 2e-3] {
+            let mut sums = ShiftedSums::new(shift);
+            for piece in [&xs[..1], &xs[1..257], &xs[257..1000], &xs[1000..]] {
+                sums.add(piece);
+            }
+            let (m, _) = sums.finish();
+            assert_eq!(m.n, 5000);
+            let close = |a: f64, b: f64, scale: f64| (a - b).abs() <= 1e-11 * scale;
+            assert!(close(m.mean, mean, m2.sqrt()), "shift {shift}");
+            assert!(close(m.m2, m2, m2), "shift {shift}: {} vs {m2}", m.m2);
+            assert!(
+                close(m.m3, m3, m2.powf(1.5)),
+                "shift {shift}: {} vs {m3}",
+                m.m3
+            );
+            assert!(close(m.m4, m4, m4), "shift {shift}: {} vs {m4}", m.m4);
         }
     }
 

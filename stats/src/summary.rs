@@ -13,11 +13,11 @@
 //! moments and `Σ x²`. NaN/Inf never enter the moments, so one bad value cannot poison them.
 
 use crate::loghist::LaneCounter;
-use crate::moments::F32BlockScratch;
+use crate::moments::{ShiftedSums, sum_sq_f32};
 use crate::{LogHistogram, Moments, SparseHistogram, StatsError, TopK};
 
 /// Values summarised per block on the fast path.
-pub const BLOCK: usize = crate::moments::F32_BLOCK;
+pub const BLOCK: usize = 256;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GradSummary {
@@ -111,10 +111,19 @@ impl GradSummary {
     #[inline(always)]
     fn extend_f32_blocks(&mut self, xs: &[f32], counter: &mut LaneCounter) {
         // Scratch for every block of the call: zeroing it per block costs as much as a pass.
-        let mut scratch = BlockScratch {
-            moments: F32BlockScratch::default(),
-            slots: [0; BLOCK],
+        let mut slots = [0u32; BLOCK];
+        // The finite blocks' power sums, about one shift for the call, are converted and
+        // merged once at its end. The shift is the running mean (the first value for the
+        // first values): the mean is then close to it and the sums lose nothing to
+        // cancellation.
+        let shift = if self.moments.n > 0 {
+            self.moments.mean
+        } else {
+            xs.iter()
+                .find(|x| x.is_finite())
+                .map_or(0.0, |&x| f64::from(x))
         };
+        let mut sums = ShiftedSums::new(shift);
         for block in xs.chunks(BLOCK) {
             // One pass over the bit patterns of |x|, which for finite values order like the
             // values: extremes, signs, and whether the block is all finite (patterns of NaN
@@ -137,15 +146,26 @@ impl GradSummary {
                     nonzero,
                     neg,
                 };
-                self.absorb_finite_f32(block, extremes, counter, &mut scratch);
+                sums.add(block);
+                self.absorb_finite_f32(block, extremes, counter, &mut slots);
             } else {
                 self.extend_values(block.iter().map(|&x| f64::from(x)));
             }
         }
+        let (moments, sum_sq) = sums.finish();
+        self.moments.merge(&moments);
+        self.sum_sq += sum_sq.unwrap_or_else(|| {
+            // Far from the shift the identity for Σx² would cancel: the finite blocks'
+            // squares are summed (rare: a constant tensor, or one far from its running mean).
+            xs.chunks(BLOCK)
+                .filter(|b| b.iter().all(|x| x.is_finite()))
+                .map(sum_sq_f32)
+                .sum()
+        });
     }
 
     /// Add a block (at most [`BLOCK`]) of finite f32 values whose `|x|` bit patterns have the
-    /// given extremes. The moments come from one pass of shifted power sums, the histogram
+    /// given extremes, all but their moments (the caller's [`ShiftedSums`]). The histogram
     /// counts in interleaved lanes, and the top-k is only visited by blocks whose largest `|x|`
     /// beats its current k-th largest. Equal to [`Self::absorb_finite`] on the widened values
     /// (to rounding for the sums).
@@ -155,31 +175,14 @@ impl GradSummary {
         xs: &[f32],
         e: Extremes,
         counter: &mut LaneCounter,
-        scratch: &mut BlockScratch,
+        slots: &mut [u32; BLOCK],
     ) {
         let n = xs.len();
         self.pos_count += u64::from(e.nonzero - e.neg);
         self.neg_count += u64::from(e.neg);
         self.zero_count += u64::from(n as u32 - e.nonzero);
-        // Shift by the running mean (the first value for the first block): the block's mean
-        // is then close to the shift and the power sums lose nothing to cancellation.
-        let shift = if self.moments.n > 0 {
-            self.moments.mean
-        } else {
-            f64::from(xs[0])
-        };
-        let (moments, sum_sq) = Moments::from_f32_block(xs, shift, &mut scratch.moments);
-        self.sum_sq += sum_sq;
-        self.moments.merge(&moments);
         let zeros = n as u32 - e.nonzero;
-        counter.record_abs_f32(
-            &self.abs_hist,
-            xs,
-            e.min_pos,
-            e.max,
-            zeros,
-            &mut scratch.slots,
-        );
+        counter.record_abs_f32(&self.abs_hist, xs, e.min_pos, e.max, zeros, slots);
         let max = f64::from(f32::from_bits(e.max));
         self.max_abs = self.max_abs.max(max);
         let abs = |j: usize| f64::from(f32::from_bits(xs[j].to_bits() & 0x7fff_ffff));
@@ -398,13 +401,6 @@ impl SparseSummary {
         s.abs_hist = self.hist.to_dense();
         s
     }
-}
-
-/// Scratch of the f32 block path, kept across the blocks of a call.
-struct BlockScratch {
-    moments: F32BlockScratch,
-    /// Histogram slot of each value.
-    slots: [u32; BLOCK],
 }
 
 /// Extremes and sign counts of a block of finite f32 values, from the bit patterns of `|x|`.
