@@ -8,7 +8,8 @@
 #
 # Stages (GRADTEL_DEVICE_STAGES, default all, in this order): agent (step_cost, issue 5),
 # ddp (within-run DDP overhead, issue 7), collector (64 simulated agents, tcmalloc and glibc,
-# issue 5), probe (DDP against plain DDP), gpu (ResNet-50 on the GPU, issue 7).
+# issue 5), probe (DDP against plain DDP; GRADTEL_DEVICE_ROUNDS rounds, default 3), gpu (ResNet-50
+# on the GPU, issue 7).
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -49,7 +50,7 @@ stages=${GRADTEL_DEVICE_STAGES:-agent ddp collector probe gpu}
 if [ -n "${GRADTEL_DEVICE_SMALL:-}" ]; then
     pairs=1 rounds=1 ddp_steps=60 load_steps=60 gpu_steps="--steps 5"
 else
-    pairs=${GRADTEL_DEVICE_PAIRS:-8} rounds=3 ddp_steps=400 load_steps=600 gpu_steps=""
+    pairs=${GRADTEL_DEVICE_PAIRS:-8} rounds=${GRADTEL_DEVICE_ROUNDS:-3} ddp_steps=400 load_steps=600 gpu_steps=""
 fi
 
 { nproc; lscpu | grep -E 'Model name|Thread|Core|Socket|NUMA node\(s\)'; nvidia-smi -L; \
@@ -77,7 +78,8 @@ for stage in $stages; do
                 GRADTEL_BENCH_VALUES=1000 timeout 120 .dev/bin/collector_load --bench
         done ;;
     probe)
-        timeout 200 python3 bench/ddp_hook_probe.py --ddp-python python3 \
+        # A round is four runs of ≈ 10 s each on the host.
+        timeout $((rounds * 50 + 20)) python3 bench/ddp_hook_probe.py --ddp-python python3 \
             --rounds $rounds --steps $ddp_steps ;;
     gpu)
         # GRADTEL_DEVICE_GPU_ARGS: other gpu_overhead.py arguments (e.g. `--every 10 --variant
