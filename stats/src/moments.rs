@@ -227,10 +227,6 @@ impl ShiftedSums {
         }
     }
 
-    pub fn shift(&self) -> f64 {
-        self.shift
-    }
-
     /// Add the values' power sums. Each call starts again at lane 0.
     #[inline(always)]
     pub fn add(&mut self, xs: &[f32]) {
