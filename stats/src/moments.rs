@@ -463,6 +463,27 @@ mod tests {
         }
     }
 
+    /// The agent shifts a summary's first values by the first one, which may be an outlier.
+    /// The rounding then grows with `n e^p`, but the outlier's own term in `M_p` is at least
+    /// `e^p`-sized, so the moments stay good to about `n` ulps of themselves.
+    #[test]
+    fn a_first_value_far_out_as_the_shift_costs_at_most_n_ulps() {
+        let mut r = crate::rng::SplitMix64::new(9);
+        let mut xs = vec![1e4f32];
+        xs.extend(
+            (0..5000).map(|_| ((r.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32),
+        );
+        let wide: Vec<f64> = xs.iter().map(|&x| f64::from(x)).collect();
+        let (mean, m2, m3, m4) = two_pass(&wide);
+        let mut sums = ShiftedSums::new(wide[0]);
+        sums.add(&xs);
+        let (m, _) = sums.finish();
+        let bound = 8.0 * xs.len() as f64 * f64::EPSILON;
+        for (got, want) in [(m.mean, mean), (m.m2, m2), (m.m3, m3), (m.m4, m4)] {
+            assert!((got - want).abs() <= bound * want.abs(), "{got} vs {want}");
+        }
+    }
+
     #[test]
     fn split_passes_give_the_single_loops_bits() {
         let mut r = crate::rng::SplitMix64::new(11);
