@@ -4,6 +4,12 @@
 //! run: summing the buffer as u64 words (pure read bandwidth) with the same number of threads,
 //! both on persistent worker threads (see `pooled`).
 //!
+//! Two temperatures of the same bytes, for the read and the agent alike: *warm*, one 40 MB
+//! buffer read over and over (it stays in a large last-level cache, as a gradient the client
+//! has just copied may), and *cold*, repetitions rotating over copies that together exceed the
+//! last-level cache (`GRADTEL_BENCH_COLD_MB`, default 1,024 MB), so that each is read from
+//! memory.
+//!
 //! Run: `cargo bench -p gradtel-agent --bench step_cost`. Results: bench/RESULTS.md.
 
 mod common;
@@ -81,22 +87,36 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1 << 18);
     let mut seed = common::SEED;
-    let bytes = common::heavy_tailed_bytes(N, &mut seed);
-    let chunks: Vec<GradientChunk> = (0..N.div_ceil(chunk))
-        .map(|i| {
-            let a = i * chunk;
-            let b = (a + chunk).min(N);
-            GradientChunk {
-                step: 0,
-                tensor: "w".into(),
-                offset: a,
-                dtype: Dtype::F32 as i32,
-                data: bytes[(a * 4) as usize..(b * 4) as usize].to_vec().into(),
-                local: true,
-                shared: None,
-            }
-        })
+    let gradient = common::heavy_tailed_bytes(N, &mut seed);
+    // Each copy is one allocation, its chunks slices of it (the agent reads them in place).
+    let copy = |bytes: &[u8]| -> (bytes::Bytes, Vec<GradientChunk>) {
+        let whole = bytes::Bytes::copy_from_slice(bytes);
+        let chunks = (0..N.div_ceil(chunk))
+            .map(|i| {
+                let a = i * chunk;
+                let b = (a + chunk).min(N);
+                GradientChunk {
+                    step: 0,
+                    tensor: "w".into(),
+                    offset: a,
+                    dtype: Dtype::F32 as i32,
+                    data: whole.slice((a * 4) as usize..(b * 4) as usize),
+                    local: true,
+                    shared: None,
+                }
+            })
+            .collect();
+        (whole, chunks)
+    };
+    let cold_mb: usize = std::env::var("GRADTEL_BENCH_COLD_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let warm = vec![copy(&gradient)];
+    let cold: Vec<_> = (0..(cold_mb << 20).div_ceil(gradient.len()).max(2))
+        .map(|_| copy(&gradient))
         .collect();
+    drop(gradient);
 
     let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 16);
     let mut cfg = AgentConfig::new("unused.sock".into(), "http://127.0.0.1:1".into());
@@ -117,10 +137,13 @@ fn main() {
         })
         .expect("register");
 
-    let read = |nt: usize| {
-        let per = bytes.len().div_ceil(nt).next_multiple_of(8);
+    // Each repetition takes the next copy of the set.
+    let turn = AtomicUsize::new(0);
+    let read = |nt: usize, set: &[(bytes::Bytes, Vec<GradientChunk>)]| {
+        let per = (N as usize * 4).div_ceil(nt).next_multiple_of(8);
         let job = |w: usize| {
             let t = Instant::now();
+            let bytes = &set[turn.load(Ordering::Acquire) % set.len()].0;
             let part = bytes.chunks(per).nth(w).unwrap_or(&[]);
             let s = part
                 .chunks_exact(8)
@@ -129,7 +152,15 @@ fn main() {
             black_box(s);
             t.elapsed().as_secs_f64()
         };
-        let reps = pooled(nt, READ_REPS, &job, &mut |_| {}, &mut || {});
+        let reps = pooled(
+            nt,
+            READ_REPS,
+            &job,
+            &mut |_| {
+                turn.fetch_add(1, Ordering::AcqRel);
+            },
+            &mut || {},
+        );
         reps.iter().map(|r| r.0).fold(f64::MAX, f64::min)
     };
     // Each repetition is one step: its chunks taken by the workers as they go (as the agent's
@@ -138,9 +169,10 @@ fn main() {
     // `add_chunk`: below 1, threads waited for work (too few chunks for the threads).
     let step = AtomicU64::new(0);
     let next = AtomicUsize::new(0);
-    let mut agent = |nt: usize| {
+    let mut agent = |nt: usize, set: &[(bytes::Bytes, Vec<GradientChunk>)]| {
         let job = |_: usize| {
             let st = step.load(Ordering::Acquire);
+            let chunks = &set[turn.load(Ordering::Acquire) % set.len()].1;
             let mut busy = Duration::ZERO;
             while let Some(c) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) {
                 let mut c = c.clone();
@@ -157,6 +189,7 @@ fn main() {
             &job,
             &mut |_| {
                 step.fetch_add(1, Ordering::AcqRel);
+                turn.fetch_add(1, Ordering::AcqRel);
                 next.store(0, Ordering::Release);
             },
             &mut || {
@@ -176,23 +209,27 @@ fn main() {
     };
     println!(
         "10M f32 coordinates (40 MB), chunks of {chunk} values, threads available: {threads}, \
-         kernels: {}",
-        gradtel_stats::isa::name()
+         kernels: {}; cold: {} copies ({} MB)",
+        gradtel_stats::isa::name(),
+        cold.len(),
+        (cold.len() * N as usize * 4) >> 20
     );
     // 1 thread, the agent's default of 4 ingest threads per stream, and every core.
     let mut counts = vec![1, 4.min(threads), threads];
     counts.dedup();
-    for nt in counts {
-        let (t_read, (t_agent, used)) = (read(nt), agent(nt));
-        println!(
-            "{nt} thread(s): read {:.2} ms ({:.1} GB/s), agent step {:.1} ms ({:.2} ns/value, {:.2} GB/s, threads busy {:.0} %) → agent/read bandwidth = {:.3}",
-            t_read * 1e3,
-            N as f64 * 4.0 / t_read / 1e9,
-            t_agent * 1e3,
-            t_agent * 1e9 / N as f64,
-            N as f64 * 4.0 / t_agent / 1e9,
-            used * 100.0,
-            t_read / t_agent
-        );
+    for (name, set) in [("warm", &warm), ("cold", &cold)] {
+        for &nt in &counts {
+            let (t_read, (t_agent, used)) = (read(nt, set), agent(nt, set));
+            println!(
+                "{name} {nt} thread(s): read {:.2} ms ({:.1} GB/s), agent step {:.1} ms ({:.2} ns/value, {:.2} GB/s, threads busy {:.0} %) → agent/read bandwidth = {:.3}",
+                t_read * 1e3,
+                N as f64 * 4.0 / t_read / 1e9,
+                t_agent * 1e3,
+                t_agent * 1e9 / N as f64,
+                N as f64 * 4.0 / t_agent / 1e9,
+                used * 100.0,
+                t_read / t_agent
+            );
+        }
     }
 }
