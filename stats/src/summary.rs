@@ -113,9 +113,9 @@ impl GradSummary {
         // Scratch for every block of the call: zeroing it per block costs as much as a pass.
         let mut slots = [0u32; BLOCK];
         // The finite blocks' power sums, about one shift for the call, are converted and
-        // merged once at its end. The shift is the running mean (the first value for the
-        // first values): the mean is then close to it and the sums lose nothing to
-        // cancellation.
+        // merged once at its end. The shift is the running mean (on a summary's first call,
+        // its first finite value): the mean is then close to it and the sums lose nothing to
+        // cancellation (see `ShiftedSums` for the bound when that first value lies far out).
         let shift = if self.moments.n > 0 {
             self.moments.mean
         } else {
