@@ -200,7 +200,8 @@ const LANES: usize = 16;
 /// `M3 = S3 − 3e S2 + 2n e³`, `M4 = S4 − 4e S3 + 6e² S2 − 3n e⁴`. Rounding grows with
 /// `e²/variance`, so callers shift by an estimate of the mean (the running mean, or a value
 /// of the data): gradients then have `|e|` well below the spread, and the result agrees with
-/// the two-pass [`Moments::from_block`] to a few ulps.
+/// the two-pass [`Moments::from_block`] to a few ulps. A shift at one of the values that lies
+/// far out costs at most about n ulps: that value's own term in `M_p` is then `e^p`-sized.
 ///
 /// Why lanes kept across calls: the agent adds a decode block at a time in pieces of 256
 /// values; folding the lanes and merging (Pébay, with its divisions) per piece had cost as
