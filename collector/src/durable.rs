@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::acks::{AckRouter, Dedup, Seen, make_ack};
 use crate::metrics::CollectorMetrics;
-use crate::pipeline::Inbound;
+use crate::pipeline::{Back, Inbound};
 use crate::report::{AgentKey, Report};
 use crate::wal::{Record, Recovered, Wal, WalError, Writer};
 
@@ -85,21 +85,21 @@ impl Durable {
 
     /// Replay `recovered`, then serve: reports from the streams on `rx` (left waiting there
     /// while the unpublished bytes are over the limit: the streams then stop reading, and the
-    /// agents keep their reports), drain requests on `drains`, published segments from the
-    /// pipeline on `published`.
+    /// agents keep their reports), drain requests on `drains`, published segments and spent
+    /// reports from the pipeline on `back`.
     pub async fn run(
         mut self,
         recovered: Recovered,
         mut rx: mpsc::Receiver<Inbound>,
         mut drains: mpsc::Receiver<oneshot::Sender<()>>,
-        mut published: mpsc::UnboundedReceiver<Vec<u64>>,
+        mut back: mpsc::UnboundedReceiver<Back>,
     ) {
         self.replay(recovered).await;
         self.update_paused();
         loop {
             tokio::select! {
                 msg = rx.recv(), if !self.paused => match msg {
-                    Some(Inbound::Report(r)) => self.on_report(*r).await,
+                    Some(Inbound::Report(r)) => self.on_report(r).await,
                     // Drains come on their own channel; the rest only this stage sends.
                     Some(_) => {}
                     None => break,
@@ -110,7 +110,7 @@ impl Durable {
                     while !self.paused
                         && let Ok(Inbound::Report(r)) = rx.try_recv()
                     {
-                        self.on_report(*r).await;
+                        self.on_report(r).await;
                         self.update_paused();
                     }
                     self.settle_commits().await;
@@ -118,12 +118,12 @@ impl Durable {
                     if self.pipeline.send(Inbound::Drain(tx)).await.is_ok() {
                         let _ = done_rx.await;
                     }
-                    while let Ok(segments) = published.try_recv() {
-                        self.published(segments);
+                    while let Ok(b) = back.try_recv() {
+                        self.on_back(b);
                     }
                     let _ = done.send(());
                 }
-                Some(segments) = published.recv() => self.published(segments),
+                Some(b) = back.recv() => self.on_back(b),
                 Some(done) = self.commit.join_next(), if !self.commit.is_empty() => {
                     self.finish_commit(done);
                 }
@@ -272,10 +272,7 @@ impl Durable {
         self.dedup.made_durable(&r.key, r.seq);
         self.wal.adopt(rec.segment, rec.payload.len());
         r.wal_segment = rec.segment;
-        self.pipeline
-            .send(Inbound::Report(Box::new(r)))
-            .await
-            .is_ok()
+        self.pipeline.send(Inbound::Report(r)).await.is_ok()
     }
 
     async fn on_report(&mut self, mut r: Report) {
@@ -288,7 +285,7 @@ impl Durable {
                 self.staged_acks.push((r.key.clone(), r.seq, r.received_at));
                 // Before waiting on the pipeline, so this report's sync is under way.
                 self.start_commit();
-                let _ = self.pipeline.send(Inbound::Report(Box::new(r))).await;
+                let _ = self.pipeline.send(Inbound::Report(r)).await;
             }
             Seen::Durable => {
                 self.metrics.reports_duplicate.inc();
@@ -296,6 +293,13 @@ impl Durable {
                 self.router.send(&r.key, a, &self.metrics);
             }
             Seen::Pending => self.metrics.reports_duplicate.inc(),
+        }
+    }
+
+    fn on_back(&mut self, b: Back) {
+        match b {
+            Back::Published(segments) => self.published(segments),
+            Back::Spent(reports) => crate::report::recycle(reports),
         }
     }
 

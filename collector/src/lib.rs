@@ -143,11 +143,10 @@ impl Collector {
                 "parquet files of committed writes a crash cut short renamed into place"
             );
         }
-        let (published_tx, published_rx) = mpsc::unbounded_channel();
+        let (back_tx, back_rx) = mpsc::unbounded_channel();
         let (inbound, durable_rx) = mpsc::channel(4096);
         let (drains, drains_rx) = mpsc::channel(4);
-        let mut pipeline =
-            pipeline::Pipeline::new(&config, instance, metrics.clone(), published_tx);
+        let mut pipeline = pipeline::Pipeline::new(&config, instance, metrics.clone(), back_tx);
         let uploads = match upload {
             Some(client) => {
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -180,7 +179,7 @@ impl Collector {
                 (wal, writer),
                 config.max_unpublished_mb.saturating_mul(1 << 20),
             )
-            .run(recovered, durable_rx, drains_rx, published_rx),
+            .run(recovered, durable_rx, drains_rx, back_rx),
         );
         let service = service::CollectService {
             inbound: inbound.clone(),

@@ -24,8 +24,11 @@ use crate::report::Report;
 use crate::sink::{self, Buffer, Sink};
 use crate::tables::{Tables, steps};
 
+// Reports go unboxed: a box made on a runtime thread and freed on the pipeline's costs the
+// allocator's cross-thread slow path (see [`Back::Spent`]) for every report.
+#[allow(clippy::large_enum_variant)]
 pub enum Inbound {
-    Report(Box<Report>),
+    Report(Report),
     /// Sent once at start, before any replayed report: the (run, rank, shard, step) of every
     /// report a previous process published (a report for one of those steps is late, and a
     /// rank going back below them was resumed).
@@ -51,9 +54,21 @@ pub struct Pipeline {
     /// Writes on the blocking pool, at most one per run.
     writes: JoinSet<Flushed>,
     in_flight: HashSet<Arc<str>>,
-    /// Log segments of published reports, back to the durability stage.
-    published: mpsc::UnboundedSender<Vec<u64>>,
+    /// Log segments of published reports, and reports done with, back to the durability stage.
+    back: mpsc::UnboundedSender<Back>,
     uploads: Option<mpsc::UnboundedSender<PathBuf>>,
+}
+
+/// What the pipeline hands back to the durability stage.
+pub enum Back {
+    /// The log segments of reports whose rows are published (one entry per report).
+    Published(Vec<u64>),
+    /// Reports whose step is merged and whose rows are built: dropped (their vectors recycled)
+    /// by the durability stage, which runs beside the streams that decoded them. Freed here,
+    /// each of their allocations would go back to another thread's allocator: glibc then makes
+    /// the two threads wait on each other's arena lock, and every allocator takes its slow
+    /// path on both sides.
+    Spent(Vec<Report>),
 }
 
 /// What a write did: its result, what it published or dropped, and the rows not yet published
@@ -192,12 +207,13 @@ fn unix_nanos() -> i64 {
 }
 
 impl Pipeline {
-    /// A pipeline that reports the log segments of published reports on `published`.
+    /// A pipeline that sends the log segments of published reports, and the reports it is
+    /// done with, on `back`.
     pub fn new(
         config: &CollectorConfig,
         instance: String,
         metrics: Arc<CollectorMetrics>,
-        published: mpsc::UnboundedSender<Vec<u64>>,
+        back: mpsc::UnboundedSender<Back>,
     ) -> Self {
         Self {
             out: config.out.clone(),
@@ -210,7 +226,7 @@ impl Pipeline {
             files: 0,
             writes: JoinSet::new(),
             in_flight: HashSet::new(),
-            published,
+            back,
             uploads: None,
         }
     }
@@ -227,7 +243,7 @@ impl Pipeline {
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(Inbound::Report(r)) => self.on_report(*r),
+                    Some(Inbound::Report(r)) => self.on_report(r),
                     Some(Inbound::Released(steps)) => {
                         self.assembler.begin_replay();
                         for (run, rank, shard, step) in &steps {
@@ -314,6 +330,7 @@ impl Pipeline {
             }
             tables.steps = rows;
             self.sink.append(a.run_id.clone(), tables, a.reports);
+            let _ = self.back.send(Back::Spent(a.parts));
         }
     }
 
@@ -399,8 +416,8 @@ impl Pipeline {
                 self.metrics.flush.record(started.elapsed());
                 tracing::debug!(run = %run, files = published.len(), "parquet files published");
                 let _ = self
-                    .published
-                    .send(reports.iter().map(|l| l.segment).collect());
+                    .back
+                    .send(Back::Published(reports.iter().map(|l| l.segment).collect()));
             }
             Err(e) => {
                 self.metrics.write_errors.inc();

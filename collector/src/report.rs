@@ -128,6 +128,28 @@ impl Report {
     }
 }
 
+/// Hand the decoded vectors of reports that are done with back to the decoders
+/// ([`gradtel_proto::recycle`]): the next reports decoded fill them again, instead of each
+/// allocating on a runtime thread what the pipeline's thread then frees.
+pub fn recycle(reports: impl IntoIterator<Item = Report>) {
+    use gradtel_proto::recycle;
+    let (mut u64s, mut f64s, mut f32s) = (Vec::new(), Vec::new(), Vec::new());
+    for r in reports {
+        for t in r.tensors {
+            let (index, count) = t.summary.hist.into_parts();
+            u64s.extend([index, count]);
+        }
+        for t in r.tracked {
+            u64s.push(t.index);
+            f32s.push(t.value);
+        }
+        f64s.extend(r.projection.map(|p| p.values));
+    }
+    recycle::U64.give(u64s);
+    recycle::F64.give(f64s);
+    recycle::F32.give(f32s);
+}
+
 /// Most tensors one report may carry.
 const MAX_TENSORS: usize = 1 << 20;
 /// Largest world size or shard count accepted.

@@ -69,12 +69,7 @@ impl CollectService {
                             if keys.insert(rep.key.clone()) {
                                 self.router.attach(rep.key.clone(), conn, tx.clone());
                             }
-                            if self
-                                .inbound
-                                .send(Inbound::Report(Box::new(rep)))
-                                .await
-                                .is_err()
-                            {
+                            if self.inbound.send(Inbound::Report(rep)).await.is_err() {
                                 break;
                             }
                         }

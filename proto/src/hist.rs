@@ -188,7 +188,11 @@ pub(crate) fn merge_u64s(
         {
             let run = &peek[..len];
             let before = values.len();
-            values.reserve_exact(run.iter().filter(|&&b| b < 0x80).count());
+            crate::recycle::reserve(
+                &crate::recycle::U64,
+                values,
+                run.iter().filter(|&&b| b < 0x80).count(),
+            );
             if decode_run(run, values) {
                 buf.advance(had - peek.len() + len);
                 return Ok(());

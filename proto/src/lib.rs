@@ -12,6 +12,7 @@ pub mod encoded;
 pub mod hist;
 pub mod logged;
 pub mod packed;
+pub mod recycle;
 pub mod tls;
 
 #[allow(clippy::all, clippy::pedantic)]

@@ -24,7 +24,13 @@ use crate::hist::{encode_u64s, encoded_len_u64s, in_field, merge_u64s};
 /// Reserve room for the values of a packed run of `width`-byte values that starts `buf` (after
 /// its key), when its length can be read from the current chunk; otherwise nothing (prost's
 /// decoder then grows the vector as it goes).
-fn reserve_fixed<T>(wire_type: WireType, values: &mut Vec<T>, buf: &impl Buf, width: usize) {
+fn reserve_fixed<T>(
+    pool: &crate::recycle::Pool<T>,
+    wire_type: WireType,
+    values: &mut Vec<T>,
+    buf: &impl Buf,
+    width: usize,
+) {
     if wire_type != WireType::LengthDelimited {
         return;
     }
@@ -34,7 +40,7 @@ fn reserve_fixed<T>(wire_type: WireType, values: &mut Vec<T>, buf: &impl Buf, wi
         // A length beyond what is buffered is an error prost reports; not an allocation.
         && len <= buf.remaining()
     {
-        values.reserve_exact(len / width);
+        crate::recycle::reserve(pool, values, len / width);
     }
 }
 
@@ -68,7 +74,7 @@ impl prost::Message for TrackedValues {
             1 => string::merge(wire_type, &mut self.name, buf, ctx),
             2 => merge_u64s(wire_type, &mut self.index, buf, ctx),
             3 => {
-                reserve_fixed(wire_type, &mut self.value, buf, 4);
+                reserve_fixed(&crate::recycle::F32, wire_type, &mut self.value, buf, 4);
                 float::merge_repeated(wire_type, &mut self.value, buf, ctx)
             }
             _ => return skip_field(wire_type, tag, buf, ctx),
@@ -171,7 +177,7 @@ impl prost::Message for Projection {
             2 => uint32::merge(wire_type, &mut self.dim, buf, ctx),
             3 => uint64::merge(wire_type, &mut self.seed, buf, ctx),
             4 => {
-                reserve_fixed(wire_type, &mut self.values, buf, 8);
+                reserve_fixed(&crate::recycle::F64, wire_type, &mut self.values, buf, 8);
                 double::merge_repeated(wire_type, &mut self.values, buf, ctx)
             }
             5 => uint64::merge(wire_type, &mut self.coordinates, buf, ctx),

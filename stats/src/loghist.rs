@@ -77,6 +77,11 @@ pub struct SparseHistogram {
 }
 
 impl SparseHistogram {
+    /// The (index, count) vectors, for a caller that reuses their allocations.
+    pub fn into_parts(self) -> (Vec<u64>, Vec<u64>) {
+        (self.index, self.count)
+    }
+
     /// Check and keep (index, count) pairs, as carried on the wire.
     pub fn new(precision_bits: u32, index: Vec<u64>, count: Vec<u64>) -> Result<Self, StatsError> {
         LogHistogram::new(precision_bits)?;
