@@ -23,7 +23,7 @@ pub mod v1 {
 }
 
 /// Minor revision of gradtel.v1 this build speaks. Bump it when a field is added.
-pub const PROTOCOL_MINOR: u32 = 4;
+pub const PROTOCOL_MINOR: u32 = 5;
 
 impl v1::Dtype {
     /// Bytes per element on the wire; `None` for `DTYPE_UNSPECIFIED`.

@@ -47,8 +47,9 @@ log = logging.getLogger("gradtel")
 
 #: Minor revision of gradtel.v1 this client speaks (see proto/gradtel/v1/common.proto); the
 #: agent must speak at least minor 2 (PushSteps, ChunkBatch). With a minor-3 agent several
-#: steps share one MessageBatch and one StepAck.
-PROTOCOL_MINOR = 4
+#: steps share one MessageBatch and one StepAck. (Minor 5 changed only what agents send
+#: collectors: histogram indices as differences.)
+PROTOCOL_MINOR = 5
 _MIN_AGENT_MINOR = 2
 _GROUP_MINOR = 3
 

@@ -55,11 +55,13 @@ class Summary(_message.Message):
     def __init__(self, count: _Optional[int] = ..., mean: _Optional[float] = ..., m2: _Optional[float] = ..., m3: _Optional[float] = ..., m4: _Optional[float] = ..., sum_sq: _Optional[float] = ..., max_abs: _Optional[float] = ..., nan_count: _Optional[int] = ..., pos_inf_count: _Optional[int] = ..., neg_inf_count: _Optional[int] = ..., pos_count: _Optional[int] = ..., neg_count: _Optional[int] = ..., zero_count: _Optional[int] = ..., abs_hist: _Optional[_Union[LogHistogram, _Mapping]] = ..., top_abs: _Optional[_Iterable[float]] = ..., top_k_capacity: _Optional[int] = ...) -> None: ...
 
 class LogHistogram(_message.Message):
-    __slots__ = ("precision_bits", "index", "count")
+    __slots__ = ("precision_bits", "index", "count", "index_delta")
     PRECISION_BITS_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    INDEX_DELTA_FIELD_NUMBER: _ClassVar[int]
     precision_bits: int
     index: _containers.RepeatedScalarFieldContainer[int]
     count: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, precision_bits: _Optional[int] = ..., index: _Optional[_Iterable[int]] = ..., count: _Optional[_Iterable[int]] = ...) -> None: ...
+    index_delta: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, precision_bits: _Optional[int] = ..., index: _Optional[_Iterable[int]] = ..., count: _Optional[_Iterable[int]] = ..., index_delta: _Optional[_Iterable[int]] = ...) -> None: ...
