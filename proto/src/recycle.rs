@@ -1,12 +1,13 @@
 //! Vectors handed back by the consumer of decoded messages, for the decoders to fill again.
 //!
-//! The collector decodes reports on its runtime threads and drops them on its pipeline thread,
-//! once their step is merged. Every packed field of a report (histogram indices and counts,
-//! tracked coordinates, the projection) is a fresh allocation on one thread and a free on
-//! another, thousands of times a second: the allocator's slow path on both sides (glibc takes
-//! the allocating thread's arena lock for every such free, and the two threads then wait on each
-//! other in `futex`; tcmalloc moves the objects through its central lists). A consumer that
-//! gives its vectors back here lets the next decode reuse them instead.
+//! The collector decodes reports on its runtime threads and is done with them on its pipeline
+//! thread, once their step is merged. Freed there, every packed field of a report (histogram
+//! indices and counts, tracked coordinates, the projection) was an allocation on one thread and
+//! a free on another, thousands of times a second: the allocator's slow path on both sides
+//! (glibc takes the allocating thread's arena lock for every such free, and the two threads
+//! waited on each other in `futex`; tcmalloc moves the objects through its central lists). So
+//! the pipeline hands spent reports back to the stage beside the streams, which gives their
+//! vectors back here, for the next decodes to fill.
 //!
 //! Guarantees: a vector taken from a pool is empty; its contents never leak into a message
 //! (the decoders only append). Each pool keeps at most [`MAX_POOLED_BYTES`] of capacity and
