@@ -39,6 +39,8 @@ pub struct Durable {
     /// Records waiting for the next commit, and the acks they release.
     staged: Vec<Record>,
     staged_acks: Vec<(AgentKey, u64, Instant)>,
+    /// Emptied lists of the last commit, for the next one to stage into.
+    spare: (Vec<Record>, Vec<(AgentKey, u64, Instant)>),
     commit: JoinSet<Committed>,
     /// Lowest segment of a record in the commit in flight.
     committing_from: Option<u64>,
@@ -75,6 +77,7 @@ impl Durable {
             writer: Some(writer),
             staged: Vec::new(),
             staged_acks: Vec::new(),
+            spare: (Vec::new(), Vec::new()),
             commit: JoinSet::new(),
             committing_from: None,
             commit_after: None,
@@ -319,8 +322,9 @@ impl Durable {
         let Some(mut writer) = self.writer.take() else {
             return;
         };
-        let records = std::mem::take(&mut self.staged);
-        let acks = std::mem::take(&mut self.staged_acks);
+        let (spare_records, spare_acks) = std::mem::take(&mut self.spare);
+        let records = std::mem::replace(&mut self.staged, spare_records);
+        let acks = std::mem::replace(&mut self.staged_acks, spare_acks);
         self.committing_from = records.first().map(|r| r.segment);
         let started = Instant::now();
         self.commit.spawn_blocking(move || {
@@ -350,15 +354,20 @@ impl Durable {
         self.writer = Some(c.writer);
         match c.result {
             Ok(bytes) => {
+                // The emptied lists stage the commit after next, keeping their room: fresh
+                // ones grew a push at a time for every commit.
+                let (mut records, mut acks) = (c.records, c.acks);
+                records.clear();
                 self.commit_after = None;
                 self.metrics.wal_commit.record(c.started.elapsed());
                 self.metrics.wal_bytes.add(bytes);
-                for (key, seq, received) in c.acks {
+                for (key, seq, received) in acks.drain(..) {
                     self.dedup.made_durable(&key, seq);
                     self.metrics.report_durable.record(received.elapsed());
                     let a = make_ack(&key, seq, ack::Status::Accepted, String::new());
                     self.router.send(&key, a, &self.metrics);
                 }
+                self.spare = (records, acks);
                 self.retire();
             }
             Err(e) => {

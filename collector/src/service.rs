@@ -55,6 +55,7 @@ impl CollectService {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         self.metrics.streams_active.add(1);
         let mut keys: HashSet<AgentKey> = HashSet::new();
+        let mut run = None;
         loop {
             match inbound.message().await {
                 Ok(Some(LoggedReport {
@@ -63,7 +64,7 @@ impl CollectService {
                 })) => {
                     self.metrics.reports_received.inc();
                     let mut rejected = rejection(&raw);
-                    match report::decode(raw) {
+                    match report::decode_sharing(raw, &mut run) {
                         Ok(mut rep) => {
                             rep.wire = wire;
                             if keys.insert(rep.key.clone()) {
