@@ -7,9 +7,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Histograms decode through a hand-written type that sizes its packed fields once
     // (src/hist.rs).
     config.extern_path(".gradtel.v1.LogHistogram", "crate::hist::LogHistogram");
-    // So do the packed fields of tracked values and projections (src/packed.rs).
+    // So do the packed fields of tracked values, projections and summaries (src/packed.rs).
     config.extern_path(".gradtel.v1.TrackedValues", "crate::packed::TrackedValues");
     config.extern_path(".gradtel.v1.Projection", "crate::packed::Projection");
+    config.extern_path(".gradtel.v1.Summary", "crate::packed::Summary");
     tonic_prost_build::configure().compile_with_config(
         config,
         &[

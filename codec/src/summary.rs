@@ -43,6 +43,7 @@ pub fn from_wire(w: &v1::Summary) -> Result<GradSummary, CodecError> {
     let s = with_histogram(
         w,
         LogHistogram::from_sparse(h.precision_bits, &h.index, &h.count)?,
+        w.top_abs.clone(),
     )?;
     s.validate()?;
     Ok(s)
@@ -54,15 +55,24 @@ pub fn from_wire_sparse(mut w: v1::Summary) -> Result<SparseSummary, CodecError>
     let h = w.abs_hist.take().ok_or(CodecError::MissingHistogram)?;
     let empty = LogHistogram::new(h.precision_bits)?;
     let hist = SparseHistogram::new(h.precision_bits, h.index, h.count)?;
-    Ok(SparseSummary::new(with_histogram(&w, empty)?, hist)?)
+    let top_abs = std::mem::take(&mut w.top_abs);
+    Ok(SparseSummary::new(
+        with_histogram(&w, empty, top_abs)?,
+        hist,
+    )?)
 }
 
-/// The summary `w` describes, given its histogram (not yet validated as a whole).
-fn with_histogram(w: &v1::Summary, abs_hist: LogHistogram) -> Result<GradSummary, CodecError> {
-    if w.top_k_capacity > MAX_TOP_K || w.top_abs.len() > w.top_k_capacity as usize {
+/// The summary `w` describes, given its histogram and top-k list (not yet validated as a
+/// whole).
+fn with_histogram(
+    w: &v1::Summary,
+    abs_hist: LogHistogram,
+    top_abs: Vec<f64>,
+) -> Result<GradSummary, CodecError> {
+    if w.top_k_capacity > MAX_TOP_K || top_abs.len() > w.top_k_capacity as usize {
         return Err(gradtel_stats::StatsError::Malformed("top-k exceeds its capacity").into());
     }
-    if w.top_abs.iter().any(|v| !v.is_finite() || *v < 0.0) {
+    if top_abs.iter().any(|v| !v.is_finite() || *v < 0.0) {
         return Err(gradtel_stats::StatsError::Malformed("top-k holds a bad value").into());
     }
     Ok(GradSummary {
@@ -82,7 +92,7 @@ fn with_histogram(w: &v1::Summary, abs_hist: LogHistogram) -> Result<GradSummary
         neg_count: w.neg_count,
         zero_count: w.zero_count,
         abs_hist,
-        top_abs: TopK::from_values(w.top_k_capacity as usize, &w.top_abs),
+        top_abs: TopK::from_vec(w.top_k_capacity as usize, top_abs),
     })
 }
 

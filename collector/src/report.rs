@@ -137,12 +137,13 @@ pub fn recycle(reports: Vec<Report>) {
     let tensors: usize = reports.iter().map(|r| r.tensors.len()).sum();
     let tracked: usize = reports.iter().map(|r| r.tracked.len()).sum();
     let mut u64s = Vec::with_capacity(2 * tensors + tracked);
-    let mut f64s = Vec::with_capacity(reports.len());
+    let mut f64s = Vec::with_capacity(tensors + reports.len());
     let mut f32s = Vec::with_capacity(tracked);
     for r in reports {
         for t in r.tensors {
             let (index, count) = t.summary.hist.into_parts();
             u64s.extend([index, count]);
+            f64s.push(t.summary.rest.top_abs.into_vec());
         }
         for t in r.tracked {
             u64s.push(t.index);

@@ -19,7 +19,7 @@ pub mod tls;
 pub mod v1 {
     tonic::include_proto!("gradtel.v1");
     pub use crate::hist::LogHistogram;
-    pub use crate::packed::{Projection, TrackedValues, projection};
+    pub use crate::packed::{Projection, Summary, TrackedValues, projection};
 }
 
 /// Minor revision of gradtel.v1 this build speaks. Bump it when a field is added.

@@ -2,7 +2,7 @@
 //!
 //! The collector decodes reports on its runtime threads and is done with them on its pipeline
 //! thread, once their step is merged. Freed there, every packed field of a report (histogram
-//! indices and counts, tracked coordinates, the projection) was an allocation on one thread and
+//! indices and counts, top-k lists, tracked coordinates, the projection) was an allocation on one thread and
 //! a free on another, thousands of times a second: the allocator's slow path on both sides
 //! (glibc takes the allocating thread's arena lock for every such free, and the two threads
 //! waited on each other in `futex`; tcmalloc moves the objects through its central lists). So
@@ -91,7 +91,7 @@ fn bytes_of<T>(v: &Vec<T>) -> usize {
 
 /// Histogram indices and counts, tracked coordinates.
 pub static U64: Pool<u64> = Pool::new();
-/// Projections.
+/// Projections and top-k lists.
 pub static F64: Pool<f64> = Pool::new();
 /// Tracked values.
 pub static F32: Pool<f32> = Pool::new();

@@ -101,14 +101,30 @@ impl TopK {
             }
             return t;
         }
-        // All of them fit: one linear heapify instead of a sift per push (this runs for every
-        // tensor of every report the collector receives).
-        let mut heap = Vec::with_capacity(capacity + 1);
-        heap.extend(values.iter().map(|&v| Reverse(Key(v))));
+        let mut heap = Vec::with_capacity(capacity);
+        heap.extend_from_slice(values);
+        Self::from_vec(capacity, heap)
+    }
+
+    /// [`Self::from_values`], the heap taking over the list's allocation when all of it fits
+    /// (this runs for every tensor of every report the collector receives, on the list just
+    /// decoded).
+    pub fn from_vec(capacity: usize, values: Vec<f64>) -> Self {
+        if values.len() > capacity {
+            return Self::from_values(capacity, &values);
+        }
+        // Same size and alignment, so std collects in place, keeping the allocation; and one
+        // linear heapify instead of a sift per push.
+        let heap: Vec<Reverse<Key>> = values.into_iter().map(|v| Reverse(Key(v))).collect();
         Self {
             capacity,
             heap: BinaryHeap::from(heap),
         }
+    }
+
+    /// The values kept, in no particular order, in the heap's allocation.
+    pub fn into_vec(self) -> Vec<f64> {
+        self.heap.into_vec().into_iter().map(|r| r.0.0).collect()
     }
 }
 
@@ -132,6 +148,10 @@ mod tests {
                     order.iter().for_each(|&v| pushed.push(v));
                     let built = TopK::from_values(capacity, &order);
                     assert_eq!(built, pushed);
+                    assert_eq!(TopK::from_vec(capacity, order.clone()), pushed);
+                    let mut back = built.clone().into_vec();
+                    back.sort_by(|a, b| b.total_cmp(a));
+                    assert_eq!(back, pushed.sorted_desc());
                     assert_eq!(built.threshold(), pushed.threshold());
                     let mut more = built.clone();
                     more.push(8.0);
