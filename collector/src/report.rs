@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use gradtel_proto::recycle::Pool;
 use gradtel_proto::v1::ShardReport;
 use gradtel_stats::SparseSummary;
 
@@ -131,30 +132,36 @@ impl Report {
 /// Hand the decoded vectors of reports that are done with back to the decoders
 /// ([`gradtel_proto::recycle`]): the next reports decoded fill them again, instead of each
 /// allocating on a runtime thread what the pipeline's thread then frees.
-pub fn recycle(reports: Vec<Report>) {
+pub fn recycle(mut reports: Vec<Report>) {
     use gradtel_proto::recycle;
-    // Sized up front: grown by pushes, these lists were a third of this function's time.
-    let tensors: usize = reports.iter().map(|r| r.tensors.len()).sum();
-    let tracked: usize = reports.iter().map(|r| r.tracked.len()).sum();
-    let mut u64s = Vec::with_capacity(2 * tensors + tracked);
-    let mut f64s = Vec::with_capacity(tensors + reports.len());
-    let mut f32s = Vec::with_capacity(tracked);
-    for r in reports {
-        for t in r.tensors {
-            let (index, count) = t.summary.hist.into_parts();
-            u64s.extend([index, count]);
-            f64s.push(t.summary.rest.top_abs.into_vec());
-        }
-        for t in r.tracked {
-            u64s.push(t.index);
-            f32s.push(t.value);
-        }
-        f64s.extend(r.projection.map(|p| p.values));
-    }
-    recycle::U64.give(u64s);
-    recycle::F64.give(f64s);
-    recycle::F32.give(f32s);
+    use std::mem::take;
+    recycle::U64.give(reports.iter_mut().flat_map(|r| {
+        let hists = r.tensors.iter_mut().flat_map(|t| {
+            let (index, count) = t.summary.hist.take_parts();
+            [index, count]
+        });
+        hists.chain(r.tracked.iter_mut().map(|t| take(&mut t.index)))
+    }));
+    recycle::F64.give(reports.iter_mut().flat_map(|r| {
+        let tops = r
+            .tensors
+            .iter_mut()
+            .map(|t| t.summary.rest.top_abs.take_vec());
+        tops.chain(r.projection.as_mut().map(|p| take(&mut p.values)))
+    }));
+    recycle::F32.give(
+        reports
+            .iter_mut()
+            .flat_map(|r| r.tracked.iter_mut().map(|t| take(&mut t.value))),
+    );
+    // The lists themselves too (their parts are dropped here, on this thread).
+    TENSORS.give(reports.iter_mut().map(|r| take(&mut r.tensors)));
+    TRACKED.give(reports.iter_mut().map(|r| take(&mut r.tracked)));
 }
+
+/// Given-back lists of a report's tensors and tracked values, for [`decode`] to fill.
+static TENSORS: Pool<TensorPart> = Pool::new();
+static TRACKED: Pool<TrackedPart> = Pool::new();
 
 /// Most tensors one report may carry.
 const MAX_TENSORS: usize = 1 << 20;
@@ -164,14 +171,15 @@ const MAX_WORLD: u32 = 1 << 20;
 pub const MAX_SKETCH_DIM: u32 = 1 << 16;
 
 /// Check and decode. The error string becomes the Ack's `reason`.
-pub fn decode(r: ShardReport) -> Result<Report, String> {
-    decode_sharing(r, &mut None)
+pub fn decode(mut r: ShardReport) -> Result<Report, String> {
+    decode_sharing(&mut r, &mut None)
 }
 
 /// [`decode`], taking the run id from `run` when it names the same run, and leaving the
 /// report's there: a stream's reports all name one run, and sharing its id saves an allocation
-/// and a copy per report.
-pub fn decode_sharing(r: ShardReport, run: &mut Option<Arc<str>>) -> Result<Report, String> {
+/// and a copy per report. It takes the tensors, tracked values and projection out of `r`; the
+/// rest stays, for a rejection to name the report.
+pub fn decode_sharing(r: &mut ShardReport, run: &mut Option<Arc<str>>) -> Result<Report, String> {
     gradtel_proto::validate_run_id(&r.run_id).map_err(|e| format!("bad run id: {e}"))?;
     if r.world_size == 0 || r.world_size > MAX_WORLD || r.rank >= r.world_size {
         return Err(format!(
@@ -191,9 +199,9 @@ pub fn decode_sharing(r: ShardReport, run: &mut Option<Arc<str>>) -> Result<Repo
     if r.tensors.len() > MAX_TENSORS {
         return Err(format!("{} tensors in one report", r.tensors.len()));
     }
-    let mut tensors = Vec::with_capacity(r.tensors.len());
+    let mut tensors = TENSORS.take(r.tensors.len());
     let mut precision = None;
-    for t in r.tensors {
+    for t in std::mem::take(&mut r.tensors) {
         if t.name.is_empty() {
             return Err("tensor with an empty name".into());
         }
@@ -228,8 +236,8 @@ pub fn decode_sharing(r: ShardReport, run: &mut Option<Arc<str>>) -> Result<Repo
             summary,
         });
     }
-    let mut tracked = Vec::with_capacity(r.tracked.len());
-    for t in r.tracked {
+    let mut tracked = TRACKED.take(r.tracked.len());
+    for t in std::mem::take(&mut r.tracked) {
         let Some(tensor) = tensors.iter().find(|p| p.name == t.name) else {
             return Err(format!(
                 "tracked values for tensor {:?}, which the report does not carry",
@@ -258,7 +266,7 @@ pub fn decode_sharing(r: ShardReport, run: &mut Option<Arc<str>>) -> Result<Repo
             value: t.value,
         });
     }
-    let projection = match r.projection {
+    let projection = match r.projection.take() {
         None => None,
         Some(p) => {
             if p.dim == 0 || p.dim > MAX_SKETCH_DIM || p.values.len() != p.dim as usize {
@@ -278,7 +286,7 @@ pub fn decode_sharing(r: ShardReport, run: &mut Option<Arc<str>>) -> Result<Repo
     };
     let run_id = match run {
         Some(id) if **id == *r.run_id => id.clone(),
-        _ => run.insert(r.run_id.into()).clone(),
+        _ => run.insert(r.run_id.as_str().into()).clone(),
     };
     Ok(Report {
         key: AgentKey {
@@ -339,17 +347,50 @@ mod tests {
         let r = decode(good()).unwrap();
         assert_eq!(r.tensors[0].summary.rest.moments.n, 2);
         let mut run = None;
-        let a = decode_sharing(good(), &mut run).unwrap();
-        let b = decode_sharing(good(), &mut run).unwrap();
+        let a = decode_sharing(&mut good(), &mut run).unwrap();
+        let b = decode_sharing(&mut good(), &mut run).unwrap();
         assert!(
             Arc::ptr_eq(&a.key.run_id, &b.key.run_id),
             "one run id, shared"
         );
         let mut other = good();
         other.run_id = "other".into();
-        let c = decode_sharing(other, &mut run).unwrap();
+        let c = decode_sharing(&mut other, &mut run).unwrap();
         assert_eq!(&*c.key.run_id, "other");
         assert_eq!(run.as_deref(), Some("other"));
+    }
+
+    #[test]
+    fn reports_decoded_after_recycling_equal_fresh_ones() {
+        use prost::Message;
+        let mut full = good();
+        full.tracked = vec![TrackedValues {
+            name: "a.w".into(),
+            index: vec![0, 3],
+            value: vec![0.5, -1.5],
+        }];
+        full.projection = Some(Projection {
+            kind: 3,
+            dim: 2,
+            seed: 7,
+            values: vec![1.0, -2.0],
+            coordinates: 4,
+        });
+        let wire = full.encode_to_vec();
+        let fresh = decode(ShardReport::decode(wire.as_slice()).unwrap()).unwrap();
+        for _ in 0..3 {
+            recycle(vec![
+                decode(ShardReport::decode(wire.as_slice()).unwrap()).unwrap(),
+            ]);
+            let again = decode(ShardReport::decode(wire.as_slice()).unwrap()).unwrap();
+            assert_eq!(again.tracked, fresh.tracked);
+            assert_eq!(again.projection, fresh.projection);
+            assert_eq!(again.tensors.len(), 1);
+            let (a, b) = (&again.tensors[0], &fresh.tensors[0]);
+            assert_eq!((&a.name, a.numel), (&b.name, b.numel));
+            assert_eq!(a.summary.hist, b.summary.hist);
+            assert_eq!(a.summary.rest, b.summary.rest);
+        }
     }
 
     #[test]

@@ -59,12 +59,11 @@ impl CollectService {
         loop {
             match inbound.message().await {
                 Ok(Some(LoggedReport {
-                    report: raw,
+                    report: mut raw,
                     raw: wire,
                 })) => {
                     self.metrics.reports_received.inc();
-                    let mut rejected = rejection(&raw);
-                    match report::decode_sharing(raw, &mut run) {
+                    match report::decode_sharing(&mut raw, &mut run) {
                         Ok(mut rep) => {
                             rep.wire = wire;
                             if keys.insert(rep.key.clone()) {
@@ -76,7 +75,8 @@ impl CollectService {
                         }
                         Err(reason) => {
                             self.metrics.reports_rejected.inc();
-                            tracing::warn!(%reason, seq = rejected.seq, "report rejected");
+                            tracing::warn!(%reason, seq = raw.seq, "report rejected");
+                            let mut rejected = rejection(&raw);
                             rejected.reason = reason;
                             if tx.try_send(Ok(rejected)).is_err() {
                                 self.metrics.acks_dropped.inc();

@@ -22,27 +22,60 @@ use prost::encoding::{
 
 use crate::hist::{encode_u64s, encoded_len_u64s, in_field, merge_u64s};
 
-/// Reserve room for the values of a packed run of `width`-byte values that starts `buf` (after
-/// its key), when its length can be read from the current chunk; otherwise nothing (prost's
-/// decoder then grows the vector as it goes).
-fn reserve_fixed<T>(
+/// Values of a fixed width, little-endian on the wire.
+trait Fixed: Sized {
+    const WIDTH: usize;
+    /// `bytes` holds exactly `WIDTH` bytes.
+    fn from_le(bytes: &[u8]) -> Self;
+}
+
+impl Fixed for f64 {
+    const WIDTH: usize = 8;
+    fn from_le(bytes: &[u8]) -> Self {
+        let mut b = [0; 8];
+        b.copy_from_slice(bytes);
+        f64::from_le_bytes(b)
+    }
+}
+
+impl Fixed for f32 {
+    const WIDTH: usize = 4;
+    fn from_le(bytes: &[u8]) -> Self {
+        let mut b = [0; 4];
+        b.copy_from_slice(bytes);
+        f32::from_le_bytes(b)
+    }
+}
+
+/// One occurrence of a repeated fixed-width field: a packed run that lies whole in the current
+/// chunk (as it does in the contiguous buffers tonic decodes from) is reserved once and copied
+/// in one pass over its bytes; anything else (unpacked values, a run split across chunks or
+/// malformed) goes to prost's decoder, `prost_merge`, which also reports the errors. prost
+/// reads a packed run through `Buf` one value at a time: ~4 % of the collector's CPU on small
+/// reports, for their projections and top-k lists.
+fn merge_fixed<T: Fixed, B: Buf>(
     pool: &crate::recycle::Pool<T>,
     wire_type: WireType,
     values: &mut Vec<T>,
-    buf: &impl Buf,
-    width: usize,
-) {
-    if wire_type != WireType::LengthDelimited {
-        return;
+    buf: &mut B,
+    ctx: DecodeContext,
+    prost_merge: impl FnOnce(WireType, &mut Vec<T>, &mut B, DecodeContext) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
+    if wire_type == WireType::LengthDelimited {
+        let mut peek = buf.chunk();
+        let had = peek.len();
+        if let Ok(len) = decode_varint(&mut peek)
+            && let Ok(len) = usize::try_from(len)
+            && peek.len() >= len
+            && len % T::WIDTH == 0
+        {
+            crate::recycle::reserve(pool, values, len / T::WIDTH);
+            values.extend(peek[..len].chunks_exact(T::WIDTH).map(T::from_le));
+            buf.advance(had - peek.len() + len);
+            return Ok(());
+        }
     }
-    let mut peek = buf.chunk();
-    if let Ok(len) = decode_varint(&mut peek)
-        && let Ok(len) = usize::try_from(len)
-        // A length beyond what is buffered is an error prost reports; not an allocation.
-        && len <= buf.remaining()
-    {
-        crate::recycle::reserve(pool, values, len / width);
-    }
+    prost_merge(wire_type, values, buf, ctx)
 }
 
 /// Tracked coordinates of one tensor (see collect.proto).
@@ -74,10 +107,14 @@ impl prost::Message for TrackedValues {
         let field = match tag {
             1 => string::merge(wire_type, &mut self.name, buf, ctx),
             2 => merge_u64s(wire_type, &mut self.index, buf, ctx),
-            3 => {
-                reserve_fixed(&crate::recycle::F32, wire_type, &mut self.value, buf, 4);
-                float::merge_repeated(wire_type, &mut self.value, buf, ctx)
-            }
+            3 => merge_fixed(
+                &crate::recycle::F32,
+                wire_type,
+                &mut self.value,
+                buf,
+                ctx,
+                float::merge_repeated,
+            ),
             _ => return skip_field(wire_type, tag, buf, ctx),
         };
         in_field(field, "TrackedValues", &["name", "index", "value"], tag)
@@ -177,10 +214,14 @@ impl prost::Message for Projection {
             1 => int32::merge(wire_type, &mut self.kind, buf, ctx),
             2 => uint32::merge(wire_type, &mut self.dim, buf, ctx),
             3 => uint64::merge(wire_type, &mut self.seed, buf, ctx),
-            4 => {
-                reserve_fixed(&crate::recycle::F64, wire_type, &mut self.values, buf, 8);
-                double::merge_repeated(wire_type, &mut self.values, buf, ctx)
-            }
+            4 => merge_fixed(
+                &crate::recycle::F64,
+                wire_type,
+                &mut self.values,
+                buf,
+                ctx,
+                double::merge_repeated,
+            ),
             5 => uint64::merge(wire_type, &mut self.coordinates, buf, ctx),
             _ => return skip_field(wire_type, tag, buf, ctx),
         };
@@ -322,10 +363,14 @@ impl prost::Message for Summary {
                 buf,
                 ctx,
             ),
-            15 => {
-                reserve_fixed(&crate::recycle::F64, wire_type, &mut self.top_abs, buf, 8);
-                double::merge_repeated(wire_type, &mut self.top_abs, buf, ctx)
-            }
+            15 => merge_fixed(
+                &crate::recycle::F64,
+                wire_type,
+                &mut self.top_abs,
+                buf,
+                ctx,
+                double::merge_repeated,
+            ),
             16 => uint32::merge(wire_type, &mut self.top_k_capacity, buf, ctx),
             _ => return skip_field(wire_type, tag, buf, ctx),
         };

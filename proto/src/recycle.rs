@@ -19,41 +19,66 @@ use std::sync::Mutex;
 pub const MAX_POOLED_BYTES: usize = 32 << 20;
 /// Vectors larger than this are not kept (one would crowd out many ordinary ones).
 const MAX_VEC_BYTES: usize = 1 << 20;
-/// Pooled vectors [`Pool::take`] looks at for one with enough room.
+/// Size classes: class `k` holds vectors with room for `2^k ..< 2^(k+1)` values; no kept
+/// vector has room for more than [`MAX_VEC_BYTES`] ≤ `2^20` values.
+const CLASSES: usize = 21;
+/// Vectors of the asked size's own class [`Pool::take`] looks at for one with enough room.
 const LOOK_BACK: usize = 4;
 
-/// A stack of empty vectors with their capacity.
+/// Stacks of empty vectors with their capacity, one per size class. Classes keep vectors of
+/// different sizes from hiding one another: with one stack, the 64-value vectors of tracked
+/// coordinates lay above the few-hundred-value ones of histograms, and histogram decodes
+/// missed, allocated afresh, and the pool, full of the vectors they missed, freed what came
+/// back.
 pub struct Pool<T> {
-    inner: Mutex<Stack<T>>,
+    inner: Mutex<Classes<T>>,
 }
 
-struct Stack<T> {
-    free: Vec<Vec<T>>,
+struct Classes<T> {
+    free: [Vec<Vec<T>>; CLASSES],
     bytes: usize,
+}
+
+/// The class of a vector with room for `n ≥ 1` values.
+fn class(n: usize) -> usize {
+    n.ilog2() as usize
 }
 
 impl<T> Pool<T> {
     pub const fn new() -> Self {
         Self {
-            inner: Mutex::new(Stack {
-                free: Vec::new(),
+            inner: Mutex::new(Classes {
+                free: [const { Vec::new() }; CLASSES],
                 bytes: 0,
             }),
         }
     }
 
-    /// An empty vector with room for at least `n` values: a pooled one when one of the last
-    /// few given back is large enough (growing a smaller one would copy its stale room).
+    /// An empty vector with room for at least `n` values: a pooled one from `n`'s class when
+    /// one of the last few given back there is large enough, else from the class above (all
+    /// large enough), else a new one.
     pub fn take(&self, n: usize) -> Vec<T> {
-        let pooled = self.inner.lock().ok().and_then(|mut s| {
-            let len = s.free.len();
-            let i = (len.saturating_sub(LOOK_BACK)..len)
-                .rev()
-                .find(|&i| s.free[i].capacity() >= n)?;
-            let v = s.free.swap_remove(i);
-            s.bytes -= bytes_of(&v);
-            Some(v)
-        });
+        let pooled = (n > 0)
+            .then(|| self.inner.lock().ok())
+            .flatten()
+            .and_then(|mut s| {
+                let k = class(n);
+                let v = if k < CLASSES {
+                    let own = &mut s.free[k];
+                    let len = own.len();
+                    match (len.saturating_sub(LOOK_BACK)..len)
+                        .rev()
+                        .find(|&i| own[i].capacity() >= n)
+                    {
+                        Some(i) => Some(own.swap_remove(i)),
+                        None => s.free.get_mut(k + 1).and_then(Vec::pop),
+                    }
+                } else {
+                    None
+                }?;
+                s.bytes -= bytes_of(&v);
+                Some(v)
+            });
         pooled.unwrap_or_else(|| Vec::with_capacity(n))
     }
 
@@ -64,12 +89,12 @@ impl<T> Pool<T> {
         };
         for mut v in vs {
             let b = bytes_of(&v);
-            if b == 0 || b > MAX_VEC_BYTES || s.bytes + b > MAX_POOLED_BYTES {
+            if v.capacity() == 0 || b > MAX_VEC_BYTES || s.bytes + b > MAX_POOLED_BYTES {
                 continue;
             }
             v.clear();
             s.bytes += b;
-            s.free.push(v);
+            s.free[class(v.capacity())].push(v);
         }
     }
 
@@ -117,7 +142,9 @@ mod tests {
         let ptr = v.as_ptr();
         p.give([v]);
         assert_eq!(p.pooled_bytes(), 800);
-        let w = p.take(10);
+        // Not for a request of another size class (10: 8..16), but for one of its own.
+        assert_eq!(p.take(10).capacity(), 10);
+        let w = p.take(70);
         assert!(w.is_empty());
         assert_eq!(
             (w.as_ptr(), w.capacity()),
@@ -175,6 +202,26 @@ mod tests {
             F64.give([p2.values]);
             F32.give([t2.value]);
         }
+    }
+
+    #[test]
+    fn small_vectors_do_not_hide_large_ones() {
+        let p = Pool::<u64>::new();
+        for _ in 0..3 {
+            p.give([Vec::with_capacity(300), Vec::with_capacity(64)]);
+            p.give((0..10).map(|_| Vec::with_capacity(64)));
+        }
+        for _ in 0..3 {
+            assert_eq!(p.take(300).capacity(), 300, "a pooled one");
+        }
+        assert_eq!(p.pooled_bytes(), 33 * 64 * 8);
+        // 257..=511 share a class: a 300 is found for 290, not for 301, for which the class
+        // above (all ≥ 512) serves.
+        p.give([Vec::with_capacity(300), Vec::with_capacity(600)]);
+        assert_eq!(p.take(301).capacity(), 600);
+        assert_eq!(p.take(290).capacity(), 300);
+        assert_eq!(p.pooled_bytes(), 33 * 64 * 8);
+        assert_eq!(p.take(0).capacity(), 0);
     }
 
     #[test]

@@ -77,9 +77,14 @@ pub struct SparseHistogram {
 }
 
 impl SparseHistogram {
-    /// The (index, count) vectors, for a caller that reuses their allocations.
-    pub fn into_parts(self) -> (Vec<u64>, Vec<u64>) {
-        (self.index, self.count)
+    /// The (index, count) vectors, for a caller that reuses their allocations; this
+    /// histogram is left empty.
+    pub fn take_parts(&mut self) -> (Vec<u64>, Vec<u64>) {
+        self.total = 0;
+        (
+            std::mem::take(&mut self.index),
+            std::mem::take(&mut self.count),
+        )
     }
 
     /// Check and keep (index, count) pairs, as carried on the wire.
@@ -617,6 +622,9 @@ mod tests {
         assert_eq!(SparseHistogram::of(&ok.to_dense()), ok);
         let empty = SparseHistogram::new(p, vec![], vec![]).unwrap();
         assert_eq!((empty.total(), empty.span()), (0, None));
+        let mut taken = ok.clone();
+        assert_eq!(taken.take_parts(), (vec![10, 12, 500], vec![1, 2, 3]));
+        assert_eq!(taken, empty, "left empty");
         let inf = f64::INFINITY.to_bits() >> (52 - p);
         for (index, count) in [
             (vec![10, 10], vec![1, 1]),

@@ -126,6 +126,15 @@ impl TopK {
     pub fn into_vec(self) -> Vec<f64> {
         self.heap.into_vec().into_iter().map(|r| r.0.0).collect()
     }
+
+    /// [`Self::into_vec`], leaving this list empty (of the same capacity).
+    pub fn take_vec(&mut self) -> Vec<f64> {
+        Self {
+            capacity: self.capacity,
+            heap: std::mem::take(&mut self.heap),
+        }
+        .into_vec()
+    }
 }
 
 impl PartialEq for TopK {
@@ -152,6 +161,12 @@ mod tests {
                     let mut back = built.clone().into_vec();
                     back.sort_by(|a, b| b.total_cmp(a));
                     assert_eq!(back, pushed.sorted_desc());
+                    let mut taken = built.clone();
+                    let mut back = taken.take_vec();
+                    back.sort_by(|a, b| b.total_cmp(a));
+                    assert_eq!(back, pushed.sorted_desc());
+                    assert!(taken.is_empty());
+                    assert_eq!(taken.capacity(), capacity);
                     assert_eq!(built.threshold(), pushed.threshold());
                     let mut more = built.clone();
                     more.push(8.0);
