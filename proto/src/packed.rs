@@ -429,6 +429,7 @@ const SUMMARY_FIELDS: [&str; 16] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recycle::reserved_once;
     use prost::Message;
 
     /// What prost generates for the same messages, as the references.
@@ -626,7 +627,7 @@ mod tests {
                 s.clone()
             };
             assert_eq!(summary_bits(&back), summary_bits(&want));
-            assert_eq!(back.top_abs.capacity(), back.top_abs.len());
+            assert!(reserved_once(&back.top_abs));
         }
         let wire = UnpackedSummary {
             top_abs: vec![3.0, 2.0, 1.0],
@@ -718,9 +719,8 @@ mod tests {
             assert_eq!(t.encoded_len(), wire.len());
             let back = TrackedValues::decode(wire.as_slice()).expect("decode");
             assert_eq!(tracked_bits(&back), tracked_bits(&t));
-            // Reserved once, exactly: no spare capacity from growth.
-            assert_eq!(back.index.capacity(), back.index.len());
-            assert_eq!(back.value.capacity(), back.value.len());
+            assert!(reserved_once(&back.index));
+            assert!(reserved_once(&back.value));
         }
     }
 
@@ -739,7 +739,7 @@ mod tests {
             assert_eq!(p.encoded_len(), wire.len());
             let back = Projection::decode(wire.as_slice()).expect("decode");
             assert_eq!(projection_bits(&back), projection_bits(&p));
-            assert_eq!(back.values.capacity(), back.values.len());
+            assert!(reserved_once(&back.values));
             assert_eq!(
                 back.kind(),
                 projection::Kind::try_from(p.kind).unwrap_or_default()

@@ -22,14 +22,16 @@ const MAX_VEC_BYTES: usize = 1 << 20;
 /// Size classes: class `k` holds vectors with room for `2^k ..< 2^(k+1)` values; no kept
 /// vector has room for more than [`MAX_VEC_BYTES`] ≤ `2^20` values.
 const CLASSES: usize = 21;
-/// Vectors of the asked size's own class [`Pool::take`] looks at for one with enough room.
+/// Vectors of the class below the asked size's [`Pool::take`] looks at for one with enough
+/// room.
 const LOOK_BACK: usize = 4;
 
-/// Stacks of empty vectors with their capacity, one per size class. Classes keep vectors of
-/// different sizes from hiding one another: with one stack, the 64-value vectors of tracked
-/// coordinates lay above the few-hundred-value ones of histograms, and histogram decodes
-/// missed, allocated afresh, and the pool, full of the vectors they missed, freed what came
-/// back.
+/// Stacks of empty vectors with their capacity, one per size class. The vectors this pool
+/// makes have room for a power of two values, so any vector of a class serves any request
+/// that class is asked for. With one stack and exact sizes, the 64-value vectors of tracked
+/// coordinates lay above the few-hundred-value ones of histograms, and of those the larger
+/// were taken first: histogram decodes missed, allocated afresh, and the pool, full of the
+/// vectors they missed, freed what came back.
 pub struct Pool<T> {
     inner: Mutex<Classes<T>>,
 }
@@ -54,32 +56,35 @@ impl<T> Pool<T> {
         }
     }
 
-    /// An empty vector with room for at least `n` values: a pooled one from `n`'s class when
-    /// one of the last few given back there is large enough, else from the class above (all
-    /// large enough), else a new one.
+    /// An empty vector with room for at least `n` values: a pooled one of the smallest class
+    /// whose vectors all have that room, else one of the last few given back to the class
+    /// below that has it, else a new one with room for `n` rounded up to a power of two (at
+    /// most twice what is asked, so that it can serve every request of its class later).
     pub fn take(&self, n: usize) -> Vec<T> {
-        let pooled = (n > 0)
-            .then(|| self.inner.lock().ok())
-            .flatten()
-            .and_then(|mut s| {
-                let k = class(n);
-                let v = if k < CLASSES {
-                    let own = &mut s.free[k];
-                    let len = own.len();
-                    match (len.saturating_sub(LOOK_BACK)..len)
+        let Some(rounded) = n
+            .checked_next_power_of_two()
+            .filter(|&r| n > 0 && r * std::mem::size_of::<T>() <= MAX_VEC_BYTES)
+        else {
+            // Nothing, or more than the pool keeps: exactly what is asked.
+            return Vec::with_capacity(n);
+        };
+        let k = class(rounded);
+        let pooled = self.inner.lock().ok().and_then(|mut s| {
+            let v = match s.free.get_mut(k).and_then(Vec::pop) {
+                Some(v) => v,
+                None => {
+                    let below = s.free.get_mut(class(n))?;
+                    let len = below.len();
+                    let i = (len.saturating_sub(LOOK_BACK)..len)
                         .rev()
-                        .find(|&i| own[i].capacity() >= n)
-                    {
-                        Some(i) => Some(own.swap_remove(i)),
-                        None => s.free.get_mut(k + 1).and_then(Vec::pop),
-                    }
-                } else {
-                    None
-                }?;
-                s.bytes -= bytes_of(&v);
-                Some(v)
-            });
-        pooled.unwrap_or_else(|| Vec::with_capacity(n))
+                        .find(|&i| below[i].capacity() >= n)?;
+                    below.swap_remove(i)
+                }
+            };
+            s.bytes -= bytes_of(&v);
+            Some(v)
+        });
+        pooled.unwrap_or_else(|| Vec::with_capacity(rounded))
     }
 
     /// Keep the vectors' allocations for later decodes (their contents are dropped).
@@ -130,6 +135,13 @@ pub(crate) fn reserve<T>(pool: &Pool<T>, values: &mut Vec<T>, n: usize) {
     }
 }
 
+/// Room for `v`'s values and at most what [`Pool::take`] rounds them up to (a bound, for the
+/// decoders' tests; growth by doubling stays within it too).
+#[cfg(test)]
+pub(crate) fn reserved_once<T>(v: &Vec<T>) -> bool {
+    v.capacity() >= v.len() && v.capacity() <= v.len().next_power_of_two()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,8 +154,10 @@ mod tests {
         let ptr = v.as_ptr();
         p.give([v]);
         assert_eq!(p.pooled_bytes(), 800);
-        // Not for a request of another size class (10: 8..16), but for one of its own.
-        assert_eq!(p.take(10).capacity(), 10);
+        // Not for a request of another size class (10: a fresh 16), but for one that a
+        // 100 serves (65..=100: its class 64..128 is the one below theirs).
+        assert_eq!(p.take(10).capacity(), 16);
+        assert_eq!(p.take(101).capacity(), 128);
         let w = p.take(70);
         assert!(w.is_empty());
         assert_eq!(
@@ -152,11 +166,15 @@ mod tests {
             "the same allocation"
         );
         assert_eq!(p.pooled_bytes(), 0);
-        // Empty pool: a fresh vector of the asked room.
-        assert!(p.take(7).capacity() >= 7);
+        // Empty pool: a fresh vector of the asked room, rounded up to a power of two; and
+        // exactly the asked room beyond what the pool keeps.
+        assert_eq!(p.take(7).capacity(), 8);
+        assert_eq!(p.take(0).capacity(), 0);
+        let big = MAX_VEC_BYTES / 8 + 1;
+        assert_eq!(p.take(big).capacity(), big);
         // Too small a pooled vector stays pooled; a fresh one is made.
         p.give([Vec::with_capacity(4)]);
-        assert!(p.take(1000).capacity() >= 1000);
+        assert_eq!(p.take(1000).capacity(), 1024);
         assert_eq!(p.pooled_bytes(), 32);
         assert_eq!(p.take(4).capacity(), 4);
     }
@@ -207,21 +225,20 @@ mod tests {
     #[test]
     fn small_vectors_do_not_hide_large_ones() {
         let p = Pool::<u64>::new();
-        for _ in 0..3 {
-            p.give([Vec::with_capacity(300), Vec::with_capacity(64)]);
-            p.give((0..10).map(|_| Vec::with_capacity(64)));
+        // What decodes of 300-value histograms and 64-value tracked lists give back, the
+        // small ones last.
+        let hists: Vec<Vec<u64>> = (0..4).map(|_| p.take(300)).collect();
+        assert!(hists.iter().all(|v| v.capacity() == 512));
+        p.give(hists);
+        p.give((0..30).map(|_| Vec::with_capacity(64)));
+        for n in [300, 257, 512, 400] {
+            assert_eq!(p.take(n).capacity(), 512, "a pooled one for {n}");
         }
-        for _ in 0..3 {
-            assert_eq!(p.take(300).capacity(), 300, "a pooled one");
-        }
-        assert_eq!(p.pooled_bytes(), 33 * 64 * 8);
-        // 257..=511 share a class: a 300 is found for 290, not for 301, for which the class
-        // above (all ≥ 512) serves.
-        p.give([Vec::with_capacity(300), Vec::with_capacity(600)]);
-        assert_eq!(p.take(301).capacity(), 600);
+        assert_eq!(p.pooled_bytes(), 30 * 64 * 8);
+        // A vector of exact size (not made here) serves from the class below.
+        p.give([Vec::with_capacity(300)]);
         assert_eq!(p.take(290).capacity(), 300);
-        assert_eq!(p.pooled_bytes(), 33 * 64 * 8);
-        assert_eq!(p.take(0).capacity(), 0);
+        assert_eq!(p.pooled_bytes(), 30 * 64 * 8);
     }
 
     #[test]
