@@ -186,37 +186,65 @@ fn encode_u64s_with<I: Iterator<Item = u64> + Clone>(
 /// Every varint of a packed run, appended to `values`; false at a malformed one (cut off by
 /// the end of the run, longer than 10 bytes, or overflowing 64 bits — what prost refuses). A
 /// plain loop over the slice: prost's `decode_varint` goes through `Buf` per value, which was
-/// most of the collector's decoding time on reports with large histograms.
+/// most of the collector's decoding time on reports with large histograms. Most of a
+/// histogram's varints are one byte (bucket index differences of 1, counts below 128), so
+/// eight bytes are tested at once: those before the first with its high bit set are each a
+/// whole varint, appended by a widening copy that vectorises; in cache, 0.71 → 0.37 ns per varint
+/// when one in sixteen takes two bytes (a throwaway probe on the 2-core VM).
 fn decode_run(run: &[u8], values: &mut Vec<u64>) -> bool {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
     let mut i = 0;
-    while let Some(&b0) = run.get(i) {
-        i += 1;
-        if b0 < 0x80 {
-            values.push(u64::from(b0));
-            continue;
-        }
-        let mut v = u64::from(b0 & 0x7f);
-        let mut shift = 7;
-        loop {
-            let Some(&b) = run.get(i) else {
-                return false;
+    while i < run.len() {
+        if let Some(chunk) = run.get(i..i + 8)
+            && let Ok(bytes) = <[u8; 8]>::try_from(chunk)
+        {
+            let high = u64::from_le_bytes(bytes) & HIGH;
+            let single = if high == 0 {
+                8
+            } else {
+                (high.trailing_zeros() / 8) as usize
             };
-            i += 1;
-            if shift == 63 && b > 1 {
-                return false;
+            if single == 8 {
+                values.extend(bytes.map(u64::from));
+                i += 8;
+                continue;
             }
-            v |= u64::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                break;
-            }
-            shift += 7;
-            if shift > 63 {
-                return false;
-            }
+            values.extend(chunk[..single].iter().map(|&b| u64::from(b)));
+            i += single;
         }
+        let Some(v) = decode_one(run, &mut i) else {
+            return false;
+        };
         values.push(v);
     }
     true
+}
+
+/// The varint at `run[*i..]`, moving `*i` past it; `None` if malformed.
+#[inline]
+fn decode_one(run: &[u8], i: &mut usize) -> Option<u64> {
+    let b0 = *run.get(*i)?;
+    *i += 1;
+    if b0 < 0x80 {
+        return Some(u64::from(b0));
+    }
+    let mut v = u64::from(b0 & 0x7f);
+    let mut shift = 7;
+    loop {
+        let b = *run.get(*i)?;
+        *i += 1;
+        if shift == 63 && b > 1 {
+            return None;
+        }
+        v |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some(v);
+        }
+        shift += 7;
+        if shift > 63 {
+            return None;
+        }
+    }
 }
 
 /// One occurrence of a repeated `uint64` field: a packed run (reserved exactly, then decoded)
@@ -347,10 +375,17 @@ mod tests {
             s
         };
         for _ in 0..400 {
-            let n = (next() % 40) as usize;
+            let n = (next() % 60) as usize;
+            // Half the runs mostly one-byte varints (as histograms are), in stretches longer
+            // and shorter than the eight bytes tested at once.
+            let small = next() % 2 == 0;
             let mut run = Vec::new();
             for _ in 0..n {
-                let v = next() >> (next() % 64);
+                let v = if small && next() % 8 != 0 {
+                    next() % 128
+                } else {
+                    next() >> (next() % 64)
+                };
                 let start = run.len();
                 encode_varint(v, &mut run);
                 // An overlong encoding of the same value, as far as 10 bytes allow.
