@@ -237,8 +237,18 @@ pub fn decode_sharing(r: &mut ShardReport, run: &mut Option<Arc<str>>) -> Result
         });
     }
     let mut tracked = TRACKED.take(r.tracked.len());
+    // Agents send tracked values in their tensors' order: each search starts after the last
+    // tensor found, so a report's lookups cost O(tensors), not O(tensors²).
+    let mut at = 0;
     for t in std::mem::take(&mut r.tracked) {
-        let Some(tensor) = tensors.iter().find(|p| p.name == t.name) else {
+        let n = tensors.len();
+        let found = (0..n)
+            .map(|j| (at + j) % n)
+            .find(|&k| tensors[k].name == t.name);
+        let Some(tensor) = found.map(|k| {
+            at = k + 1;
+            &tensors[k]
+        }) else {
             return Err(format!(
                 "tracked values for tensor {:?}, which the report does not carry",
                 t.name
@@ -353,6 +363,21 @@ mod tests {
             Arc::ptr_eq(&a.key.run_id, &b.key.run_id),
             "one run id, shared"
         );
+        // Tracked values in any order of their tensors.
+        let mut two = good();
+        let mut b = two.tensors[0].clone();
+        b.name = "b.w".into();
+        two.tensors.push(b);
+        two.tracked = ["b.w", "a.w", "b.w"]
+            .map(|name| TrackedValues {
+                name: name.into(),
+                index: vec![1],
+                value: vec![0.5],
+            })
+            .into();
+        let d = decode(two).unwrap();
+        let names: Vec<&str> = d.tracked.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["b.w", "a.w", "b.w"]);
         let mut other = good();
         other.run_id = "other".into();
         let c = decode_sharing(&mut other, &mut run).unwrap();

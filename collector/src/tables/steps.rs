@@ -60,16 +60,17 @@ pub struct StepRow {
     pub norm_robust_z: Option<f64>,
 }
 
-struct Acc {
+/// What merges into one row; `'a`: the assembly's reports, whose tensor names it counts.
+struct Acc<'a> {
     tracked: u64,
-    tensors: BTreeSet<String>,
+    tensors: BTreeSet<&'a str>,
     numel: u64,
     expected: u64,
     received: u64,
     summary: Option<GradSummary>,
 }
 
-impl Acc {
+impl Acc<'_> {
     fn new() -> Self {
         Self {
             tracked: 0,
@@ -128,7 +129,7 @@ pub fn build_rows(a: &Assembly, assembled_at_ns: i64) -> (Vec<StepRow>, u64) {
                 merge_errors += 1;
                 continue;
             }
-            acc.tensors.insert(t.name.clone());
+            acc.tensors.insert(&t.name);
             if first {
                 acc.numel += t.numel;
             }
@@ -164,7 +165,7 @@ pub fn build_rows(a: &Assembly, assembled_at_ns: i64) -> (Vec<StepRow>, u64) {
                 merge_errors += 1;
                 continue;
             }
-            acc.tensors.extend(t.tensors.iter().cloned());
+            acc.tensors.extend(t.tensors.iter().copied());
             acc.numel += t.numel;
             acc.expected += t.expected;
             acc.received += t.received;
