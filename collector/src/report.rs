@@ -21,7 +21,8 @@ pub struct AgentKey {
 
 #[derive(Debug, Clone)]
 pub struct TensorPart {
-    pub name: String,
+    /// Shared by every report of the stream that names this tensor ([`Names`]).
+    pub name: Arc<str>,
     pub numel: u64,
     pub elements_expected: u64,
     pub elements_received: u64,
@@ -32,7 +33,7 @@ pub struct TensorPart {
 /// Raw values of one tensor's tracked coordinates (strictly increasing `index`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrackedPart {
-    pub name: String,
+    pub name: Arc<str>,
     pub index: Vec<u64>,
     pub value: Vec<f32>,
 }
@@ -110,7 +111,7 @@ impl Report {
                     let mut s = gradtel_stats::GradSummary::new(4, 7).expect("valid parameters");
                     s.extend_f64(xs);
                     TensorPart {
-                        name: n.to_string(),
+                        name: (*n).into(),
                         numel: xs.len() as u64,
                         elements_expected: xs.len() as u64,
                         elements_received: xs.len() as u64,
@@ -170,16 +171,49 @@ const MAX_WORLD: u32 = 1 << 20;
 /// Largest projection dimension accepted.
 pub const MAX_SKETCH_DIM: u32 = 1 << 16;
 
-/// Check and decode. The error string becomes the Ack's `reason`.
-pub fn decode(mut r: ShardReport) -> Result<Report, String> {
-    decode_sharing(&mut r, &mut None)
+/// The run id and tensor names a stream's reports have named, shared by the reports that name
+/// them again (a stream's reports name one run and the same tensors step after step). Each
+/// decoded name is dropped at once, on the thread that allocated it; kept in its report, it
+/// was freed with thousands of others when the pipeline gave a step's reports back, through
+/// glibc's slow path (≈ 3 % of the collector's CPU).
+#[derive(Debug, Default)]
+pub struct Names {
+    run: Option<Arc<str>>,
+    tensors: std::collections::HashSet<Arc<str>>,
 }
 
-/// [`decode`], taking the run id from `run` when it names the same run, and leaving the
-/// report's there: a stream's reports all name one run, and sharing its id saves an allocation
-/// and a copy per report. It takes the tensors, tracked values and projection out of `r`; the
-/// rest stays, for a rejection to name the report.
-pub fn decode_sharing(r: &mut ShardReport, run: &mut Option<Arc<str>>) -> Result<Report, String> {
+/// Most tensor names one stream's [`Names`] keeps (beyond, names are not shared).
+const MAX_NAMES: usize = 1 << 16;
+
+impl Names {
+    fn run(&mut self, id: &str) -> Arc<str> {
+        match &self.run {
+            Some(run) if **run == *id => run.clone(),
+            _ => self.run.insert(id.into()).clone(),
+        }
+    }
+
+    fn tensor(&mut self, name: String) -> Arc<str> {
+        if let Some(shared) = self.tensors.get(name.as_str()) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = name.into();
+        if self.tensors.len() < MAX_NAMES {
+            self.tensors.insert(shared.clone());
+        }
+        shared
+    }
+}
+
+/// Check and decode. The error string becomes the Ack's `reason`.
+pub fn decode(mut r: ShardReport) -> Result<Report, String> {
+    decode_sharing(&mut r, &mut Names::default())
+}
+
+/// [`decode`], sharing the run id and tensor names with the stream's earlier reports
+/// ([`Names`]). It takes the tensors, tracked values and projection out of `r`; the rest stays,
+/// for a rejection to name the report.
+pub fn decode_sharing(r: &mut ShardReport, names: &mut Names) -> Result<Report, String> {
     gradtel_proto::validate_run_id(&r.run_id).map_err(|e| format!("bad run id: {e}"))?;
     if r.world_size == 0 || r.world_size > MAX_WORLD || r.rank >= r.world_size {
         return Err(format!(
@@ -229,7 +263,7 @@ pub fn decode_sharing(r: &mut ShardReport, run: &mut Option<Arc<str>>) -> Result
             return Err("tensors of one report use different histogram precisions".into());
         }
         tensors.push(TensorPart {
-            name: t.name,
+            name: names.tensor(t.name),
             numel: t.numel,
             elements_expected: t.elements_expected,
             elements_received: t.elements_received,
@@ -244,7 +278,7 @@ pub fn decode_sharing(r: &mut ShardReport, run: &mut Option<Arc<str>>) -> Result
         let n = tensors.len();
         let found = (0..n)
             .map(|j| (at + j) % n)
-            .find(|&k| tensors[k].name == t.name);
+            .find(|&k| *tensors[k].name == *t.name);
         let Some(tensor) = found.map(|k| {
             at = k + 1;
             &tensors[k]
@@ -271,7 +305,7 @@ pub fn decode_sharing(r: &mut ShardReport, run: &mut Option<Arc<str>>) -> Result
             ));
         }
         tracked.push(TrackedPart {
-            name: t.name,
+            name: tensor.name.clone(),
             index: t.index,
             value: t.value,
         });
@@ -294,10 +328,7 @@ pub fn decode_sharing(r: &mut ShardReport, run: &mut Option<Arc<str>>) -> Result
             })
         }
     };
-    let run_id = match run {
-        Some(id) if **id == *r.run_id => id.clone(),
-        _ => run.insert(r.run_id.as_str().into()).clone(),
-    };
+    let run_id = names.run(&r.run_id);
     Ok(Report {
         key: AgentKey {
             run_id,
@@ -356,12 +387,16 @@ mod tests {
     fn accepts_a_consistent_report() {
         let r = decode(good()).unwrap();
         assert_eq!(r.tensors[0].summary.rest.moments.n, 2);
-        let mut run = None;
-        let a = decode_sharing(&mut good(), &mut run).unwrap();
-        let b = decode_sharing(&mut good(), &mut run).unwrap();
+        let mut names = Names::default();
+        let a = decode_sharing(&mut good(), &mut names).unwrap();
+        let b = decode_sharing(&mut good(), &mut names).unwrap();
         assert!(
             Arc::ptr_eq(&a.key.run_id, &b.key.run_id),
             "one run id, shared"
+        );
+        assert!(
+            Arc::ptr_eq(&a.tensors[0].name, &b.tensors[0].name),
+            "one tensor name, shared"
         );
         // Tracked values in any order of their tensors.
         let mut two = good();
@@ -376,13 +411,14 @@ mod tests {
             })
             .into();
         let d = decode(two).unwrap();
-        let names: Vec<&str> = d.tracked.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["b.w", "a.w", "b.w"]);
+        let tracked: Vec<&str> = d.tracked.iter().map(|t| &*t.name).collect();
+        assert_eq!(tracked, ["b.w", "a.w", "b.w"]);
+        assert!(Arc::ptr_eq(&d.tracked[0].name, &d.tensors[1].name));
         let mut other = good();
         other.run_id = "other".into();
-        let c = decode_sharing(&mut other, &mut run).unwrap();
+        let c = decode_sharing(&mut other, &mut names).unwrap();
         assert_eq!(&*c.key.run_id, "other");
-        assert_eq!(run.as_deref(), Some("other"));
+        assert_eq!(names.run.as_deref(), Some("other"));
     }
 
     #[test]

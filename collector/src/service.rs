@@ -55,7 +55,7 @@ impl CollectService {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         self.metrics.streams_active.add(1);
         let mut keys: HashSet<AgentKey> = HashSet::new();
-        let mut run = None;
+        let mut names = report::Names::default();
         loop {
             match inbound.message().await {
                 Ok(Some(LoggedReport {
@@ -63,7 +63,7 @@ impl CollectService {
                     raw: wire,
                 })) => {
                     self.metrics.reports_received.inc();
-                    match report::decode_sharing(&mut raw, &mut run) {
+                    match report::decode_sharing(&mut raw, &mut names) {
                         Ok(mut rep) => {
                             rep.wire = wire;
                             if keys.insert(rep.key.clone()) {

@@ -104,10 +104,7 @@ impl Live {
         let mut tracked: BTreeMap<&str, Vec<(u32, &TrackedPart)>> = BTreeMap::new();
         for p in &a.parts {
             for t in &p.tracked {
-                tracked
-                    .entry(t.name.as_str())
-                    .or_default()
-                    .push((p.key.rank, t));
+                tracked.entry(&*t.name).or_default().push((p.key.rank, t));
             }
         }
         let names: BTreeMap<&str, Arc<str>> = tracked.keys().map(|&n| (n, Arc::from(n))).collect();
@@ -118,7 +115,7 @@ impl Live {
         );
         for p in &a.parts {
             for t in &p.tracked {
-                let name = &names[t.name.as_str()];
+                let name = &names[&*t.name];
                 out.coords.push_group(
                     &run,
                     (a.step, a.trajectory),

@@ -176,7 +176,7 @@ pub fn build_rows(a: &Assembly, assembled_at_ns: i64) -> (Vec<StepRow>, u64) {
         for t in &part.tracked {
             let n = t.index.len() as u64;
             for acc in [
-                by_tensor.get_mut(t.name.as_str()),
+                by_tensor.get_mut(&*t.name),
                 by_layer.get_mut(layer_of(&t.name)),
                 Some(&mut model),
             ]
