@@ -180,10 +180,14 @@ pub const MAX_SKETCH_DIM: u32 = 1 << 16;
 pub struct Names {
     run: Option<Arc<str>>,
     tensors: std::collections::HashSet<Arc<str>>,
+    /// Bytes of the names in `tensors`.
+    bytes: usize,
 }
 
-/// Most tensor names one stream's [`Names`] keeps (beyond, names are not shared).
+/// Most tensor names, and bytes of them, one stream's [`Names`] keeps (beyond, names are not
+/// shared): a stream cannot grow the collector's memory by naming ever new tensors.
 const MAX_NAMES: usize = 1 << 16;
+const MAX_NAME_BYTES: usize = 4 << 20;
 
 impl Names {
     fn run(&mut self, id: &str) -> Arc<str> {
@@ -198,7 +202,8 @@ impl Names {
             return shared.clone();
         }
         let shared: Arc<str> = name.into();
-        if self.tensors.len() < MAX_NAMES {
+        if self.tensors.len() < MAX_NAMES && self.bytes + shared.len() <= MAX_NAME_BYTES {
+            self.bytes += shared.len();
             self.tensors.insert(shared.clone());
         }
         shared
@@ -419,6 +424,17 @@ mod tests {
         let c = decode_sharing(&mut other, &mut names).unwrap();
         assert_eq!(&*c.key.run_id, "other");
         assert_eq!(names.run.as_deref(), Some("other"));
+        // Bounded: past the budget, names are still decoded, just not kept.
+        let mut few = Names::default();
+        let long = "x".repeat(MAX_NAME_BYTES / 2 + 1);
+        for _ in 0..2 {
+            assert_eq!(&*few.tensor(long.clone()), long);
+            assert_eq!(&*few.tensor("y".repeat(10)), "y".repeat(10));
+        }
+        assert_eq!((few.tensors.len(), few.bytes), (2, long.len() + 10));
+        let other = "z".repeat(MAX_NAME_BYTES / 2);
+        assert_eq!(&*few.tensor(other.clone()), other);
+        assert_eq!(few.tensors.len(), 2, "beyond the budget");
     }
 
     #[test]

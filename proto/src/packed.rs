@@ -8,7 +8,9 @@
 //! `Vec` it never sizes, regrowing it about log2(n) times: those reallocations were ~2.6 % of
 //! the collector's CPU on small reports for the first two, and another ~2.5 % for the top-k. A
 //! fixed-width run's length gives its count, and a varint run's count is its number of end
-//! bytes ([`crate::hist`]): these decoders reserve once, then let prost decode.
+//! bytes ([`crate::hist`]): these decoders reserve once and decode a run in one pass over its
+//! bytes, leaving to prost's decoder what they do not take (unpacked values, a run split across
+//! chunks, malformed input).
 //!
 //! Guarantee: the wire format is exactly protobuf's (packed and unpacked repeated encodings are
 //! both accepted, unknown fields skipped); `tests` check it against prost's derived code.

@@ -2,12 +2,12 @@
 //!
 //! The collector decodes reports on its runtime threads and is done with them on its pipeline
 //! thread, once their step is merged. Freed there, every packed field of a report (histogram
-//! indices and counts, top-k lists, tracked coordinates, the projection) was an allocation on one thread and
-//! a free on another, thousands of times a second: the allocator's slow path on both sides
-//! (glibc takes the allocating thread's arena lock for every such free, and the two threads
-//! waited on each other in `futex`; tcmalloc moves the objects through its central lists). So
-//! the pipeline hands spent reports back to the stage beside the streams, which gives their
-//! vectors back here, for the next decodes to fill.
+//! indices and counts, top-k lists, tracked coordinates, the projection) was an allocation on
+//! one thread and a free on another, thousands of times a second: the allocator's slow path
+//! on both sides (glibc takes the allocating thread's arena lock for every such free, and the
+//! two threads waited on each other in `futex`; tcmalloc moves the objects through its central
+//! lists). So the pipeline hands spent reports back to the stage beside the streams, which
+//! gives their vectors back here, for the next decodes to fill.
 //!
 //! Guarantees: a vector taken from a pool is empty; its contents never leak into a message
 //! (the decoders only append). Each pool keeps at most [`MAX_POOLED_BYTES`] of capacity and
@@ -97,9 +97,12 @@ impl<T> Pool<T> {
             if v.capacity() == 0 || b > MAX_VEC_BYTES || s.bytes + b > MAX_POOLED_BYTES {
                 continue;
             }
+            let Some(stack) = s.free.get_mut(class(v.capacity())) else {
+                continue; // zero-sized values: nothing to keep
+            };
             v.clear();
+            stack.push(v);
             s.bytes += b;
-            s.free[class(v.capacity())].push(v);
         }
     }
 
@@ -239,6 +242,14 @@ mod tests {
         p.give([Vec::with_capacity(300)]);
         assert_eq!(p.take(290).capacity(), 300);
         assert_eq!(p.pooled_bytes(), 30 * 64 * 8);
+    }
+
+    #[test]
+    fn zero_sized_values_are_not_kept() {
+        let p = Pool::<()>::new();
+        p.give([vec![(); 5]]);
+        assert_eq!(p.pooled_bytes(), 0);
+        assert!(p.take(3).is_empty());
     }
 
     #[test]
