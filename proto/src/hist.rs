@@ -247,7 +247,7 @@ fn decode_one(run: &[u8], i: &mut usize) -> Option<u64> {
     }
 }
 
-/// One occurrence of a repeated `uint64` field: a packed run (reserved exactly, then decoded)
+/// One occurrence of a repeated `uint64` field: a packed run (reserved once, then decoded)
 /// or a single unpacked value.
 pub(crate) fn merge_u64s(
     wire_type: WireType,
