@@ -26,6 +26,7 @@ use gradtel_proto::v1::{Dtype, EndStep, GradientChunk, RegisterRequest, TensorLa
 const N: u64 = 10_000_000;
 
 const READ_REPS: usize = 5;
+/// Steps per measurement; `GRADTEL_BENCH_AGENT_REPS` raises it (to profile the agent's share).
 const AGENT_REPS: usize = 3;
 
 /// Runs `job(worker)` on `nt` persistent workers released together, `reps` times: `setup`
@@ -112,6 +113,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024);
+    let agent_reps: usize = std::env::var("GRADTEL_BENCH_AGENT_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(AGENT_REPS);
     let warm = vec![copy(&gradient)];
     let cold: Vec<_> = (0..(cold_mb << 20).div_ceil(gradient.len()).max(2))
         .map(|_| copy(&gradient))
@@ -121,6 +126,13 @@ fn main() {
     let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 16);
     let mut cfg = AgentConfig::new("unused.sock".into(), "http://127.0.0.1:1".into());
     cfg.queue = 1 << 16;
+    // `GRADTEL_BENCH_SKETCH_DIM=0` leaves the projection out, to measure its share.
+    if let Some(m) = std::env::var("GRADTEL_BENCH_SKETCH_DIM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.sketch_dim = m;
+    }
     let state = Arc::new(AgentState::new(cfg, Arc::new(AgentMetrics::default()), tx));
     state
         .register(&RegisterRequest {
@@ -185,7 +197,7 @@ fn main() {
         };
         let reps = pooled(
             nt,
-            AGENT_REPS,
+            agent_reps,
             &job,
             &mut |_| {
                 step.fetch_add(1, Ordering::AcqRel);

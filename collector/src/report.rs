@@ -509,4 +509,91 @@ mod tests {
         });
         assert!(decode(r).unwrap_err().contains("dimension"));
     }
+
+    /// A report with every part: two tensors whose summaries hold a few hundred values of
+    /// several octaves, tracked values of both, and a projection.
+    fn full_wire() -> Vec<u8> {
+        use prost::Message;
+        let mut r = good();
+        r.world_size = 4;
+        r.tensors = ["a.w", "b.w"]
+            .iter()
+            .enumerate()
+            .map(|(k, name)| {
+                let xs: Vec<f64> = (0..300)
+                    .map(|i| ((i * 37 + k * 11) % 101) as f64 * 0.25f64.powi((i % 9) as i32) - 3.0)
+                    .collect();
+                let mut s = GradSummary::new(16, 7).unwrap();
+                s.extend_f64(&xs);
+                TensorReport {
+                    name: (*name).into(),
+                    numel: 1000,
+                    elements_expected: 300,
+                    elements_received: 300,
+                    summary: Some(gradtel_codec::summary::to_wire(&s)),
+                }
+            })
+            .collect();
+        r.tracked = ["a.w", "b.w"]
+            .map(|name| TrackedValues {
+                name: name.into(),
+                index: vec![2, 40, 999],
+                value: vec![0.5, -1.25, 3.0],
+            })
+            .into();
+        r.projection = Some(Projection {
+            kind: 1,
+            dim: 8,
+            seed: 7,
+            values: (0..8).map(|i| f64::from(i) - 3.5).collect(),
+            coordinates: 2000,
+        });
+        r.encode_to_vec()
+    }
+
+    /// What a stream makes of `wire`: the decoded report's contents, or why it was refused.
+    fn decoded(wire: &[u8], names: &mut Names) -> (String, Option<Report>) {
+        use prost::Message;
+        match ShardReport::decode(wire) {
+            Err(e) => (format!("malformed: {e}"), None),
+            Ok(mut r) => match decode_sharing(&mut r, names) {
+                Err(e) => (format!("refused: {e}"), None),
+                Ok(r) => (
+                    format!(
+                        "{:?}",
+                        (&r.key, r.seq, r.step, &r.tensors, &r.tracked, &r.projection)
+                    ),
+                    Some(r),
+                ),
+            },
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Edited encodings of a full report through the decoding a Collect stream runs
+        /// (prost's generated report with the hand-written histogram, summary, tracked and
+        /// projection decoders, then `decode_sharing`): never a panic; an accepted report's
+        /// summaries are consistent; and decoding it again after its vectors went back to the
+        /// pools gives the same (a pooled vector never brings old contents along).
+        #[test]
+        fn edited_reports_are_refused_or_decoded_alike(
+            edits in proptest::collection::vec((0u8..6, 0usize..1 << 12, 0u8..=255), 1..6),
+        ) {
+            use gradtel_proto::mutate::{Edit, apply};
+            let edits: Vec<Edit> = edits.into_iter().map(|(k, at, b)| Edit::from_parts(k, at, b)).collect();
+            let wire = apply(&full_wire(), &edits);
+            let mut names = Names::default();
+            let (first, report) = decoded(&wire, &mut names);
+            if let Some(r) = report {
+                for t in &r.tensors {
+                    proptest::prop_assert!(t.summary.to_dense().validate().is_ok(), "{}", first);
+                }
+                recycle(vec![r]);
+            }
+            let (again, _) = decoded(&wire, &mut names);
+            proptest::prop_assert_eq!(first, again);
+        }
+    }
 }

@@ -11,6 +11,8 @@
 pub mod encoded;
 pub mod hist;
 pub mod logged;
+#[cfg(any(test, feature = "testing"))]
+pub mod mutate;
 pub mod packed;
 pub mod recycle;
 pub mod tls;
