@@ -10,7 +10,10 @@
 //! last-level cache (`GRADTEL_BENCH_COLD_MB`, default 1,024 MB), so that each is read from
 //! memory.
 //!
-//! Run: `cargo bench -p gradtel-agent --bench step_cost`. Results: bench/RESULTS.md.
+//! Run: `cargo bench -p gradtel-agent --bench step_cost`. Results: bench/RESULTS.md. Env:
+//! `GRADTEL_BENCH_CHUNK` (values per chunk), `GRADTEL_BENCH_COLD_MB`, `GRADTEL_BENCH_AGENT_REPS`
+//! (steps per measurement, default 3: more to profile the agent), `GRADTEL_BENCH_SKETCH_DIM`
+//! (the projection's m, default 256; 0 leaves it out).
 
 mod common;
 
