@@ -138,11 +138,90 @@ pub(crate) fn reserve<T>(pool: &Pool<T>, values: &mut Vec<T>, n: usize) {
     }
 }
 
-/// Room for `v`'s values and at most what [`Pool::take`] rounds them up to (a bound, for the
-/// decoders' tests; growth by doubling stays within it too).
+/// What `f` returns, and the heap allocations and reallocations it made on this thread (the
+/// test binary's allocator counts them), for the decoders' tests: a decoder that reserves a
+/// field's room once makes at most one allocation per field, and none when the pool has a
+/// vector; one that grows its vectors by doubling makes one per doubling.
 #[cfg(test)]
-pub(crate) fn reserved_once<T>(v: &Vec<T>) -> bool {
-    v.capacity() >= v.len() && v.capacity() <= v.len().next_power_of_two()
+pub(crate) fn allocations<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let before = counting::made();
+    let r = f();
+    (r, counting::made() - before)
+}
+
+/// The unit-test binary's allocator: the system's, counting each thread's allocations.
+#[cfg(test)]
+mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        // Const-initialised and without a destructor: reading it never allocates, so the
+        // allocator may use it.
+        static MADE: Cell<usize> = const { Cell::new(0) };
+    }
+
+    pub(super) fn made() -> usize {
+        MADE.try_with(Cell::get).unwrap_or(0)
+    }
+
+    fn count() {
+        let _ = MADE.try_with(|c| c.set(c.get() + 1));
+    }
+
+    struct Counting;
+
+    // SAFETY: every method forwards its arguments unchanged to `System`, which upholds
+    // `GlobalAlloc`'s contract; counting touches only a thread-local `Cell` and never
+    // allocates. `allocations_are_counted_per_thread` tests it.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            count();
+            // SAFETY: the caller's guarantees for `layout` are `System.alloc`'s.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            count();
+            // SAFETY: as for `alloc`.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            count();
+            // SAFETY: `ptr` was allocated by this allocator, i.e. by `System`, with `layout`,
+            // as the caller guarantees.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: as for `realloc`.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    #[test]
+    fn allocations_are_counted_per_thread() {
+        assert_eq!(super::allocations(|| 1 + 1).1, 0);
+        let (v, n) = super::allocations(|| Vec::<u64>::with_capacity(10));
+        assert_eq!(n, 1);
+        // Growing a vector a push at a time: a reallocation per doubling.
+        let (_, n) = super::allocations(|| {
+            let mut v = v;
+            for i in 0..100 {
+                v.push(i);
+            }
+            v
+        });
+        assert_eq!(n, 4, "10 → 20 → 40 → 80 → 160");
+        let (_, n) = super::allocations(|| std::thread::spawn(|| vec![0u8; 99]).join());
+        assert!(n >= 1, "the spawn itself allocates here");
+        let elsewhere = std::thread::spawn(|| super::allocations(|| vec![1u8; 5]).1);
+        assert_eq!(elsewhere.join().expect("thread"), 1);
+    }
 }
 
 #[cfg(test)]
