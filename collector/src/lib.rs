@@ -27,6 +27,11 @@ pub mod tls;
 pub mod upload;
 pub mod wal;
 
+/// Counts each thread's allocations, for tests that hold a path to a number of them.
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: gradtel_proto::counting::Counting = gradtel_proto::counting::Counting;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

@@ -287,7 +287,7 @@ pub(crate) fn merge_u64s(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recycle::allocations;
+    use crate::counting::allocations;
     use prost::Message;
 
     /// What prost generates for the same message, as the reference.

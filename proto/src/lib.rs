@@ -8,6 +8,8 @@
 //! The `.proto` files are the documentation of every field; this crate adds only the minor
 //! revision constant and helpers that belong to the wire format itself.
 
+#[cfg(any(test, feature = "testing"))]
+pub mod counting;
 pub mod encoded;
 pub mod hist;
 pub mod logged;

@@ -431,7 +431,7 @@ const SUMMARY_FIELDS: [&str; 16] = [
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recycle::allocations;
+    use crate::counting::allocations;
     use prost::Message;
 
     /// What prost generates for the same messages, as the references.
