@@ -326,8 +326,12 @@ fn render_runs(e: &mut Exposition, runs: &BTreeMap<Arc<str>, RunGauges>) {
             slope.push((vec![("run", &**run), ("sketch", *sketch)], f.slope));
             r2.push((vec![("run", &**run), ("sketch", *sketch)], f.r2));
         }
-        for (kind, n) in &g.alerts_total {
-            alerts.push((vec![("run", &**run), ("kind", *kind)], *n as f64));
+        // Every kind, at 0 until raised (see `alerts::kind`), then any other (none today).
+        let listed = crate::live::alerts::kind::ALL;
+        let others = g.alerts_total.keys().filter(|k| !listed.contains(k));
+        for kind in listed.iter().chain(others) {
+            let n = g.alerts_total.get(kind).copied().unwrap_or(0);
+            alerts.push((vec![("run", &**run), ("kind", *kind)], n as f64));
         }
     }
     e.family(
@@ -366,4 +370,29 @@ fn render_runs(e: &mut Exposition, runs: &BTreeMap<Arc<str>, RunGauges>) {
         "counter",
         alerts,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gradtel_telemetry::Render;
+
+    #[test]
+    fn every_alert_kind_is_exported_from_a_runs_first_step() {
+        let m = CollectorMetrics::default();
+        let mut g = RunGauges::default();
+        g.alerts_total
+            .insert(crate::live::alerts::kind::NONFINITE, 2);
+        m.runs.lock().unwrap().insert("r1".into(), g);
+        let text = m.render();
+        let line = |kind: &str| {
+            let want = format!("gradtel_collector_alerts_total{{run=\"r1\",kind=\"{kind}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(want.as_str()).map(str::to_string))
+        };
+        for kind in crate::live::alerts::kind::ALL {
+            let want = if kind == "nonfinite" { "2" } else { "0" };
+            assert_eq!(line(kind).as_deref(), Some(want), "{kind}\n{text}");
+        }
+    }
 }

@@ -488,7 +488,7 @@ mod tests {
         rows.alerts.push(crate::tables::alerts::AlertRow {
             run_id: "r".into(),
             step: 1,
-            kind: "straggler",
+            kind: crate::live::alerts::kind::STRAGGLER,
             ..Default::default()
         });
         rows

@@ -23,6 +23,29 @@ use gradtel_stats::robust;
 use crate::config::AlertConfig;
 use crate::tables::alerts::AlertRow;
 
+/// The alert kinds, as written to `alerts.kind` and as the `kind` label of
+/// `gradtel_collector_alerts_total`. Every kind is exported for a run from its first step on,
+/// at 0 until it is raised: a Prometheus rule's `increase()` over a counter that first appears
+/// at 1 sees no increase, so without the zeros a run's first alert of a kind would page no one.
+pub mod kind {
+    pub const NONFINITE: &str = "nonfinite";
+    pub const NORM_SPIKE: &str = "norm_spike";
+    pub const TAIL_COLLAPSE: &str = "tail_collapse";
+    pub const TAIL_CHANGE: &str = "tail_change";
+    pub const SLOPE_CHANGE: &str = "slope_change";
+    pub const STRAGGLER: &str = "straggler";
+    pub const RESUMED: &str = "resumed";
+    pub const ALL: [&str; 7] = [
+        NONFINITE,
+        NORM_SPIKE,
+        TAIL_COLLAPSE,
+        TAIL_CHANGE,
+        SLOPE_CHANGE,
+        STRAGGLER,
+        RESUMED,
+    ];
+}
+
 #[derive(Debug, Default)]
 pub struct AlertState {
     norms: VecDeque<f64>,
@@ -71,7 +94,7 @@ impl AlertState {
         let now_nonfinite = f.nonfinite > 0;
         if cfg.nonfinite && now_nonfinite && !self.nonfinite {
             out.push(alert(
-                "nonfinite",
+                kind::NONFINITE,
                 "critical",
                 "model",
                 String::new(),
@@ -96,7 +119,7 @@ impl AlertState {
             let spike = z.is_some_and(|z| z > cfg.norm_z);
             if spike && !self.in_spike {
                 out.push(alert(
-                    "norm_spike",
+                    kind::NORM_SPIKE,
                     "warning",
                     "model",
                     String::new(),
@@ -124,7 +147,7 @@ impl AlertState {
             let collapsed = cfg.tail_alpha_min > 0.0 && alpha < cfg.tail_alpha_min;
             if collapsed && !self.collapsed {
                 out.push(alert(
-                    "tail_collapse",
+                    kind::TAIL_COLLAPSE,
                     "warning",
                     "model",
                     String::new(),
@@ -148,7 +171,7 @@ impl AlertState {
                 });
             if changed && !self.changed {
                 out.push(alert(
-                    "tail_change",
+                    kind::TAIL_CHANGE,
                     "warning",
                     "model",
                     String::new(),
@@ -172,7 +195,7 @@ impl AlertState {
             for &r in f.missing_ranks {
                 if self.missing.insert(r) {
                     out.push(alert(
-                        "straggler",
+                        kind::STRAGGLER,
                         "warning",
                         "rank",
                         r.to_string(),
@@ -210,7 +233,7 @@ impl AlertState {
             run_id: run.clone(),
             step,
             raised_at_ns: now_ns,
-            kind: "slope_change",
+            kind: kind::SLOPE_CHANGE,
             severity: "warning",
             scope_kind: "sketch",
             scope: sketch.to_string(),

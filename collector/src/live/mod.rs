@@ -442,7 +442,7 @@ impl Live {
             run_id: r.run_id.clone(),
             step: r.to,
             raised_at_ns: now_ns,
-            kind: "resumed",
+            kind: alerts::kind::RESUMED,
             severity: "warning",
             scope_kind: "rank",
             scope: r.rank.to_string(),
