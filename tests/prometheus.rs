@@ -61,6 +61,45 @@ fn the_rules_pass_promtool_check_and_their_unit_tests() {
     }
 }
 
+#[test]
+fn every_metric_the_rules_name_is_exported() {
+    use gradtel_telemetry::Render;
+    let collector = gradtel_collector::metrics::CollectorMetrics::default();
+    collector
+        .runs
+        .lock()
+        .unwrap()
+        .insert("r".into(), Default::default());
+    let exposed = collector.render() + &gradtel_agent::AgentMetrics::default().render();
+    let families: std::collections::BTreeSet<&str> = exposed
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let rules = std::fs::read_to_string(rules_dir().join("gradtel.rules.yml")).unwrap();
+    let mut named = 0;
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if !word.starts_with("gradtel_") {
+            continue;
+        }
+        // A summary's series are its family's name with `_sum` or `_count`.
+        let family = ["_sum", "_count"]
+            .iter()
+            .find_map(|s| word.strip_suffix(s).filter(|f| families.contains(f)))
+            .unwrap_or(word);
+        assert!(families.contains(family), "{word} is not exported");
+        named += 1;
+    }
+    assert!(named >= 15, "{named} metric names in the rules");
+    // And every alert kind the collector raises has its rule.
+    for kind in gradtel_collector::live::alerts::kind::ALL {
+        assert!(
+            rules.contains(&format!("kind=\"{kind}\"")),
+            "no rule for {kind}"
+        );
+    }
+}
+
 /// `GET path` over HTTP/1.0 (so the answer is not chunked); the body when the status is 200.
 fn get(addr: &str, path: &str) -> Option<String> {
     use std::io::{Read, Write};
