@@ -195,13 +195,7 @@ fn a_nan_and_a_norm_spike_each_raise_exactly_their_alert() {
     let mut r = SplitMix64::new(3);
     for step in 0..80u64 {
         for rank in 0..2 {
-            let mut v: Vec<f32> = (0..n).map(|_| (0.01 * r.normal()) as f32).collect();
-            if step == 30 && rank == 1 {
-                v[17] = f32::NAN;
-            }
-            if step == 50 {
-                v.iter_mut().for_each(|x| *x *= 100.0);
-            }
+            let v = faulty_gradient(&mut r, n, step, rank);
             h.push(rank, step, &[("w.weight", &v)]);
         }
     }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Harness, free_port};
+use common::{Daemon, Harness, faulty_gradient, free_port};
 use gradtel_stats::rng::SplitMix64;
 
 /// The rules, their unit tests and their directory.
@@ -199,13 +199,7 @@ fn a_real_prometheus_pages_for_a_nan_and_a_norm_spike_and_nothing_else() {
     let mut push = |h: &mut Harness, steps: std::ops::Range<u64>| {
         for step in steps {
             for rank in 0..2 {
-                let mut v: Vec<f32> = (0..n).map(|_| (0.01 * r.normal()) as f32).collect();
-                if step == 30 && rank == 1 {
-                    v[17] = f32::NAN;
-                }
-                if step == 50 {
-                    v.iter_mut().for_each(|x| *x *= 100.0);
-                }
+                let v = faulty_gradient(&mut r, n, step, rank);
                 h.push(rank, step, &[("w.weight", &v)]);
             }
         }

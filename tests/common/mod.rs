@@ -522,3 +522,22 @@ pub fn push_steps(socket: &Path, run: &str, steps: std::ops::Range<u64>, numel: 
         }
     });
 }
+
+/// Rank `rank`'s gradient at `step` of the fault-injection runs (`tests/live.rs`,
+/// `tests/prometheus.rs`): `n` values of N(0, 0.01²), one NaN at step 30 on rank 1, and every
+/// value ×100 at step 50 (a norm spike).
+pub fn faulty_gradient(
+    r: &mut gradtel_stats::rng::SplitMix64,
+    n: u64,
+    step: u64,
+    rank: usize,
+) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..n).map(|_| (0.01 * r.normal()) as f32).collect();
+    if step == 30 && rank == 1 {
+        v[17] = f32::NAN;
+    }
+    if step == 50 {
+        v.iter_mut().for_each(|x| *x *= 100.0);
+    }
+    v
+}
