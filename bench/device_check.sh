@@ -7,8 +7,9 @@
 #   bash bench/device_check.sh           # there, with `.dev` carried
 #
 # Stages (GRADTEL_DEVICE_STAGES, default all, in this order): agent (step_cost, issue 5),
-# ddp (within-run DDP overhead, issue 7), collector (64 simulated agents, tcmalloc and glibc,
-# issue 5), probe (DDP against plain DDP; GRADTEL_DEVICE_ROUNDS rounds, default 3), gpu (ResNet-50
+# ddp (within-run DDP overhead, issue 7), collector (64 simulated agents, 5 kB reports,
+# tcmalloc and glibc, issue 5), collector_large (the same with the bench's default 20 kB
+# reports, glibc: their paced p99, issue 5), probe (DDP against plain DDP; GRADTEL_DEVICE_ROUNDS rounds, default 3), gpu (ResNet-50
 # on the GPU, issue 7).
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,7 +46,7 @@ export PYTHONUNBUFFERED=1 GRADTEL_LOG=error
 export GRADTEL_BIN_DIR=$here/.dev/bin LD_LIBRARY_PATH=$here/.dev/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 gunzip -kf .dev/bin/*.gz
 chmod +x .dev/bin/*
-stages=${GRADTEL_DEVICE_STAGES:-agent ddp collector probe gpu}
+stages=${GRADTEL_DEVICE_STAGES:-agent ddp collector collector_large probe gpu}
 # GRADTEL_DEVICE_SMALL=1: a quick dry run of every stage, for trying this script anywhere.
 if [ -n "${GRADTEL_DEVICE_SMALL:-}" ]; then
     pairs=1 rounds=1 ddp_steps=60 load_steps=60 gpu_steps="--steps 5"
@@ -77,6 +78,13 @@ for stage in $stages; do
             GRADTEL_BENCH_STEPS=$load_steps GRADTEL_BENCH_TENSORS=1 \
                 GRADTEL_BENCH_VALUES=1000 timeout 120 .dev/bin/collector_load --bench
         done ;;
+    collector_large)
+        # The bench's default reports (≈ 20 kB: 6 tensors × 10k values), default build: the
+        # paced p99 of large reports, last measured on the host in session 11.
+        path=$(cat .dev/collector_path)
+        mkdir -p "$(dirname "$path")"
+        cp .dev/bin/gradtel-collector "$path"
+        GRADTEL_BENCH_STEPS=$load_steps timeout 150 .dev/bin/collector_load --bench ;;
     probe)
         # A round is four runs of ≈ 10 s each on the host.
         timeout $((rounds * 50 + 20)) python3 bench/ddp_hook_probe.py --ddp-python python3 \
