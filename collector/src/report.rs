@@ -561,11 +561,12 @@ mod tests {
         use gradtel_proto::counting::allocations;
         use prost::Message;
         let wire = full_wire();
-        let mut names = Names::default();
-        let mut decode_one = || {
+        let decode_with = |names: &mut Names| {
             let mut r = ShardReport::decode(wire.as_slice()).expect("decode");
-            decode_sharing(&mut r, &mut names).expect("accepted")
+            decode_sharing(&mut r, names).expect("accepted")
         };
+        let mut names = Names::default();
+        let mut decode_one = || decode_with(&mut names);
         // The pools are the process's: other tests' threads take from them too, so each
         // round gives back several reports' vectors before the one counted.
         let mut made = usize::MAX;
@@ -586,10 +587,7 @@ mod tests {
         );
         // A new stream's first report allocates its shared names besides.
         let mut cold_names = Names::default();
-        let (_, cold) = allocations(|| {
-            let mut r = ShardReport::decode(wire.as_slice()).expect("decode");
-            decode_sharing(&mut r, &mut cold_names).expect("accepted")
-        });
+        let (_, cold) = allocations(|| decode_with(&mut cold_names));
         assert!(cold > made, "cold {cold}, warm {made}");
     }
 
