@@ -579,16 +579,11 @@ mod tests {
         /// derived decoder, and the same values (indices from either field, as the module
         /// header says, whenever only one of them is on the wire).
         #[test]
-        fn edited_input_decodes_as_prost_derives(
-            case in 0usize..1000,
-            edits in proptest::collection::vec((0u8..6, 0usize..1 << 16, 0u8..=255), 1..6),
-        ) {
-            use crate::mutate::{Edit, apply};
+        fn edited_input_decodes_as_prost_derives(case in 0usize..1000, edits in crate::mutate::edits()) {
             let all = cases();
             let (p, index, count) = all[case % all.len()].clone();
             let wire = LogHistogram { precision_bits: p, index, count }.encode_to_vec();
-            let edits: Vec<Edit> = edits.into_iter().map(|(k, at, b)| Edit::from_parts(k, at, b)).collect();
-            let edited = apply(&wire, &edits);
+            let edited = crate::mutate::apply(&wire, &edits);
             let mine = LogHistogram::decode(edited.as_slice());
             let reference = Derived::decode(edited.as_slice());
             proptest::prop_assert_eq!(mine.is_ok(), reference.is_ok(), "{:?}", edits);

@@ -46,6 +46,17 @@ impl Edit {
     }
 }
 
+/// One to five edits at positions below 2^16, for this crate's property tests.
+#[cfg(test)]
+pub(crate) fn edits() -> impl proptest::strategy::Strategy<Value = Vec<Edit>> {
+    use proptest::strategy::Strategy;
+    proptest::collection::vec((0u8..6, 0usize..1 << 16, 0u8..=255), 1..6).prop_map(|v| {
+        v.into_iter()
+            .map(|(k, at, b)| Edit::from_parts(k, at, b))
+            .collect()
+    })
+}
+
 /// `wire` with the edits applied in order.
 pub fn apply(wire: &[u8], edits: &[Edit]) -> Vec<u8> {
     let mut w = wire.to_vec();

@@ -819,14 +819,9 @@ mod tests {
     /// own encoder, which the tests above hold equal to the derived one).
     fn decodes_as_derived<M: Message + Default, D: Message + Default>(
         wire: &[u8],
-        edits: &[(u8, usize, u8)],
+        edits: &[crate::mutate::Edit],
     ) -> Result<(), proptest::test_runner::TestCaseError> {
-        use crate::mutate::{Edit, apply};
-        let edits: Vec<Edit> = edits
-            .iter()
-            .map(|&(k, at, b)| Edit::from_parts(k, at, b))
-            .collect();
-        let edited = apply(wire, &edits);
+        let edited = crate::mutate::apply(wire, edits);
         let (mine, reference) = (M::decode(edited.as_slice()), D::decode(edited.as_slice()));
         proptest::prop_assert_eq!(mine.is_ok(), reference.is_ok(), "{:?}", edits);
         if let (Ok(mine), Ok(reference)) = (mine, reference) {
@@ -835,31 +830,27 @@ mod tests {
         Ok(())
     }
 
-    fn edits() -> impl proptest::strategy::Strategy<Value = Vec<(u8, usize, u8)>> {
-        proptest::collection::vec((0u8..6, 0usize..1 << 12, 0u8..=255), 1..6)
-    }
-
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
 
         /// Edited encodings (bytes flipped, set, inserted, removed, cut; long and overflowing
         /// varints): never a panic, and what prost's derived decoders make of them.
         #[test]
-        fn edited_summaries_decode_as_prost_derives(case in 0usize..1000, e in edits()) {
+        fn edited_summaries_decode_as_prost_derives(case in 0usize..1000, e in crate::mutate::edits()) {
             let all = summary_cases();
             let wire = all[case % all.len()].encode_to_vec();
             decodes_as_derived::<Summary, DerivedSummary>(&wire, &e)?;
         }
 
         #[test]
-        fn edited_tracked_values_decode_as_prost_derives(case in 0usize..1000, e in edits()) {
+        fn edited_tracked_values_decode_as_prost_derives(case in 0usize..1000, e in crate::mutate::edits()) {
             let all = tracked_cases();
             let wire = all[case % all.len()].encode_to_vec();
             decodes_as_derived::<TrackedValues, DerivedTracked>(&wire, &e)?;
         }
 
         #[test]
-        fn edited_projections_decode_as_prost_derives(case in 0usize..1000, e in edits()) {
+        fn edited_projections_decode_as_prost_derives(case in 0usize..1000, e in crate::mutate::edits()) {
             let all = projection_cases();
             let wire = all[case % all.len()].encode_to_vec();
             decodes_as_derived::<Projection, DerivedProjection>(&wire, &e)?;
