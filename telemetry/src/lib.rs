@@ -1,15 +1,18 @@
 //! Internal telemetry of the gradtel daemons, in Prometheus conventions.
 //!
 //! Names carry the `gradtel_` prefix and base units (`_seconds`, `_bytes`), counters end in
-//! `_total`. Latencies are recorded in an HdrHistogram (microsecond resolution, 3 significant
-//! digits) and exported as a Prometheus summary with fixed quantiles plus `_sum` and `_count`.
-//! Everything is lock-free except histograms, which take a short mutex per record.
+//! `_total`. Latencies are recorded in HdrHistograms (microsecond resolution, 3 significant
+//! digits) and exported as a Prometheus summary: fixed quantiles over a sliding window of the
+//! last 5–10 minutes (as the Prometheus Go client's summaries, whose default window is 10
+//! minutes), plus `_sum` and `_count` since start. Quantiles since start would tell, after a week
+//! of uptime, how the daemon did that week; a page about acks slowing down needs how it does
+//! now. Everything is lock-free except histograms, which take a short mutex per record.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
@@ -43,48 +46,106 @@ impl Gauge {
     }
 }
 
-/// Latency distribution in microseconds, 1 µs .. 1 h, 3 significant digits.
+/// How long each of the two histograms of a [`Latency`] collects: the quantiles cover the
+/// last one to two of these.
+pub const LATENCY_SLICE: Duration = Duration::from_secs(300);
+
+/// Latency distribution in microseconds, 1 µs .. 1 h, 3 significant digits: quantiles over the
+/// last 5–10 minutes ([`LATENCY_SLICE`]), count and sum since start.
 #[derive(Debug)]
 pub struct Latency {
-    hist: Mutex<hdrhistogram::Histogram<u64>>,
+    window: Mutex<Window>,
     sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+/// Two histograms, of the slice being filled and of the one before it.
+#[derive(Debug)]
+struct Window {
+    current: hdrhistogram::Histogram<u64>,
+    previous: hdrhistogram::Histogram<u64>,
+    /// When `current` began.
+    started: Instant,
+}
+
+impl Window {
+    /// Move on to the slice `now` falls in: the previous one is dropped, the current one
+    /// becomes the previous (or is dropped too, when more than a slice has passed since it
+    /// ended).
+    fn advance(&mut self, now: Instant) {
+        let age = now.saturating_duration_since(self.started);
+        if age < LATENCY_SLICE {
+            return;
+        }
+        if age < 2 * LATENCY_SLICE {
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.started += LATENCY_SLICE;
+        } else {
+            self.previous.reset();
+            self.started = now;
+        }
+        self.current.reset();
+    }
 }
 
 impl Default for Latency {
     fn default() -> Self {
+        let histogram = || {
+            hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("static histogram bounds are valid")
+        };
         Self {
-            hist: Mutex::new(
-                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                    .expect("static histogram bounds are valid"),
-            ),
+            window: Mutex::new(Window {
+                current: histogram(),
+                previous: histogram(),
+                started: Instant::now(),
+            }),
             sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
         }
     }
 }
 
 impl Latency {
     pub fn record(&self, d: Duration) {
+        self.record_at(d, Instant::now());
+    }
+
+    fn record_at(&self, d: Duration, now: Instant) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
         self.sum_micros.fetch_add(us, Ordering::Relaxed);
-        if let Ok(mut h) = self.hist.lock() {
-            h.saturating_record(us);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut w) = self.window.lock() {
+            w.advance(now);
+            w.current.saturating_record(us);
         }
     }
 
+    /// Values recorded since start.
     pub fn count(&self) -> u64 {
-        self.hist.lock().map(|h| h.len()).unwrap_or(0)
+        self.count.load(Ordering::Relaxed)
     }
 
-    /// Quantile in seconds.
+    /// Quantiles in seconds over the window ending at `now`; NaN for an empty window (as the
+    /// Prometheus clients export them).
+    fn quantiles_at<const N: usize>(&self, qs: [f64; N], now: Instant) -> [f64; N] {
+        let Ok(mut w) = self.window.lock() else {
+            return [f64::NAN; N];
+        };
+        w.advance(now);
+        let mut both = w.previous.clone();
+        if both.add(&w.current).is_err() || both.is_empty() {
+            return [f64::NAN; N];
+        }
+        qs.map(|q| both.value_at_quantile(q) as f64 / 1e6)
+    }
+
+    /// A quantile in seconds over the last 5–10 minutes; NaN when nothing was recorded then.
     pub fn quantile_seconds(&self, q: f64) -> f64 {
-        self.hist
-            .lock()
-            .map(|h| h.value_at_quantile(q) as f64 / 1e6)
-            .unwrap_or(0.0)
+        self.quantiles_at([q], Instant::now())[0]
     }
 }
 
-/// Builds Prometheus text exposition (format 0.0.4).
 #[derive(Default)]
 pub struct Exposition {
     out: String,
@@ -112,15 +173,18 @@ impl Exposition {
     }
 
     pub fn latency(&mut self, name: &str, help: &str, lat: &Latency) -> &mut Self {
+        self.latency_at(name, help, lat, Instant::now())
+    }
+
+    fn latency_at(&mut self, name: &str, help: &str, lat: &Latency, now: Instant) -> &mut Self {
         let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} summary");
-        if let Ok(h) = lat.hist.lock() {
-            for q in [0.5, 0.9, 0.99, 0.999] {
-                let v = h.value_at_quantile(q) as f64 / 1e6;
-                let _ = writeln!(self.out, "{name}{{quantile=\"{q}\"}} {v}");
-            }
-            let sum = lat.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(self.out, "{name}_sum {sum}\n{name}_count {}", h.len());
+        let qs = [0.5, 0.9, 0.99, 0.999];
+        // An empty window's NaN prints as `NaN`, the text format's spelling.
+        for (q, v) in qs.iter().zip(lat.quantiles_at(qs, now)) {
+            let _ = writeln!(self.out, "{name}{{quantile=\"{q}\"}} {v}");
         }
+        let sum = lat.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(self.out, "{name}_sum {sum}\n{name}_count {}", lat.count());
         self
     }
 
@@ -238,6 +302,49 @@ mod tests {
             .and_then(|v| v.parse().ok())
             .unwrap();
         assert!((p50 - 0.002).abs() < 0.00001, "{p50}");
+    }
+
+    /// p50 of a latency's exposition at `now`.
+    fn p50_at(l: &Latency, now: Instant) -> f64 {
+        let mut e = Exposition::new();
+        e.latency_at("gradtel_y_seconds", "y.", l, now);
+        let text = e.finish();
+        text.lines()
+            .find_map(|l| l.strip_prefix("gradtel_y_seconds{quantile=\"0.5\"} "))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    #[test]
+    fn quantiles_cover_the_last_five_to_ten_minutes_and_counts_everything() {
+        let l = Latency::default();
+        let t0 = Instant::now();
+        let min = |m: u64| t0 + Duration::from_secs(60 * m);
+        for _ in 0..1000 {
+            l.record_at(Duration::from_millis(1), t0);
+        }
+        for _ in 0..10 {
+            l.record_at(Duration::from_millis(100), min(6));
+        }
+        // Both slices in the window: the old values still set the median.
+        assert!((p50_at(&l, min(7)) - 0.001).abs() < 1e-5);
+        // Ten minutes on, the first slice has left the window.
+        assert!(
+            (p50_at(&l, min(11)) - 0.1).abs() < 1e-3,
+            "{}",
+            p50_at(&l, min(11))
+        );
+        // Nothing recorded in the last ten minutes: NaN, as Prometheus clients export it.
+        assert!(p50_at(&l, min(40)).is_nan());
+        // A late record after a long pause starts a fresh window.
+        l.record_at(Duration::from_millis(7), min(41));
+        assert!((p50_at(&l, min(42)) - 0.007).abs() < 1e-4);
+        // Count and sum cover everything since start.
+        let mut e = Exposition::new();
+        e.latency_at("gradtel_y_seconds", "y.", &l, min(42));
+        let text = e.finish();
+        assert!(text.contains("gradtel_y_seconds_count 1011\n"), "{text}");
+        assert!(text.contains("gradtel_y_seconds_sum 2.007\n"), "{text}");
     }
 
     #[test]
