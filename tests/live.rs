@@ -218,6 +218,94 @@ fn a_nan_and_a_norm_spike_each_raise_exactly_their_alert() {
     assert!(z > 8.0, "{z}");
 }
 
+/// A norm spike 10 steps after a collector restart is judged against the history from before
+/// it: the live state went through the restart in its checkpoint. `norm_min_history = 15`, so
+/// a collector that started afresh would have too short a history and raise nothing.
+fn a_spike_after_a_restart_is_judged_on_the_history_before_it(crash: bool) {
+    let n = 2_000u64;
+    let run = if crash { "ckpt-crash" } else { "ckpt-stop" };
+    // A crash keeps the last checkpoint written with a Parquet write (each write here); a
+    // clean stop writes one as it drains (the 30 s default interval would allow no other).
+    let toml = if crash {
+        "[live]\ncheckpoint_every_s = 0\n[alerts]\nnorm_min_history = 15\n"
+    } else {
+        "[alerts]\nnorm_min_history = 15\n"
+    };
+    let mut h = Harness::start(run, 2, &[("w.weight", n)], toml, &[], &[]);
+    let mut r = SplitMix64::new(5);
+    let mut push = |h: &mut Harness, steps: std::ops::Range<u64>| {
+        for step in steps {
+            for rank in 0..2 {
+                let mut v: Vec<f32> = (0..n).map(|_| (0.01 * r.normal()) as f32).collect();
+                if step == 50 {
+                    v.iter_mut().for_each(|x| *x *= 100.0);
+                }
+                h.push(rank, step, &[("w.weight", &v)]);
+            }
+        }
+    };
+    push(&mut h, 0..40);
+    h.wait_steps(40);
+    let dir = gradtel_collector::live::checkpoint::dir(&h.out.join("_wal"));
+    if crash {
+        // The rows are published before their checkpoint is written.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while gradtel_collector::live::checkpoint::load(&dir)
+            .0
+            .first()
+            .is_none_or(|s| s.steps_seen < 40)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint of 40 steps"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    h.restart_collector(crash);
+    let (states, refused) = gradtel_collector::live::checkpoint::load(&dir);
+    assert!(refused.is_empty());
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0].steps_seen, 40);
+    push(&mut h, 40..60);
+    h.wait_steps(60);
+    let text = http_get(&h.metrics, "/metrics").1;
+    assert_eq!(
+        metric(&text, "gradtel_collector_live_runs_restored_total"),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "gradtel_collector_live_checkpoint_errors_total"),
+        0.0
+    );
+    let lake = h.finish(60).to_path_buf();
+    assert_eq!(
+        alerts(&lake),
+        vec![("norm_spike".to_string(), 50, String::new())]
+    );
+    // The clean stop's checkpoint holds every step once.
+    let (states, _) = gradtel_collector::live::checkpoint::load(&dir);
+    assert_eq!(states[0].steps_seen, 60);
+    // The sketch went on from the checkpoint: the last snapshot counts every step's rows.
+    let spectra = records(&read_table(&lake, "spectra"));
+    let last = spectra
+        .iter()
+        .filter(|s| s.s("sketch") == "gradient")
+        .map(|s| s.n("rows").unwrap())
+        .fold(0.0, f64::max);
+    assert_eq!(last, 100.0, "2 ranks × 50 steps at the snapshot of step 49");
+}
+
+#[test]
+fn live_state_survives_a_collector_crash() {
+    a_spike_after_a_restart_is_judged_on_the_history_before_it(true);
+}
+
+#[test]
+fn live_state_survives_a_collector_restart() {
+    a_spike_after_a_restart_is_judged_on_the_history_before_it(false);
+}
+
 #[test]
 fn a_rank_that_stops_reporting_raises_the_straggler_alert() {
     let n = 500u64;

@@ -166,6 +166,13 @@ pub struct LiveConfig {
     pub max_tracked: usize,
     /// Runs with live state; beyond it the least recently active run's state is dropped.
     pub max_runs: usize,
+    /// Checkpoint each run's live state beside the write-ahead log, so that a restarted
+    /// collector continues its windows, sketches and alert histories
+    /// (`collector/src/live/checkpoint.rs`).
+    pub checkpoints: bool,
+    /// Seconds between a run's checkpoints (taken with its Parquet writes; 0: with every
+    /// write). A crash loses at most this much of the live state, never counts a step twice.
+    pub checkpoint_every_s: f64,
 }
 
 impl Default for LiveConfig {
@@ -181,6 +188,8 @@ impl Default for LiveConfig {
             spectrum_every: 50,
             max_tracked: 100_000,
             max_runs: 64,
+            checkpoints: true,
+            checkpoint_every_s: 30.0,
         }
     }
 }
@@ -268,6 +277,9 @@ impl FileConfig {
         }
         if l.max_runs == 0 {
             return bad("live.max_runs must be ≥ 1");
+        }
+        if !(l.checkpoint_every_s >= 0.0 && l.checkpoint_every_s <= 1e9) {
+            return bad("live.checkpoint_every_s must be a number of seconds ≥ 0");
         }
         let a = &c.alerts;
         if a.norm_z.is_nan() || a.norm_z <= 0.0 || a.norm_window < 3 || a.norm_min_history < 3 {
@@ -407,6 +419,8 @@ mod tests {
         let e = FileConfig::parse("[alerts]\nnorm_zz = 4.5\n", p).unwrap_err();
         assert!(e.to_string().contains("norm_zz"), "{e}");
         assert!(FileConfig::parse("[live]\nfd_decay = 1.5\n", p).is_err());
+        assert!(FileConfig::parse("[live]\ncheckpoint_every_s = -1.0\n", p).is_err());
+        assert!(FileConfig::parse("[live]\ncheckpoint_every_s = nan\n", p).is_err());
         assert!(FileConfig::parse("[live]\nwindow = 2\n", p).is_err());
     }
 }

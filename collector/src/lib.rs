@@ -152,6 +152,25 @@ impl Collector {
         let (inbound, durable_rx) = mpsc::channel(4096);
         let (drains, drains_rx) = mpsc::channel(4);
         let mut pipeline = pipeline::Pipeline::new(&config, instance, metrics.clone(), back_tx);
+        // Before the log's replay: the replayed steps are the unpublished ones, which no
+        // checkpoint holds.
+        if config.file.live.checkpoints {
+            let (states, damaged) =
+                live::checkpoint::load(&live::checkpoint::dir(&config.wal_dir()));
+            let (restored, refused) = pipeline.live.restore(states);
+            let refused = damaged
+                .into_iter()
+                .map(|(path, e)| (path.display().to_string(), e))
+                .chain(refused);
+            for (what, e) in refused {
+                metrics.live_checkpoint_errors.inc();
+                tracing::warn!(checkpoint = %what, error = %e, "live-state checkpoint refused; that run's live state starts afresh");
+            }
+            metrics.live_runs_restored.add(restored as u64);
+            if restored > 0 {
+                tracing::info!(runs = restored, "live state restored from checkpoints");
+            }
+        }
         let uploads = match upload {
             Some(client) => {
                 let (tx, rx) = mpsc::unbounded_channel();

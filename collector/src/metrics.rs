@@ -77,6 +77,9 @@ pub struct CollectorMetrics {
     pub tls_reloads: Counter,
     pub tls_reload_errors: Counter,
     pub tls_handshake_errors: Counter,
+    pub live_checkpoints_written: Counter,
+    pub live_checkpoint_errors: Counter,
+    pub live_runs_restored: Counter,
     pub runs: Mutex<BTreeMap<Arc<str>, RunGauges>>,
 }
 
@@ -252,6 +255,21 @@ impl Render for CollectorMetrics {
             "gradtel_collector_tls_handshake_errors_total",
             "TLS handshakes with agents that failed or timed out.",
             self.tls_handshake_errors.get(),
+        )
+        .counter(
+            "gradtel_collector_live_checkpoints_written_total",
+            "Checkpoints of a run's live state written (windows, sketches, alert histories).",
+            self.live_checkpoints_written.get(),
+        )
+        .counter(
+            "gradtel_collector_live_checkpoint_errors_total",
+            "Live-state checkpoints that could not be written, or were refused at start (damaged, malformed).",
+            self.live_checkpoint_errors.get(),
+        )
+        .counter(
+            "gradtel_collector_live_runs_restored_total",
+            "Runs whose live state was restored from a checkpoint at start.",
+            self.live_runs_restored.get(),
         )
         .gauge(
             "gradtel_collector_upload_pending_files",

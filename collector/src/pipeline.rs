@@ -19,6 +19,7 @@ use crate::CollectorConfig;
 use crate::assembler::{Assembler, Assembly};
 use crate::journal::{self, Logged};
 use crate::live::Live;
+use crate::live::checkpoint::{self, CheckpointError};
 use crate::metrics::CollectorMetrics;
 use crate::report::Report;
 use crate::sink::{self, Buffer, Sink};
@@ -87,12 +88,15 @@ struct Written {
     unfinished: Option<sink::SinkError>,
 }
 
-/// A finished write: the run, and what happened with its reports.
+/// A finished write: the run, what happened with its reports, and with the run's live-state
+/// checkpoint when one went with the write (the state's version it holds).
 struct Flushed {
     run: Arc<str>,
     started: Instant,
-    written: Result<(WriteOutcome, Vec<Logged>), tokio::task::JoinError>,
+    written: Result<(WriteOutcome, Vec<Logged>, Checkpointed), tokio::task::JoinError>,
 }
+
+type Checkpointed = Option<Result<u64, CheckpointError>>;
 
 /// Write each table of a run's rows as one file (all under the same `name`, in their own
 /// partitions), publishing them all or none: every file is written and synced under its
@@ -262,6 +266,7 @@ impl Pipeline {
                             self.start_flush(run);
                         }
                         self.settle().await;
+                        self.checkpoint_published().await;
                         let _ = done.send(());
                     }
                     None => break,
@@ -357,9 +362,22 @@ impl Pipeline {
         let rows = buf.rows;
         self.in_flight.insert(run.clone());
         let reports = buf.reports;
+        // Taken now, this state holds exactly the steps whose rows this write publishes (any
+        // earlier write of the run is done); written only once they are committed.
+        let state = self.live.checkpoint(&run, false, unix_nanos());
         let write = move || {
             let w = write_tables(&out, &wal_dir, &run_for_write, &name, rows, &reports);
-            (w, reports)
+            let saved = match (&w, state) {
+                ((Ok(()), done, _), Some((state, version))) if done.unfinished.is_none() => {
+                    let framed = checkpoint::frame(&state);
+                    Some(
+                        checkpoint::write(&checkpoint::dir(&wal_dir), &run_for_write, &framed)
+                            .map(|()| version),
+                    )
+                }
+                _ => None,
+            };
+            (w, reports, saved)
         };
         let started = Instant::now();
         self.writes.spawn(async move {
@@ -379,7 +397,7 @@ impl Pipeline {
             written,
         } = f;
         self.in_flight.remove(&run);
-        let ((result, done, rows), reports) = match written {
+        let ((result, done, rows), reports, saved) = match written {
             Ok(x) => x,
             Err(e) => {
                 // The blocking task panicked or was cancelled; the rows went with it. Their
@@ -389,6 +407,7 @@ impl Pipeline {
                 return;
             }
         };
+        self.on_checkpointed(&run, saved);
         for (table, n, e) in &done.unencodable {
             self.metrics.rows_unencodable.add(*n as u64);
             tracing::error!(run = %run, table, rows = n, error = %e, "rows that cannot be encoded dropped");
@@ -433,6 +452,59 @@ impl Pipeline {
                     },
                 );
             }
+        }
+    }
+
+    fn on_checkpointed(&mut self, run: &str, saved: Checkpointed) {
+        match saved {
+            Some(Ok(version)) => {
+                self.live.checkpointed(run, version);
+                self.metrics.live_checkpoints_written.inc();
+            }
+            Some(Err(e)) => {
+                self.metrics.live_checkpoint_errors.inc();
+                tracing::error!(error = %e, run = %run, "live-state checkpoint not written; the previous one stays");
+            }
+            None => {}
+        }
+    }
+
+    /// Checkpoint every run whose live state changed and whose rows are all published (no
+    /// write in flight, nothing buffered): after a drain, the state a restart continues from.
+    async fn checkpoint_published(&mut self) {
+        let buffered: HashSet<Arc<str>> = self.sink.runs().into_iter().collect();
+        let now = unix_nanos();
+        let due: Vec<(Arc<str>, checkpoint::RunState, u64)> = self
+            .live
+            .unsaved()
+            .into_iter()
+            .filter(|run| !buffered.contains(run) && !self.in_flight.contains(run))
+            .filter_map(|run| {
+                let (state, version) = self.live.checkpoint(&run, true, now)?;
+                Some((run, state, version))
+            })
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let dir = checkpoint::dir(&self.wal_dir);
+        let written = tokio::task::spawn_blocking(move || {
+            due.into_iter()
+                .map(|(run, state, version)| {
+                    let framed = checkpoint::frame(&state);
+                    let saved = checkpoint::write(&dir, &run, &framed).map(|()| version);
+                    (run, saved)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        match written {
+            Ok(all) => {
+                for (run, saved) in all {
+                    self.on_checkpointed(&run, Some(saved));
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "live-state checkpoint task failed"),
         }
     }
 

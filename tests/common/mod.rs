@@ -383,6 +383,9 @@ pub struct Harness {
     _dir: tempfile::TempDir,
     pub out: PathBuf,
     collector: Option<Daemon>,
+    /// The collector's address and arguments, to start it again in its place.
+    collector_addr: String,
+    collector_args: Vec<String>,
     pub metrics: String,
     _agents: Vec<Daemon>,
     clients: Vec<IngestClient>,
@@ -410,6 +413,7 @@ impl Harness {
         ];
         extra.extend_from_slice(collector_extra);
         let (collector, url, metrics) = start_collector_with_metrics(&out, "127.0.0.1:0", &extra);
+        let collector_args = extra.iter().map(|a| a.to_string()).collect();
         let sock = |r: u32| dir.path().join(format!("rank{r}.sock"));
         let agents: Vec<Daemon> = (0..world)
             .map(|r| start_agent(&sock(r), &url, agent_extra))
@@ -438,6 +442,8 @@ impl Harness {
             _dir: dir,
             out,
             collector: Some(collector),
+            collector_addr: url.trim_start_matches("http://").to_string(),
+            collector_args,
             metrics: metrics.expect("metrics address"),
             _agents: agents,
             clients,
@@ -470,6 +476,23 @@ impl Harness {
             assert!(c.terminate().success());
         }
         &self.out
+    }
+
+    /// Stop the collector — killed (`crash`) or with SIGTERM — and start it again on the same
+    /// address, lake and arguments; the agents reconnect by themselves.
+    pub fn restart_collector(&mut self, crash: bool) {
+        if let Some(c) = self.collector.take() {
+            if crash {
+                drop(c);
+            } else {
+                assert!(c.terminate().success());
+            }
+        }
+        let args: Vec<&str> = self.collector_args.iter().map(String::as_str).collect();
+        let (collector, _, metrics) =
+            start_collector_with_metrics(&self.out, &self.collector_addr, &args);
+        self.collector = Some(collector);
+        self.metrics = metrics.expect("metrics address");
     }
 
     pub fn wait_steps(&self, model_rows: usize) {

@@ -20,6 +20,8 @@ use std::sync::Arc;
 
 use gradtel_stats::robust;
 
+use super::checkpoint::{AlertsState, CheckpointError, SlopeState};
+use super::spectra::{GRADIENT, SGN};
 use crate::config::AlertConfig;
 use crate::tables::alerts::AlertRow;
 
@@ -244,6 +246,67 @@ impl AlertState {
                 previous.unwrap_or(f64::NAN)
             ),
         })
+    }
+}
+
+impl AlertState {
+    /// The alerts' histories and edge states as a checkpoint holds them.
+    pub(super) fn save(&self) -> AlertsState {
+        let sketches: BTreeSet<&'static str> = self
+            .slopes
+            .keys()
+            .chain(self.slope_changed.keys())
+            .copied()
+            .collect();
+        AlertsState {
+            norms: self.norms.iter().copied().collect(),
+            in_spike: self.in_spike,
+            nonfinite: self.nonfinite,
+            tails: self.tails.iter().copied().collect(),
+            collapsed: self.collapsed,
+            changed: self.changed,
+            slopes: sketches
+                .into_iter()
+                .map(|k| SlopeState {
+                    sketch: k.to_string(),
+                    slope: self.slopes.get(k).copied(),
+                    changed: self.slope_changed.get(k).copied(),
+                })
+                .collect(),
+            missing: self.missing.iter().copied().collect(),
+        }
+    }
+
+    /// The state a checkpoint holds.
+    pub(super) fn load(s: AlertsState) -> Result<Self, CheckpointError> {
+        if !s.norms.iter().chain(&s.tails).all(|v| v.is_finite()) {
+            return Err(CheckpointError::Invalid(
+                "an alert history holds a value that is not finite",
+            ));
+        }
+        let mut a = AlertState {
+            norms: s.norms.into(),
+            in_spike: s.in_spike,
+            nonfinite: s.nonfinite,
+            tails: s.tails.into(),
+            collapsed: s.collapsed,
+            changed: s.changed,
+            missing: s.missing.into_iter().collect(),
+            ..Default::default()
+        };
+        for slope in s.slopes {
+            let sketch = [GRADIENT, SGN]
+                .into_iter()
+                .find(|k| *k == slope.sketch)
+                .ok_or(CheckpointError::Invalid("a slope names an unknown sketch"))?;
+            if let Some(v) = slope.slope {
+                a.slopes.insert(sketch, v);
+            }
+            if let Some(c) = slope.changed {
+                a.slope_changed.insert(sketch, c);
+            }
+        }
+        Ok(a)
     }
 }
 

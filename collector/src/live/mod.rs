@@ -17,12 +17,14 @@
 //! `coords` rows: the estimators see each step once, in arrival order.
 
 pub mod alerts;
+pub mod checkpoint;
 pub mod dimwise;
 pub mod spectra;
 pub mod windows;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use gradtel_stats::{Moments, normality};
 
@@ -45,6 +47,66 @@ struct RunLive {
     /// Steps observed since the windows / spectra were last evaluated.
     since_windows: u64,
     since_spectra: u64,
+    /// Steps observed in this process (the state's version), the version the run's last
+    /// written checkpoint holds, and when that checkpoint was taken.
+    version: u64,
+    saved_version: u64,
+    saved_at: Option<Instant>,
+}
+
+impl RunLive {
+    fn new(ell: usize) -> Self {
+        Self {
+            last_active: 0,
+            iteration: windows::Windows::default(),
+            sgn: windows::Windows::default(),
+            sketches: spectra::Sketches::new(ell),
+            alerts: alerts::AlertState::default(),
+            steps_seen: 0,
+            since_windows: 0,
+            since_spectra: 0,
+            version: 0,
+            saved_version: 0,
+            saved_at: None,
+        }
+    }
+
+    fn save(&self, run: &str, now_ns: i64) -> checkpoint::RunState {
+        checkpoint::RunState {
+            version: checkpoint::VERSION,
+            run_id: run.to_string(),
+            saved_at_ns: now_ns,
+            steps_seen: self.steps_seen,
+            since_windows: self.since_windows,
+            since_spectra: self.since_spectra,
+            iteration: Some(self.iteration.save()),
+            sgn: Some(self.sgn.save()),
+            sketches: Some(self.sketches.save()),
+            alerts: Some(self.alerts.save()),
+        }
+    }
+
+    fn load(s: checkpoint::RunState, ell: usize) -> Result<Self, checkpoint::CheckpointError> {
+        let mut r = Self::new(ell);
+        r.steps_seen = s.steps_seen;
+        r.since_windows = s.since_windows;
+        r.since_spectra = s.since_spectra;
+        if let Some(w) = s.iteration {
+            r.iteration = windows::Windows::load(w)?;
+        }
+        if let Some(w) = s.sgn {
+            r.sgn = windows::Windows::load(w)?;
+        }
+        if let Some(k) = s.sketches {
+            r.sketches = spectra::Sketches::load(k, ell)?;
+        }
+        if let Some(a) = s.alerts {
+            r.alerts = alerts::AlertState::load(a)?;
+        }
+        // The file holds this state: nothing to write until a step changes it.
+        r.saved_at = Some(Instant::now());
+        Ok(r)
+    }
 }
 
 pub struct Live {
@@ -81,18 +143,88 @@ impl Live {
             tracing::info!(run = %oldest, "live state of the least recently active run dropped");
         }
         let ell = self.cfg.live.fd_ell;
-        let r = self.runs.entry(run.clone()).or_insert_with(|| RunLive {
-            last_active: 0,
-            iteration: windows::Windows::default(),
-            sgn: windows::Windows::default(),
-            sketches: spectra::Sketches::new(ell),
-            alerts: alerts::AlertState::default(),
-            steps_seen: 0,
-            since_windows: 0,
-            since_spectra: 0,
-        });
+        let r = self
+            .runs
+            .entry(run.clone())
+            .or_insert_with(|| RunLive::new(ell));
         r.last_active = self.clock;
         r
+    }
+
+    /// A copy of `run`'s state for its checkpoint, and the version it holds: when checkpoints
+    /// are on and a step changed the state since its last checkpoint, and either `force` or
+    /// `live.checkpoint_every_s` has passed since then. (Only the copy is made here, on the
+    /// pipeline's thread; the encoding and the file are the writer's.)
+    pub fn checkpoint(
+        &self,
+        run: &str,
+        force: bool,
+        now_ns: i64,
+    ) -> Option<(checkpoint::RunState, u64)> {
+        let live = &self.cfg.live;
+        let st = self.runs.get(run)?;
+        let due = force
+            || st
+                .saved_at
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs_f64(live.checkpoint_every_s));
+        (live.checkpoints && st.version != st.saved_version && due)
+            .then(|| (st.save(run, now_ns), st.version))
+    }
+
+    /// A copy of `run`'s state as its checkpoint holds it, whether or not one is due.
+    pub fn state(&self, run: &str, now_ns: i64) -> Option<checkpoint::RunState> {
+        self.runs.get(run).map(|st| st.save(run, now_ns))
+    }
+
+    /// The checkpoint of `version` of `run`'s state is written.
+    pub fn checkpointed(&mut self, run: &str, version: u64) {
+        if let Some(st) = self.runs.get_mut(run) {
+            st.saved_version = version;
+            st.saved_at = Some(Instant::now());
+        }
+    }
+
+    /// Runs whose state changed since their last checkpoint.
+    pub fn unsaved(&self) -> Vec<Arc<str>> {
+        self.runs
+            .iter()
+            .filter(|(_, st)| st.version != st.saved_version)
+            .map(|(run, _)| run.clone())
+            .collect()
+    }
+
+    /// Take up the states of checkpoints (before any report is observed), the most recently
+    /// saved first, up to `live.max_runs`. Returns how many were restored and those refused,
+    /// with why.
+    pub fn restore(
+        &mut self,
+        mut states: Vec<checkpoint::RunState>,
+    ) -> (usize, Vec<(String, checkpoint::CheckpointError)>) {
+        let mut refused = Vec::new();
+        if !self.cfg.live.checkpoints {
+            return (0, refused);
+        }
+        states.sort_by_key(|s| std::cmp::Reverse(s.saved_at_ns));
+        states.truncate(self.cfg.live.max_runs);
+        let mut restored = 0;
+        // Oldest first, so that the least recently active run is dropped first as before.
+        for s in states.into_iter().rev() {
+            let run = s.run_id.clone();
+            if let Err(e) = gradtel_proto::validate_run_id(&run) {
+                refused.push((run, checkpoint::CheckpointError::RunId(e.to_string())));
+                continue;
+            }
+            match RunLive::load(s, self.cfg.live.fd_ell) {
+                Ok(mut st) => {
+                    self.clock += 1;
+                    st.last_active = self.clock;
+                    self.runs.insert(Arc::from(run), st);
+                    restored += 1;
+                }
+                Err(e) => refused.push((run, e)),
+            }
+        }
+        (restored, refused)
     }
 
     /// Derive every live table's rows from one assembly; fills `norm_robust_z` of the model
@@ -134,6 +266,7 @@ impl Live {
         let cfg = self.cfg.clone();
         let metrics = self.metrics.clone();
         let st = self.run_state(&run);
+        st.version += 1;
         st.steps_seen += 1;
         st.since_windows += 1;
         st.since_spectra += 1;
@@ -557,6 +690,167 @@ mod tests {
         }
         let st = &live.runs["r"];
         (all, st.iteration.len(), st.sgn.len())
+    }
+
+    /// Step `step` of a 3-rank run: two tensors, 24 tracked coordinates each, a 16-value
+    /// projection per rank; the norm spikes at step 50 and rank 1 sends a NaN at step 60.
+    fn step_of(step: u64, rng: &mut SplitMix64) -> Assembly {
+        let parts = (0..3)
+            .map(|rank| {
+                let scale = if step == 50 { 100.0 } else { 1.0 };
+                let mut values: Vec<f64> = (0..64).map(|_| scale * rng.normal()).collect();
+                if step == 60 && rank == 1 {
+                    values[3] = f64::NAN;
+                }
+                let mut p = Report::for_test(rank, 3, step, &[("a.w", &values)]);
+                let index: Vec<u64> = (0..24).map(|i| 2 * i).collect();
+                p.tracked.push(TrackedPart {
+                    name: "a.w".into(),
+                    value: index
+                        .iter()
+                        .map(|_| (rng.normal() * 0.5 + 0.1) as f32)
+                        .collect(),
+                    index,
+                });
+                p.projection = Some(crate::report::ProjectionPart {
+                    kind: 1,
+                    seed: 7,
+                    values: (1..=16)
+                        .map(|k| rng.normal() * (k as f64).powf(-0.75))
+                        .collect(),
+                    coordinates: 64,
+                });
+                p
+            })
+            .collect();
+        Assembly {
+            run_id: "r".into(),
+            step,
+            world_size: 3,
+            shard_count: 1,
+            parts,
+            reports: vec![],
+            late: false,
+            trajectory: 0,
+        }
+    }
+
+    /// Every live row `live` makes of `steps`, with the model rows' robust z of the norm.
+    fn observe_all(live: &mut Live, steps: &[Assembly]) -> (Tables, Vec<Option<f64>>) {
+        let mut all = Tables::default();
+        let mut z = Vec::new();
+        for a in steps {
+            let (mut rows, _) = crate::tables::steps::build_rows(a, 0);
+            all.append(live.observe(a, &mut rows, 0));
+            z.extend(
+                rows.iter()
+                    .filter(|r| r.scope_kind == "model")
+                    .map(|r| r.norm_robust_z),
+            );
+        }
+        (all, z)
+    }
+
+    #[test]
+    fn a_run_restored_from_its_checkpoint_continues_as_if_never_stopped() {
+        let mut cfg = FileConfig::default();
+        cfg.live.window = 30;
+        cfg.live.window_every = 10;
+        cfg.live.spectrum_every = 10;
+        cfg.live.fd_ell = 4;
+        cfg.alerts.slope_change = 0.01;
+        let mut rng = SplitMix64::new(4);
+        let steps: Vec<Assembly> = (0..90).map(|s| step_of(s, &mut rng)).collect();
+        let (cut, later) = steps.split_at(45);
+        let metrics = || Arc::new(CollectorMetrics::default());
+
+        let mut whole = Live::new(cfg.clone(), metrics());
+        observe_all(&mut whole, cut);
+        let expected = observe_all(&mut whole, later);
+
+        let mut stopped = Live::new(cfg.clone(), metrics());
+        observe_all(&mut stopped, cut);
+        let (state, version) = stopped
+            .checkpoint("r", false, 0)
+            .expect("changed, never saved");
+        stopped.checkpointed("r", version);
+        assert!(
+            stopped.checkpoint("r", true, 0).is_none(),
+            "nothing new to save"
+        );
+        let state = checkpoint::unframe(&checkpoint::frame(&state)).unwrap();
+        let mut restarted = Live::new(cfg.clone(), metrics());
+        let (restored, refused) = restarted.restore(vec![state]);
+        assert_eq!((restored, refused.len()), (1, 0));
+        assert!(restarted.unsaved().is_empty());
+        let got = observe_all(&mut restarted, later);
+
+        assert_eq!(got.1, expected.1);
+        assert_eq!(got.0.tails, expected.0.tails);
+        assert_eq!(got.0.sgn, expected.0.sgn);
+        assert_eq!(got.0.spectra, expected.0.spectra);
+        assert_eq!(got.0.alerts, expected.0.alerts);
+        let kinds: Vec<_> = got.0.alerts.iter().map(|a| (a.kind, a.step)).collect();
+        assert!(kinds.contains(&(alerts::kind::NORM_SPIKE, 50)), "{kinds:?}");
+        assert!(kinds.contains(&(alerts::kind::NONFINITE, 60)), "{kinds:?}");
+        assert!(got.0.spectra.iter().any(|r| r.sketch == spectra::SGN));
+        assert!(got.0.tails.iter().any(|r| r.object == "iteration"));
+
+        // Without the checkpoint the same steps give other rows: the spike finds too short a
+        // history, the windows and sketches start empty.
+        let mut fresh = Live::new(cfg, metrics());
+        let (rows, z) = observe_all(&mut fresh, later);
+        assert!(
+            !rows
+                .alerts
+                .iter()
+                .any(|a| a.kind == alerts::kind::NORM_SPIKE)
+        );
+        assert_ne!(z, expected.1);
+        assert_ne!(rows.spectra, expected.0.spectra);
+        assert_ne!(rows.tails, expected.0.tails);
+    }
+
+    #[test]
+    fn malformed_checkpoints_are_refused_whole() {
+        let cfg = FileConfig::default();
+        let mut live = Live::new(cfg.clone(), Arc::new(CollectorMetrics::default()));
+        let mut rng = SplitMix64::new(1);
+        let steps: Vec<Assembly> = (0..12).map(|s| step_of(s, &mut rng)).collect();
+        observe_all(&mut live, &steps);
+        let good = live.checkpoint("r", true, 0).unwrap().0;
+        let mut bad = Vec::new();
+        let mut s = good.clone();
+        s.iteration.as_mut().unwrap().tensors[0].len[0] += 1;
+        bad.push(s);
+        let mut s = good.clone();
+        s.sgn.as_mut().unwrap().tensors[0].values[0] = f64::INFINITY;
+        bad.push(s);
+        let mut s = good.clone();
+        s.sketches
+            .as_mut()
+            .unwrap()
+            .gradient
+            .as_mut()
+            .unwrap()
+            .mean
+            .pop();
+        bad.push(s);
+        let mut s = good.clone();
+        s.sketches.as_mut().unwrap().identity.as_mut().unwrap().dim = 8;
+        bad.push(s);
+        let mut s = good.clone();
+        s.alerts.as_mut().unwrap().norms.push(f64::NAN);
+        bad.push(s);
+        let mut s = good.clone();
+        s.run_id = "../etc".into();
+        bad.push(s);
+        let n = bad.len();
+        let mut restarted = Live::new(cfg, Arc::new(CollectorMetrics::default()));
+        let (restored, refused) = restarted.restore(bad);
+        assert_eq!((restored, refused.len()), (0, n));
+        assert!(restarted.runs.is_empty());
+        assert_eq!(restarted.restore(vec![good]).0, 1);
     }
 
     #[test]

@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 
-use gradtel_stats::fd::FrequentDirections;
+use gradtel_stats::fd::{FdState, FrequentDirections};
 use gradtel_stats::spectrum;
 
+use super::checkpoint::{CheckpointError, IdentityState, SketchState, SketchesState};
 use crate::tables::spectra::SpectrumRow;
 
 pub const GRADIENT: &str = "gradient";
@@ -146,6 +147,77 @@ impl Sketches {
             }
         }
         (rows, fits)
+    }
+}
+
+impl Sketches {
+    /// The sketches as a checkpoint holds them.
+    pub(super) fn save(&self) -> SketchesState {
+        let sketch = |fd: &Option<FrequentDirections>| {
+            fd.as_ref().map(|fd| {
+                let s = fd.state();
+                SketchState {
+                    dim: s.dim as u64,
+                    ell: s.ell as u64,
+                    centred: s.centred,
+                    rows_filled: s.rows_filled,
+                    ortho: s.ortho as u64,
+                    ortho_sq: s.ortho_sq,
+                    shrinkage: s.shrinkage,
+                    rows: s.rows,
+                    weight: s.weight,
+                    mean: s.mean,
+                    skipped: s.skipped,
+                }
+            })
+        };
+        SketchesState {
+            ell: self.ell as u64,
+            identity: self.identity.map(|(kind, seed, dim)| IdentityState {
+                kind,
+                seed,
+                dim: dim as u64,
+            }),
+            gradient: sketch(&self.gradient),
+            sgn: sketch(&self.sgn),
+            refused: self.refused,
+        }
+    }
+
+    /// The sketches a checkpoint holds. Sketches of another ℓ than `ell` (the configuration
+    /// changed) are dropped and start afresh; the run keeps its projection.
+    pub(super) fn load(s: SketchesState, ell: usize) -> Result<Self, CheckpointError> {
+        let identity = s.identity.map(|i| (i.kind, i.seed, i.dim as usize));
+        let sketch = |st: Option<SketchState>| -> Result<_, CheckpointError> {
+            let Some(st) = st else { return Ok(None) };
+            let fd = FrequentDirections::from_state(FdState {
+                dim: st.dim as usize,
+                ell: st.ell as usize,
+                centred: st.centred,
+                rows_filled: st.rows_filled,
+                ortho: st.ortho as usize,
+                ortho_sq: st.ortho_sq,
+                shrinkage: st.shrinkage,
+                rows: st.rows,
+                weight: st.weight,
+                mean: st.mean,
+                skipped: st.skipped,
+            })
+            .map_err(|_| CheckpointError::Invalid("a covariance sketch is malformed"))?;
+            if identity.is_none_or(|id| id.2 != fd.dim()) {
+                return Err(CheckpointError::Invalid(
+                    "a covariance sketch does not match the run's projection",
+                ));
+            }
+            Ok((s.ell as usize == ell).then_some(fd))
+        };
+        Ok(Self {
+            ell,
+            identity,
+            gradient: sketch(s.gradient)?,
+            sgn: sketch(s.sgn)?,
+            refused: s.refused,
+        })
     }
 }
 

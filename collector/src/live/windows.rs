@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use gradtel_stats::{LogHistogram, Moments, normality, powerlaw_binned, robust, tail, vuong};
 
+use super::checkpoint::{CheckpointError, TensorWindowsState, WindowsState};
 use crate::tables::tails::TailRow;
 
 /// x_min candidates per window (spread evenly over the occupied buckets of the lower half).
@@ -169,6 +170,67 @@ impl Windows {
             gaussian_rejected: fraction(&|v| v.k2),
         };
         (rows, summary)
+    }
+}
+
+impl Windows {
+    /// The windows as a checkpoint holds them.
+    pub(super) fn save(&self) -> WindowsState {
+        let tensors = self
+            .series
+            .iter()
+            .map(|(name, coords)| {
+                let mut t = TensorWindowsState {
+                    name: name.to_string(),
+                    ..Default::default()
+                };
+                for (&index, values) in coords {
+                    t.index.push(index);
+                    t.len.push(values.len() as u32);
+                    t.values.extend(values.iter().copied());
+                }
+                t
+            })
+            .collect();
+        WindowsState {
+            tensors,
+            refused: self.refused,
+        }
+    }
+
+    /// The windows a checkpoint holds; windows longer than the configuration now allows are
+    /// cut at their next value.
+    pub(super) fn load(s: WindowsState) -> Result<Self, CheckpointError> {
+        let bad = |why| Err(CheckpointError::Invalid(why));
+        let mut w = Windows {
+            refused: s.refused,
+            ..Default::default()
+        };
+        for t in s.tensors {
+            if t.index.len() != t.len.len()
+                || t.len.iter().map(|&l| l as usize).sum::<usize>() != t.values.len()
+            {
+                return bad("a tensor's windows do not add up to its values");
+            }
+            if !t.index.windows(2).all(|p| p[0] < p[1]) {
+                return bad("a tensor's coordinates are not increasing");
+            }
+            if !t.values.iter().all(|v| v.is_finite()) {
+                return bad("a window holds a value that is not finite");
+            }
+            let mut coords = BTreeMap::new();
+            let mut rest = t.values.as_slice();
+            for (&index, &len) in t.index.iter().zip(&t.len) {
+                let (values, tail) = rest.split_at(len as usize);
+                coords.insert(index, values.iter().copied().collect::<VecDeque<f64>>());
+                rest = tail;
+            }
+            w.tracked += coords.len();
+            if w.series.insert(Arc::from(t.name), coords).is_some() {
+                return bad("a tensor's windows appear twice");
+            }
+        }
+        Ok(w)
     }
 }
 

@@ -1,0 +1,355 @@
+//! Checkpoints of a run's live state, so that a collector restart (an upgrade, a crash) does
+//! not blind its estimators and alerts: the iteration-wise and SGN windows, both
+//! Frequent-Directions sketches, the alerts' histories and edge states, and the step counters
+//! that pace window and spectrum evaluations.
+//!
+//! **When.** A run's state is encoded when one of its Parquet writes starts (at most every
+//! `live.checkpoint_every_s`) and written only once that write is committed, so a checkpoint
+//! holds exactly the steps whose rows are published. At start the collector loads the
+//! checkpoints and then replays its write-ahead log, whose replayed steps are the unpublished
+//! ones: no step enters the state twice. A crash between a write's commit and its checkpoint
+//! leaves the previous checkpoint, and the state misses that write's steps (at most
+//! `checkpoint_every_s` plus one roll interval of steps), never counting one twice. A drain
+//! (and so a clean shutdown) checkpoints every run whose rows are all published, so a stopped
+//! and restarted collector continues exactly where it stopped: the unit test
+//! `a_run_restored_from_its_checkpoint_continues_as_if_never_stopped` requires the same rows as
+//! an uninterrupted collector.
+//!
+//! **Format.** One file per run, `<wal dir>/live/run=<id>.live`: the magic `GTLIVE01`, the
+//! CRC-32 of the rest (little-endian), then a protobuf message ([`RunState`], version 1).
+//! Written under a temporary name, synced, renamed into place and the directory synced. A file
+//! that fails any check (magic, CRC, decode, version, run id, shapes, non-finite values) is
+//! refused whole, counted in `gradtel_collector_live_checkpoint_errors_total` and logged: that
+//! run's state starts afresh, as before checkpoints existed.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+/// First bytes of every checkpoint file.
+const MAGIC: &[u8; 8] = b"GTLIVE01";
+/// Version of [`RunState`] this collector writes and reads.
+pub const VERSION: u32 = 1;
+/// File name suffix of a run's checkpoint.
+const SUFFIX: &str = ".live";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("reading or writing the checkpoint: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a live-state checkpoint (bad magic bytes)")]
+    Magic,
+    #[error("checksum mismatch: the file is damaged")]
+    Checksum,
+    #[error("undecodable: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("version {0}, this collector reads version {VERSION}")]
+    Version(u32),
+    #[error("holds run {found:?}, its name says {named:?}")]
+    RunMismatch { named: String, found: String },
+    #[error("bad run id: {0}")]
+    RunId(String),
+    #[error("inconsistent state: {0}")]
+    Invalid(&'static str),
+}
+
+/// The directory of the checkpoints, beside the write-ahead log.
+pub fn dir(wal_dir: &Path) -> PathBuf {
+    wal_dir.join("live")
+}
+
+fn path_of(dir: &Path, run: &str) -> PathBuf {
+    // Run ids are checked when their reports arrive: 1..=128 of [A-Za-z0-9._-], never `.` or
+    // `..`, so they are safe in a file name.
+    dir.join(format!("run={run}{SUFFIX}"))
+}
+
+/// Frame an encoded state for its file.
+pub fn frame(state: &RunState) -> Vec<u8> {
+    let body = state.encode_to_vec();
+    let mut out = Vec::with_capacity(12 + body.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Check and decode a file's bytes (see [`frame`]).
+pub fn unframe(bytes: &[u8]) -> Result<RunState, CheckpointError> {
+    let rest = bytes.strip_prefix(MAGIC).ok_or(CheckpointError::Magic)?;
+    let (crc, body) = rest
+        .split_first_chunk::<4>()
+        .ok_or(CheckpointError::Magic)?;
+    if crc32fast::hash(body) != u32::from_le_bytes(*crc) {
+        return Err(CheckpointError::Checksum);
+    }
+    let state = RunState::decode(body)?;
+    if state.version != VERSION {
+        return Err(CheckpointError::Version(state.version));
+    }
+    Ok(state)
+}
+
+/// Write `framed` as `run`'s checkpoint, replacing the previous one atomically.
+pub fn write(dir: &Path, run: &str, framed: &[u8]) -> Result<(), CheckpointError> {
+    fs::create_dir_all(dir)?;
+    let path = path_of(dir, run);
+    let tmp = path.with_extension("live.tmp");
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(framed)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, &path)?;
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Every checkpoint under `dir` that passes its checks, and the files that did not (with
+/// why). Temporary files of a write a crash cut short are deleted. A missing directory holds
+/// none.
+pub fn load(dir: &Path) -> (Vec<RunState>, Vec<(PathBuf, CheckpointError)>) {
+    let (mut states, mut refused) = (Vec::new(), Vec::new());
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (states, refused),
+        Err(e) => {
+            refused.push((dir.to_path_buf(), e.into()));
+            return (states, refused);
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.ends_with(".live.tmp") {
+            let _ = fs::remove_file(&path);
+            continue;
+        }
+        let Some(run) = name
+            .strip_prefix("run=")
+            .and_then(|n| n.strip_suffix(SUFFIX))
+        else {
+            continue;
+        };
+        let state = fs::read(&path)
+            .map_err(CheckpointError::from)
+            .and_then(|b| unframe(&b))
+            .and_then(|s| {
+                if s.run_id == run {
+                    Ok(s)
+                } else {
+                    Err(CheckpointError::RunMismatch {
+                        named: run.to_string(),
+                        found: s.run_id.clone(),
+                    })
+                }
+            });
+        match state {
+            Ok(s) => states.push(s),
+            Err(e) => refused.push((path, e)),
+        }
+    }
+    (states, refused)
+}
+
+/// One run's live state (`Live`'s `RunLive`).
+#[derive(Clone, PartialEq, Message)]
+pub struct RunState {
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    #[prost(string, tag = "2")]
+    pub run_id: String,
+    /// When it was encoded (Unix ns): the newest runs are restored first.
+    #[prost(int64, tag = "3")]
+    pub saved_at_ns: i64,
+    #[prost(uint64, tag = "4")]
+    pub steps_seen: u64,
+    #[prost(uint64, tag = "5")]
+    pub since_windows: u64,
+    #[prost(uint64, tag = "6")]
+    pub since_spectra: u64,
+    #[prost(message, optional, tag = "7")]
+    pub iteration: Option<WindowsState>,
+    #[prost(message, optional, tag = "8")]
+    pub sgn: Option<WindowsState>,
+    #[prost(message, optional, tag = "9")]
+    pub sketches: Option<SketchesState>,
+    #[prost(message, optional, tag = "10")]
+    pub alerts: Option<AlertsState>,
+}
+
+/// A `windows::Windows`.
+#[derive(Clone, PartialEq, Message)]
+pub struct WindowsState {
+    #[prost(message, repeated, tag = "1")]
+    pub tensors: Vec<TensorWindowsState>,
+    #[prost(uint64, tag = "2")]
+    pub refused: u64,
+}
+
+/// One tensor's windows: coordinate `index[i]` holds the next `len[i]` of `values`, oldest
+/// first.
+#[derive(Clone, PartialEq, Message)]
+pub struct TensorWindowsState {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(uint64, repeated, tag = "2")]
+    pub index: Vec<u64>,
+    #[prost(uint32, repeated, tag = "3")]
+    pub len: Vec<u32>,
+    #[prost(double, repeated, tag = "4")]
+    pub values: Vec<f64>,
+}
+
+/// A `spectra::Sketches`.
+#[derive(Clone, PartialEq, Message)]
+pub struct SketchesState {
+    #[prost(uint64, tag = "1")]
+    pub ell: u64,
+    #[prost(message, optional, tag = "2")]
+    pub identity: Option<IdentityState>,
+    #[prost(message, optional, tag = "3")]
+    pub gradient: Option<SketchState>,
+    #[prost(message, optional, tag = "4")]
+    pub sgn: Option<SketchState>,
+    #[prost(uint64, tag = "5")]
+    pub refused: u64,
+}
+
+/// The projection a run's rows share: (kind, seed, dimension).
+#[derive(Clone, PartialEq, Message)]
+pub struct IdentityState {
+    #[prost(int32, tag = "1")]
+    pub kind: i32,
+    #[prost(uint64, tag = "2")]
+    pub seed: u64,
+    #[prost(uint64, tag = "3")]
+    pub dim: u64,
+}
+
+/// A `gradtel_stats::fd::FdState`.
+#[derive(Clone, PartialEq, Message)]
+pub struct SketchState {
+    #[prost(uint64, tag = "1")]
+    pub dim: u64,
+    #[prost(uint64, tag = "2")]
+    pub ell: u64,
+    #[prost(bool, tag = "3")]
+    pub centred: bool,
+    #[prost(double, repeated, tag = "4")]
+    pub rows_filled: Vec<f64>,
+    #[prost(uint64, tag = "5")]
+    pub ortho: u64,
+    #[prost(double, repeated, tag = "6")]
+    pub ortho_sq: Vec<f64>,
+    #[prost(double, tag = "7")]
+    pub shrinkage: f64,
+    #[prost(uint64, tag = "8")]
+    pub rows: u64,
+    #[prost(double, tag = "9")]
+    pub weight: f64,
+    #[prost(double, repeated, tag = "10")]
+    pub mean: Vec<f64>,
+    #[prost(uint64, tag = "11")]
+    pub skipped: u64,
+}
+
+/// An `alerts::AlertState`.
+#[derive(Clone, PartialEq, Message)]
+pub struct AlertsState {
+    #[prost(double, repeated, tag = "1")]
+    pub norms: Vec<f64>,
+    #[prost(bool, tag = "2")]
+    pub in_spike: bool,
+    #[prost(bool, tag = "3")]
+    pub nonfinite: bool,
+    #[prost(double, repeated, tag = "4")]
+    pub tails: Vec<f64>,
+    #[prost(bool, tag = "5")]
+    pub collapsed: bool,
+    #[prost(bool, tag = "6")]
+    pub changed: bool,
+    #[prost(message, repeated, tag = "7")]
+    pub slopes: Vec<SlopeState>,
+    #[prost(uint32, repeated, tag = "8")]
+    pub missing: Vec<u32>,
+}
+
+/// A sketch's last spectrum slope and whether it stands changed.
+#[derive(Clone, PartialEq, Message)]
+pub struct SlopeState {
+    #[prost(string, tag = "1")]
+    pub sketch: String,
+    #[prost(double, optional, tag = "2")]
+    pub slope: Option<f64>,
+    #[prost(bool, optional, tag = "3")]
+    pub changed: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> RunState {
+        RunState {
+            version: VERSION,
+            run_id: "r-1".into(),
+            steps_seen: 7,
+            alerts: Some(AlertsState {
+                norms: vec![1.0, 2.0],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn damaged_files_are_refused_and_good_ones_load() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "r-1", &frame(&state())).unwrap();
+        let (states, refused) = load(dir.path());
+        assert_eq!(states, vec![state()]);
+        assert!(refused.is_empty());
+
+        let good = frame(&state());
+        let mut flipped = good.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        let mut other_version = state();
+        other_version.version = 2;
+        type Expect = fn(&CheckpointError) -> bool;
+        let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
+            ("a", b"GTLIVE0".to_vec(), |e| {
+                matches!(e, CheckpointError::Magic)
+            }),
+            ("b", b"nonsense, not a checkpoint".to_vec(), |e| {
+                matches!(e, CheckpointError::Magic)
+            }),
+            ("c", flipped, |e| matches!(e, CheckpointError::Checksum)),
+            ("d", frame(&other_version), |e| {
+                matches!(e, CheckpointError::Version(2))
+            }),
+            // A file renamed to another run's name.
+            ("e", good.clone(), |e| {
+                matches!(e, CheckpointError::RunMismatch { .. })
+            }),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        for (run, bytes, _) in &cases {
+            fs::write(path_of(dir.path(), run), bytes).unwrap();
+        }
+        fs::write(dir.path().join("run=x.live.tmp"), b"half").unwrap();
+        let (states, mut refused) = load(dir.path());
+        assert!(states.is_empty());
+        refused.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(refused.len(), cases.len());
+        for ((path, e), (run, _, expected)) in refused.iter().zip(&cases) {
+            assert_eq!(path, &path_of(dir.path(), run));
+            assert!(expected(e), "{run}: {e}");
+        }
+        assert!(!dir.path().join("run=x.live.tmp").exists());
+        assert!(load(&dir.path().join("absent")).0.is_empty());
+    }
+}
