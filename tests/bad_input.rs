@@ -776,3 +776,40 @@ fn a_job_resumed_after_a_collector_crash_is_told_apart() {
     want.sort();
     assert_eq!(got, want);
 }
+
+#[test]
+fn a_damaged_live_checkpoint_is_set_aside_and_its_run_starts_afresh() {
+    use gradtel_collector::live::checkpoint;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lake");
+    let live = checkpoint::dir(&out.join("_wal"));
+    std::fs::create_dir_all(&live).unwrap();
+    // Half of a real checkpoint, as a full disk might leave it (not through the rename).
+    let mut framed = checkpoint::frame(&checkpoint::RunState {
+        version: checkpoint::VERSION,
+        run_id: "wal".into(),
+        steps_seen: 9,
+        ..Default::default()
+    });
+    framed.truncate(framed.len() / 2);
+    std::fs::write(checkpoint::file_of(&live, "wal"), &framed).unwrap();
+    let args = ["--metrics", "127.0.0.1:0"];
+    let (collector, url, metrics) = start_collector_with_metrics(&out, "127.0.0.1:0", &args);
+    let metrics = metrics.expect("metrics address");
+    let text = http_get(&metrics, "/metrics").1;
+    assert_eq!(metric(&text, "gradtel_collector_live_checkpoint_errors_total"), 1.0);
+    assert_eq!(metric(&text, "gradtel_collector_live_runs_restored_total"), 0.0);
+    assert!(!checkpoint::file_of(&live, "wal").exists());
+    let aside = live.join("run=wal.live.refused");
+    assert_eq!(std::fs::read(&aside).unwrap(), framed, "kept for a look");
+    // The run goes on with fresh state, and a clean stop checkpoints it again.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let acks = rt.block_on(send_reports(&url, wal_reports(0..3)));
+    assert_eq!(acks, vec![ack::Status::Accepted as i32; 3]);
+    wait_for_rows(&out, 3, Duration::from_secs(30));
+    assert!(collector.terminate().success());
+    let (states, refused) = checkpoint::load(&live);
+    assert!(refused.is_empty(), "the set-aside file is not read again");
+    assert_eq!(states.len(), 1);
+    assert_eq!((states[0].run_id.as_str(), states[0].steps_seen), ("wal", 3));
+}

@@ -115,8 +115,8 @@ fn main() {
     cfg.live.fd_ell = ELL;
     let metrics = Arc::new(CollectorMetrics::default());
     let mut live = Live::new(cfg.clone(), metrics.clone());
-    let (restored, refused) = live.restore(vec![state]);
-    assert_eq!((restored, refused.len()), (1, 0), "{refused:?}");
+    let r = live.restore(vec![state]);
+    assert_eq!((r.restored, r.refused.len()), (1, 0), "{:?}", r.refused);
 
     let dir = tempfile::tempdir().expect("temporary directory");
     let baseline_buf: Vec<f64> = (0..values).map(|i| i as f64).collect();
@@ -146,9 +146,9 @@ fn main() {
         let t = Instant::now();
         let (states, damaged) = checkpoint::load(dir.path());
         let mut fresh = Live::new(cfg.clone(), metrics.clone());
-        let (n, refused) = fresh.restore(states);
+        let r = fresh.restore(states);
         restore.push(t.elapsed());
-        assert_eq!((n, damaged.len(), refused.len()), (1, 0, 0));
+        assert_eq!((r.restored, damaged.len(), r.refused.len()), (1, 0, 0));
     }
     let ns = |d: Duration| d.as_secs_f64() * 1e9 / values as f64;
     let (base, copy, encode, write, restore) = (

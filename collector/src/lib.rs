@@ -155,21 +155,7 @@ impl Collector {
         // Before the log's replay: the replayed steps are the unpublished ones, which no
         // checkpoint holds.
         if config.file.live.checkpoints {
-            let (states, damaged) =
-                live::checkpoint::load(&live::checkpoint::dir(&config.wal_dir()));
-            let (restored, refused) = pipeline.live.restore(states);
-            let refused = damaged
-                .into_iter()
-                .map(|(path, e)| (path.display().to_string(), e))
-                .chain(refused);
-            for (what, e) in refused {
-                metrics.live_checkpoint_errors.inc();
-                tracing::warn!(checkpoint = %what, error = %e, "live-state checkpoint refused; that run's live state starts afresh");
-            }
-            metrics.live_runs_restored.add(restored as u64);
-            if restored > 0 {
-                tracing::info!(runs = restored, "live state restored from checkpoints");
-            }
+            restore_live(&mut pipeline.live, &config.wal_dir(), &metrics);
         }
         let uploads = match upload {
             Some(client) => {
@@ -340,6 +326,35 @@ impl Collector {
             let _ = task.await;
         }
         tracing::info!("collector stopped");
+    }
+}
+
+/// Restore the runs' live state from their checkpoints; refused files are set aside (renamed
+/// `….refused`, counted and logged), and those of runs beyond `live.max_runs` deleted, so the
+/// directory holds no more than the collector can restore.
+fn restore_live(live: &mut live::Live, wal_dir: &std::path::Path, metrics: &CollectorMetrics) {
+    use live::checkpoint;
+    let dir = checkpoint::dir(wal_dir);
+    let (states, damaged) = checkpoint::load(&dir);
+    let r = live.restore(states);
+    let refused = damaged.into_iter().chain(
+        r.refused
+            .into_iter()
+            .map(|(run, e)| (checkpoint::file_of(&dir, &run), e)),
+    );
+    for (path, e) in refused {
+        metrics.live_checkpoint_errors.inc();
+        let aside = checkpoint::set_aside(&path);
+        tracing::warn!(checkpoint = %path.display(), error = %e, set_aside = aside.is_ok(), "live-state checkpoint refused; that run's live state starts afresh");
+    }
+    for run in &r.surplus {
+        if let Err(e) = checkpoint::remove(&dir, run) {
+            tracing::warn!(run = %run, error = %e, "checkpoint of a run beyond live.max_runs not deleted");
+        }
+    }
+    metrics.live_runs_restored.add(r.restored as u64);
+    if r.restored > 0 {
+        tracing::info!(runs = r.restored, "live state restored from checkpoints");
     }
 }
 

@@ -19,8 +19,9 @@
 //! CRC-32 of the rest (little-endian), then a protobuf message ([`RunState`], version 1).
 //! Written under a temporary name, synced, renamed into place and the directory synced. A file
 //! that fails any check (magic, CRC, decode, version, run id, shapes, non-finite values) is
-//! refused whole, counted in `gradtel_collector_live_checkpoint_errors_total` and logged: that
-//! run's state starts afresh, as before checkpoints existed.
+//! refused whole, counted in `gradtel_collector_live_checkpoint_errors_total`, logged and
+//! renamed `….refused`: that run's state starts afresh, as before checkpoints existed. Files
+//! of runs beyond `live.max_runs` (the least recently saved) are deleted at start.
 
 use std::fs;
 use std::io::Write;
@@ -104,6 +105,28 @@ pub fn write(dir: &Path, run: &str, framed: &[u8]) -> Result<(), CheckpointError
     fs::rename(&tmp, &path)?;
     fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+/// Delete `run`'s checkpoint (a run no longer restored).
+pub fn remove(dir: &Path, run: &str) -> Result<(), CheckpointError> {
+    match fs::remove_file(path_of(dir, run)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Rename a refused checkpoint file to `….refused`: kept for a look, no longer read at start.
+pub fn set_aside(path: &Path) -> Result<PathBuf, CheckpointError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".refused");
+    let to = PathBuf::from(name);
+    fs::rename(path, &to)?;
+    Ok(to)
+}
+
+/// The file of `run`'s checkpoint under `dir`.
+pub fn file_of(dir: &Path, run: &str) -> PathBuf {
+    path_of(dir, run)
 }
 
 /// Every checkpoint under `dir` that passes its checks, and the files that did not (with

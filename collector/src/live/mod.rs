@@ -109,6 +109,17 @@ impl RunLive {
     }
 }
 
+/// What [`Live::restore`] did with the checkpoints it was given.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub restored: usize,
+    /// Runs whose checkpoint failed its checks, with why.
+    pub refused: Vec<(String, checkpoint::CheckpointError)>,
+    /// Runs beyond `live.max_runs` (the least recently saved): not restored, and no longer
+    /// worth keeping.
+    pub surplus: Vec<String>,
+}
+
 pub struct Live {
     cfg: FileConfig,
     metrics: Arc<CollectorMetrics>,
@@ -194,19 +205,20 @@ impl Live {
     }
 
     /// Take up the states of checkpoints (before any report is observed), the most recently
-    /// saved first, up to `live.max_runs`. Returns how many were restored and those refused,
-    /// with why.
-    pub fn restore(
-        &mut self,
-        mut states: Vec<checkpoint::RunState>,
-    ) -> (usize, Vec<(String, checkpoint::CheckpointError)>) {
-        let mut refused = Vec::new();
+    /// saved first, up to `live.max_runs`.
+    pub fn restore(&mut self, mut states: Vec<checkpoint::RunState>) -> Restored {
+        let mut out = Restored::default();
         if !self.cfg.live.checkpoints {
-            return (0, refused);
+            return out;
         }
         states.sort_by_key(|s| std::cmp::Reverse(s.saved_at_ns));
-        states.truncate(self.cfg.live.max_runs);
-        let mut restored = 0;
+        out.surplus = states
+            .drain(self.cfg.live.max_runs.min(states.len())..)
+            .map(|s| s.run_id)
+            .collect();
+        let Restored {
+            restored, refused, ..
+        } = &mut out;
         // Oldest first, so that the least recently active run is dropped first as before.
         for s in states.into_iter().rev() {
             let run = s.run_id.clone();
@@ -219,12 +231,12 @@ impl Live {
                     self.clock += 1;
                     st.last_active = self.clock;
                     self.runs.insert(Arc::from(run), st);
-                    restored += 1;
+                    *restored += 1;
                 }
                 Err(e) => refused.push((run, e)),
             }
         }
-        (restored, refused)
+        out
     }
 
     /// Derive every live table's rows from one assembly; fills `norm_robust_z` of the model
@@ -780,8 +792,8 @@ mod tests {
         );
         let state = checkpoint::unframe(&checkpoint::frame(&state)).unwrap();
         let mut restarted = Live::new(cfg.clone(), metrics());
-        let (restored, refused) = restarted.restore(vec![state]);
-        assert_eq!((restored, refused.len()), (1, 0));
+        let r = restarted.restore(vec![state]);
+        assert_eq!((r.restored, r.refused.len()), (1, 0));
         assert!(restarted.unsaved().is_empty());
         let got = observe_all(&mut restarted, later);
 
@@ -809,6 +821,29 @@ mod tests {
         assert_ne!(z, expected.1);
         assert_ne!(rows.spectra, expected.0.spectra);
         assert_ne!(rows.tails, expected.0.tails);
+    }
+
+    #[test]
+    fn the_most_recently_saved_runs_are_restored_up_to_max_runs() {
+        let mut cfg = FileConfig::default();
+        cfg.live.max_runs = 2;
+        let states: Vec<checkpoint::RunState> = [("a", 3), ("b", 1), ("c", 2)]
+            .iter()
+            .map(|&(run, at)| checkpoint::RunState {
+                version: checkpoint::VERSION,
+                run_id: run.into(),
+                saved_at_ns: at,
+                ..Default::default()
+            })
+            .collect();
+        let mut live = Live::new(cfg, Arc::new(CollectorMetrics::default()));
+        let r = live.restore(states);
+        assert_eq!((r.restored, r.surplus), (2, vec!["b".to_string()]));
+        let mut kept: Vec<&str> = live.runs.keys().map(|k| &**k).collect();
+        kept.sort();
+        assert_eq!(kept, ["a", "c"]);
+        // The newest is the most recently active: a third run drops "c" first.
+        assert!(live.runs["a"].last_active > live.runs["c"].last_active);
     }
 
     #[test]
@@ -847,10 +882,10 @@ mod tests {
         bad.push(s);
         let n = bad.len();
         let mut restarted = Live::new(cfg, Arc::new(CollectorMetrics::default()));
-        let (restored, refused) = restarted.restore(bad);
-        assert_eq!((restored, refused.len()), (0, n));
+        let r = restarted.restore(bad);
+        assert_eq!((r.restored, r.refused.len()), (0, n));
         assert!(restarted.runs.is_empty());
-        assert_eq!(restarted.restore(vec![good]).0, 1);
+        assert_eq!(restarted.restore(vec![good]).restored, 1);
     }
 
     #[test]
