@@ -797,8 +797,14 @@ fn a_damaged_live_checkpoint_is_set_aside_and_its_run_starts_afresh() {
     let (collector, url, metrics) = start_collector_with_metrics(&out, "127.0.0.1:0", &args);
     let metrics = metrics.expect("metrics address");
     let text = http_get(&metrics, "/metrics").1;
-    assert_eq!(metric(&text, "gradtel_collector_live_checkpoint_errors_total"), 1.0);
-    assert_eq!(metric(&text, "gradtel_collector_live_runs_restored_total"), 0.0);
+    assert_eq!(
+        metric(&text, "gradtel_collector_live_checkpoint_errors_total"),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "gradtel_collector_live_runs_restored_total"),
+        0.0
+    );
     assert!(!checkpoint::file_of(&live, "wal").exists());
     let aside = live.join("run=wal.live.refused");
     assert_eq!(std::fs::read(&aside).unwrap(), framed, "kept for a look");
@@ -811,5 +817,8 @@ fn a_damaged_live_checkpoint_is_set_aside_and_its_run_starts_afresh() {
     let (states, refused) = checkpoint::load(&live);
     assert!(refused.is_empty(), "the set-aside file is not read again");
     assert_eq!(states.len(), 1);
-    assert_eq!((states[0].run_id.as_str(), states[0].steps_seen), ("wal", 3));
+    assert_eq!(
+        (states[0].run_id.as_str(), states[0].steps_seen),
+        ("wal", 3)
+    );
 }

@@ -1,7 +1,8 @@
 //! Fleet-wide alerts through Prometheus itself: `deploy/prometheus/gradtel.rules.yml` is checked
 //! and unit-tested with `promtool`, then loaded into a real `prometheus` server that scrapes a
 //! real collector while real agents report a run with one NaN and one norm spike. The server
-//! must page for exactly those two, naming the run.
+//! must page for exactly those two, naming the run; and, on the telemetry path, for a report the
+//! collector refuses.
 //!
 //! Needs `promtool` and `prometheus` on the PATH (Debian's `prometheus` package; the README's
 //! test command installs it). Without them these tests say so and pass, unless
@@ -155,7 +156,7 @@ fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 #[test]
-fn a_real_prometheus_pages_for_a_nan_and_a_norm_spike_and_nothing_else() {
+fn a_real_prometheus_pages_for_a_nan_a_norm_spike_and_a_refused_report_and_nothing_else() {
     let Some(prometheus) = tool("prometheus") else {
         return;
     };
@@ -232,4 +233,58 @@ fn a_real_prometheus_pages_for_a_nan_and_a_norm_spike_and_nothing_else() {
     // A few more scrapes and evaluations: still exactly these two.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(firing(&addr, run), want);
+
+    // The telemetry path, live too: a report the collector refuses (a run id with a space)
+    // pages as the collector's, not any run's.
+    assert!(!alert_names(&addr).contains(&"GradtelCollectorRejectingReports".to_string()));
+    let status = refused_report(&h.collector_url());
+    assert_eq!(status, gradtel_proto::v1::ack::Status::Rejected as i32);
+    wait_until("the rejection alert", Duration::from_secs(60), || {
+        alert_names(&addr).contains(&"GradtelCollectorRejectingReports".to_string())
+    });
+    assert_eq!(firing(&addr, run), want);
+}
+
+/// Names of every alert firing, whatever its labels.
+fn alert_names(addr: &str) -> Vec<String> {
+    let Some(body) = get(addr, "/api/v1/alerts") else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).expect("alerts JSON");
+    v["data"]["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["state"] == "firing")
+        .filter_map(|a| a["labels"]["alertname"].as_str().map(String::from))
+        .collect()
+}
+
+/// Send one report with a malformed run id on its own stream; the status of its ack.
+fn refused_report(url: &str) -> i32 {
+    use gradtel_proto::v1::ShardReport;
+    use gradtel_proto::v1::collect_client::CollectClient;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut client = CollectClient::connect(url.to_string()).await.unwrap();
+        let report = ShardReport {
+            run_id: "not a run id".into(),
+            world_size: 1,
+            shard_count: 1,
+            seq: 1,
+            agent_epoch: 1,
+            ..Default::default()
+        };
+        let mut acks = client
+            .stream(tokio_stream::iter([report]))
+            .await
+            .unwrap()
+            .into_inner();
+        let ack = tokio::time::timeout(Duration::from_secs(10), acks.message())
+            .await
+            .expect("an ack within 10 s")
+            .expect("a healthy stream")
+            .expect("an ack");
+        ack.status
+    })
 }

@@ -478,6 +478,11 @@ impl Harness {
         &self.out
     }
 
+    /// The collector's gRPC URL.
+    pub fn collector_url(&self) -> String {
+        format!("http://{}", self.collector_addr)
+    }
+
     /// Stop the collector — killed (`crash`) or with SIGTERM — and start it again on the same
     /// address, lake and arguments; the agents reconnect by themselves.
     pub fn restart_collector(&mut self, crash: bool) {
