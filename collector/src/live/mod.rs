@@ -174,10 +174,9 @@ impl Live {
     ) -> Option<(checkpoint::RunState, u64)> {
         let live = &self.cfg.live;
         let st = self.runs.get(run)?;
-        let due = force
-            || st
-                .saved_at
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs_f64(live.checkpoint_every_s));
+        // An interval no Duration holds (set in code, not parsed and checked) means never.
+        let every = Duration::try_from_secs_f64(live.checkpoint_every_s).unwrap_or(Duration::MAX);
+        let due = force || st.saved_at.is_none_or(|t| t.elapsed() >= every);
         (live.checkpoints && st.version != st.saved_version && due)
             .then(|| (st.save(run, now_ns), st.version))
     }
