@@ -64,34 +64,17 @@ fn the_rules_pass_promtool_check_and_their_unit_tests() {
 
 #[test]
 fn every_metric_the_rules_name_is_exported() {
-    use gradtel_telemetry::Render;
-    let collector = gradtel_collector::metrics::CollectorMetrics::default();
-    collector
-        .runs
-        .lock()
-        .unwrap()
-        .insert("r".into(), Default::default());
-    let exposed = collector.render() + &gradtel_agent::AgentMetrics::default().render();
-    let families: std::collections::BTreeSet<&str> = exposed
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
+    let families = families();
     let rules = std::fs::read_to_string(rules_dir().join("gradtel.rules.yml")).unwrap();
-    let mut named = 0;
-    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-        if !word.starts_with("gradtel_") {
-            continue;
-        }
-        // A summary's series are its family's name with `_sum` or `_count`.
-        let family = ["_sum", "_count"]
-            .iter()
-            .find_map(|s| word.strip_suffix(s).filter(|f| families.contains(f)))
-            .unwrap_or(word);
-        assert!(families.contains(family), "{word} is not exported");
-        named += 1;
+    let named = metric_names(&rules);
+    for word in &named {
+        assert!(exported(&families, word), "{word} is not exported");
     }
-    assert!(named >= 15, "{named} metric names in the rules");
+    assert!(
+        named.len() >= 15,
+        "{} metric names in the rules",
+        named.len()
+    );
     // And every alert kind the collector raises has its rule.
     for kind in gradtel_collector::live::alerts::kind::ALL {
         assert!(
@@ -101,8 +84,101 @@ fn every_metric_the_rules_name_is_exported() {
     }
 }
 
-/// `GET path` over HTTP/1.0 (so the answer is not chunked); the body when the status is 200.
-fn get(addr: &str, path: &str) -> Option<String> {
+/// The metric families the collector and the agent export.
+fn families() -> std::collections::BTreeSet<String> {
+    use gradtel_telemetry::Render;
+    let collector = gradtel_collector::metrics::CollectorMetrics::default();
+    collector
+        .runs
+        .lock()
+        .unwrap()
+        .insert("r".into(), Default::default());
+    let exposed = collector.render() + &gradtel_agent::AgentMetrics::default().render();
+    exposed
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(String::from)
+        .collect()
+}
+
+/// Every `gradtel_…` word of `text`.
+fn metric_names(text: &str) -> Vec<&str> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("gradtel_"))
+        .collect()
+}
+
+/// Whether `name` is an exported family, or a summary's `_sum` / `_count` series.
+fn exported(families: &std::collections::BTreeSet<String>, name: &str) -> bool {
+    families.contains(name)
+        || ["_sum", "_count"]
+            .iter()
+            .any(|s| name.strip_suffix(s).is_some_and(|f| families.contains(f)))
+}
+
+/// The Grafana dashboard and every (panel title, PromQL) it holds.
+fn dashboard() -> (serde_json::Value, Vec<(String, String)>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/gradtel.dashboard.json");
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("dashboard JSON");
+    let mut queries = Vec::new();
+    for p in d["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let title = p["title"].as_str().unwrap_or_default().to_string();
+            queries.push((title, t["expr"].as_str().expect("expr").to_string()));
+        }
+    }
+    (d, queries)
+}
+
+#[test]
+fn the_dashboard_queries_exported_metrics_in_a_sound_layout() {
+    let families = families();
+    let (d, queries) = dashboard();
+    assert!(queries.len() >= 30, "{} queries", queries.len());
+    for (title, expr) in &queries {
+        let names = metric_names(expr);
+        assert!(!names.is_empty(), "{title}: {expr} names no metric");
+        for name in names {
+            assert!(exported(&families, name), "{title}: {name} is not exported");
+        }
+    }
+    // Every gradient-structure gauge has its panel.
+    for family in families.iter().filter(|f| f.starts_with("gradtel_run_")) {
+        assert!(
+            queries
+                .iter()
+                .any(|(_, e)| metric_names(e).contains(&family.as_str())),
+            "no panel shows {family}"
+        );
+    }
+    // Panels: unique ids, the dashboard's data source, inside 24 columns, none overlapping.
+    let panels = d["panels"].as_array().unwrap();
+    let mut ids = std::collections::BTreeSet::new();
+    let mut cells = std::collections::BTreeSet::new();
+    for p in panels {
+        assert!(ids.insert(p["id"].as_u64().expect("id")), "duplicate id");
+        let g = &p["gridPos"];
+        let [x, y, w, h] = ["x", "y", "w", "h"].map(|k| g[k].as_u64().expect("gridPos"));
+        assert!(x + w <= 24, "{} is wider than the dashboard", p["title"]);
+        for cx in x..x + w {
+            for cy in y..y + h {
+                assert!(
+                    cells.insert((cx, cy)),
+                    "{} overlaps another panel",
+                    p["title"]
+                );
+            }
+        }
+        if p["type"] != "row" {
+            assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+        }
+    }
+}
+
+/// `GET path` over HTTP/1.0 (so the answer is not chunked): the status and body.
+fn get_status(addr: &str, path: &str) -> Option<(String, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
@@ -110,19 +186,36 @@ fn get(addr: &str, path: &str) -> Option<String> {
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let (head, body) = text.split_once("\r\n\r\n")?;
-    (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
+    Some((
+        head.split_whitespace().nth(1)?.to_string(),
+        body.to_string(),
+    ))
 }
 
-/// The value of an instant query with one result, from the Prometheus at `addr`.
-fn query(addr: &str, promql: &str) -> Option<f64> {
-    let encoded: String = promql
+/// The body of `GET path` when the status is 200.
+fn get(addr: &str, path: &str) -> Option<String> {
+    get_status(addr, path).and_then(|(status, body)| (status == "200").then_some(body))
+}
+
+/// The body of `GET path`, whatever the status (Prometheus explains a refused query in it).
+fn get_any(addr: &str, path: &str) -> Option<String> {
+    get_status(addr, path).map(|(_, body)| body)
+}
+
+/// `promql` encoded for a URL's query string.
+fn encode(promql: &str) -> String {
+    promql
         .bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
-        .collect();
-    let body = get(addr, &format!("/api/v1/query?query={encoded}"))?;
+        .collect()
+}
+
+/// The value of an instant query with one result, from the Prometheus at `addr`.
+fn query(addr: &str, promql: &str) -> Option<f64> {
+    let body = get(addr, &format!("/api/v1/query?query={}", encode(promql)))?;
     let v: serde_json::Value = serde_json::from_str(&body).ok()?;
     v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
@@ -234,6 +327,19 @@ fn a_real_prometheus_pages_for_a_nan_a_norm_spike_and_a_refused_report_and_nothi
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(firing(&addr, run), want);
 
+    // Every dashboard query is valid PromQL on this Prometheus, and those over the run and
+    // its collector have data (not the spectrum: no projection here; nor the agents, not
+    // scraped here).
+    let (_, queries) = dashboard();
+    for (title, expr) in &queries {
+        let expr = expr.replace("$run", run);
+        let series = series_of(&addr, &expr).unwrap_or_else(|e| panic!("{title}: {expr}: {e}"));
+        let expect_data = !(expr.contains("spectrum") || expr.contains("gradtel_agent_"));
+        if expect_data {
+            assert!(series > 0, "{title}: {expr} has no data");
+        }
+    }
+
     // The telemetry path, live too: a report the collector refuses (a run id with a space)
     // pages as the collector's, not any run's.
     assert!(!alert_names(&addr).contains(&"GradtelCollectorRejectingReports".to_string()));
@@ -243,6 +349,17 @@ fn a_real_prometheus_pages_for_a_nan_a_norm_spike_and_a_refused_report_and_nothi
         alert_names(&addr).contains(&"GradtelCollectorRejectingReports".to_string())
     });
     assert_eq!(firing(&addr, run), want);
+}
+
+/// How many series an instant query gives; the error Prometheus gives when it refuses it.
+fn series_of(addr: &str, promql: &str) -> Result<usize, String> {
+    let body = get_any(addr, &format!("/api/v1/query?query={}", encode(promql)))
+        .ok_or("no answer from Prometheus")?;
+    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    if v["status"] != "success" {
+        return Err(v["error"].to_string());
+    }
+    Ok(v["data"]["result"].as_array().map_or(0, Vec::len))
 }
 
 /// Names of every alert firing, whatever its labels.
