@@ -83,12 +83,20 @@ impl Acc<'_> {
     }
 
     /// Merge a received part into the tensor's summary; false (and unchanged) when they do not
-    /// merge.
-    fn absorb_part(&mut self, s: &SparseSummary) -> bool {
+    /// merge. `span` is the histogram range all the tensor's parts will need, made addressable
+    /// once.
+    fn absorb_part(&mut self, s: &SparseSummary, span: Option<(u64, u64)>) -> bool {
         match &mut self.summary {
             Some(acc) => acc.merge_sparse(s).is_ok(),
             None => {
-                self.summary = Some(s.to_dense());
+                let mut first = s.rest.clone();
+                if let Some((lo, hi)) = span {
+                    first.abs_hist.cover(lo, hi);
+                }
+                if first.abs_hist.merge_sparse(&s.hist).is_err() {
+                    return false;
+                }
+                self.summary = Some(first);
                 true
             }
         }
@@ -119,13 +127,26 @@ pub fn build_rows(a: &Assembly, assembled_at_ns: i64) -> (Vec<StepRow>, u64) {
     let mut model = Acc::new();
     // numel is per-rank (the size of the parameter), counted once per tensor.
     let mut numel_seen: BTreeSet<&str> = BTreeSet::new();
+    let union = |a: Option<(u64, u64)>, b: Option<(u64, u64)>| match (a, b) {
+        (Some((a0, a1)), Some((b0, b1))) => Some((a0.min(b0), a1.max(b1))),
+        (a, b) => a.or(b),
+    };
+    // The histogram range of each tensor over its parts, so that merging the parts never
+    // regrows (and copies) the dense counts: each rank's range differs a little, and growing
+    // part by part cost a reallocation and a copy for most parts.
+    let mut tensor_span: BTreeMap<&str, Option<(u64, u64)>> = BTreeMap::new();
+    for t in a.parts.iter().flat_map(|p| &p.tensors) {
+        let span = tensor_span.entry(&t.name).or_default();
+        *span = union(*span, t.summary.hist.span());
+    }
     // Ranks and shards merge into their tensor; tensors into their layer and the model. (Each
     // part merging into all three scopes did three times the merges for the same rows.)
     for part in &a.parts {
         for t in &part.tensors {
             let first = numel_seen.insert(&t.name);
             let acc = by_tensor.entry(&t.name).or_insert_with(Acc::new);
-            if !acc.absorb_part(&t.summary) {
+            let span = tensor_span.get(&*t.name).copied().flatten();
+            if !acc.absorb_part(&t.summary, span) {
                 merge_errors += 1;
                 continue;
             }
@@ -137,12 +158,7 @@ pub fn build_rows(a: &Assembly, assembled_at_ns: i64) -> (Vec<StepRow>, u64) {
             acc.received += t.elements_received;
         }
     }
-    // The histogram range of each layer and of the model, so that merging their tensors never
-    // regrows (and copies) the dense counts.
-    let union = |a: Option<(u64, u64)>, b: Option<(u64, u64)>| match (a, b) {
-        (Some((a0, a1)), Some((b0, b1))) => Some((a0.min(b0), a1.max(b1))),
-        (a, b) => a.or(b),
-    };
+    // The histogram range of each layer and of the model, likewise.
     let mut layer_span: BTreeMap<&str, Option<(u64, u64)>> = BTreeMap::new();
     let mut model_span = None;
     for (name, t) in &by_tensor {
