@@ -432,6 +432,7 @@ impl Pipeline {
                 }
             }
             Ok(()) => {
+                self.sink.recycle(rows);
                 self.metrics.flush.record(started.elapsed());
                 tracing::debug!(run = %run, files = published.len(), "parquet files published");
                 let _ = self
