@@ -346,7 +346,12 @@ fn check_metrics(addr: &str, run: &str) {
     let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text format");
     assert!(!scrape.samples.is_empty());
     for s in &scrape.samples {
-        assert!(s.metric.starts_with("gradtel_"), "{}", s.metric);
+        // The process metrics keep the names every Prometheus client exports them under.
+        assert!(
+            s.metric.starts_with("gradtel_") || s.metric.starts_with("process_"),
+            "{}",
+            s.metric
+        );
     }
     for (name, help) in &scrape.docs {
         assert!(!help.is_empty(), "{name} has no HELP");

@@ -102,10 +102,10 @@ fn families() -> std::collections::BTreeSet<String> {
         .collect()
 }
 
-/// Every `gradtel_…` word of `text`.
+/// Every `gradtel_…` and `process_…` word of `text`.
 fn metric_names(text: &str) -> Vec<&str> {
     text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("gradtel_"))
+        .filter(|w| w.starts_with("gradtel_") || w.starts_with("process_"))
         .collect()
 }
 

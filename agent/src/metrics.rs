@@ -66,6 +66,7 @@ impl Render for AgentMetrics {
             .gauge("gradtel_agent_queue_depth", "Finished steps waiting to be sent.", self.queue_depth.get())
             .latency("gradtel_agent_chunk_summarize_seconds", "Time to decode and summarise one chunk.", &self.chunk_summarize)
             .latency("gradtel_agent_report_ack_seconds", "Time from first send of a report to its acknowledgement.", &self.report_ack);
+        gradtel_telemetry::process::render(&mut e);
         e.finish()
     }
 }

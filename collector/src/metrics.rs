@@ -279,6 +279,7 @@ impl Render for CollectorMetrics {
         if let Ok(runs) = self.runs.lock() {
             render_runs(&mut e, &runs);
         }
+        gradtel_telemetry::process::render(&mut e);
         e.finish()
     }
 }

@@ -1,12 +1,15 @@
 //! Internal telemetry of the gradtel daemons, in Prometheus conventions.
 //!
 //! Names carry the `gradtel_` prefix and base units (`_seconds`, `_bytes`), counters end in
-//! `_total`. Latencies are recorded in HdrHistograms (microsecond resolution, 3 significant
+//! `_total`; the process metrics ([`process`]) keep the standard `process_` names every
+//! Prometheus client uses. Latencies are recorded in HdrHistograms (microsecond resolution, 3 significant
 //! digits) and exported as a Prometheus summary: fixed quantiles over a sliding window of the
 //! last 5–10 minutes (as the Prometheus Go client's summaries, whose default window is 10
 //! minutes), plus `_sum` and `_count` since start. Quantiles since start would tell, after a week
 //! of uptime, how the daemon did that week; a page about acks slowing down needs how it does
 //! now. Everything is lock-free except histograms, which take a short mutex per record.
+
+pub mod process;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -168,6 +171,15 @@ impl Exposition {
         let _ = writeln!(
             self.out,
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+        self
+    }
+
+    /// An unlabelled sample of `kind` (`counter` or `gauge`) with a fractional value.
+    pub fn value(&mut self, name: &str, help: &str, kind: &str, value: f64) -> &mut Self {
+        let _ = writeln!(
+            self.out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
         self
     }
