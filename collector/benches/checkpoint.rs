@@ -62,20 +62,7 @@ fn sketch(r: &mut SplitMix64) -> SketchState {
             .collect();
         fd.insert(&row).expect("row of the sketch's dimension");
     }
-    let s = fd.state();
-    SketchState {
-        dim: s.dim as u64,
-        ell: s.ell as u64,
-        centred: s.centred,
-        rows_filled: s.rows_filled,
-        ortho: s.ortho as u64,
-        ortho_sq: s.ortho_sq,
-        shrinkage: s.shrinkage,
-        rows: s.rows,
-        weight: s.weight,
-        mean: s.mean,
-        skipped: s.skipped,
-    }
+    SketchState::from(fd.state())
 }
 
 fn main() {

@@ -27,6 +27,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use gradtel_stats::fd::FdState;
 use prost::Message;
 
 /// First bytes of every checkpoint file.
@@ -278,6 +279,45 @@ pub struct SketchState {
     pub mean: Vec<f64>,
     #[prost(uint64, tag = "11")]
     pub skipped: u64,
+}
+
+impl From<FdState> for SketchState {
+    fn from(s: FdState) -> Self {
+        Self {
+            dim: s.dim as u64,
+            ell: s.ell as u64,
+            centred: s.centred,
+            rows_filled: s.rows_filled,
+            ortho: s.ortho as u64,
+            ortho_sq: s.ortho_sq,
+            shrinkage: s.shrinkage,
+            rows: s.rows,
+            weight: s.weight,
+            mean: s.mean,
+            skipped: s.skipped,
+        }
+    }
+}
+
+/// Shapes out of `usize`'s range on this machine become `usize::MAX`, which
+/// `FrequentDirections::from_state` refuses.
+impl From<SketchState> for FdState {
+    fn from(s: SketchState) -> Self {
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        Self {
+            dim: size(s.dim),
+            ell: size(s.ell),
+            centred: s.centred,
+            rows_filled: s.rows_filled,
+            ortho: size(s.ortho),
+            ortho_sq: s.ortho_sq,
+            shrinkage: s.shrinkage,
+            rows: s.rows,
+            weight: s.weight,
+            mean: s.mean,
+            skipped: s.skipped,
+        }
+    }
 }
 
 /// An `alerts::AlertState`.

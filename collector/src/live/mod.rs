@@ -686,16 +686,7 @@ mod tests {
                     p
                 })
                 .collect();
-            let a = Assembly {
-                run_id: "r".into(),
-                step,
-                world_size: 3,
-                shard_count: 1,
-                parts,
-                reports: vec![],
-                late: false,
-                trajectory: 0,
-            };
+            let a = assembly(step, parts);
             let (mut rows, _) = crate::tables::steps::build_rows(&a, 0);
             all.append(live.observe(&a, &mut rows, 0));
         }
@@ -734,6 +725,11 @@ mod tests {
                 p
             })
             .collect();
+        assembly(step, parts)
+    }
+
+    /// Step `step` of run "r" of 3 ranks, made of `parts`.
+    fn assembly(step: u64, parts: Vec<Report>) -> Assembly {
         Assembly {
             run_id: "r".into(),
             step,
@@ -872,6 +868,15 @@ mod tests {
         bad.push(s);
         let mut s = good.clone();
         s.sketches.as_mut().unwrap().identity.as_mut().unwrap().dim = 8;
+        bad.push(s);
+        // Shapes that would have the restore allocate terabytes are refused before.
+        let mut s = good.clone();
+        let k = s.sketches.as_mut().unwrap();
+        k.identity.as_mut().unwrap().dim = 1 << 40;
+        k.gradient.as_mut().unwrap().dim = 1 << 40;
+        bad.push(s);
+        let mut s = good.clone();
+        s.sketches.as_mut().unwrap().gradient.as_mut().unwrap().ell = 1 << 15;
         bad.push(s);
         let mut s = good.clone();
         s.alerts.as_mut().unwrap().norms.push(f64::NAN);

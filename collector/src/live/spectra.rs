@@ -153,24 +153,8 @@ impl Sketches {
 impl Sketches {
     /// The sketches as a checkpoint holds them.
     pub(super) fn save(&self) -> SketchesState {
-        let sketch = |fd: &Option<FrequentDirections>| {
-            fd.as_ref().map(|fd| {
-                let s = fd.state();
-                SketchState {
-                    dim: s.dim as u64,
-                    ell: s.ell as u64,
-                    centred: s.centred,
-                    rows_filled: s.rows_filled,
-                    ortho: s.ortho as u64,
-                    ortho_sq: s.ortho_sq,
-                    shrinkage: s.shrinkage,
-                    rows: s.rows,
-                    weight: s.weight,
-                    mean: s.mean,
-                    skipped: s.skipped,
-                }
-            })
-        };
+        let sketch =
+            |fd: &Option<FrequentDirections>| fd.as_ref().map(|fd| SketchState::from(fd.state()));
         SketchesState {
             ell: self.ell as u64,
             identity: self.identity.map(|(kind, seed, dim)| IdentityState {
@@ -188,28 +172,31 @@ impl Sketches {
     /// changed) are dropped and start afresh; the run keeps its projection.
     pub(super) fn load(s: SketchesState, ell: usize) -> Result<Self, CheckpointError> {
         let identity = s.identity.map(|i| (i.kind, i.seed, i.dim as usize));
+        if identity.is_some_and(|id| id.2 == 0 || id.2 > crate::report::MAX_SKETCH_DIM as usize) {
+            return Err(CheckpointError::Invalid(
+                "the run's projection has a dimension no report may carry",
+            ));
+        }
         let sketch = |st: Option<SketchState>| -> Result<_, CheckpointError> {
             let Some(st) = st else { return Ok(None) };
-            let fd = FrequentDirections::from_state(FdState {
-                dim: st.dim as usize,
-                ell: st.ell as usize,
-                centred: st.centred,
-                rows_filled: st.rows_filled,
-                ortho: st.ortho as usize,
-                ortho_sq: st.ortho_sq,
-                shrinkage: st.shrinkage,
-                rows: st.rows,
-                weight: st.weight,
-                mean: st.mean,
-                skipped: st.skipped,
-            })
-            .map_err(|_| CheckpointError::Invalid("a covariance sketch is malformed"))?;
-            if identity.is_none_or(|id| id.2 != fd.dim()) {
+            // Checked before the sketch is built, which allocates its dimension × 2ℓ buffer.
+            if identity.is_none_or(|id| id.2 as u64 != st.dim) {
                 return Err(CheckpointError::Invalid(
                     "a covariance sketch does not match the run's projection",
                 ));
             }
-            Ok((s.ell as usize == ell).then_some(fd))
+            if s.ell as usize != ell {
+                // The configuration changed: this sketch's shape is no longer the run's.
+                return Ok(None);
+            }
+            if st.ell != ell.min(st.dim as usize) as u64 {
+                return Err(CheckpointError::Invalid(
+                    "a covariance sketch keeps another number of directions than its run's",
+                ));
+            }
+            let fd = FrequentDirections::from_state(FdState::from(st))
+                .map_err(|_| CheckpointError::Invalid("a covariance sketch is malformed"))?;
+            Ok(Some(fd))
         };
         Ok(Self {
             ell,
