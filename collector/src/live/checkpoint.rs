@@ -70,11 +70,15 @@ fn path_of(dir: &Path, run: &str) -> PathBuf {
 
 /// Frame an encoded state for its file.
 pub fn frame(state: &RunState) -> Vec<u8> {
-    let body = state.encode_to_vec();
+    frame_body(&state.encode_to_vec())
+}
+
+/// Frame a state's protobuf encoding (see [`frame`]).
+pub fn frame_body(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(12 + body.len());
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out.extend_from_slice(body);
     out
 }
 

@@ -892,6 +892,43 @@ mod tests {
         assert_eq!(restarted.restore(vec![good]).restored, 1);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1500))]
+
+        /// A checkpoint edited inside its protobuf body, its checksum made to match (as a
+        /// bug, not a disk, would write it), is refused or restored, never a panic; what is
+        /// restored observes further steps.
+        #[test]
+        fn edited_checkpoints_are_refused_or_restored(
+            edits in proptest::collection::vec((0u8..6, 0usize..1 << 14, 0u8..=255), 1..6),
+        ) {
+            use gradtel_proto::mutate::{Edit, apply};
+            use prost::Message;
+            let steps = || {
+                let mut rng = SplitMix64::new(2);
+                (0..14).map(|s| step_of(s, &mut rng)).collect::<Vec<Assembly>>()
+            };
+            static GOOD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+            let body = GOOD.get_or_init(|| {
+                let mut cfg = FileConfig::default();
+                cfg.live.fd_ell = 4;
+                let mut live = Live::new(cfg, Arc::new(CollectorMetrics::default()));
+                observe_all(&mut live, &steps()[..12]);
+                live.state("r", 0).unwrap().encode_to_vec()
+            });
+            let edits: Vec<Edit> = edits.into_iter().map(|(k, at, b)| Edit::from_parts(k, at, b)).collect();
+            let edited = apply(body, &edits);
+            let mut cfg = FileConfig::default();
+            cfg.live.fd_ell = 4;
+            let mut live = Live::new(cfg, Arc::new(CollectorMetrics::default()));
+            if let Ok(state) = checkpoint::unframe(&checkpoint::frame_body(&edited)) {
+                let r = live.restore(vec![state]);
+                proptest::prop_assert_eq!(r.restored + r.refused.len() + r.surplus.len(), 1);
+                observe_all(&mut live, &steps()[12..]);
+            }
+        }
+    }
+
     #[test]
     fn column_wise_and_by_coordinate_paths_agree() {
         let (aligned, it, sgn) = run(false);
