@@ -369,11 +369,8 @@ impl Pipeline {
             let w = write_tables(&out, &wal_dir, &run_for_write, &name, rows, &reports);
             let saved = match (&w, state) {
                 ((Ok(()), done, _), Some((state, version))) if done.unfinished.is_none() => {
-                    let framed = checkpoint::frame(&state);
-                    Some(
-                        checkpoint::write(&checkpoint::dir(&wal_dir), &run_for_write, &framed)
-                            .map(|()| version),
-                    )
+                    let dir = checkpoint::dir(&wal_dir);
+                    Some(checkpoint::save(&dir, &run_for_write, &state).map(|()| version))
                 }
                 _ => None,
             };
@@ -492,8 +489,7 @@ impl Pipeline {
         let written = tokio::task::spawn_blocking(move || {
             due.into_iter()
                 .map(|(run, state, version)| {
-                    let framed = checkpoint::frame(&state);
-                    let saved = checkpoint::write(&dir, &run, &framed).map(|()| version);
+                    let saved = checkpoint::save(&dir, &run, &state).map(|()| version);
                     (run, saved)
                 })
                 .collect::<Vec<_>>()

@@ -98,6 +98,11 @@ pub fn unframe(bytes: &[u8]) -> Result<RunState, CheckpointError> {
     Ok(state)
 }
 
+/// Encode `state` and write it as `run`'s checkpoint ([`frame`], then [`write`]).
+pub fn save(dir: &Path, run: &str, state: &RunState) -> Result<(), CheckpointError> {
+    write(dir, run, &frame(state))
+}
+
 /// Write `framed` as `run`'s checkpoint, replacing the previous one atomically.
 pub fn write(dir: &Path, run: &str, framed: &[u8]) -> Result<(), CheckpointError> {
     fs::create_dir_all(dir)?;
