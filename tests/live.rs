@@ -263,6 +263,15 @@ fn a_spike_after_a_restart_is_judged_on_the_history_before_it(crash: bool) {
         }
     }
     h.restart_collector(crash);
+    // Before any new step, /metrics already shows the run as it stood.
+    let text = http_get(&h.metrics, "/metrics").1;
+    assert_eq!(
+        metric(&text, &format!("gradtel_run_last_step{{run=\"{run}\"}}")),
+        39.0
+    );
+    assert!(text.contains(&format!(
+        "gradtel_run_tail_index{{run=\"{run}\",scope=\"model\","
+    )));
     let (states, refused) = gradtel_collector::live::checkpoint::load(&dir);
     assert!(refused.is_empty());
     assert_eq!(states.len(), 1);

@@ -96,6 +96,7 @@ fn main() {
             tails: (0..100).map(|_| 2.0 + r.normal().abs()).collect(),
             ..Default::default()
         }),
+        gauges: None,
     };
     let values = tracked * WINDOW * (1 + SGN_RANKS) + 2 * 2 * ELL * DIM;
     let mut cfg = FileConfig::default();

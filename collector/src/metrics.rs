@@ -12,7 +12,7 @@ use crate::live::spectra::Fit;
 use crate::live::windows::Summary;
 
 /// The latest live estimates of one run.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct RunGauges {
     pub last_step: u64,
     pub grad_norm: Option<f64>,

@@ -1,7 +1,7 @@
 //! Checkpoints of a run's live state, so that a collector restart (an upgrade, a crash) does
 //! not blind its estimators and alerts: the iteration-wise and SGN windows, both
-//! Frequent-Directions sketches, the alerts' histories and edge states, and the step counters
-//! that pace window and spectrum evaluations.
+//! Frequent-Directions sketches, the alerts' histories and edge states, the step counters
+//! that pace window and spectrum evaluations, and the run's gauges and counters on `/metrics`.
 //!
 //! **When.** A run's state is encoded when one of its Parquet writes starts (at most every
 //! `live.checkpoint_every_s`) and written only once that write is committed, so a checkpoint
@@ -29,6 +29,11 @@ use std::path::{Path, PathBuf};
 
 use gradtel_stats::fd::FdState;
 use prost::Message;
+
+use super::alerts::kind;
+use super::spectra::{Fit, GRADIENT, SGN};
+use super::windows::Summary;
+use crate::metrics::RunGauges;
 
 /// First bytes of every checkpoint file.
 const MAGIC: &[u8; 8] = b"GTLIVE01";
@@ -212,6 +217,170 @@ pub struct RunState {
     pub sketches: Option<SketchesState>,
     #[prost(message, optional, tag = "10")]
     pub alerts: Option<AlertsState>,
+    /// The run's gauges and counters on `/metrics`, so that they do not vanish until the next
+    /// window or spectrum evaluation after a restart, nor the counters restart from zero.
+    #[prost(message, optional, tag = "11")]
+    pub gauges: Option<GaugesState>,
+}
+
+/// A `metrics::RunGauges`.
+#[derive(Clone, PartialEq, Message)]
+pub struct GaugesState {
+    #[prost(uint64, tag = "1")]
+    pub last_step: u64,
+    #[prost(double, optional, tag = "2")]
+    pub grad_norm: Option<f64>,
+    #[prost(uint64, tag = "3")]
+    pub nonfinite_values_total: u64,
+    #[prost(message, repeated, tag = "4")]
+    pub tail_index: Vec<Labelled>,
+    #[prost(uint64, tag = "5")]
+    pub dimension_tested: u64,
+    #[prost(uint64, tag = "6")]
+    pub dimension_rejected: u64,
+    #[prost(message, repeated, tag = "7")]
+    pub windows: Vec<WindowSummaryState>,
+    #[prost(double, optional, tag = "8")]
+    pub sgn_rms: Option<f64>,
+    #[prost(message, repeated, tag = "9")]
+    pub spectra: Vec<FitState>,
+    #[prost(message, repeated, tag = "10")]
+    pub alerts_total: Vec<Labelled>,
+}
+
+/// A value under a label: a scope's tail index, or an alert kind's count.
+#[derive(Clone, PartialEq, Message)]
+pub struct Labelled {
+    #[prost(string, tag = "1")]
+    pub label: String,
+    #[prost(double, tag = "2")]
+    pub value: f64,
+}
+
+/// A `windows::Summary` of one object (`iteration`, `sgn`).
+#[derive(Clone, PartialEq, Message)]
+pub struct WindowSummaryState {
+    #[prost(string, tag = "1")]
+    pub object: String,
+    #[prost(uint64, tag = "2")]
+    pub coordinates: u64,
+    #[prost(double, optional, tag = "3")]
+    pub powerlaw_rejected: Option<f64>,
+    #[prost(double, optional, tag = "4")]
+    pub exponential_preferred: Option<f64>,
+    #[prost(double, optional, tag = "5")]
+    pub gaussian_rejected: Option<f64>,
+}
+
+/// A `spectra::Fit`.
+#[derive(Clone, PartialEq, Message)]
+pub struct FitState {
+    #[prost(string, tag = "1")]
+    pub sketch: String,
+    #[prost(double, tag = "2")]
+    pub slope: f64,
+    #[prost(double, tag = "3")]
+    pub r2: f64,
+}
+
+/// The gauges as a checkpoint holds them.
+pub fn gauges_state(g: &RunGauges) -> GaugesState {
+    GaugesState {
+        last_step: g.last_step,
+        grad_norm: g.grad_norm,
+        nonfinite_values_total: g.nonfinite_values_total,
+        tail_index: g
+            .tail_index
+            .iter()
+            .map(|(scope, &value)| Labelled {
+                label: scope.clone(),
+                value,
+            })
+            .collect(),
+        dimension_tested: g.dimension_tested,
+        dimension_rejected: g.dimension_rejected,
+        windows: g
+            .windows
+            .iter()
+            .map(|(object, w)| WindowSummaryState {
+                object: object.to_string(),
+                coordinates: w.coordinates,
+                powerlaw_rejected: w.powerlaw_rejected,
+                exponential_preferred: w.exponential_preferred,
+                gaussian_rejected: w.gaussian_rejected,
+            })
+            .collect(),
+        sgn_rms: g.sgn_rms,
+        spectra: g
+            .spectra
+            .values()
+            .map(|f| FitState {
+                sketch: f.sketch.to_string(),
+                slope: f.slope,
+                r2: f.r2,
+            })
+            .collect(),
+        alerts_total: g
+            .alerts_total
+            .iter()
+            .map(|(kind, &n)| Labelled {
+                label: kind.to_string(),
+                value: n as f64,
+            })
+            .collect(),
+    }
+}
+
+/// The gauges a checkpoint holds; names of objects, sketches and alert kinds this collector
+/// does not know are refused.
+pub fn gauges_from(s: GaugesState) -> Result<RunGauges, CheckpointError> {
+    fn known(all: &[&'static str], name: &str) -> Result<&'static str, CheckpointError> {
+        all.iter()
+            .find(|k| **k == name)
+            .copied()
+            .ok_or(CheckpointError::Invalid("a gauge names something unknown"))
+    }
+    let mut g = RunGauges {
+        last_step: s.last_step,
+        grad_norm: s.grad_norm,
+        nonfinite_values_total: s.nonfinite_values_total,
+        tail_index: s
+            .tail_index
+            .into_iter()
+            .map(|l| (l.label, l.value))
+            .collect(),
+        dimension_tested: s.dimension_tested,
+        dimension_rejected: s.dimension_rejected,
+        sgn_rms: s.sgn_rms,
+        ..RunGauges::default()
+    };
+    for w in s.windows {
+        let object = known(&["iteration", "sgn"], &w.object)?;
+        let summary = Summary {
+            coordinates: w.coordinates,
+            powerlaw_rejected: w.powerlaw_rejected,
+            exponential_preferred: w.exponential_preferred,
+            gaussian_rejected: w.gaussian_rejected,
+        };
+        g.windows.insert(object, summary);
+    }
+    for f in s.spectra {
+        let sketch = known(&[GRADIENT, SGN], &f.sketch)?;
+        let fit = Fit {
+            sketch,
+            slope: f.slope,
+            r2: f.r2,
+        };
+        g.spectra.insert(sketch, fit);
+    }
+    for a in s.alerts_total {
+        let kind = known(&kind::ALL, &a.label)?;
+        if !(a.value >= 0.0 && a.value.fract() == 0.0) {
+            return Err(CheckpointError::Invalid("an alert count is not a count"));
+        }
+        g.alerts_total.insert(kind, a.value as u64);
+    }
+    Ok(g)
 }
 
 /// A `windows::Windows`.

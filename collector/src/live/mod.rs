@@ -83,6 +83,8 @@ impl RunLive {
             sgn: Some(self.sgn.save()),
             sketches: Some(self.sketches.save()),
             alerts: Some(self.alerts.save()),
+            // Held by the metrics, not the run: `Live::save` adds them.
+            gauges: None,
         }
     }
 
@@ -178,12 +180,25 @@ impl Live {
         let every = Duration::try_from_secs_f64(live.checkpoint_every_s).unwrap_or(Duration::MAX);
         let due = force || st.saved_at.is_none_or(|t| t.elapsed() >= every);
         (live.checkpoints && st.version != st.saved_version && due)
-            .then(|| (st.save(run, now_ns), st.version))
+            .then(|| (self.save(run, st, now_ns), st.version))
     }
 
     /// A copy of `run`'s state as its checkpoint holds it, whether or not one is due.
     pub fn state(&self, run: &str, now_ns: i64) -> Option<checkpoint::RunState> {
-        self.runs.get(run).map(|st| st.save(run, now_ns))
+        self.runs.get(run).map(|st| self.save(run, st, now_ns))
+    }
+
+    fn save(&self, run: &str, st: &RunLive, now_ns: i64) -> checkpoint::RunState {
+        let gauges = self
+            .metrics
+            .runs
+            .lock()
+            .ok()
+            .and_then(|all| all.get(run).map(checkpoint::gauges_state));
+        checkpoint::RunState {
+            gauges,
+            ..st.save(run, now_ns)
+        }
     }
 
     /// The checkpoint of `version` of `run`'s state is written.
@@ -225,11 +240,16 @@ impl Live {
                 refused.push((run, checkpoint::CheckpointError::RunId(e.to_string())));
                 continue;
             }
-            match RunLive::load(s, self.cfg.live.fd_ell) {
-                Ok(mut st) => {
+            let gauges = s.gauges.clone().map(checkpoint::gauges_from).transpose();
+            match RunLive::load(s, self.cfg.live.fd_ell).and_then(|st| Ok((st, gauges?))) {
+                Ok((mut st, gauges)) => {
                     self.clock += 1;
                     st.last_active = self.clock;
-                    self.runs.insert(Arc::from(run), st);
+                    let run: Arc<str> = Arc::from(run);
+                    if let (Some(g), Ok(mut all)) = (gauges, self.metrics.runs.lock()) {
+                        all.insert(run.clone(), g);
+                    }
+                    self.runs.insert(run, st);
                     *restored += 1;
                 }
                 Err(e) => refused.push((run, e)),
@@ -771,7 +791,8 @@ mod tests {
         let (cut, later) = steps.split_at(45);
         let metrics = || Arc::new(CollectorMetrics::default());
 
-        let mut whole = Live::new(cfg.clone(), metrics());
+        let whole_metrics = metrics();
+        let mut whole = Live::new(cfg.clone(), whole_metrics.clone());
         observe_all(&mut whole, cut);
         let expected = observe_all(&mut whole, later);
 
@@ -786,7 +807,8 @@ mod tests {
             "nothing new to save"
         );
         let state = checkpoint::unframe(&checkpoint::frame(&state)).unwrap();
-        let mut restarted = Live::new(cfg.clone(), metrics());
+        let restarted_metrics = metrics();
+        let mut restarted = Live::new(cfg.clone(), restarted_metrics.clone());
         let r = restarted.restore(vec![state]);
         assert_eq!((r.restored, r.refused.len()), (1, 0));
         assert!(restarted.unsaved().is_empty());
@@ -802,6 +824,12 @@ mod tests {
         assert!(kinds.contains(&(alerts::kind::NONFINITE, 60)), "{kinds:?}");
         assert!(got.0.spectra.iter().any(|r| r.sketch == spectra::SGN));
         assert!(got.0.tails.iter().any(|r| r.object == "iteration"));
+        // The run's gauges and counters on /metrics went through the restart too.
+        let gauges = |m: &Arc<CollectorMetrics>| m.runs.lock().unwrap()["r"].clone();
+        let (g, want) = (gauges(&restarted_metrics), gauges(&whole_metrics));
+        assert_eq!(g, want);
+        assert!(g.alerts_total[alerts::kind::NONFINITE] == 1 && g.dimension_tested > 0);
+        assert_eq!(g.windows.len(), 2);
 
         // Without the checkpoint the same steps give other rows: the spike finds too short a
         // history, the windows and sketches start empty.
