@@ -234,13 +234,13 @@ impl Live {
             restored, refused, ..
         } = &mut out;
         // Oldest first, so that the least recently active run is dropped first as before.
-        for s in states.into_iter().rev() {
+        for mut s in states.into_iter().rev() {
             let run = s.run_id.clone();
             if let Err(e) = gradtel_proto::validate_run_id(&run) {
                 refused.push((run, checkpoint::CheckpointError::RunId(e.to_string())));
                 continue;
             }
-            let gauges = s.gauges.clone().map(checkpoint::gauges_from).transpose();
+            let gauges = s.gauges.take().map(checkpoint::gauges_from).transpose();
             match RunLive::load(s, self.cfg.live.fd_ell).and_then(|st| Ok((st, gauges?))) {
                 Ok((mut st, gauges)) => {
                     self.clock += 1;
