@@ -220,19 +220,28 @@ fn query(addr: &str, promql: &str) -> Option<f64> {
     v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
 
-/// (alertname, severity) of the alerts firing for `run`, sorted.
-fn firing(addr: &str, run: &str) -> Vec<(String, String)> {
+/// The label sets of every alert firing on the Prometheus at `addr`.
+fn firing_labels(addr: &str) -> Vec<serde_json::Value> {
     let Some(body) = get(addr, "/api/v1/alerts") else {
         return Vec::new();
     };
     let v: serde_json::Value = serde_json::from_str(&body).expect("alerts JSON");
-    let mut out: Vec<(String, String)> = v["data"]["alerts"]
+    v["data"]["alerts"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|a| a["state"] == "firing" && a["labels"]["run"] == run)
-        .map(|a| {
-            let label = |k: &str| a["labels"][k].as_str().unwrap_or_default().to_string();
+        .filter(|a| a["state"] == "firing")
+        .map(|a| a["labels"].clone())
+        .collect()
+}
+
+/// (alertname, severity) of the alerts firing for `run`, sorted.
+fn firing(addr: &str, run: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = firing_labels(addr)
+        .iter()
+        .filter(|l| l["run"] == run)
+        .map(|l| {
+            let label = |k: &str| l[k].as_str().unwrap_or_default().to_string();
             (label("alertname"), label("severity"))
         })
         .collect();
@@ -364,16 +373,9 @@ fn series_of(addr: &str, promql: &str) -> Result<usize, String> {
 
 /// Names of every alert firing, whatever its labels.
 fn alert_names(addr: &str) -> Vec<String> {
-    let Some(body) = get(addr, "/api/v1/alerts") else {
-        return Vec::new();
-    };
-    let v: serde_json::Value = serde_json::from_str(&body).expect("alerts JSON");
-    v["data"]["alerts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|a| a["state"] == "firing")
-        .filter_map(|a| a["labels"]["alertname"].as_str().map(String::from))
+    firing_labels(addr)
+        .iter()
+        .filter_map(|l| l["alertname"].as_str().map(String::from))
         .collect()
 }
 

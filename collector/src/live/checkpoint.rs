@@ -67,7 +67,8 @@ pub fn dir(wal_dir: &Path) -> PathBuf {
     wal_dir.join("live")
 }
 
-fn path_of(dir: &Path, run: &str) -> PathBuf {
+/// The file of `run`'s checkpoint under `dir`.
+pub fn file_of(dir: &Path, run: &str) -> PathBuf {
     // Run ids are checked when their reports arrive: 1..=128 of [A-Za-z0-9._-], never `.` or
     // `..`, so they are safe in a file name.
     dir.join(format!("run={run}{SUFFIX}"))
@@ -111,7 +112,7 @@ pub fn save(dir: &Path, run: &str, state: &RunState) -> Result<(), CheckpointErr
 /// Write `framed` as `run`'s checkpoint, replacing the previous one atomically.
 pub fn write(dir: &Path, run: &str, framed: &[u8]) -> Result<(), CheckpointError> {
     fs::create_dir_all(dir)?;
-    let path = path_of(dir, run);
+    let path = file_of(dir, run);
     let tmp = path.with_extension("live.tmp");
     let mut f = fs::File::create(&tmp)?;
     f.write_all(framed)?;
@@ -124,7 +125,7 @@ pub fn write(dir: &Path, run: &str, framed: &[u8]) -> Result<(), CheckpointError
 
 /// Delete `run`'s checkpoint (a run no longer restored).
 pub fn remove(dir: &Path, run: &str) -> Result<(), CheckpointError> {
-    match fs::remove_file(path_of(dir, run)) {
+    match fs::remove_file(file_of(dir, run)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
         _ => Ok(()),
     }
@@ -137,11 +138,6 @@ pub fn set_aside(path: &Path) -> Result<PathBuf, CheckpointError> {
     let to = PathBuf::from(name);
     fs::rename(path, &to)?;
     Ok(to)
-}
-
-/// The file of `run`'s checkpoint under `dir`.
-pub fn file_of(dir: &Path, run: &str) -> PathBuf {
-    path_of(dir, run)
 }
 
 /// Every checkpoint under `dir` that passes its checks, and the files that did not (with
@@ -579,7 +575,7 @@ mod tests {
         ];
         let dir = tempfile::tempdir().unwrap();
         for (run, bytes, _) in &cases {
-            fs::write(path_of(dir.path(), run), bytes).unwrap();
+            fs::write(file_of(dir.path(), run), bytes).unwrap();
         }
         fs::write(dir.path().join("run=x.live.tmp"), b"half").unwrap();
         let (states, mut refused) = load(dir.path());
@@ -587,7 +583,7 @@ mod tests {
         refused.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(refused.len(), cases.len());
         for ((path, e), (run, _, expected)) in refused.iter().zip(&cases) {
-            assert_eq!(path, &path_of(dir.path(), run));
+            assert_eq!(path, &file_of(dir.path(), run));
             assert!(expected(e), "{run}: {e}");
         }
         assert!(!dir.path().join("run=x.live.tmp").exists());
