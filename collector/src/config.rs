@@ -170,9 +170,15 @@ pub struct LiveConfig {
     /// collector continues its windows, sketches and alert histories
     /// (`collector/src/live/checkpoint.rs`).
     pub checkpoints: bool,
-    /// Seconds between a run's checkpoints (taken with its Parquet writes; 0: with every
-    /// write). A crash loses at most this much of the live state, never counts a step twice.
+    /// Longest time between a run's checkpoints while it is written (they go with its
+    /// Parquet writes; 0: with every write). A crash loses at most this much of the live
+    /// state, never counts a step twice.
     pub checkpoint_every_s: f64,
+    /// Share of the time between two checkpoints of a run that the second may cost in CPU time
+    /// (its copy on the estimators' thread, its encoding and synced file on the writer's):
+    /// while that allows, a checkpoint goes with every write and a crash loses nothing of the
+    /// live state.
+    pub checkpoint_time_share: f64,
 }
 
 impl Default for LiveConfig {
@@ -190,6 +196,7 @@ impl Default for LiveConfig {
             max_runs: 64,
             checkpoints: true,
             checkpoint_every_s: 30.0,
+            checkpoint_time_share: 0.01,
         }
     }
 }
@@ -280,6 +287,9 @@ impl FileConfig {
         }
         if !(l.checkpoint_every_s >= 0.0 && l.checkpoint_every_s <= 1e9) {
             return bad("live.checkpoint_every_s must be a number of seconds ≥ 0");
+        }
+        if !(l.checkpoint_time_share > 0.0 && l.checkpoint_time_share <= 1.0) {
+            return bad("live.checkpoint_time_share must be in (0, 1]");
         }
         let a = &c.alerts;
         if a.norm_z.is_nan() || a.norm_z <= 0.0 || a.norm_window < 3 || a.norm_min_history < 3 {
@@ -421,6 +431,11 @@ mod tests {
         assert!(FileConfig::parse("[live]\nfd_decay = 1.5\n", p).is_err());
         assert!(FileConfig::parse("[live]\ncheckpoint_every_s = -1.0\n", p).is_err());
         assert!(FileConfig::parse("[live]\ncheckpoint_every_s = nan\n", p).is_err());
+        for share in ["0.0", "1.5", "nan", "-0.1"] {
+            let toml = format!("[live]\ncheckpoint_time_share = {share}\n");
+            assert!(FileConfig::parse(&toml, p).is_err(), "{share}");
+        }
+        assert!(FileConfig::parse("[live]\ncheckpoint_time_share = 1.0\n", p).is_ok());
         assert!(FileConfig::parse("[live]\nwindow = 2\n", p).is_err());
     }
 }

@@ -155,7 +155,12 @@ impl Collector {
         // Before the log's replay: the replayed steps are the unpublished ones, which no
         // checkpoint holds.
         if config.file.live.checkpoints {
-            restore_live(&mut pipeline.live, &config.wal_dir(), &metrics);
+            restore_live(
+                &mut pipeline.live,
+                &config.wal_dir(),
+                &recovered.commits,
+                &metrics,
+            );
         }
         let uploads = match upload {
             Some(client) => {
@@ -331,10 +336,30 @@ impl Collector {
 
 /// Restore the runs' live state from their checkpoints; refused files are set aside (renamed
 /// `….refused`, counted and logged), and those of runs beyond `live.max_runs` deleted, so the
-/// directory holds no more than the collector can restore.
-fn restore_live(live: &mut live::Live, wal_dir: &std::path::Path, metrics: &CollectorMetrics) {
+/// directory holds no more than the collector can restore. First the checkpoints of writes
+/// that `commits` (the publication journals) name are put in place, as their Parquet files
+/// were (`journal::roll_forward`), and those of uncommitted writes deleted.
+fn restore_live(
+    live: &mut live::Live,
+    wal_dir: &std::path::Path,
+    commits: &[journal::Commit],
+    metrics: &CollectorMetrics,
+) {
     use live::checkpoint;
     let dir = checkpoint::dir(wal_dir);
+    match checkpoint::settle_pending(&dir, commits) {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(
+                runs = n,
+                "live-state checkpoints of committed writes a crash cut short put in place"
+            )
+        }
+        Err(e) => {
+            metrics.live_checkpoint_errors.inc();
+            tracing::warn!(error = %e, "pending live-state checkpoints not settled; the last ones in place are restored");
+        }
+    }
     let (states, damaged) = checkpoint::load(&dir);
     let r = live.restore(states);
     let refused = damaged.into_iter().chain(

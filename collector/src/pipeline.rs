@@ -76,6 +76,10 @@ pub enum Back {
 /// (kept for a retry).
 type WriteOutcome = (Result<(), sink::SinkError>, Written, Tables);
 
+/// What became of the live-state checkpoint that went with a write: how long writing it took,
+/// or why it was not written.
+type CheckpointOutcome = Result<Duration, CheckpointError>;
+
 /// The tables a write is done with.
 #[derive(Default)]
 struct Written {
@@ -86,17 +90,19 @@ struct Written {
     /// Committed in the journal, but a rename or directory sync failed: the next start
     /// finishes it from the journal, which must stay until then.
     unfinished: Option<sink::SinkError>,
+    /// The run's live-state checkpoint, when one went with the write and the write was
+    /// committed.
+    checkpoint: Option<CheckpointOutcome>,
 }
 
-/// A finished write: the run, what happened with its reports, and with the run's live-state
-/// checkpoint when one went with the write (the state's version it holds).
+/// A finished write: the run, what happened with its reports, and the state version and copy
+/// time of the live-state checkpoint that went with it, if one did.
 struct Flushed {
     run: Arc<str>,
     started: Instant,
-    written: Result<(WriteOutcome, Vec<Logged>, Checkpointed), tokio::task::JoinError>,
+    written: Result<(WriteOutcome, Vec<Logged>), tokio::task::JoinError>,
+    checkpoint: Option<(u64, Duration)>,
 }
-
-type Checkpointed = Option<Result<u64, CheckpointError>>;
 
 /// Write each table of a run's rows as one file (all under the same `name`, in their own
 /// partitions), publishing them all or none: every file is written and synced under its
@@ -105,6 +111,12 @@ type Checkpointed = Option<Result<u64, CheckpointError>>;
 /// removes the temporary files and leaves `rows` whole for a retry; rows that cannot be
 /// encoded would fail the same way on every retry, holding the run's acks (and its log)
 /// forever: they are dropped, and returned to be counted and logged.
+///
+/// `state`, the run's live state holding exactly these rows' steps, is committed with the
+/// tables: written under its pending name before the journal commit and renamed into place
+/// with the files ([`checkpoint::stage`]), so that after a crash the checkpoint and the
+/// published rows agree whatever the moment (a failure to write it only leaves the run's
+/// previous checkpoint).
 fn write_tables(
     out: &Path,
     wal_dir: &Path,
@@ -112,6 +124,7 @@ fn write_tables(
     name: &str,
     mut rows: Tables,
     reports: &[Logged],
+    state: Option<&checkpoint::RunState>,
 ) -> WriteOutcome {
     let mut done = Written::default();
     let mut staged: Vec<(&'static str, sink::Staged, usize)> = Vec::new();
@@ -144,8 +157,14 @@ fn write_tables(
             }
         }
     }
+    let started = Instant::now();
+    let pending = state.map(|st| checkpoint::stage(&checkpoint::dir(wal_dir), run, name, st));
+    let staging = started.elapsed();
     if let Err(e) = commit(out, wal_dir, run, &staged, reports) {
         discard(&staged);
+        if let Some(Ok(p)) = pending {
+            checkpoint::discard(p);
+        }
         return (Err(e), done, rows);
     }
     let mut dirs: Vec<&Path> = Vec::new();
@@ -168,6 +187,13 @@ fn write_tables(
             done.unfinished.get_or_insert(e);
         }
     }
+    // Committed: even when a rename above failed, the next start finishes this write, and
+    // this checkpoint with it.
+    done.checkpoint = pending.map(|p| {
+        let started = Instant::now();
+        p.and_then(checkpoint::publish)
+            .map(|()| staging + started.elapsed())
+    });
     (Ok(()), done, rows)
 }
 
@@ -363,18 +389,13 @@ impl Pipeline {
         self.in_flight.insert(run.clone());
         let reports = buf.reports;
         // Taken now, this state holds exactly the steps whose rows this write publishes (any
-        // earlier write of the run is done); written only once they are committed.
-        let state = self.live.checkpoint(&run, false, unix_nanos());
+        // earlier write of the run is done), and it is committed with them.
+        let taken = self.live.checkpoint(&run, false, unix_nanos());
+        let checkpoint = taken.as_ref().map(|t| (t.version, t.copy));
         let write = move || {
-            let w = write_tables(&out, &wal_dir, &run_for_write, &name, rows, &reports);
-            let saved = match (&w, state) {
-                ((Ok(()), done, _), Some((state, version))) if done.unfinished.is_none() => {
-                    let dir = checkpoint::dir(&wal_dir);
-                    Some(checkpoint::save(&dir, &run_for_write, &state).map(|()| version))
-                }
-                _ => None,
-            };
-            (w, reports, saved)
+            let state = taken.as_ref().map(|t| &t.state);
+            let w = write_tables(&out, &wal_dir, &run_for_write, &name, rows, &reports, state);
+            (w, reports)
         };
         let started = Instant::now();
         self.writes.spawn(async move {
@@ -383,6 +404,7 @@ impl Pipeline {
                 run,
                 started,
                 written,
+                checkpoint,
             }
         });
     }
@@ -392,9 +414,10 @@ impl Pipeline {
             run,
             started,
             written,
+            checkpoint,
         } = f;
         self.in_flight.remove(&run);
-        let ((result, done, rows), reports, saved) = match written {
+        let ((result, mut done, rows), reports) = match written {
             Ok(x) => x,
             Err(e) => {
                 // The blocking task panicked or was cancelled; the rows went with it. Their
@@ -404,7 +427,9 @@ impl Pipeline {
                 return;
             }
         };
-        self.on_checkpointed(&run, saved);
+        if let (Some((version, copy)), Some(saved)) = (checkpoint, done.checkpoint.take()) {
+            self.on_checkpointed(&run, version, saved.map(|write| copy + write));
+        }
         for (table, n, e) in &done.unencodable {
             self.metrics.rows_unencodable.add(*n as u64);
             tracing::error!(run = %run, table, rows = n, error = %e, "rows that cannot be encoded dropped");
@@ -453,17 +478,18 @@ impl Pipeline {
         }
     }
 
-    fn on_checkpointed(&mut self, run: &str, saved: Checkpointed) {
+    /// A checkpoint of `version` of `run`'s state was written, at a cost of that long, or not.
+    fn on_checkpointed(&mut self, run: &str, version: u64, saved: CheckpointOutcome) {
         match saved {
-            Some(Ok(version)) => {
-                self.live.checkpointed(run, version);
+            Ok(cost) => {
+                tracing::debug!(run = %run, cpu_s = cost.as_secs_f64(), "live-state checkpoint written");
+                self.live.checkpointed(run, version, cost);
                 self.metrics.live_checkpoints_written.inc();
             }
-            Some(Err(e)) => {
+            Err(e) => {
                 self.metrics.live_checkpoint_errors.inc();
                 tracing::error!(error = %e, run = %run, "live-state checkpoint not written; the previous one stays");
             }
-            None => {}
         }
     }
 
@@ -472,15 +498,12 @@ impl Pipeline {
     async fn checkpoint_published(&mut self) {
         let buffered: HashSet<Arc<str>> = self.sink.runs().into_iter().collect();
         let now = unix_nanos();
-        let due: Vec<(Arc<str>, checkpoint::RunState, u64)> = self
+        let due: Vec<(Arc<str>, checkpoint::Taken)> = self
             .live
             .unsaved()
             .into_iter()
             .filter(|run| !buffered.contains(run) && !self.in_flight.contains(run))
-            .filter_map(|run| {
-                let (state, version) = self.live.checkpoint(&run, true, now)?;
-                Some((run, state, version))
-            })
+            .filter_map(|run| Some((run.clone(), self.live.checkpoint(&run, true, now)?)))
             .collect();
         if due.is_empty() {
             return;
@@ -488,17 +511,19 @@ impl Pipeline {
         let dir = checkpoint::dir(&self.wal_dir);
         let written = tokio::task::spawn_blocking(move || {
             due.into_iter()
-                .map(|(run, state, version)| {
-                    let saved = checkpoint::save(&dir, &run, &state).map(|()| version);
-                    (run, saved)
+                .map(|(run, t)| {
+                    let started = Instant::now();
+                    let saved =
+                        checkpoint::save(&dir, &run, &t.state).map(|()| t.copy + started.elapsed());
+                    (run, t.version, saved)
                 })
                 .collect::<Vec<_>>()
         })
         .await;
         match written {
             Ok(all) => {
-                for (run, saved) in all {
-                    self.on_checkpointed(&run, Some(saved));
+                for (run, version, saved) in all {
+                    self.on_checkpointed(&run, version, saved);
                 }
             }
             Err(e) => tracing::error!(error = %e, "live-state checkpoint task failed"),
@@ -584,6 +609,7 @@ mod tests {
     fn a_write_commits_its_reports_in_the_newest_segments_journal_then_publishes() {
         let (out, wal) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let reports = [logged(3, 1), logged(4, 2), logged(3, 3)];
+        let state = live_state(4);
         let (result, done, left) = write_tables(
             out.path(),
             wal.path(),
@@ -591,9 +617,14 @@ mod tests {
             "p.parquet",
             two_tables(),
             &reports,
+            Some(&state),
         );
         assert!(result.is_ok() && done.unfinished.is_none() && left.is_empty());
         assert_eq!(done.published.len(), 2);
+        assert!(matches!(done.checkpoint, Some(Ok(_))));
+        let ckpt = checkpoint::dir(wal.path());
+        assert_eq!(files_under(&ckpt), ["run=r.live"]);
+        assert_eq!(checkpoint::load(&ckpt).0, vec![state]);
         assert_eq!(
             files_under(out.path()),
             [
@@ -639,12 +670,64 @@ mod tests {
             "p.parquet",
             rows,
             &[logged(3, 1)],
+            Some(&live_state(4)),
         );
         assert!(result.is_err());
         assert!(done.published.is_empty());
+        assert!(done.checkpoint.is_none());
         assert_eq!(left.len(), n, "every row kept for the retry");
         assert_eq!(files_under(out.path()), ["run=r/table=alerts"]);
         assert!(journal::segments(wal.path()).is_empty(), "no commit");
+        assert!(checkpoint::load(&checkpoint::dir(wal.path())).0.is_empty());
+    }
+
+    /// A live state of run `r` that has seen `steps` steps.
+    fn live_state(steps: u64) -> checkpoint::RunState {
+        checkpoint::RunState {
+            version: checkpoint::VERSION,
+            run_id: "r".into(),
+            steps_seen: steps,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_is_put_in_place_at_the_next_start_exactly_when_its_write_was_committed() {
+        let wal = tempfile::tempdir().unwrap();
+        let ckpt = checkpoint::dir(wal.path());
+        checkpoint::save(&ckpt, "r", &live_state(1)).unwrap();
+        // Writes the process died in, after staging their checkpoints: `a` and `c` (of run
+        // `r`) were committed, in that order; `b` (of `r`) and `d` (of run `q`) were not.
+        let mut commits = Vec::new();
+        for (write, steps, committed) in [("a", 2, true), ("b", 3, false), ("c", 4, true)] {
+            let name = format!("part-{write}.parquet");
+            checkpoint::stage(&ckpt, "r", &name, &live_state(steps)).unwrap();
+            if committed {
+                commits.push(journal::Commit {
+                    run: "r".into(),
+                    reports: vec![logged(1, steps).report],
+                    files: vec![(
+                        format!("run=r/table=steps/.{name}.tmp"),
+                        format!("run=r/table=steps/{name}"),
+                    )],
+                });
+            }
+        }
+        let other = checkpoint::RunState {
+            run_id: "q".into(),
+            ..live_state(9)
+        };
+        checkpoint::stage(&ckpt, "q", "part-c.parquet", &other).unwrap();
+        // Not yet in place: the run's last checkpoint is still the one before them.
+        assert_eq!(checkpoint::load(&ckpt).0, vec![live_state(1)]);
+        assert_eq!(checkpoint::settle_pending(&ckpt, &commits).unwrap(), 2);
+        assert_eq!(files_under(&ckpt), ["run=r.live"]);
+        assert_eq!(checkpoint::load(&ckpt).0, vec![live_state(4)]);
+        // Only uncommitted ones: all deleted, the last in place stays.
+        checkpoint::stage(&ckpt, "r", "part-e.parquet", &live_state(5)).unwrap();
+        assert_eq!(checkpoint::settle_pending(&ckpt, &commits).unwrap(), 0);
+        assert_eq!(checkpoint::load(&ckpt).0, vec![live_state(4)]);
+        assert_eq!(files_under(&ckpt), ["run=r.live"]);
     }
 
     #[test]
@@ -706,7 +789,7 @@ mod tests {
         let rows = step_rows();
         let n = rows.steps.len();
         let (result, done, left) =
-            write_tables(dir.path(), dir.path(), "r", "p.parquet", rows, &[]);
+            write_tables(dir.path(), dir.path(), "r", "p.parquet", rows, &[], None);
         assert!(result.is_ok());
         assert_eq!(done.published.len(), 1);
         assert_eq!(done.published[0].1, n);
@@ -715,7 +798,7 @@ mod tests {
         let mut rows = step_rows();
         rows.poisoned = Some(steps::TABLE);
         let (result, done, left) =
-            write_tables(dir.path(), dir.path(), "r", "q.parquet", rows, &[]);
+            write_tables(dir.path(), dir.path(), "r", "q.parquet", rows, &[], None);
         assert!(result.is_ok(), "a retry would fail the same way");
         assert!(done.published.is_empty() && left.is_empty());
         assert_eq!(done.unencodable.len(), 1);

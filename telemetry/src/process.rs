@@ -26,6 +26,16 @@ pub struct ProcessStats {
     pub threads: u64,
 }
 
+/// CPU time the calling thread has used (the kernel's per-thread clock): what a piece of work
+/// cost, without the time it spent waiting on a disk or for the CPU.
+pub fn thread_cpu_time() -> std::time::Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    std::time::Duration::new(
+        t.tv_sec.max(0) as u64,
+        t.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
 /// Read the calling process's stats; `None` where `/proc/self` does not give them.
 pub fn read() -> Option<ProcessStats> {
     let stat = fs::read_to_string("/proc/self/stat").ok()?;
@@ -116,6 +126,23 @@ mod tests {
     fn process_cpu() -> f64 {
         let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
         t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+    }
+
+    #[test]
+    fn a_threads_cpu_time_counts_its_work_and_not_its_sleep() {
+        let before = thread_cpu_time();
+        std::thread::sleep(Duration::from_millis(100));
+        let slept = thread_cpu_time() - before;
+        let t = Instant::now();
+        let mut x = 1u64;
+        while t.elapsed() < Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let worked = thread_cpu_time() - before - slept;
+        assert!(slept < Duration::from_millis(10), "{slept:?}");
+        // Burning 100 ms of wall time is at most 100 ms of CPU, and most of it on an idle core.
+        assert!(worked <= Duration::from_millis(101), "{worked:?}");
+        assert!(worked >= Duration::from_millis(30), "{worked:?}");
     }
 
     #[test]

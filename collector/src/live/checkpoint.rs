@@ -3,15 +3,20 @@
 //! Frequent-Directions sketches, the alerts' histories and edge states, the step counters
 //! that pace window and spectrum evaluations, and the run's gauges and counters on `/metrics`.
 //!
-//! **When.** A run's state is encoded when one of its Parquet writes starts (at most every
-//! `live.checkpoint_every_s`) and written only once that write is committed, so a checkpoint
-//! holds exactly the steps whose rows are published. At start the collector loads the
-//! checkpoints and then replays its write-ahead log, whose replayed steps are the unpublished
-//! ones: no step enters the state twice. A crash between a write's commit and its checkpoint
-//! leaves the previous checkpoint, and the state misses that write's steps (at most
-//! `checkpoint_every_s` plus one roll interval of steps), never counting one twice. A drain
-//! (and so a clean shutdown) checkpoints every run whose rows are all published, so a stopped
-//! and restarted collector continues exactly where it stopped: the unit test
+//! **When.** A run's state is copied when one of its Parquet writes starts and committed with
+//! that write: written under a pending name (`run=<id>.live+<write>`) and synced before the
+//! write's journal commit, renamed into place with its files after it ([`stage`],
+//! [`publish`]), and at the next start put in place if a journal names the write, deleted if
+//! not ([`settle_pending`]). So the checkpoint in place holds exactly the steps of the run's
+//! committed writes up to some write, whatever moment a crash chose. At start the collector
+//! restores the checkpoints and then replays its write-ahead log, whose replayed steps are the
+//! unpublished ones: no step enters the state twice, and when every write carried a checkpoint
+//! none is missing. A write carries one when its CPU cost (the copy, the encoding, the synced
+//! file) is at most `live.checkpoint_time_share` (1 %) of the time since the run's last, or
+//! `live.checkpoint_every_s` (30 s) has passed: small states go with every write, large ones
+//! as often as their cost allows, and a crash loses at most the steps of the writes between.
+//! A drain (and so a clean shutdown) checkpoints every run whose rows are all published, so a
+//! stopped and restarted collector continues exactly where it stopped: the unit test
 //! `a_run_restored_from_its_checkpoint_continues_as_if_never_stopped` requires the same rows as
 //! an uninterrupted collector.
 //!
@@ -104,6 +109,15 @@ pub fn unframe(bytes: &[u8]) -> Result<RunState, CheckpointError> {
     Ok(state)
 }
 
+/// A copy of a run's state taken for its checkpoint (`Live::checkpoint`).
+pub struct Taken {
+    pub state: RunState,
+    /// The state's version (steps observed in this process) it holds.
+    pub version: u64,
+    /// How long the copy held the estimators' thread.
+    pub copy: std::time::Duration,
+}
+
 /// Encode `state` and write it as `run`'s checkpoint ([`frame`], then [`write`]).
 pub fn save(dir: &Path, run: &str, state: &RunState) -> Result<(), CheckpointError> {
     write(dir, run, &frame(state))
@@ -121,6 +135,105 @@ pub fn write(dir: &Path, run: &str, framed: &[u8]) -> Result<(), CheckpointError
     fs::rename(&tmp, &path)?;
     fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+/// A checkpoint written under its pending name, to be committed with a Parquet write: named
+/// `run=<id>.live+<write>`, where `<write>` is the file name the write's tables share (run ids
+/// never hold a `+`).
+#[derive(Debug)]
+pub struct Pending {
+    tmp: PathBuf,
+    dest: PathBuf,
+}
+
+/// Write `run`'s state under its pending name for the write whose files are named `write`,
+/// synced with its directory entry: once the write's journal commit names that file, the
+/// checkpoint survives any crash ([`settle_pending`] finishes its rename at the next start).
+pub fn stage(
+    dir: &Path,
+    run: &str,
+    write: &str,
+    state: &RunState,
+) -> Result<Pending, CheckpointError> {
+    fs::create_dir_all(dir)?;
+    let dest = file_of(dir, run);
+    let tmp = dir.join(format!("run={run}{SUFFIX}+{write}"));
+    let written = fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(&frame(state))?;
+            f.sync_all()
+        })
+        .and_then(|()| fs::File::open(dir)?.sync_all());
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    Ok(Pending { tmp, dest })
+}
+
+/// Rename a committed pending checkpoint into place, replacing the run's previous one.
+pub fn publish(p: Pending) -> Result<(), CheckpointError> {
+    fs::rename(&p.tmp, &p.dest)?;
+    if let Some(dir) = p.dest.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Delete a pending checkpoint whose write was not committed.
+pub fn discard(p: Pending) {
+    let _ = fs::remove_file(&p.tmp);
+}
+
+/// At start, before [`load`]: every pending checkpoint (see [`stage`]) whose write one of
+/// `commits` (the publication journals, in order) names is renamed into place, as that write's
+/// Parquet files are ([`crate::journal::roll_forward`]); the others belong to writes a crash
+/// cut short before their commit, and are deleted. Of two committed for one run, the later
+/// wins. Returns how many were renamed.
+pub fn settle_pending(
+    dir: &Path,
+    commits: &[crate::journal::Commit],
+) -> Result<usize, CheckpointError> {
+    let committed: std::collections::HashMap<(&str, &str), usize> = commits
+        .iter()
+        .enumerate()
+        .flat_map(|(at, c)| {
+            c.files.iter().filter_map(move |(_, dest)| {
+                let write = Path::new(dest).file_name()?.to_str()?;
+                Some(((c.run.as_str(), write), at))
+            })
+        })
+        .collect();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let mut promote = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some((run, write)) = name
+            .strip_prefix("run=")
+            .and_then(|n| n.split_once(&format!("{SUFFIX}+")))
+        else {
+            continue;
+        };
+        match committed.get(&(run, write)) {
+            Some(&at) => promote.push((at, file_of(dir, run), path)),
+            None => fs::remove_file(&path)?,
+        }
+    }
+    promote.sort();
+    for (_, dest, tmp) in &promote {
+        fs::rename(tmp, dest)?;
+    }
+    if !promote.is_empty() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(promote.len())
 }
 
 /// Delete `run`'s checkpoint (a run no longer restored).

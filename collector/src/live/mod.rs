@@ -48,10 +48,12 @@ struct RunLive {
     since_windows: u64,
     since_spectra: u64,
     /// Steps observed in this process (the state's version), the version the run's last
-    /// written checkpoint holds, and when that checkpoint was taken.
+    /// written checkpoint holds, when that checkpoint was taken, and what it cost (its copy
+    /// and its file).
     version: u64,
     saved_version: u64,
     saved_at: Option<Instant>,
+    saved_cost: Duration,
 }
 
 impl RunLive {
@@ -68,6 +70,7 @@ impl RunLive {
             version: 0,
             saved_version: 0,
             saved_at: None,
+            saved_cost: Duration::ZERO,
         }
     }
 
@@ -164,23 +167,35 @@ impl Live {
         r
     }
 
-    /// A copy of `run`'s state for its checkpoint, and the version it holds: when checkpoints
-    /// are on and a step changed the state since its last checkpoint, and either `force` or
-    /// `live.checkpoint_every_s` has passed since then. (Only the copy is made here, on the
-    /// pipeline's thread; the encoding and the file are the writer's.)
-    pub fn checkpoint(
-        &self,
-        run: &str,
-        force: bool,
-        now_ns: i64,
-    ) -> Option<(checkpoint::RunState, u64)> {
+    /// A copy of `run`'s state for its checkpoint, with the version it holds and the CPU time
+    /// the copy took: when checkpoints are on, a step changed the state since its last
+    /// checkpoint, and `force` or one is due. One is due when the time since the last is at
+    /// least that checkpoint's CPU time divided by `live.checkpoint_time_share`, or at least
+    /// `live.checkpoint_every_s`: a small state goes with every Parquet write (so a crash loses
+    /// none of it), a large one as often as its cost allows. (Only the copy is made here, on
+    /// the pipeline's thread; the encoding and the file are the writer's.)
+    pub fn checkpoint(&self, run: &str, force: bool, now_ns: i64) -> Option<checkpoint::Taken> {
         let live = &self.cfg.live;
         let st = self.runs.get(run)?;
         // An interval no Duration holds (set in code, not parsed and checked) means never.
         let every = Duration::try_from_secs_f64(live.checkpoint_every_s).unwrap_or(Duration::MAX);
-        let due = force || st.saved_at.is_none_or(|t| t.elapsed() >= every);
-        (live.checkpoints && st.version != st.saved_version && due)
-            .then(|| (self.save(run, st, now_ns), st.version))
+        let afforded =
+            Duration::try_from_secs_f64(st.saved_cost.as_secs_f64() / live.checkpoint_time_share)
+                .unwrap_or(Duration::MAX);
+        let due = force
+            || st
+                .saved_at
+                .is_none_or(|t| t.elapsed() >= every.min(afforded));
+        if !(live.checkpoints && st.version != st.saved_version && due) {
+            return None;
+        }
+        let started = gradtel_telemetry::process::thread_cpu_time();
+        let state = self.save(run, st, now_ns);
+        Some(checkpoint::Taken {
+            state,
+            version: st.version,
+            copy: gradtel_telemetry::process::thread_cpu_time().saturating_sub(started),
+        })
     }
 
     /// A copy of `run`'s state as its checkpoint holds it, whether or not one is due.
@@ -201,11 +216,13 @@ impl Live {
         }
     }
 
-    /// The checkpoint of `version` of `run`'s state is written.
-    pub fn checkpointed(&mut self, run: &str, version: u64) {
+    /// The checkpoint of `version` of `run`'s state is written; copying, encoding and writing
+    /// it took `cost` of CPU time.
+    pub fn checkpointed(&mut self, run: &str, version: u64, cost: Duration) {
         if let Some(st) = self.runs.get_mut(run) {
             st.saved_version = version;
             st.saved_at = Some(Instant::now());
+            st.saved_cost = cost;
         }
     }
 
@@ -798,15 +815,15 @@ mod tests {
 
         let mut stopped = Live::new(cfg.clone(), metrics());
         observe_all(&mut stopped, cut);
-        let (state, version) = stopped
+        let taken = stopped
             .checkpoint("r", false, 0)
             .expect("changed, never saved");
-        stopped.checkpointed("r", version);
+        stopped.checkpointed("r", taken.version, Duration::ZERO);
         assert!(
             stopped.checkpoint("r", true, 0).is_none(),
             "nothing new to save"
         );
-        let state = checkpoint::unframe(&checkpoint::frame(&state)).unwrap();
+        let state = checkpoint::unframe(&checkpoint::frame(&taken.state)).unwrap();
         let restarted_metrics = metrics();
         let mut restarted = Live::new(cfg.clone(), restarted_metrics.clone());
         let r = restarted.restore(vec![state]);
@@ -870,13 +887,45 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_is_due_as_often_as_its_cost_allows_and_at_least_every_interval() {
+        let mut cfg = FileConfig::default();
+        cfg.live.checkpoint_every_s = 0.4;
+        cfg.live.checkpoint_time_share = 0.01;
+        let mut live = Live::new(cfg, Arc::new(CollectorMetrics::default()));
+        let mut rng = SplitMix64::new(2);
+        let mut step = 0;
+        let mut observe = |live: &mut Live| {
+            observe_all(live, &[step_of(step, &mut rng)]);
+            step += 1;
+        };
+        observe(&mut live);
+        let taken = live.checkpoint("r", false, 0).expect("never saved: due");
+        assert_eq!(taken.state.steps_seen, 1);
+        // A 1 ms checkpoint may come 100 ms after the last.
+        live.checkpointed("r", taken.version, Duration::from_millis(1));
+        observe(&mut live);
+        assert!(live.checkpoint("r", false, 0).is_none(), "1 ms → 100 ms");
+        std::thread::sleep(Duration::from_millis(120));
+        let taken = live.checkpoint("r", false, 0).expect("100 ms on");
+        assert_eq!(taken.state.steps_seen, 2);
+        // A 1 s checkpoint would wait 100 s: the 0.4 s interval comes first.
+        live.checkpointed("r", taken.version, Duration::from_secs(1));
+        observe(&mut live);
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(live.checkpoint("r", false, 0).is_none(), "1 s → 0.4 s");
+        assert!(live.checkpoint("r", true, 0).is_some(), "forced");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(live.checkpoint("r", false, 0).is_some(), "0.4 s on");
+    }
+
+    #[test]
     fn malformed_checkpoints_are_refused_whole() {
         let cfg = FileConfig::default();
         let mut live = Live::new(cfg.clone(), Arc::new(CollectorMetrics::default()));
         let mut rng = SplitMix64::new(1);
         let steps: Vec<Assembly> = (0..12).map(|s| step_of(s, &mut rng)).collect();
         observe_all(&mut live, &steps);
-        let good = live.checkpoint("r", true, 0).unwrap().0;
+        let good = live.checkpoint("r", true, 0).unwrap().state;
         let mut bad = Vec::new();
         let mut s = good.clone();
         s.iteration.as_mut().unwrap().tensors[0].len[0] += 1;
