@@ -218,6 +218,15 @@ fn a_nan_and_a_norm_spike_each_raise_exactly_their_alert() {
     assert!(z > 8.0, "{z}");
 }
 
+/// The rows the gradient sketch had taken at its last spectrum snapshot.
+fn gradient_sketch_rows(lake: &Path) -> f64 {
+    records(&read_table(lake, "spectra"))
+        .iter()
+        .filter(|s| s.s("sketch") == "gradient")
+        .map(|s| s.n("rows").unwrap())
+        .fold(0.0, f64::max)
+}
+
 /// A norm spike 10 steps after a collector restart is judged against the history from before
 /// it: the live state went through the restart in its checkpoint. `norm_min_history = 15`, so
 /// a collector that started afresh would have too short a history and raise nothing.
@@ -293,13 +302,11 @@ fn a_spike_after_a_restart_is_judged_on_the_history_before_it(crash: bool) {
     let (states, _) = gradtel_collector::live::checkpoint::load(&dir);
     assert_eq!(states[0].steps_seen, 60);
     // The sketch went on from the checkpoint: the last snapshot counts every step's rows.
-    let spectra = records(&read_table(&lake, "spectra"));
-    let last = spectra
-        .iter()
-        .filter(|s| s.s("sketch") == "gradient")
-        .map(|s| s.n("rows").unwrap())
-        .fold(0.0, f64::max);
-    assert_eq!(last, 100.0, "2 ranks × 50 steps at the snapshot of step 49");
+    assert_eq!(
+        gradient_sketch_rows(&lake),
+        100.0,
+        "2 ranks × 50 steps at the snapshot of step 49"
+    );
 }
 
 #[test]
@@ -355,13 +362,11 @@ fn a_collector_killed_between_writes_loses_no_step_of_its_live_state() {
         .collect();
     model.sort_unstable();
     assert_eq!(model, (0..60).collect::<Vec<_>>());
-    let spectra = records(&read_table(&lake, "spectra"));
-    let last = spectra
-        .iter()
-        .filter(|s| s.s("sketch") == "gradient")
-        .map(|s| s.n("rows").unwrap())
-        .fold(0.0, f64::max);
-    assert_eq!(last, 100.0, "2 ranks × 50 steps at the snapshot of step 49");
+    assert_eq!(
+        gradient_sketch_rows(&lake),
+        100.0,
+        "2 ranks × 50 steps at the snapshot of step 49"
+    );
 }
 
 #[test]
