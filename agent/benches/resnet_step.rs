@@ -91,10 +91,11 @@ fn agent(
     (state, rx)
 }
 
-/// Best of [`reps`] steps, one chunk per tensor on this thread, then `end_step`.
-fn step_time(tensors: &[(String, u64)], bytes: &bytes::Bytes) -> f64 {
+/// Best of [`reps`] steps, one chunk per tensor on this thread, then `end_step`; and the size
+/// of the step's report as encoded for the collector.
+fn step_time(tensors: &[(String, u64)], bytes: &bytes::Bytes) -> (f64, usize) {
     let (state, mut rx) = agent(tensors);
-    let mut best = f64::MAX;
+    let (mut best, mut size) = (f64::MAX, 0);
     for step in 0..reps() as u64 {
         let t = Instant::now();
         let mut at = 0usize;
@@ -120,9 +121,11 @@ fn step_time(tensors: &[(String, u64)], bytes: &bytes::Bytes) -> f64 {
             })
             .expect("end step");
         best = best.min(t.elapsed().as_secs_f64());
-        while rx.try_recv().is_ok() {}
+        while let Ok(report) = rx.try_recv() {
+            size = prost::Message::encoded_len(&report);
+        }
     }
-    best
+    (best, size)
 }
 
 fn main() {
@@ -141,8 +144,8 @@ fn main() {
             t.elapsed().as_secs_f64()
         })
         .fold(f64::MAX, f64::min);
-    let whole = step_time(&[("all".to_string(), n)], &bytes);
-    let split = step_time(&tensors, &bytes);
+    let (whole, _) = step_time(&[("all".to_string(), n)], &bytes);
+    let (split, size) = step_time(&tensors, &bytes);
     let small = tensors.iter().filter(|t| t.1 <= 2048).count();
     println!(
         "ResNet-50 gradient: {} tensors ({small} of ≤ 2,048 values), {n} f32 values ({:.1} MB), one thread, kernels: {}",
@@ -159,5 +162,9 @@ fn main() {
         split * 1e3,
         (split - whole) * 1e6 / (tensors.len() - 1) as f64,
         read / split
+    );
+    println!(
+        "the step's report: {size} bytes ({:.0} per tensor)",
+        size as f64 / tensors.len() as f64
     );
 }
