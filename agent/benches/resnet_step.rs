@@ -14,12 +14,10 @@
 mod common;
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Instant;
 
-use gradtel_agent::service::AgentState;
-use gradtel_agent::{AgentConfig, AgentMetrics};
-use gradtel_proto::v1::{Dtype, EndStep, GradientChunk, RegisterRequest, TensorLayout};
+use gradtel_agent::AgentConfig;
+use gradtel_proto::v1::{Dtype, EndStep, GradientChunk};
 
 /// Steps per measurement; `GRADTEL_BENCH_REPS` raises it.
 const REPS: usize = 7;
@@ -61,40 +59,11 @@ fn resnet50() -> Vec<(String, u64)> {
     t
 }
 
-/// Register `tensors` on a fresh agent state; the channel's receiver drains its reports.
-fn agent(
-    tensors: &[(String, u64)],
-) -> (
-    Arc<AgentState>,
-    tokio::sync::mpsc::Receiver<gradtel_proto::v1::ShardReport>,
-) {
-    let (tx, rx) = tokio::sync::mpsc::channel(1 << 10);
-    let cfg = AgentConfig::new("unused.sock".into(), "http://127.0.0.1:1".into());
-    let state = Arc::new(AgentState::new(cfg, Arc::new(AgentMetrics::default()), tx));
-    state
-        .register(&RegisterRequest {
-            run_id: "bench".into(),
-            world_size: 1,
-            shard_count: 1,
-            tensors: tensors
-                .iter()
-                .map(|(name, n)| TensorLayout {
-                    name: name.clone(),
-                    shape: vec![*n],
-                    dtype: Dtype::F32 as i32,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        })
-        .expect("register");
-    (state, rx)
-}
-
 /// Best of [`reps`] steps, one chunk per tensor on this thread, then `end_step`; and the size
 /// of the step's report as encoded for the collector.
 fn step_time(tensors: &[(String, u64)], bytes: &bytes::Bytes) -> (f64, usize) {
-    let (state, mut rx) = agent(tensors);
+    let cfg = AgentConfig::new("unused.sock".into(), "http://127.0.0.1:1".into());
+    let (state, mut rx) = common::registered_agent(cfg, tensors);
     let (mut best, mut size) = (f64::MAX, 0);
     for step in 0..reps() as u64 {
         let t = Instant::now();

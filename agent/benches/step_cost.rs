@@ -19,12 +19,11 @@ mod common;
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use gradtel_agent::service::AgentState;
-use gradtel_agent::{AgentConfig, AgentMetrics};
-use gradtel_proto::v1::{Dtype, EndStep, GradientChunk, RegisterRequest, TensorLayout};
+use gradtel_agent::AgentConfig;
+use gradtel_proto::v1::{Dtype, EndStep, GradientChunk};
 
 const N: u64 = 10_000_000;
 
@@ -126,7 +125,6 @@ fn main() {
         .collect();
     drop(gradient);
 
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 16);
     let mut cfg = AgentConfig::new("unused.sock".into(), "http://127.0.0.1:1".into());
     cfg.queue = 1 << 16;
     // `GRADTEL_BENCH_SKETCH_DIM=0` leaves the projection out, to measure its share.
@@ -136,21 +134,7 @@ fn main() {
     {
         cfg.sketch_dim = m;
     }
-    let state = Arc::new(AgentState::new(cfg, Arc::new(AgentMetrics::default()), tx));
-    state
-        .register(&RegisterRequest {
-            run_id: "bench".into(),
-            world_size: 1,
-            shard_count: 1,
-            tensors: vec![TensorLayout {
-                name: "w".into(),
-                shape: vec![N],
-                dtype: Dtype::F32 as i32,
-                ..Default::default()
-            }],
-            ..Default::default()
-        })
-        .expect("register");
+    let (state, mut rx) = common::registered_agent(cfg, &[("w".to_string(), N)]);
 
     // Each repetition takes the next copy of the set.
     let turn = AtomicUsize::new(0);

@@ -18,3 +18,37 @@ pub fn heavy_tailed_bytes(n: u64, state: &mut u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A fresh agent state with `cfg`, registered as rank 0 of 1 of run `bench` with `tensors`
+/// (name, f32 values); the receiver takes the reports its steps queue.
+#[allow(dead_code)] // not every bench drives an agent
+pub fn registered_agent(
+    cfg: gradtel_agent::AgentConfig,
+    tensors: &[(String, u64)],
+) -> (
+    std::sync::Arc<gradtel_agent::service::AgentState>,
+    tokio::sync::mpsc::Receiver<gradtel_proto::v1::ShardReport>,
+) {
+    use gradtel_proto::v1::{Dtype, RegisterRequest, TensorLayout};
+    let (tx, rx) = tokio::sync::mpsc::channel(cfg.queue.max(1));
+    let metrics = std::sync::Arc::new(gradtel_agent::AgentMetrics::default());
+    let state = std::sync::Arc::new(gradtel_agent::service::AgentState::new(cfg, metrics, tx));
+    state
+        .register(&RegisterRequest {
+            run_id: "bench".into(),
+            world_size: 1,
+            shard_count: 1,
+            tensors: tensors
+                .iter()
+                .map(|(name, n)| TensorLayout {
+                    name: name.clone(),
+                    shape: vec![*n],
+                    dtype: Dtype::F32 as i32,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .expect("register");
+    (state, rx)
+}
