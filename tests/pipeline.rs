@@ -477,3 +477,69 @@ fn estimator_threads_yield_to_the_threads_that_take_in_and_acknowledge_reports()
         "{threads:?}"
     );
 }
+
+/// Reports whose decoded size exceeds the collector's whole queue budget (`--max-queued-mb 1`;
+/// each of these holds 24 tensors of values spread over ≈ 40 binades, ≈ 24 × 5,000 histogram
+/// buckets at 16 bytes) still pass, one at a time, and every step is written once; the budget
+/// is on `/metrics` and empties when the queues do.
+#[test]
+fn reports_larger_than_the_queue_budget_pass_one_at_a_time() {
+    let (world, n) = (2u32, 20_000u64);
+    let names: Vec<String> = (0..24).map(|t| format!("layer{t}.weight")).collect();
+    let tensors: Vec<(&str, u64)> = names.iter().map(|s| (s.as_str(), n)).collect();
+    let mut h = Harness::start(
+        "budget",
+        world,
+        &tensors,
+        "",
+        &["--max-queued-mb", "1"],
+        &[],
+    );
+    let mut seed = 1u64;
+    for step in 0..6 {
+        for rank in 0..world as usize {
+            let data: Vec<Vec<f32>> = names
+                .iter()
+                .map(|_| {
+                    (0..n)
+                        .map(|_| {
+                            seed = seed
+                                .wrapping_mul(6364136223846793005)
+                                .wrapping_add(1442695040888963407);
+                            // 2^-60 .. 2^-20 in magnitude, log-uniform: ≈ 40 binades.
+                            let e = ((seed >> 33) % 40) as i32 - 60;
+                            let m = 1.0 + ((seed >> 11) & 0xFFFF) as f32 / 65536.0;
+                            m * (e as f32).exp2()
+                        })
+                        .collect()
+                })
+                .collect();
+            let refs: Vec<(&str, &[f32])> = names
+                .iter()
+                .zip(&data)
+                .map(|(name, v)| (name.as_str(), v.as_slice()))
+                .collect();
+            h.push(rank, step, &refs);
+        }
+    }
+    h.wait_steps(6);
+    let text = http_get(&h.metrics, "/metrics").1;
+    assert_eq!(metric(&text, "gradtel_collector_queued_report_bytes"), 0.0);
+    assert_eq!(
+        metric(&text, "gradtel_collector_reports_received_total"),
+        12.0
+    );
+    // The reports were as large as meant: ≥ 200 kB on the wire each, ≈ 4 bytes a bucket
+    // there against 16 decoded, so each decodes to more than the 1 MiB budget.
+    let logged = metric(&text, "gradtel_collector_wal_written_bytes_total");
+    assert!(logged / 12.0 > 200_000.0, "{logged}");
+    let lake = h.finish(6).to_path_buf();
+    let steps = records(&read_table(&lake, "steps"));
+    let mut model: Vec<u64> = steps
+        .iter()
+        .filter(|s| s.s("scope_kind") == "model")
+        .map(|s| s.n("step").unwrap() as u64)
+        .collect();
+    model.sort_unstable();
+    assert_eq!(model, (0..6).collect::<Vec<_>>());
+}

@@ -66,6 +66,12 @@ pub struct CollectorConfig {
     #[arg(long, env = "GRADTEL_COLLECTOR_MAX_UNPUBLISHED_MB", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_unpublished_mb: u64,
 
+    /// Most megabytes of decoded reports waiting between the agents' streams and the
+    /// estimators. A stream whose next report does not fit waits (and its agent with it, by
+    /// gRPC flow control): the collector's memory stays bounded whatever the reports' size.
+    #[arg(long, env = "GRADTEL_COLLECTOR_MAX_QUEUED_MB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub max_queued_mb: u64,
+
     /// Serve Prometheus metrics on this address at /metrics (and /healthz).
     #[arg(long, env = "GRADTEL_COLLECTOR_METRICS")]
     pub metrics: Option<SocketAddr>,
@@ -375,6 +381,7 @@ impl CollectorConfig {
             runtime_threads: None,
             max_pending_steps: 4096,
             max_unpublished_mb: 2048,
+            max_queued_mb: 256,
             metrics: None,
             tls_cert: None,
             tls_key: None,

@@ -19,6 +19,7 @@ pub mod journal;
 pub mod live;
 pub mod metrics;
 pub mod pipeline;
+pub mod queue_budget;
 pub mod report;
 pub mod service;
 pub mod sink;
@@ -197,6 +198,10 @@ impl Collector {
             .run(recovered, durable_rx, drains_rx, back_rx),
         );
         let service = service::CollectService {
+            budget: Arc::new(queue_budget::QueueBudget::new(
+                config.max_queued_mb.saturating_mul(1 << 20),
+                metrics.clone(),
+            )),
             inbound: inbound.clone(),
             router,
             metrics: metrics.clone(),

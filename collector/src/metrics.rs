@@ -70,6 +70,7 @@ pub struct CollectorMetrics {
     pub wal_segments: Gauge,
     pub unpublished_bytes: Gauge,
     pub intake_paused: Gauge,
+    pub queued_report_bytes: Gauge,
     pub uploaded_files: Counter,
     pub uploaded_bytes: Counter,
     pub upload_errors: Counter,
@@ -170,6 +171,11 @@ impl Render for CollectorMetrics {
             "gradtel_collector_pending_steps",
             "Steps waiting for ranks.",
             self.pending_steps.get(),
+        )
+        .gauge(
+            "gradtel_collector_queued_report_bytes",
+            "Decoded reports waiting between the streams and the estimators, bytes (bounded by --max-queued-mb).",
+            self.queued_report_bytes.get(),
         )
         .latency(
             "gradtel_collector_flush_seconds",

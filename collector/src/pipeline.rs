@@ -325,7 +325,9 @@ impl Pipeline {
         }
     }
 
-    fn on_report(&mut self, r: Report) {
+    fn on_report(&mut self, mut r: Report) {
+        // Out of the queues: its bytes are the pending steps' now (bounded by their count).
+        r.held = None;
         let done = self.assembler.add(r);
         for resume in self.assembler.take_resumes() {
             self.metrics.trajectories_resumed.inc();

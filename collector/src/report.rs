@@ -70,9 +70,25 @@ pub struct Report {
     pub wire: bytes::Bytes,
     /// The write-ahead log segment holding this report.
     pub wal_segment: u64,
+    /// Its share of the queues' byte budget, from its decode until the pipeline takes it up
+    /// ([`crate::queue_budget`]); `None` for reports replayed from the log.
+    pub held: Option<Arc<crate::queue_budget::Held>>,
 }
 
 impl Report {
+    /// The bytes this report holds in memory, decoded and as received: what it weighs in the
+    /// queues' budget.
+    pub fn heap_bytes(&self) -> usize {
+        let tensors: usize = self
+            .tensors
+            .iter()
+            .map(|t| 16 * t.summary.hist.len() + 8 * t.summary.rest.top_abs.len() + 256)
+            .sum();
+        let tracked: usize = self.tracked.iter().map(|t| 12 * t.index.len() + 64).sum();
+        let projection = self.projection.as_ref().map_or(0, |p| 8 * p.values.len());
+        self.wire.len() + tensors + tracked + projection + 256
+    }
+
     /// Where this report is logged and who it is, for the publication journal.
     pub fn logged(&self) -> Logged {
         Logged {
@@ -126,6 +142,7 @@ impl Report {
             received_at: Instant::now(),
             wire: bytes::Bytes::new(),
             wal_segment: 0,
+            held: None,
         }
     }
 }
@@ -357,6 +374,7 @@ pub fn decode_sharing(r: &mut ShardReport, names: &mut Names) -> Result<Report, 
         received_at: Instant::now(),
         wire: bytes::Bytes::new(),
         wal_segment: 0,
+        held: None,
     })
 }
 

@@ -28,6 +28,8 @@ const ACK_BUFFER: usize = 1 << 16;
 pub struct CollectService {
     /// Into the durability stage ([`crate::durable`]).
     pub inbound: mpsc::Sender<Inbound>,
+    /// Bounds the bytes of decoded reports queued behind the streams.
+    pub budget: Arc<crate::queue_budget::QueueBudget>,
     pub router: Arc<AckRouter>,
     pub metrics: Arc<CollectorMetrics>,
     pub next_conn: Arc<AtomicU64>,
@@ -66,6 +68,8 @@ impl CollectService {
                     match report::decode_sharing(&mut raw, &mut names) {
                         Ok(mut rep) => {
                             rep.wire = wire;
+                            // Before reading the next: a stream over the budget waits here.
+                            rep.held = Some(Arc::new(self.budget.hold(rep.heap_bytes()).await));
                             if keys.insert(rep.key.clone()) {
                                 self.router.attach(rep.key.clone(), conn, tx.clone());
                             }

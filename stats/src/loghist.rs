@@ -119,6 +119,15 @@ impl SparseHistogram {
         self.total
     }
 
+    /// Number of occupied buckets.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
     /// First and last occupied bucket, `None` when empty.
     pub fn span(&self) -> Option<(u64, u64)> {
         Some((*self.index.first()?, *self.index.last()?))
