@@ -354,14 +354,7 @@ fn a_collector_killed_between_writes_loses_no_step_of_its_live_state() {
     assert!(refused.is_empty());
     assert_eq!(states.len(), 1);
     assert_eq!(states[0].steps_seen, 60, "each step observed once");
-    let steps = records(&read_table(&lake, "steps"));
-    let mut model: Vec<u64> = steps
-        .iter()
-        .filter(|s| s.s("scope_kind") == "model")
-        .map(|s| s.n("step").unwrap() as u64)
-        .collect();
-    model.sort_unstable();
-    assert_eq!(model, (0..60).collect::<Vec<_>>());
+    assert_eq!(model_steps(&lake), (0..60).collect::<Vec<_>>());
     assert_eq!(
         gradient_sketch_rows(&lake),
         100.0,

@@ -534,12 +534,5 @@ fn reports_larger_than_the_queue_budget_pass_one_at_a_time() {
     let logged = metric(&text, "gradtel_collector_wal_written_bytes_total");
     assert!(logged / 12.0 > 200_000.0, "{logged}");
     let lake = h.finish(6).to_path_buf();
-    let steps = records(&read_table(&lake, "steps"));
-    let mut model: Vec<u64> = steps
-        .iter()
-        .filter(|s| s.s("scope_kind") == "model")
-        .map(|s| s.n("step").unwrap() as u64)
-        .collect();
-    model.sort_unstable();
-    assert_eq!(model, (0..6).collect::<Vec<_>>());
+    assert_eq!(model_steps(&lake), (0..6).collect::<Vec<_>>());
 }

@@ -378,6 +378,17 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     (code, body.to_string())
 }
 
+/// The steps of the lake's model rows (one per step written), in order.
+pub fn model_steps(lake: &Path) -> Vec<u64> {
+    let mut steps: Vec<u64> = records(&read_table(lake, "steps"))
+        .iter()
+        .filter(|s| s.s("scope_kind") == "model")
+        .map(|s| s.n("step").unwrap() as u64)
+        .collect();
+    steps.sort_unstable();
+    steps
+}
+
 /// A collector and one agent per rank, with clients registered under `run`.
 pub struct Harness {
     _dir: tempfile::TempDir,
