@@ -234,10 +234,11 @@ fn a_spike_after_a_restart_is_judged_on_the_history_before_it(crash: bool) {
     let n = 2_000u64;
     let run = if crash { "ckpt-crash" } else { "ckpt-stop" };
     // A crash keeps the last checkpoint committed with a Parquet write (each write here: this
-    // state is small, so its checkpoint costs well under the default 1 % of the time between
+    // state is small, so its checkpoint costs well under the default 2 % of the 1 s between
     // writes); a clean stop writes one as it drains.
     let toml = "[alerts]\nnorm_min_history = 15\n";
-    let mut h = Harness::start(run, 2, &[("w.weight", n)], toml, &[], &[]);
+    let roll = ["--roll-interval", "1s"];
+    let mut h = Harness::start(run, 2, &[("w.weight", n)], toml, &roll, &[]);
     let mut r = SplitMix64::new(5);
     let mut push = |h: &mut Harness, steps: std::ops::Range<u64>| {
         for step in steps {
@@ -328,8 +329,8 @@ fn live_state_survives_a_collector_restart() {
 fn a_collector_killed_between_writes_loses_no_step_of_its_live_state() {
     let n = 1_000u64;
     let run = "ckpt-any";
-    // Writes 1 s apart (the tests' default is 200 ms): this state's checkpoint costs ≈ 2 ms of
-    // CPU here, so the default 1 % share allows one every ≈ 0.2 s.
+    // Writes 1 s apart (the tests' default is 200 ms): this state's checkpoint costs 2.5–4.7 ms
+    // of CPU here, so the default 2 % share allows one every 0.13–0.24 s.
     let roll = ["--roll-interval", "1s"];
     let mut h = Harness::start(run, 2, &[("w.weight", n)], "", &roll, &[]);
     let mut r = SplitMix64::new(11);

@@ -202,7 +202,7 @@ impl Default for LiveConfig {
             max_runs: 64,
             checkpoints: true,
             checkpoint_every_s: 30.0,
-            checkpoint_time_share: 0.01,
+            checkpoint_time_share: 0.02,
         }
     }
 }

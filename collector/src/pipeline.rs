@@ -76,8 +76,8 @@ pub enum Back {
 /// (kept for a retry).
 type WriteOutcome = (Result<(), sink::SinkError>, Written, Tables);
 
-/// What became of the live-state checkpoint that went with a write: how long writing it took,
-/// or why it was not written.
+/// What became of the live-state checkpoint that went with a write: the CPU time writing it
+/// took, or why it was not written.
 type CheckpointOutcome = Result<Duration, CheckpointError>;
 
 /// The tables a write is done with.
@@ -101,7 +101,7 @@ struct Flushed {
     run: Arc<str>,
     started: Instant,
     written: Result<(WriteOutcome, Vec<Logged>), tokio::task::JoinError>,
-    checkpoint: Option<(u64, Duration)>,
+    checkpoint: Option<(u64, Instant, Duration)>,
 }
 
 /// Write each table of a run's rows as one file (all under the same `name`, in their own
@@ -157,9 +157,10 @@ fn write_tables(
             }
         }
     }
-    let started = Instant::now();
+    let cpu = gradtel_telemetry::process::thread_cpu_time;
+    let started = cpu();
     let pending = state.map(|st| checkpoint::stage(&checkpoint::dir(wal_dir), run, name, st));
-    let staging = started.elapsed();
+    let staging = cpu().saturating_sub(started);
     if let Err(e) = commit(out, wal_dir, run, &staged, reports) {
         discard(&staged);
         if let Some(Ok(p)) = pending {
@@ -190,9 +191,9 @@ fn write_tables(
     // Committed: even when a rename above failed, the next start finishes this write, and
     // this checkpoint with it.
     done.checkpoint = pending.map(|p| {
-        let started = Instant::now();
+        let started = cpu();
         p.and_then(checkpoint::publish)
-            .map(|()| staging + started.elapsed())
+            .map(|()| staging + cpu().saturating_sub(started))
     });
     (Ok(()), done, rows)
 }
@@ -393,7 +394,7 @@ impl Pipeline {
         // Taken now, this state holds exactly the steps whose rows this write publishes (any
         // earlier write of the run is done), and it is committed with them.
         let taken = self.live.checkpoint(&run, false, unix_nanos());
-        let checkpoint = taken.as_ref().map(|t| (t.version, t.copy));
+        let checkpoint = taken.as_ref().map(|t| (t.version, t.at, t.copy));
         let write = move || {
             let state = taken.as_ref().map(|t| &t.state);
             let w = write_tables(&out, &wal_dir, &run_for_write, &name, rows, &reports, state);
@@ -429,8 +430,8 @@ impl Pipeline {
                 return;
             }
         };
-        if let (Some((version, copy)), Some(saved)) = (checkpoint, done.checkpoint.take()) {
-            self.on_checkpointed(&run, version, saved.map(|write| copy + write));
+        if let (Some((version, at, copy)), Some(saved)) = (checkpoint, done.checkpoint.take()) {
+            self.on_checkpointed(&run, version, at, saved.map(|write| copy + write));
         }
         for (table, n, e) in &done.unencodable {
             self.metrics.rows_unencodable.add(*n as u64);
@@ -480,12 +481,13 @@ impl Pipeline {
         }
     }
 
-    /// A checkpoint of `version` of `run`'s state was written, at a cost of that long, or not.
-    fn on_checkpointed(&mut self, run: &str, version: u64, saved: CheckpointOutcome) {
+    /// A checkpoint of `version` of `run`'s state, taken `at`, was written at a cost of that
+    /// much CPU time, or not.
+    fn on_checkpointed(&mut self, run: &str, version: u64, at: Instant, saved: CheckpointOutcome) {
         match saved {
             Ok(cost) => {
                 tracing::debug!(run = %run, cpu_s = cost.as_secs_f64(), "live-state checkpoint written");
-                self.live.checkpointed(run, version, cost);
+                self.live.checkpointed(run, version, at, cost);
                 self.metrics.live_checkpoints_written.inc();
             }
             Err(e) => {
@@ -514,18 +516,19 @@ impl Pipeline {
         let written = tokio::task::spawn_blocking(move || {
             due.into_iter()
                 .map(|(run, t)| {
-                    let started = Instant::now();
-                    let saved =
-                        checkpoint::save(&dir, &run, &t.state).map(|()| t.copy + started.elapsed());
-                    (run, t.version, saved)
+                    let cpu = gradtel_telemetry::process::thread_cpu_time;
+                    let started = cpu();
+                    let saved = checkpoint::save(&dir, &run, &t.state)
+                        .map(|()| t.copy + cpu().saturating_sub(started));
+                    (run, t.version, t.at, saved)
                 })
                 .collect::<Vec<_>>()
         })
         .await;
         match written {
             Ok(all) => {
-                for (run, version, saved) in all {
-                    self.on_checkpointed(&run, version, saved);
+                for (run, version, at, saved) in all {
+                    self.on_checkpointed(&run, version, at, saved);
                 }
             }
             Err(e) => tracing::error!(error = %e, "live-state checkpoint task failed"),

@@ -12,7 +12,7 @@
 //! restores the checkpoints and then replays its write-ahead log, whose replayed steps are the
 //! unpublished ones: no step enters the state twice, and when every write carried a checkpoint
 //! none is missing. A write carries one when its CPU cost (the copy, the encoding, the synced
-//! file) is at most `live.checkpoint_time_share` (1 %) of the time since the run's last, or
+//! file) is at most `live.checkpoint_time_share` (2 %) of the time since the run's last, or
 //! `live.checkpoint_every_s` (30 s) has passed: small states go with every write, large ones
 //! as often as their cost allows, and a crash loses at most the steps of the writes between.
 //! A drain (and so a clean shutdown) checkpoints every run whose rows are all published, so a
@@ -114,8 +114,11 @@ pub struct Taken {
     pub state: RunState,
     /// The state's version (steps observed in this process) it holds.
     pub version: u64,
-    /// How long the copy held the estimators' thread.
+    /// The CPU time the copy took on the estimators' thread.
     pub copy: std::time::Duration,
+    /// When it was taken: the next one's interval runs from here, not from the end of this
+    /// one's write (a slow write would otherwise shorten the interval it is judged by).
+    pub at: std::time::Instant,
 }
 
 /// Encode `state` and write it as `run`'s checkpoint ([`frame`], then [`write`]).

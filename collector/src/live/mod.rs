@@ -189,12 +189,16 @@ impl Live {
         if !(live.checkpoints && st.version != st.saved_version && due) {
             return None;
         }
-        let started = gradtel_telemetry::process::thread_cpu_time();
+        let (at, started) = (
+            Instant::now(),
+            gradtel_telemetry::process::thread_cpu_time(),
+        );
         let state = self.save(run, st, now_ns);
         Some(checkpoint::Taken {
             state,
             version: st.version,
             copy: gradtel_telemetry::process::thread_cpu_time().saturating_sub(started),
+            at,
         })
     }
 
@@ -216,12 +220,12 @@ impl Live {
         }
     }
 
-    /// The checkpoint of `version` of `run`'s state is written; copying, encoding and writing
-    /// it took `cost` of CPU time.
-    pub fn checkpointed(&mut self, run: &str, version: u64, cost: Duration) {
+    /// The checkpoint of `version` of `run`'s state, taken `at`, is written; copying, encoding
+    /// and writing it took `cost` of CPU time.
+    pub fn checkpointed(&mut self, run: &str, version: u64, at: Instant, cost: Duration) {
         if let Some(st) = self.runs.get_mut(run) {
             st.saved_version = version;
-            st.saved_at = Some(Instant::now());
+            st.saved_at = Some(at);
             st.saved_cost = cost;
         }
     }
@@ -818,7 +822,7 @@ mod tests {
         let taken = stopped
             .checkpoint("r", false, 0)
             .expect("changed, never saved");
-        stopped.checkpointed("r", taken.version, Duration::ZERO);
+        stopped.checkpointed("r", taken.version, taken.at, Duration::ZERO);
         assert!(
             stopped.checkpoint("r", true, 0).is_none(),
             "nothing new to save"
@@ -902,14 +906,14 @@ mod tests {
         let taken = live.checkpoint("r", false, 0).expect("never saved: due");
         assert_eq!(taken.state.steps_seen, 1);
         // A 1 ms checkpoint may come 100 ms after the last.
-        live.checkpointed("r", taken.version, Duration::from_millis(1));
+        live.checkpointed("r", taken.version, taken.at, Duration::from_millis(1));
         observe(&mut live);
         assert!(live.checkpoint("r", false, 0).is_none(), "1 ms → 100 ms");
         std::thread::sleep(Duration::from_millis(120));
         let taken = live.checkpoint("r", false, 0).expect("100 ms on");
         assert_eq!(taken.state.steps_seen, 2);
         // A 1 s checkpoint would wait 100 s: the 0.4 s interval comes first.
-        live.checkpointed("r", taken.version, Duration::from_secs(1));
+        live.checkpointed("r", taken.version, taken.at, Duration::from_secs(1));
         observe(&mut live);
         std::thread::sleep(Duration::from_millis(120));
         assert!(live.checkpoint("r", false, 0).is_none(), "1 s → 0.4 s");
