@@ -48,7 +48,7 @@ pub struct ProjectionPart {
     pub coordinates: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Report {
     pub key: AgentKey,
     pub seq: u64,
@@ -72,7 +72,7 @@ pub struct Report {
     pub wal_segment: u64,
     /// Its share of the queues' byte budget, from its decode until the pipeline takes it up
     /// ([`crate::queue_budget`]); `None` for reports replayed from the log.
-    pub held: Option<Arc<crate::queue_budget::Held>>,
+    pub held: Option<crate::queue_budget::Held>,
 }
 
 impl Report {

@@ -69,7 +69,7 @@ impl CollectService {
                         Ok(mut rep) => {
                             rep.wire = wire;
                             // Before reading the next: a stream over the budget waits here.
-                            rep.held = Some(Arc::new(self.budget.hold(rep.heap_bytes()).await));
+                            rep.held = Some(self.budget.hold(rep.heap_bytes()).await);
                             if keys.insert(rep.key.clone()) {
                                 self.router.attach(rep.key.clone(), conn, tx.clone());
                             }

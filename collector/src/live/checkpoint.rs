@@ -126,18 +126,13 @@ pub fn save(dir: &Path, run: &str, state: &RunState) -> Result<(), CheckpointErr
     write(dir, run, &frame(state))
 }
 
-/// Write `framed` as `run`'s checkpoint, replacing the previous one atomically.
+/// Write `framed` as `run`'s checkpoint, replacing the previous one atomically: under a
+/// temporary name, synced, then renamed into place ([`publish`]).
 pub fn write(dir: &Path, run: &str, framed: &[u8]) -> Result<(), CheckpointError> {
-    fs::create_dir_all(dir)?;
-    let path = file_of(dir, run);
-    let tmp = path.with_extension("live.tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(framed)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, &path)?;
-    fs::File::open(dir)?.sync_all()?;
-    Ok(())
+    let dest = file_of(dir, run);
+    let tmp = dest.with_extension("live.tmp");
+    write_synced(dir, &tmp, framed)?;
+    publish(Pending { tmp, dest })
 }
 
 /// A checkpoint written under its pending name, to be committed with a Parquet write: named
@@ -158,20 +153,32 @@ pub fn stage(
     write: &str,
     state: &RunState,
 ) -> Result<Pending, CheckpointError> {
-    fs::create_dir_all(dir)?;
-    let dest = file_of(dir, run);
     let tmp = dir.join(format!("run={run}{SUFFIX}+{write}"));
-    let written = fs::File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(&frame(state))?;
-            f.sync_all()
-        })
-        .and_then(|()| fs::File::open(dir)?.sync_all());
-    if let Err(e) = written {
+    write_synced(dir, &tmp, &frame(state))?;
+    // The journal commit will name this file: its directory entry must outlive a crash too.
+    if let Err(e) = fs::File::open(dir).and_then(|d| d.sync_all()) {
         let _ = fs::remove_file(&tmp);
         return Err(e.into());
     }
-    Ok(Pending { tmp, dest })
+    Ok(Pending {
+        tmp,
+        dest: file_of(dir, run),
+    })
+}
+
+/// Write `bytes` to `tmp` in `dir` (made if missing) and sync the file; on a failure the file
+/// is removed.
+fn write_synced(dir: &Path, tmp: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    fs::create_dir_all(dir)?;
+    let written = fs::File::create(tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = fs::remove_file(tmp);
+        return Err(e.into());
+    }
+    Ok(())
 }
 
 /// Rename a committed pending checkpoint into place, replacing the run's previous one.
