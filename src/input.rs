@@ -11,8 +11,13 @@ use std::fs::File;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, Float64Type};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    ArrowPrimitiveType, Float16Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type,
+    Int64Type, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+};
+use arrow_array::{Array, Float64Array};
+use arrow_schema::DataType;
 
 /// Values read and what was left out.
 #[derive(Debug, Clone)]
@@ -115,8 +120,7 @@ fn read_parquet(path: &Path, column: Option<&str>) -> anyhow::Result<Column> {
     let mut nulls = 0;
     for batch in reader {
         let batch = batch?;
-        let col = arrow::compute::cast(batch.column(0), &DataType::Float64)?;
-        let col = col.as_primitive::<Float64Type>();
+        let col = to_f64(batch.column(0))?;
         nulls += col.null_count();
         values.extend(col.iter().flatten());
     }
@@ -124,6 +128,28 @@ fn read_parquet(path: &Path, column: Option<&str>) -> anyhow::Result<Column> {
         data: values,
         column: Some(name),
         nulls,
+    })
+}
+
+/// A numeric array as f64, nulls kept, each value converted as Rust's `as f64` does (what
+/// arrow's cast kernel does for these types; that kernel is not built, see Cargo.toml).
+fn to_f64(a: &dyn Array) -> anyhow::Result<Float64Array> {
+    fn each<T: ArrowPrimitiveType>(a: &dyn Array, f: impl Fn(T::Native) -> f64) -> Float64Array {
+        a.as_primitive::<T>().unary(f)
+    }
+    Ok(match a.data_type() {
+        DataType::Float64 => a.as_primitive::<Float64Type>().clone(),
+        DataType::Float32 => each::<Float32Type>(a, f64::from),
+        DataType::Float16 => each::<Float16Type>(a, |x| x.to_f64()),
+        DataType::Int8 => each::<Int8Type>(a, f64::from),
+        DataType::Int16 => each::<Int16Type>(a, f64::from),
+        DataType::Int32 => each::<Int32Type>(a, f64::from),
+        DataType::Int64 => each::<Int64Type>(a, |x| x as f64),
+        DataType::UInt8 => each::<UInt8Type>(a, f64::from),
+        DataType::UInt16 => each::<UInt16Type>(a, f64::from),
+        DataType::UInt32 => each::<UInt32Type>(a, f64::from),
+        DataType::UInt64 => each::<UInt64Type>(a, |x| x as f64),
+        t => bail!("a column of {t} is not one of numbers"),
     })
 }
 
@@ -286,8 +312,7 @@ fn read_parquet_lists(path: &Path, column: Option<&str>) -> anyhow::Result<Matri
                 DataType::LargeList(_) => col.as_list::<i64>().value(i),
                 _ => col.as_fixed_size_list().value(i),
             };
-            let item = arrow::compute::cast(&item, &DataType::Float64)?;
-            let item = item.as_primitive::<Float64Type>();
+            let item = to_f64(&item)?;
             // A null element makes the row unusable: it is kept as NaN and skipped (counted)
             // by the sketch like any non-finite row.
             rows.push(
@@ -308,4 +333,82 @@ fn read_parquet_lists(path: &Path, column: Option<&str>) -> anyhow::Result<Matri
         column: Some(name),
         nulls,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{
+        ArrayRef, Float16Array, Float32Array, Int8Array, Int16Array, Int32Array, Int64Array,
+        StringArray, UInt8Array, UInt16Array, UInt32Array, UInt64Array,
+    };
+
+    use super::*;
+
+    /// Every integer and floating type, with a null and each type's extremes, converted as
+    /// `as f64` converts them.
+    #[test]
+    fn every_numeric_type_is_read_as_f64_with_its_nulls() {
+        let f16 = half::f16::from_f32(-1.5);
+        let cases: Vec<(ArrayRef, Vec<Option<f64>>)> = vec![
+            (
+                Arc::new(Float64Array::from(vec![Some(0.25), None, Some(f64::MAX)])),
+                vec![Some(0.25), None, Some(f64::MAX)],
+            ),
+            (
+                Arc::new(Float32Array::from(vec![Some(0.1f32), None, Some(f32::MIN)])),
+                vec![Some(0.1f32 as f64), None, Some(f32::MIN as f64)],
+            ),
+            (
+                Arc::new(Float16Array::from(vec![Some(f16), None])),
+                vec![Some(-1.5), None],
+            ),
+            (
+                Arc::new(Int8Array::from(vec![Some(i8::MIN), None, Some(7)])),
+                vec![Some(-128.0), None, Some(7.0)],
+            ),
+            (
+                Arc::new(Int16Array::from(vec![Some(i16::MAX), None])),
+                vec![Some(32767.0), None],
+            ),
+            (
+                Arc::new(Int32Array::from(vec![Some(i32::MIN), None])),
+                vec![Some(-2147483648.0), None],
+            ),
+            (
+                Arc::new(Int64Array::from(vec![Some(i64::MAX), None, Some(-3)])),
+                vec![Some(i64::MAX as f64), None, Some(-3.0)],
+            ),
+            (
+                Arc::new(UInt8Array::from(vec![Some(u8::MAX), None])),
+                vec![Some(255.0), None],
+            ),
+            (
+                Arc::new(UInt16Array::from(vec![Some(u16::MAX), None])),
+                vec![Some(65535.0), None],
+            ),
+            (
+                Arc::new(UInt32Array::from(vec![Some(u32::MAX), None])),
+                vec![Some(4294967295.0), None],
+            ),
+            (
+                Arc::new(UInt64Array::from(vec![Some(u64::MAX), None, Some(1 << 53)])),
+                vec![Some(u64::MAX as f64), None, Some(9007199254740992.0)],
+            ),
+        ];
+        for (array, want) in cases {
+            let got = to_f64(&array).expect("a numeric type");
+            assert_eq!(
+                got.iter().collect::<Vec<_>>(),
+                want,
+                "{}",
+                array.data_type()
+            );
+            assert_eq!(got.null_count(), 1, "{}", array.data_type());
+        }
+        let words: ArrayRef = Arc::new(StringArray::from(vec!["1.0"]));
+        let err = to_f64(&words).expect_err("text is not numbers").to_string();
+        assert!(err.contains("Utf8"), "{err}");
+    }
 }

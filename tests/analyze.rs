@@ -105,7 +105,7 @@ fn analyze_reports_every_object_of_a_demo_lake() {
                 .field_with_name("index")
                 .unwrap()
                 .data_type(),
-            &arrow::datatypes::DataType::UInt64
+            &arrow_schema::DataType::UInt64
         );
         let name = path.file_name().unwrap().to_str().unwrap();
         gradtel_collector::sink::write_file(&coords_dir, name, &flat).unwrap();
@@ -459,15 +459,15 @@ fn a_planted_spectrum_slope_is_reported_and_a_mistyped_column_is_a_clear_error()
     // A `steps` file whose `scope_kind` column holds numbers: the error names the table, the
     // file, the column and both types.
     let bad = lake.join("run=spectrum/table=steps/part-zz-bad.parquet");
-    let batch = arrow::array::RecordBatch::try_from_iter([
+    let batch = arrow_array::RecordBatch::try_from_iter([
         (
             "step",
-            std::sync::Arc::new(arrow::array::UInt64Array::from(vec![1u64]))
-                as arrow::array::ArrayRef,
+            std::sync::Arc::new(arrow_array::UInt64Array::from(vec![1u64]))
+                as arrow_array::ArrayRef,
         ),
         (
             "scope_kind",
-            std::sync::Arc::new(arrow::array::UInt64Array::from(vec![1u64])),
+            std::sync::Arc::new(arrow_array::UInt64Array::from(vec![1u64])),
         ),
     ])
     .unwrap();

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use arrow::array::{Float64Array, Int64Array, RecordBatch};
+use arrow_array::{Float64Array, Int64Array, RecordBatch};
 use serde_json::Value;
 
 fn gradtel(args: &[&str]) -> (bool, String, String) {
@@ -242,7 +242,7 @@ fn bad_input_is_a_clear_error() {
 
 #[test]
 fn spectrum_from_npy_and_parquet_lists_is_within_the_bound_of_numpy() {
-    use arrow::array::{Float64Builder, ListBuilder};
+    use arrow_array::builder::{Float64Builder, ListBuilder};
     let fx: Value =
         serde_json::from_str(include_str!("../stats/tests/reference/spectrum.json")).unwrap();
     let case = &fx["cases"][0];

@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::record_batch::RecordBatch;
+use arrow_array::RecordBatch;
 use gradtel_collector::sink;
 use gradtel_collector::tables::coords::{self, Coords};
 use gradtel_stats::rng::SplitMix64;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
+use arrow_array::RecordBatch;
 use parquet::arrow::{ArrowSchemaConverter, ArrowWriter};
 use parquet::basic::{Compression, Encoding, Type as PhysicalType, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
@@ -29,7 +29,7 @@ pub enum SinkError {
     #[error("Parquet encoding: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("Arrow encoding: {0}")]
-    Arrow(#[from] arrow::error::ArrowError),
+    Arrow(#[from] arrow_schema::ArrowError),
     #[error("run id {0:?} is not valid")]
     BadRunId(String),
     #[error("no record batch to write")]
@@ -303,7 +303,7 @@ fn column_properties(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::UInt64Array;
+    use arrow_array::UInt64Array;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     #[test]
@@ -333,7 +333,7 @@ mod tests {
 
     #[test]
     fn integers_are_delta_packed_and_strings_carry_no_statistics() {
-        use arrow::array::StringArray;
+        use arrow_array::StringArray;
         use parquet::file::reader::{FileReader, SerializedFileReader};
         let dir = tempfile::tempdir().unwrap();
         let batch = RecordBatch::try_from_iter([
@@ -360,7 +360,7 @@ mod tests {
 
     #[test]
     fn refuses_batches_of_another_schema_before_writing() {
-        use arrow::datatypes::{DataType, Field, Schema};
+        use arrow_schema::{DataType, Field, Schema};
         let dir = tempfile::tempdir().unwrap();
         let batch = |nullable: bool, v: Vec<Option<u64>>| {
             let schema = Schema::new(vec![Field::new("loss", DataType::UInt64, nullable)]);

@@ -5,8 +5,10 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Float32Type, Float64Type, UInt32Type, UInt64Type};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, Float64Type, UInt32Type, UInt64Type};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::DataType;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -144,7 +146,7 @@ impl<'a> Batch<'a> {
     /// file.
     pub fn map(
         &self,
-        f: impl FnOnce(&RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError>,
+        f: impl FnOnce(&RecordBatch) -> Result<RecordBatch, arrow_schema::ArrowError>,
     ) -> anyhow::Result<Batch<'a>> {
         Ok(Batch {
             batch: f(&self.batch)
@@ -236,7 +238,7 @@ impl<'a> Batch<'a> {
         let c = self.column(
             name,
             &[DataType::List(std::sync::Arc::new(
-                arrow::datatypes::Field::new("item", DataType::UInt64, true),
+                arrow_schema::Field::new("item", DataType::UInt64, true),
             ))],
         )?;
         let l = c.as_list::<i32>();

@@ -11,8 +11,9 @@ use gradtel_proto::v1::Dtype;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Float64Type, UInt32Type, UInt64Type};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, UInt32Type, UInt64Type};
+use arrow_array::{Array, RecordBatch};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// A child process killed when dropped.
@@ -244,11 +245,11 @@ pub fn rows(batches: &[RecordBatch]) -> Vec<Row> {
             for f in b.schema().fields() {
                 let c = col(f.name());
                 match f.data_type() {
-                    arrow::datatypes::DataType::UInt64 => {
+                    arrow_schema::DataType::UInt64 => {
                         let a = c.as_primitive::<UInt64Type>();
                         u64s.insert(f.name().clone(), a.is_valid(i).then(|| a.value(i)));
                     }
-                    arrow::datatypes::DataType::Float64 => {
+                    arrow_schema::DataType::Float64 => {
                         let a = c.as_primitive::<Float64Type>();
                         f64s.insert(f.name().clone(), a.is_valid(i).then(|| a.value(i)));
                     }
@@ -306,7 +307,8 @@ impl Record {
 
 /// Decode every row of `batches` generically.
 pub fn records(batches: &[RecordBatch]) -> Vec<Record> {
-    use arrow::datatypes::{DataType, Float32Type};
+    use arrow_array::types::Float32Type;
+    use arrow_schema::DataType;
     let mut out = Vec::new();
     for b in batches {
         for i in 0..b.num_rows() {

@@ -15,13 +15,14 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float32Array, ListArray, RecordBatch, StringArray,
-    UInt32Array, UInt64Array,
+use arrow_array::cast::AsArray;
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Float32Array, ListArray, RecordBatch, StringArray, UInt32Array,
+    UInt64Array,
 };
-use arrow::buffer::{OffsetBuffer, ScalarBuffer};
-use arrow::datatypes::{DataType, Field, Schema};
-use arrow::error::ArrowError;
+use arrow_buffer::{OffsetBuffer, ScalarBuffer};
+use arrow_schema::ArrowError;
+use arrow_schema::{DataType, Field, Schema};
 
 pub const TABLE: &str = "coords";
 
@@ -370,7 +371,7 @@ pub fn explode(b: &RecordBatch) -> Result<RecordBatch, ArrowError> {
             ),
             _ => (
                 f.as_ref().clone(),
-                arrow::compute::take(c.as_ref(), &parents, None)?,
+                arrow_select::take::take(c.as_ref(), &parents, None)?,
             ),
         };
         fields.push(field);
@@ -503,7 +504,7 @@ mod tests {
                 let values = explode(b).expect("explode").num_rows();
                 prop_assert!(values <= max_rows || all.chunks.iter().any(|c| c.index.len() == values));
             }
-            let joined = arrow::compute::concat_batches(&whole.schema(), &batches).expect("concat");
+            let joined = arrow_select::concat::concat_batches(&whole.schema(), &batches).expect("concat");
             for (g, w) in joined.columns().iter().zip(whole.columns()) {
                 prop_assert_eq!(g.to_data(), w.to_data());
             }
@@ -544,13 +545,13 @@ mod tests {
         };
         assert_eq!(
             list("index", 1)
-                .as_primitive::<arrow::datatypes::UInt64Type>()
+                .as_primitive::<arrow_array::types::UInt64Type>()
                 .values(),
             &[1, 5]
         );
         assert_eq!(
             list("value", 2)
-                .as_primitive::<arrow::datatypes::Float32Type>()
+                .as_primitive::<arrow_array::types::Float32Type>()
                 .values(),
             &[4.0]
         );
@@ -559,7 +560,7 @@ mod tests {
         assert_eq!(
             flat.column_by_name("rank")
                 .expect("rank")
-                .as_primitive::<arrow::datatypes::UInt32Type>()
+                .as_primitive::<arrow_array::types::UInt32Type>()
                 .values(),
             &[0, 0, 1, 1, 1]
         );

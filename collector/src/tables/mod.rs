@@ -11,12 +11,12 @@ pub mod tails;
 
 use std::sync::Arc;
 
-use arrow::array::{
+use arrow_array::{
     Array, ArrayRef, BooleanArray, Float32Array, Float64Array, RecordBatch, StringArray,
     TimestampNanosecondArray, UInt32Array, UInt64Array,
 };
-use arrow::datatypes::{Field, Schema};
-use arrow::error::ArrowError;
+use arrow_schema::ArrowError;
+use arrow_schema::{Field, Schema};
 
 /// Rows per record batch of the tables whose rows are small (for `coords`, tracked values).
 const BATCH_ROWS: usize = 8192;

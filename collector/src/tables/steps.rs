@@ -9,10 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use arrow::array::{
-    Float64Array, Float64Builder, ListBuilder, RecordBatch, UInt32Builder, UInt64Builder,
-};
-use arrow::error::ArrowError;
+use arrow_array::builder::{Float64Builder, ListBuilder, UInt32Builder, UInt64Builder};
+use arrow_array::{Float64Array, RecordBatch};
+use arrow_schema::ArrowError;
 use gradtel_stats::{GradSummary, SparseSummary};
 
 use super::Columns;
