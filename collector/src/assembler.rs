@@ -6,6 +6,14 @@
 //! released alone, marked late, so nothing acknowledged is lost. Memory is bounded by
 //! `max_pending` steps and by a bounded memory of released steps per run.
 //!
+//! Each part's histograms are merged into its step's as the part arrives, and given back to
+//! the decoders: a pending step holds one dense histogram per tensor, not one per part. A
+//! decoded histogram takes 16 bytes a bucket, so for a large model (161 tensors, ≈ 5 MB a
+//! report) the steps waiting for their last ranks held gigabytes (bench/RESULTS.md, "Reports
+//! the size of a large model's"). Counts add exactly, so the rows are the same whatever the
+//! order of arrival; a part whose histogram's precision differs from the first arrived is left
+//! whole, and [`crate::tables::steps::build_rows`] counts it as a merge error.
+//!
 //! A training job resumed from a checkpoint under the same run id goes back over steps it has
 //! reported already. Each (rank, shard) reports its steps in increasing order, so a report for a
 //! step below the highest one its (rank, shard) has reported starts a new *trajectory* of the
@@ -20,9 +28,12 @@
 //! reports, and every row says which trajectory it belongs to, so a reader keeps the latest of
 //! each step.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque, btree_map};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use gradtel_stats::LogHistogram;
 
 use crate::journal::Logged;
 use crate::report::Report;
@@ -37,8 +48,11 @@ pub struct Assembly {
     pub step: u64,
     pub world_size: u32,
     pub shard_count: u32,
-    /// Distinct (rank, shard) parts, in (rank, shard) order.
+    /// Distinct (rank, shard) parts, in (rank, shard) order. A tensor's histogram is empty in
+    /// every part whose histogram is in `hists`.
     pub parts: Vec<Report>,
+    /// Per tensor, the histograms of the parts merged as they arrived (see the module header).
+    pub hists: HashMap<Arc<str>, LogHistogram>,
     /// Every logged report this assembly releases once its rows are published, including
     /// repeats of a (rank, shard) that were not merged (an agent restarted mid-step).
     pub reports: Vec<Logged>,
@@ -52,8 +66,38 @@ struct Pending {
     world_size: u32,
     shard_count: u32,
     parts: BTreeMap<(u32, u32), Report>,
+    hists: HashMap<Arc<str>, LogHistogram>,
     reports: Vec<Logged>,
     first_at: Instant,
+}
+
+/// Merge the histograms of a part that joins its step into the step's `hists`, and give their
+/// vectors back to the decoders.
+fn absorb_hists(hists: &mut HashMap<Arc<str>, LogHistogram>, r: &mut Report) {
+    let mut spent = Vec::new();
+    for t in &mut r.tensors {
+        let h = &mut t.summary.hist;
+        let Some((lo, hi)) = h.span() else { continue };
+        let merged = match hists.entry(t.name.clone()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                // Checked when decoded; a histogram that fails it stays in its part.
+                let Ok(mut m) = LogHistogram::new(h.precision_bits()) else {
+                    continue;
+                };
+                // Room for the other ranks' ranges, which differ a little from this one's:
+                // growing downwards copies the counts.
+                let margin = 1u64 << h.precision_bits().min(16);
+                m.cover(lo.saturating_sub(margin), hi.saturating_add(margin));
+                e.insert(m)
+            }
+        };
+        if merged.merge_sparse(h).is_ok() {
+            let (index, count) = h.take_parts();
+            spent.extend([index, count]);
+        }
+    }
+    gradtel_proto::recycle::U64.give(spent);
 }
 
 /// A run's new trajectory: the first of its ranks to go back, and where from and to.
@@ -210,6 +254,7 @@ impl Assembler {
                 world_size: r.world_size,
                 shard_count: r.shard_count,
                 parts: vec![r],
+                hists: HashMap::new(),
                 reports: vec![logged],
                 late: true,
                 trajectory,
@@ -231,13 +276,18 @@ impl Assembler {
             world_size: r.world_size,
             shard_count: r.shard_count,
             parts: BTreeMap::new(),
+            hists: HashMap::new(),
             reports: Vec::new(),
             // The clock starts when the assembler sees the step, not when the report was read
             // off the wire: a backlog in the collector must not make ranks look late.
             first_at: Instant::now(),
         });
         p.reports.push(logged);
-        p.parts.entry((r.key.rank, r.key.shard)).or_insert(r);
+        if let btree_map::Entry::Vacant(e) = p.parts.entry((r.key.rank, r.key.shard)) {
+            let mut r = r;
+            absorb_hists(&mut p.hists, &mut r);
+            e.insert(r);
+        }
         if p.parts.len() as u64 >= u64::from(p.world_size) * u64::from(p.shard_count) {
             out.extend(self.release(&key));
         }
@@ -275,6 +325,7 @@ impl Assembler {
             world_size: p.world_size,
             shard_count: p.shard_count,
             parts: p.parts.into_values().collect(),
+            hists: p.hists,
             reports: p.reports,
             late: false,
         })
@@ -507,5 +558,94 @@ mod tests {
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].parts.len(), 2);
         assert!(done[0].trajectory > 0);
+    }
+
+    /// The rows of a step as [`crate::tables::steps::build_rows`] makes them, in a form to
+    /// compare: scope, summary, tensors and elements.
+    fn rows_of(a: &mut Assembly) -> (Vec<(String, gradtel_stats::GradSummary, u32, u64)>, u64) {
+        let merged = std::mem::take(&mut a.hists);
+        let (rows, errors) = crate::tables::steps::build_rows(a, merged, 0);
+        let rows = rows
+            .into_iter()
+            .map(|r| {
+                let scope = format!("{}:{}", r.scope_kind, r.scope);
+                (scope, r.summary, r.tensors, r.elements_received)
+            })
+            .collect();
+        (rows, errors)
+    }
+
+    fn two_tensors(rank: u32, world: u32, values: &[f64]) -> Report {
+        let half = &values[..values.len() / 2];
+        report_of(rank, world, &[("l.w", values), ("l.b", half)])
+    }
+
+    fn report_of(rank: u32, world: u32, tensors: &[(&str, &[f64])]) -> Report {
+        Report {
+            seq: 1,
+            ..Report::for_test(rank, world, 3, tensors)
+        }
+    }
+
+    proptest::proptest! {
+        /// Histograms merged as the parts arrive, in any order, make the rows that merging the
+        /// whole parts at release makes; the parts keep none of their histograms' buckets.
+        #[test]
+        fn histograms_merged_on_arrival_make_the_rows_of_the_whole_parts(
+            values in proptest::collection::vec(
+                proptest::collection::vec(-1e3f64..1e3, 0..40), 1..5),
+            keys in proptest::collection::vec(proptest::prelude::any::<u64>(), 5),
+        ) {
+            let world = values.len() as u32;
+            let mut order: Vec<u32> = (0..world).collect();
+            order.sort_by_key(|&r| keys[r as usize]);
+            let mut a = Assembler::new(Duration::from_secs(60), 16);
+            let mut done = Vec::new();
+            for &rank in &order {
+                done.extend(a.add(two_tensors(rank, world, &values[rank as usize])));
+            }
+            proptest::prop_assert_eq!(done.len(), 1);
+            let mut step = done.pop().unwrap();
+            for t in step.parts.iter().flat_map(|p| &p.tensors) {
+                proptest::prop_assert_eq!(t.summary.hist.len(), 0);
+            }
+            let mut whole = Assembly {
+                parts: (0..world).map(|r| two_tensors(r, world, &values[r as usize])).collect(),
+                hists: HashMap::new(),
+                reports: Vec::new(),
+                run_id: step.run_id.clone(),
+                step: step.step,
+                world_size: step.world_size,
+                shard_count: step.shard_count,
+                late: step.late,
+                trajectory: step.trajectory,
+            };
+            let merged_on_arrival = rows_of(&mut step);
+            proptest::prop_assert_eq!(merged_on_arrival.1, 0);
+            proptest::prop_assert_eq!(merged_on_arrival, rows_of(&mut whole));
+        }
+    }
+
+    /// A part whose histogram's precision differs from the first arrived's is left whole and
+    /// counted as a merge error; the others merge.
+    #[test]
+    fn a_part_of_another_histogram_precision_is_a_merge_error() {
+        let xs = [1.0, -2.0, 3.5];
+        let mut other = report_of(0, 2, &[("l.w", &xs)]);
+        let mut fine = gradtel_stats::GradSummary::new(4, 8).expect("valid parameters");
+        fine.extend_f64(&xs);
+        other.tensors[0].summary = gradtel_stats::SparseSummary::of(&fine);
+        let mut a = Assembler::new(Duration::from_secs(60), 16);
+        assert!(a.add(report_of(1, 2, &[("l.w", &[4.0, 5.0])])).is_empty());
+        let mut done = a.add(other);
+        let step = &mut done[0];
+        assert_eq!(step.parts[0].tensors[0].summary.hist.len(), 3, "left whole");
+        let (rows, errors) = rows_of(step);
+        assert_eq!(errors, 1);
+        let tensor = rows
+            .iter()
+            .find(|r| r.0 == "tensor:l.w")
+            .expect("tensor row");
+        assert_eq!((tensor.1.moments.n, tensor.1.abs_hist.total()), (2, 2));
     }
 }

@@ -341,7 +341,7 @@ impl Pipeline {
 
     fn on_assemblies(&mut self, done: Vec<Assembly>) {
         let now = unix_nanos();
-        for a in done {
+        for mut a in done {
             self.metrics.steps_assembled.inc();
             if a.late {
                 self.metrics.reports_late.inc();
@@ -350,7 +350,8 @@ impl Pipeline {
                 self.metrics.steps_incomplete.inc();
                 tracing::warn!(run = %a.run_id, step = a.step, got = a.parts.len(), "step written with missing ranks");
             }
-            let (mut rows, errors) = steps::build_rows(&a, now);
+            let merged = std::mem::take(&mut a.hists);
+            let (mut rows, errors) = steps::build_rows(&a, merged, now);
             if errors > 0 {
                 self.metrics.merge_errors.add(errors);
                 tracing::error!(run = %a.run_id, step = a.step, errors, "summaries left out of a merge");
@@ -558,12 +559,13 @@ mod tests {
             world_size: 1,
             shard_count: 1,
             parts: vec![Report::for_test(0, 1, 1, &[("fc.w", &[1.0, -2.0][..])])],
+            hists: Default::default(),
             reports: vec![],
             late: false,
             trajectory: 0,
         };
         Tables {
-            steps: build_rows(&a, 0).0,
+            steps: build_rows(&a, Default::default(), 0).0,
             ..Tables::default()
         }
     }

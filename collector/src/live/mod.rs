@@ -728,7 +728,7 @@ mod tests {
                 })
                 .collect();
             let a = assembly(step, parts);
-            let (mut rows, _) = crate::tables::steps::build_rows(&a, 0);
+            let (mut rows, _) = crate::tables::steps::build_rows(&a, Default::default(), 0);
             all.append(live.observe(&a, &mut rows, 0));
         }
         let st = &live.runs["r"];
@@ -777,6 +777,7 @@ mod tests {
             world_size: 3,
             shard_count: 1,
             parts,
+            hists: Default::default(),
             reports: vec![],
             late: false,
             trajectory: 0,
@@ -788,7 +789,7 @@ mod tests {
         let mut all = Tables::default();
         let mut z = Vec::new();
         for a in steps {
-            let (mut rows, _) = crate::tables::steps::build_rows(a, 0);
+            let (mut rows, _) = crate::tables::steps::build_rows(a, Default::default(), 0);
             all.append(live.observe(a, &mut rows, 0));
             z.extend(
                 rows.iter()

@@ -6,13 +6,13 @@
 //! those of the concatenation of all values of the scope over all reporting ranks and shards.
 //! The layer of a tensor is its name up to the last '.' (`fc1.weight` → `fc1`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arrow_array::builder::{Float64Builder, ListBuilder, UInt32Builder, UInt64Builder};
 use arrow_array::{Float64Array, RecordBatch};
 use arrow_schema::ArrowError;
-use gradtel_stats::{GradSummary, SparseSummary};
+use gradtel_stats::{GradSummary, LogHistogram, SparseSummary};
 
 use super::Columns;
 use crate::assembler::Assembly;
@@ -82,21 +82,33 @@ impl Acc<'_> {
     }
 
     /// Merge a received part into the tensor's summary; false (and unchanged) when they do not
-    /// merge. `span` is the histogram range all the tensor's parts will need, made addressable
-    /// once.
-    fn absorb_part(&mut self, s: &SparseSummary, span: Option<(u64, u64)>) -> bool {
+    /// merge. The first part takes the histogram the assembler merged for the tensor, if any
+    /// (`merged`); else `span` is the histogram range all the tensor's parts will need, made
+    /// addressable once.
+    fn absorb_part(
+        &mut self,
+        s: &SparseSummary,
+        span: Option<(u64, u64)>,
+        merged: Option<LogHistogram>,
+    ) -> Result<(), Option<LogHistogram>> {
         match &mut self.summary {
-            Some(acc) => acc.merge_sparse(s).is_ok(),
+            Some(acc) => acc.merge_sparse(s).map_err(|_| merged),
             None => {
                 let mut first = s.rest.clone();
-                if let Some((lo, hi)) = span {
-                    first.abs_hist.cover(lo, hi);
+                match merged {
+                    Some(m) if m.precision_bits() == s.hist.precision_bits() => first.abs_hist = m,
+                    Some(m) => return Err(Some(m)),
+                    None => {
+                        if let Some((lo, hi)) = span {
+                            first.abs_hist.cover(lo, hi);
+                        }
+                    }
                 }
                 if first.abs_hist.merge_sparse(&s.hist).is_err() {
-                    return false;
+                    return Err(None);
                 }
                 self.summary = Some(first);
-                true
+                Ok(())
             }
         }
     }
@@ -118,8 +130,13 @@ impl Acc<'_> {
     }
 }
 
-/// Build the rows of one assembly. Returns the rows and how many parts could not be merged.
-pub fn build_rows(a: &Assembly, assembled_at_ns: i64) -> (Vec<StepRow>, u64) {
+/// Build the rows of one assembly, whose histograms the assembler merged into `merged` (taken
+/// out of [`Assembly::hists`]). Returns the rows and how many parts could not be merged.
+pub fn build_rows(
+    a: &Assembly,
+    mut merged: HashMap<Arc<str>, LogHistogram>,
+    assembled_at_ns: i64,
+) -> (Vec<StepRow>, u64) {
     let mut merge_errors = 0;
     let mut by_tensor: BTreeMap<&str, Acc> = BTreeMap::new();
     let mut by_layer: BTreeMap<&str, Acc> = BTreeMap::new();
@@ -145,7 +162,17 @@ pub fn build_rows(a: &Assembly, assembled_at_ns: i64) -> (Vec<StepRow>, u64) {
             let first = numel_seen.insert(&t.name);
             let acc = by_tensor.entry(&t.name).or_insert_with(Acc::new);
             let span = tensor_span.get(&*t.name).copied().flatten();
-            if !acc.absorb_part(&t.summary, span) {
+            // Only the first part to merge takes the merged histogram; one that does not merge
+            // hands it back for the next.
+            let hist = acc
+                .summary
+                .is_none()
+                .then(|| merged.remove(&*t.name))
+                .flatten();
+            if let Err(back) = acc.absorb_part(&t.summary, span, hist) {
+                if let Some(h) = back {
+                    merged.insert(t.name.clone(), h);
+                }
                 merge_errors += 1;
                 continue;
             }
@@ -404,11 +431,12 @@ mod tests {
                 part(0, &[("fc1.weight", &[1.0, -2.0]), ("fc1.bias", &[0.5])]),
                 part(2, &[("fc1.weight", &[3.0, 4.0]), ("fc1.bias", &[-0.5])]),
             ],
+            hists: Default::default(),
             reports: vec![],
             late: false,
             trajectory: 0,
         };
-        let (rows, errors) = build_rows(&a, 0);
+        let (rows, errors) = build_rows(&a, HashMap::new(), 0);
         assert_eq!(errors, 0);
         let get = |k: &str, s: &str| {
             rows.iter()
@@ -454,16 +482,19 @@ mod tests {
                 loss,
                 ..Report::for_test(0, 1, step, &tensors)
             }],
+            hists: Default::default(),
             reports: vec![],
             late: false,
             trajectory: 0,
         };
         let mut tables = Tables {
-            steps: build_rows(&assembly(1, Some(0.5)), 0).0,
+            steps: build_rows(&assembly(1, Some(0.5)), HashMap::new(), 0).0,
             ..Tables::default()
         };
         let first_step_rows = tables.steps.len();
-        tables.steps.extend(build_rows(&assembly(2, None), 0).0);
+        tables
+            .steps
+            .extend(build_rows(&assembly(2, None), HashMap::new(), 0).0);
         let batches = tables.batches(TABLE).unwrap();
         assert!(batches.len() > 2);
         assert_eq!(batches[0].column_by_name("loss").unwrap().null_count(), 0);
