@@ -7,7 +7,9 @@
 //! on both sides (glibc takes the allocating thread's arena lock for every such free, and the
 //! two threads waited on each other in `futex`; tcmalloc moves the objects through its central
 //! lists). So the pipeline hands spent reports back to the stage beside the streams, which
-//! gives their vectors back here, for the next decodes to fill.
+//! gives their vectors back here, for the next decodes to fill; a report's histogram vectors
+//! the pipeline gives back itself, as soon as their counts are merged into the step's (giving
+//! is no free, so no thread's arena is involved).
 //!
 //! Guarantees: a vector taken from a pool is empty; its contents never leak into a message
 //! (the decoders only append). Each pool keeps at most [`MAX_POOLED_BYTES`] of capacity and
