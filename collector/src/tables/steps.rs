@@ -81,10 +81,10 @@ impl Acc<'_> {
         }
     }
 
-    /// Merge a received part into the tensor's summary; false (and unchanged) when they do not
-    /// merge. The first part takes the histogram the assembler merged for the tensor, if any
-    /// (`merged`); else `span` is the histogram range all the tensor's parts will need, made
-    /// addressable once.
+    /// Merge a received part into the tensor's summary; when they do not merge, an error that
+    /// hands `merged` back, the summary unchanged. The first part takes the histogram the
+    /// assembler merged for the tensor, if any (`merged`); else `span` is the histogram range
+    /// all the tensor's parts will need, made addressable once.
     fn absorb_part(
         &mut self,
         s: &SparseSummary,
