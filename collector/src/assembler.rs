@@ -117,7 +117,9 @@ fn absorb_hists(hists: &mut HashMap<Arc<str>, LogHistogram>, r: &mut Report, par
             spent.extend([index, count]);
         }
     }
-    gradtel_proto::recycle::U64.give(spent);
+    if !spent.is_empty() {
+        gradtel_proto::recycle::U64.give(spent);
+    }
 }
 
 /// A run's new trajectory: the first of its ranks to go back, and where from and to.
