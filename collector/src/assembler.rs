@@ -236,7 +236,7 @@ impl Assembler {
 
     /// Add a report; returns the assemblies it completes (itself if late, the completed step,
     /// and possibly the oldest pending step evicted to make room).
-    pub fn add(&mut self, r: Report) -> Vec<Assembly> {
+    pub fn add(&mut self, mut r: Report) -> Vec<Assembly> {
         let run = r.key.run_id.clone();
         let step = r.step;
         let logged = r.logged();
@@ -305,13 +305,12 @@ impl Assembler {
             first_at: Instant::now(),
         });
         p.reports.push(logged);
+        let expected = u64::from(p.world_size) * u64::from(p.shard_count);
         if let btree_map::Entry::Vacant(e) = p.parts.entry((r.key.rank, r.key.shard)) {
-            let mut r = r;
-            let parts = u64::from(p.world_size) * u64::from(p.shard_count);
-            absorb_hists(&mut p.hists, &mut r, parts);
+            absorb_hists(&mut p.hists, &mut r, expected);
             e.insert(r);
         }
-        if p.parts.len() as u64 >= u64::from(p.world_size) * u64::from(p.shard_count) {
+        if p.parts.len() as u64 >= expected {
             out.extend(self.release(&key));
         }
         out
